@@ -1,0 +1,30 @@
+# Two entry points for a fresh machine with Python 3.11 and git:
+#   make demo   installs into .venv and runs the whole system on loopback
+#   make test   installs into .venv (with test extras) and runs the tests
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint protos
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed-demo
+	$(BIN)/edgecloud demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+protos: $(VENV)/.installed-test
+	$(BIN)/python -m protos.generate

@@ -1,0 +1,96 @@
+"""Wiring of the gateway process: models, data plane, gRPC server, metrics."""
+
+from __future__ import annotations
+
+import structlog
+
+from cloud_gateway.batching import BatchingConfig
+from cloud_gateway.metrics import GatewayMetrics
+from cloud_gateway.serving import GatewayService
+from cloud_gateway.settings import GatewaySettings
+from core import v2_grpc
+from core.grpc_server import ServerLifecycle, ServerOptions, create_server, split_host_port
+from core.model import OnnxModel
+from core.process import serve_metrics, wait_for_stop_signal, write_port_file
+
+log = structlog.get_logger("edgecloud.gateway")
+
+
+class GatewayApp:
+    """One gateway process, startable in-process (tests) or from the CLI."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.metrics = GatewayMetrics()
+        self.service: GatewayService | None = None
+        self.port: int | None = None
+        self._lifecycle: ServerLifecycle | None = None
+        self._metrics_server = None
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` the server is bound to."""
+        host, _ = split_host_port(self.settings.listen)
+        return f"{host}:{self.port}"
+
+    async def start(self) -> int:
+        """Load models, start serving; returns the bound port."""
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        batching = BatchingConfig(
+            max_batch_size=s.batching.max_batch_size,
+            max_queue_delay_s=s.batching.max_queue_delay_ms / 1000.0,
+            max_queue_rows=s.batching.max_queue_rows,
+            workers=s.batching.workers,
+        )
+        service = GatewayService(batching, executor_threads=s.executor_threads,
+                                 metrics=self.metrics)
+        self.service = service
+        for name, path in s.models.items():
+            service.add_model(
+                OnnxModel.load(path, name=name, version="1", intra_op_threads=s.onnx_threads)
+            )
+        _server, port, lifecycle = await create_server(
+            s.listen,
+            [v2_grpc.register(service, s.max_request_bytes)],
+            [v2_grpc.SERVICE_NAME],
+            ServerOptions(max_message_bytes=s.max_request_bytes + 2**20,
+                          max_connection_age_s=s.max_connection_age_s),
+        )
+        self.port = port
+        self._lifecycle = lifecycle
+        service.set_ready(True)
+        if s.metrics_listen:
+            self._metrics_server = serve_metrics(s.metrics_listen, self.metrics.registry)
+        if s.port_file is not None:
+            host, _ = split_host_port(s.listen)
+            write_port_file(s.port_file, host, port)
+        log.info("gateway_ready", address=self.address, models=service.model_names())
+        return port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: not ready, finish in-flight requests, close, exit."""
+        grace = self.settings.drain_grace_s if grace_s is None else grace_s
+        if self.service is not None:
+            self.service.set_ready(False)
+        if self._lifecycle is not None:
+            await self._lifecycle.drain(grace)
+            self._lifecycle = None
+        if self.service is not None:
+            await self.service.aclose()
+            self.service = None
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server = None
+        log.info("gateway_stopped")
+
+
+async def run_gateway(settings: GatewaySettings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
+    app = GatewayApp(settings)
+    try:
+        await app.start()
+        signal_name = await wait_for_stop_signal()
+        log.info("gateway_draining", signal=signal_name)
+    finally:
+        await app.stop()

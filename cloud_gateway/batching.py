@@ -1,0 +1,223 @@
+"""Per-model dynamic batching.
+
+Requests queue with one future each; a collector forms a batch of up to
+``max_batch_size`` rows, waiting at most ``max_queue_delay_s`` after the
+first request, runs it on a worker thread (ONNX Runtime releases the GIL)
+and splits the results back. The queue is bounded in rows: past
+``max_queue_rows`` a request is refused with :class:`~core.errors.Overloaded`.
+Requests whose deadline has passed are dropped before compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from core.errors import DeadlineExceeded, Overloaded, Unavailable
+
+log = structlog.get_logger("edgecloud.gateway.batching")
+
+RunBatch = Callable[[dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
+"""Runs one concatenated batch and returns outputs with the same row count."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    """Limits of one model's batcher."""
+
+    max_batch_size: int = 64
+    """Most rows in one model run."""
+    max_queue_delay_s: float = 0.002
+    """Longest a request waits for others to join its batch."""
+    max_queue_rows: int = 4096
+    """Rows allowed to wait; more are refused with RESOURCE_EXHAUSTED."""
+    workers: int = 2
+    """Batches of this model that may run at the same time."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    key: tuple
+    deadline: float | None
+    future: asyncio.Future = field(repr=False)
+
+
+def _batch_key(inputs: Mapping[str, np.ndarray]) -> tuple:
+    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items())
+
+
+class DynamicBatcher:
+    """Collects requests for one model into batches."""
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: RunBatch,
+        config: BatchingConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._run_batch = run_batch
+        self.config = config
+        self._clock = clock
+        self._on_batch = on_batch
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._wakeup: asyncio.Event | None = None
+        self._workers: asyncio.Semaphore | None = None
+        self._collector: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self._closed = False
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting for a batch."""
+        return self._queued_rows
+
+    def start(self) -> None:
+        """Start the collector; call inside the running loop."""
+        self._wakeup = asyncio.Event()
+        self._workers = asyncio.Semaphore(self.config.workers)
+        self._collector = asyncio.create_task(self._collect(), name=f"batcher-{self.name}")
+
+    async def aclose(self, grace_s: float = 5.0) -> None:
+        """Finish queued and running batches (up to ``grace_s``), then stop."""
+        self._closed = True
+        deadline = self._clock() + grace_s
+        # Polling is fine here: it runs once, at shutdown, bounded by the grace.
+        while (self._queue or self._running) and self._clock() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        if self._collector is not None:
+            self._collector.cancel()
+            await asyncio.gather(self._collector, return_exceptions=True)
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(Unavailable(f"model {self.name} is shutting down"))
+        self._queued_rows = 0
+
+    async def submit(
+        self, inputs: dict[str, np.ndarray], deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Queue validated inputs and wait for their outputs.
+
+        ``deadline`` is on this batcher's clock; a request still queued when
+        it passes is answered with :class:`~core.errors.DeadlineExceeded`.
+        """
+        if self._closed or self._wakeup is None:
+            raise Unavailable(f"model {self.name} is not accepting requests")
+        rows = int(next(iter(inputs.values())).shape[0]) if inputs else 0
+        if self._queued_rows + rows > self.config.max_queue_rows and self._queue:
+            raise Overloaded(
+                f"model {self.name} queue is full ({self._queued_rows} rows waiting); retry later"
+            )
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(inputs, rows, _batch_key(inputs), deadline, future))
+        self._queued_rows += rows
+        self._wakeup.set()
+        return await future
+
+    async def _next_item(self, wait_s: float | None) -> _Pending | None:
+        assert self._wakeup is not None
+        while not self._queue:
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), wait_s)
+            except TimeoutError:
+                return None
+        return self._queue[0]
+
+    def _take(self) -> _Pending:
+        item = self._queue.popleft()
+        self._queued_rows -= item.rows
+        return item
+
+    async def _collect(self) -> None:
+        assert self._workers is not None
+        while True:
+            await self._next_item(None)
+            await self._workers.acquire()
+            try:
+                batch = await self._form_batch()
+            except BaseException:
+                self._workers.release()
+                raise
+            if not batch:
+                self._workers.release()
+                continue
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _form_batch(self) -> list[_Pending]:
+        first = self._take()
+        batch = [first]
+        rows = first.rows
+        end = self._clock() + self.config.max_queue_delay_s
+        while rows < self.config.max_batch_size:
+            remaining = end - self._clock()
+            if remaining <= 0 and not self._queue:
+                break
+            item = await self._next_item(max(remaining, 0.0))
+            if item is None:
+                break
+            if item.key != first.key or rows + item.rows > self.config.max_batch_size:
+                break
+            batch.append(self._take())
+            rows += item.rows
+        now = self._clock()
+        live = []
+        for item in batch:
+            if item.future.done():  # the caller went away
+                continue
+            if item.deadline is not None and item.deadline <= now:
+                item.future.set_exception(
+                    DeadlineExceeded(f"deadline passed while queued for model {self.name}")
+                )
+                continue
+            live.append(item)
+        return live
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        assert self._workers is not None
+        try:
+            if len(batch) == 1:
+                merged = batch[0].inputs
+            else:
+                merged = {
+                    name: np.concatenate([item.inputs[name] for item in batch], axis=0)
+                    for name in batch[0].inputs
+                }
+            rows = sum(item.rows for item in batch)
+            if self._on_batch is not None:
+                self._on_batch(rows, self._queued_rows)
+            try:
+                outputs = await self._run_batch(merged)
+            except Exception as exc:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                return
+            start = 0
+            for item in batch:
+                stop = start + item.rows
+                if not item.future.done():
+                    item.future.set_result(
+                        {name: value[start:stop] for name, value in outputs.items()}
+                    )
+                start = stop
+        finally:
+            self._workers.release()

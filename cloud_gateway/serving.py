@@ -1,0 +1,183 @@
+"""The gateway's data plane: validate, batch, run, split.
+
+Transports (the v2 gRPC servicer) convert requests and await
+:meth:`GatewayService.infer`; nothing here imports grpc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import structlog
+
+from cloud_gateway.batching import BatchingConfig, DynamicBatcher
+from cloud_gateway.metrics import GatewayMetrics
+from core import __version__
+from core.errors import InvalidInput, NotFound, Unavailable
+from core.model import OnnxModel
+from core.tensors import InferRequest, InferResponse, ModelInfo, TensorSpec
+
+log = structlog.get_logger("edgecloud.gateway")
+
+SERVER_NAME = "edgecloud-gateway"
+
+
+def _batchable(model: OnnxModel) -> bool:
+    """Rows can be stacked when every input and output has a free first dimension."""
+    specs = (*model.inputs, *model.outputs)
+    return all(spec.shape and spec.shape[0] < 0 for spec in specs)
+
+
+class _Served:
+    """One loaded model version and its batcher."""
+
+    def __init__(self, model: OnnxModel, batcher: DynamicBatcher | None,
+                 executor: ThreadPoolExecutor) -> None:
+        self.model = model
+        self.batcher = batcher
+        self.executor = executor
+
+    async def run(self, inputs: dict[str, np.ndarray], deadline: float | None) -> dict:
+        if self.batcher is not None:
+            return await self.batcher.submit(inputs, deadline)
+        return await self.model.run_async(inputs, executor=self.executor)
+
+
+class GatewayService:
+    """Serves a set of ONNX models with per-model dynamic batching."""
+
+    server_name = SERVER_NAME
+    server_version = __version__
+
+    def __init__(
+        self,
+        batching: BatchingConfig,
+        *,
+        executor_threads: int = 4,
+        metrics: GatewayMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._batching = batching
+        self._executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="onnx")
+        self._metrics = metrics
+        self._clock = clock
+        self._models: dict[str, _Served] = {}
+        self._ready = False
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock deadlines passed to :meth:`infer` are measured on."""
+        return self._clock
+
+    def add_model(self, model: OnnxModel) -> None:
+        """Serve ``model`` under its name; replaces a previous version once it is loaded."""
+        batcher = None
+        if _batchable(model):
+            batcher = DynamicBatcher(
+                model.name,
+                lambda inputs, m=model: m.run_async(inputs, executor=self._executor),
+                self._batching,
+                clock=self._clock,
+                on_batch=self._metrics.batch_observer(model.name) if self._metrics else None,
+            )
+            batcher.start()
+        old = self._models.get(model.name)
+        self._models[model.name] = _Served(model, batcher, self._executor)
+        log.info("model_serving", model=model.name, version=model.version,
+                 batched=batcher is not None)
+        if old is not None and old.batcher is not None:
+            task = asyncio.get_running_loop().create_task(old.batcher.aclose())
+            task.add_done_callback(lambda _t: None)
+
+    def set_ready(self, ready: bool) -> None:
+        """Readiness as reported by ServerReady (false while draining)."""
+        self._ready = ready
+
+    @property
+    def ready(self) -> bool:
+        """True when the server accepts inference requests."""
+        return self._ready
+
+    def model_names(self) -> list[str]:
+        """Names of the served models."""
+        return sorted(self._models)
+
+    def _served(self, name: str, version: str = "") -> _Served:
+        served = self._models.get(name)
+        if served is None:
+            raise NotFound(f"model {name!r} is not served here")
+        if version and version != served.model.version:
+            raise NotFound(
+                f"model {name!r} version {version!r} is not served here "
+                f"(serving {served.model.version!r})"
+            )
+        return served
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """True when the model (and version, if given) is loaded and serving."""
+        try:
+            self._served(name, version)
+        except NotFound:
+            return False
+        return self._ready
+
+    def metadata(self, name: str, version: str = "") -> ModelInfo:
+        """Signature of a served model."""
+        model = self._served(name, version).model
+        return ModelInfo(model.name, (model.version,), model.platform, model.inputs,
+                         model.outputs)
+
+    async def infer(
+        self, request: InferRequest, time_left_s: float | None = None
+    ) -> InferResponse:
+        """Validate and run one request through the model's batcher.
+
+        ``time_left_s`` is the caller's remaining deadline; a request still
+        queued when it runs out is dropped before compute.
+        """
+        deadline = None if time_left_s is None else self._clock() + time_left_s
+        if not self._ready:
+            raise Unavailable("gateway is not ready (starting or draining)")
+        served = self._served(request.model_name, request.model_version)
+        model = served.model
+        inputs = model.validate_inputs(request.inputs)
+        wanted = _requested_outputs(request.requested_outputs, model.outputs)
+        started = self._clock()
+        outputs = await served.run(inputs, deadline)
+        if self._metrics is not None:
+            self._metrics.observe_request(model.name, self._clock() - started,
+                                          _rows(inputs))
+        return InferResponse(
+            model_name=model.name,
+            model_version=model.version,
+            id=request.id,
+            outputs={name: outputs[name] for name in wanted},
+        )
+
+    async def aclose(self) -> None:
+        """Stop every batcher and the worker threads."""
+        for served in self._models.values():
+            if served.batcher is not None:
+                await served.batcher.aclose()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    first = next(iter(inputs.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+def _requested_outputs(requested: tuple[str, ...], outputs: tuple[TensorSpec, ...]) -> list[str]:
+    names = [spec.name for spec in outputs]
+    if not requested:
+        return names
+    unknown = [name for name in requested if name not in names]
+    if unknown:
+        raise InvalidInput(
+            f"requested output {unknown[0]!r} does not exist; the model has {', '.join(names)}"
+        )
+    return list(dict.fromkeys(requested))

@@ -1,0 +1,59 @@
+"""Settings of the ``edgecloud gateway serve`` process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import SettingsConfigDict
+
+from core.logging import LogFormat
+from core.settings import EdgecloudSettings
+
+
+class BatchingSection(BaseModel):
+    """Dynamic batching, the same for every model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(64, ge=1, le=65536)
+    """Most rows in one model run."""
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
+    """Longest a request waits for others to join its batch."""
+    max_queue_rows: int = Field(4096, ge=1)
+    """Rows allowed to wait per model; more are refused with RESOURCE_EXHAUSTED."""
+    workers: int = Field(2, ge=1, le=64)
+    """Batches of one model that may run at the same time."""
+
+
+class GatewaySettings(EdgecloudSettings):
+    """Everything the gateway process reads at start."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGECLOUD_GATEWAY_")
+
+    listen: str = "127.0.0.1:8001"
+    """Address of the v2 inference and fleet gRPC server (port 0 picks one)."""
+    data_dir: Path = Path("gateway-data")
+    """Directory for the gateway's own files."""
+    models: dict[str, Path] = Field(default_factory=dict)
+    """Models served at start: name -> ONNX file."""
+    batching: BatchingSection = Field(default_factory=BatchingSection)
+    """Dynamic batching limits."""
+    onnx_threads: int = Field(1, ge=1, le=256)
+    """ONNX Runtime intra-op threads per model session."""
+    executor_threads: int = Field(4, ge=1, le=256)
+    """Worker threads that run model batches."""
+    max_request_bytes: int = Field(64 * 2**20, ge=1024)
+    """Largest inference request accepted."""
+    max_connection_age_s: float | None = Field(600.0, gt=0)
+    """Connections are closed after this long so a load balancer can rebalance them."""
+    drain_grace_s: float = Field(10.0, ge=0)
+    """On SIGTERM, time given to in-flight requests before the server stops."""
+    metrics_listen: str | None = None
+    """HOST:PORT of the Prometheus metrics HTTP endpoint; none when unset."""
+    port_file: Path | None = None
+    """Where to write the bound HOST:PORT once serving (for supervisors and the demo)."""
+    log_format: LogFormat = "auto"
+    """``json``, ``console``, or ``auto`` (console on a terminal)."""
+    log_level: str = "info"
+    """Lowest level logged."""

@@ -1,0 +1,119 @@
+"""Building blocks every edgecloud gRPC server shares.
+
+:func:`create_server` binds a grpc.aio server with health checking and
+reflection and returns ``(server, port)``; :class:`ServerLifecycle` flips
+health to NOT_SERVING and stops the server gracefully (the drain on SIGTERM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from core.errors import InvalidInput
+
+log = structlog.get_logger("edgecloud.server")
+
+Registrar = Callable[[grpc.aio.Server], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """Transport limits shared by agent and gateway servers."""
+
+    max_message_bytes: int = 64 * 2**20
+    """Largest request or response message accepted."""
+    max_connection_age_s: float | None = None
+    """Close connections after this long so a load balancer can rebalance them."""
+    max_connection_age_grace_s: float = 30.0
+    """Time given to RPCs on a connection past its maximum age."""
+
+
+def _channel_args(opts: ServerOptions) -> list[tuple[str, int]]:
+    args = [
+        ("grpc.max_receive_message_length", opts.max_message_bytes),
+        ("grpc.max_send_message_length", opts.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    if opts.max_connection_age_s:
+        args.append(("grpc.max_connection_age_ms", int(opts.max_connection_age_s * 1000)))
+        args.append(
+            ("grpc.max_connection_age_grace_ms", int(opts.max_connection_age_grace_s * 1000))
+        )
+    return args
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[::1]:PORT`` for IPv6); raises InvalidInput."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InvalidInput(f"address {address!r} is not HOST:PORT")
+    return host, int(port_text)
+
+
+class ServerLifecycle:
+    """Health status and graceful stop of one server."""
+
+    def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer,
+                 services: Iterable[str]) -> None:
+        self.server = server
+        self.health = health_servicer
+        self.services = tuple(services)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING for the server and each service."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.services):
+            await self.health.set(name, status)
+
+    async def drain(self, grace_s: float) -> None:
+        """Not ready, let in-flight RPCs finish (up to ``grace_s``), stop."""
+        await self.set_serving(False)
+        await self.server.stop(grace_s)
+
+
+async def create_server(
+    address: str,
+    registrars: Iterable[Registrar],
+    service_names: Iterable[str],
+    options: ServerOptions | None = None,
+) -> tuple[grpc.aio.Server, int, ServerLifecycle]:
+    """Bind a grpc.aio server on ``address`` (port 0 picks a free port).
+
+    Adds ``grpc.health.v1`` and server reflection. Returns the started
+    server, the bound port and its lifecycle handle. Must run inside the
+    event loop that will serve it.
+    """
+    opts = options or ServerOptions()
+    split_host_port(address)
+    server = grpc.aio.server(options=_channel_args(opts))
+    for register in registrars:
+        register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = tuple(service_names)
+    reflection.enable_server_reflection(
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise InvalidInput(f"cannot listen on {address}: {exc}") from None
+    if port == 0:
+        raise InvalidInput(f"cannot listen on {address}")
+    await server.start()
+    lifecycle = ServerLifecycle(server, health_servicer, names)
+    await lifecycle.set_serving(True)
+    log.info("server_started", address=address, port=port)
+    return server, port, lifecycle

@@ -1,0 +1,65 @@
+"""Logging setup shared by every edgecloud process.
+
+``configure_logging()`` is called once per process. Events are snake_case
+names with key-value data; the request id is bound with contextvars
+(``bind_request_id``) and travels from agent to gateway in the
+``x-request-id`` metadata key.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+from typing import Literal
+
+import structlog
+
+LogFormat = Literal["auto", "json", "console"]
+REQUEST_ID_KEY = "x-request-id"
+
+
+def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
+    """Route structlog (and stdlib logging) to stderr as JSON or console lines.
+
+    ``auto`` picks console output on a terminal and JSON otherwise (the
+    deployed case: systemd journal, Kubernetes log collectors).
+    """
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    renderer: structlog.typing.Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(name)s %(message)s")
+
+
+def new_request_id() -> str:
+    """A fresh request id (hex, 16 characters)."""
+    return uuid.uuid4().hex[:16]
+
+
+def bind_request_id(request_id: str) -> None:
+    """Bind the request id to every log event of the current task."""
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+
+
+def clear_request_id() -> None:
+    """Remove the request id from the current task's log context."""
+    structlog.contextvars.unbind_contextvars("request_id")

@@ -1,0 +1,406 @@
+"""The ONNX Runtime model wrapper shared by the agent and the gateway.
+
+:class:`OnnxModel` holds one ONNX Runtime ``InferenceSession`` and the model's
+v2 signature (:class:`~core.tensors.TensorSpec` per input and output). It
+validates inputs against that signature before running, so a bad tensor is an
+:class:`~core.errors.InvalidInput` that names the input, and a failure inside
+ONNX Runtime is a :class:`~core.errors.ModelFailure` whose details go to the
+log only.
+
+Signature rules
+    Symbolic or unknown dimensions become -1. An input that ONNX Runtime reports
+    with no dimensions at all is a scalar or has an unknown rank (ONNX Runtime
+    does not tell them apart), so its rank is not checked here. Outputs of a type
+    v2 cannot carry (a sequence or map, as some converters emit next to the
+    tensors) are left out of :attr:`OnnxModel.outputs` and never fetched; an
+    input of such a type makes the model unloadable.
+
+String tensors
+    ONNX Runtime's Python API takes and returns ``str`` for ``tensor(string)``.
+    BYTES inputs (object arrays of ``bytes`` or ``str``) are therefore decoded
+    as UTF-8 on the way in, and string outputs are encoded back to ``bytes``, so
+    callers always see BYTES as object arrays of ``bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import structlog
+
+from core.errors import InvalidInput, ModelFailure
+from core.tensors import V2_TO_NUMPY, TensorSpec, v2_datatype
+
+log = structlog.get_logger(__name__)
+
+# ONNX Runtime's type strings for the tensors v2 can carry.
+ORT_TO_V2: Mapping[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+# Short, caller-safe reasons for ONNX Runtime's load errors (by class name).
+_LOAD_REASONS: Mapping[str, str] = {
+    "InvalidProtobuf": "it is not an ONNX model",
+    "InvalidGraph": "its graph is invalid",
+    "NoSuchFile": "the file does not exist",
+    "NotImplemented": "it uses an operator or type this runtime does not support",
+    "InvalidArgument": "ONNX Runtime rejected it as invalid",
+}
+_DEFAULT_LOAD_REASON = "ONNX Runtime could not load it"
+
+
+def batch_size(inputs: Mapping[str, np.ndarray]) -> int:
+    """Rows in the first dimension of the first input.
+
+    Raises :class:`~core.errors.InvalidInput` when there are no inputs or the
+    first one is a scalar.
+    """
+    for name, array in inputs.items():
+        if np.ndim(array) == 0:
+            raise InvalidInput(f"input '{name}' is a scalar and has no batch dimension")
+        return int(np.shape(array)[0])
+    raise InvalidInput("there are no inputs to take a batch size from")
+
+
+class OnnxModel:
+    """One loaded ONNX model (an ONNX Runtime InferenceSession) with its v2 signature.
+
+    Build it with :meth:`load` or :meth:`from_bytes`. ``run`` may be called from
+    several threads at once (ONNX Runtime sessions are thread-safe and release
+    the GIL while computing).
+
+    Attributes:
+        name: the model's name as clients address it.
+        version: the model version as clients address it.
+        path: the file it was loaded from, or None when loaded from bytes.
+        inputs: the model's inputs, in session order.
+        outputs: the model's tensor outputs, in session order.
+    """
+
+    platform: str = "onnxruntime_onnx"
+    """The v2 ``platform`` reported in model metadata."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        *,
+        name: str,
+        version: str = "1",
+        path: Path | None = None,
+    ) -> None:
+        """Wrap an open session; prefer :meth:`load` or :meth:`from_bytes`."""
+        self.name = name
+        self.version = version
+        self.path = path
+        self._session = session
+        self.inputs: tuple[TensorSpec, ...] = tuple(
+            _input_spec(self._describe(), arg) for arg in session.get_inputs()
+        )
+        outputs = []
+        for arg in session.get_outputs():
+            if arg.type in ORT_TO_V2:
+                outputs.append(TensorSpec(arg.name, ORT_TO_V2[arg.type], _dims(arg.shape)))
+            else:
+                log.warning(
+                    "model_output_skipped",
+                    model=name,
+                    version=version,
+                    output=arg.name,
+                    type=arg.type,
+                )
+        if not outputs:
+            raise InvalidInput(f"{self._describe()} has no tensor outputs that v2 can carry")
+        self.outputs: tuple[TensorSpec, ...] = tuple(outputs)
+
+    # ----------------------------------------------------------------- loading
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        name: str,
+        version: str = "1",
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+        providers: Sequence[str] | None = None,
+    ) -> OnnxModel:
+        """Open the ONNX file at ``path``.
+
+        Thread counts of 0 let ONNX Runtime choose. ``providers`` defaults to
+        ``["CPUExecutionProvider"]``; a provider this build lacks raises
+        ``ValueError``. A missing file, a file that is not an ONNX model or an
+        invalid graph raises :class:`~core.errors.InvalidInput` naming the file.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise InvalidInput(f"cannot load model '{name}' from {path}: the file does not exist")
+        if not path.is_file():
+            raise InvalidInput(f"cannot load model '{name}' from {path}: it is not a file")
+        session = _open_session(
+            str(path),
+            where=f"from {path}",
+            name=name,
+            version=version,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            providers=providers,
+        )
+        return cls(session, name=name, version=version, path=path)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        *,
+        name: str,
+        version: str = "1",
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+        providers: Sequence[str] | None = None,
+    ) -> OnnxModel:
+        """Open a serialized ONNX model held in memory; errors as for :meth:`load`."""
+        session = _open_session(
+            bytes(data),
+            where=f"from {len(data)} bytes",
+            name=name,
+            version=version,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            providers=providers,
+        )
+        return cls(session, name=name, version=version, path=None)
+
+    # -------------------------------------------------------------- validation
+
+    def validate_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check ``inputs`` against the signature and return them in signature order.
+
+        Checks the names (none missing, none unknown), each array's datatype, its
+        rank and every fixed dimension; a mismatch raises
+        :class:`~core.errors.InvalidInput` naming the input, what was expected and
+        what was given. Numeric arrays come back in native byte order (unchanged
+        when they already are); BYTES arrays come back as object arrays of
+        ``str``, the form ONNX Runtime takes, and an element that is not UTF-8
+        raises :class:`~core.errors.InvalidInput`.
+        """
+        expected = [spec.name for spec in self.inputs]
+        unknown = [name for name in inputs if name not in expected]
+        if unknown:
+            raise InvalidInput(
+                f"{self._describe()} has no input '{unknown[0]}'; its inputs are {_names(expected)}"
+            )
+        missing = [name for name in expected if name not in inputs]
+        if missing:
+            raise InvalidInput(
+                f"input '{missing[0]}' is missing: {self._describe()} takes {len(expected)} "
+                f"inputs ({_names(expected)}), got {len(inputs)}"
+            )
+        return {spec.name: _checked_input(spec, inputs[spec.name]) for spec in self.inputs}
+
+    # ----------------------------------------------------------------- running
+
+    def run(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Validate ``inputs`` and run the model; returns the outputs by name.
+
+        ``output_names`` picks outputs (default: all of :attr:`outputs`); an
+        unknown name raises :class:`~core.errors.InvalidInput`. A failure inside
+        ONNX Runtime is logged as ``model_run_failed`` and raised as
+        :class:`~core.errors.ModelFailure` with a generic message.
+        """
+        feed = self.validate_inputs(inputs)
+        names = self._output_names(output_names)
+        try:
+            results = self._session.run(names, feed)
+        except Exception as exc:
+            log.error(
+                "model_run_failed",
+                model=self.name,
+                version=self.version,
+                error_type=type(exc).__name__,
+                error=str(exc),
+                input_shapes={name: list(array.shape) for name, array in feed.items()},
+            )
+            raise ModelFailure(f"{self._describe()} failed to run") from exc
+        return {name: _from_ort(value) for name, value in zip(names, results, strict=True)}
+
+    async def run_async(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+        *,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run :meth:`run` in ``executor`` (the loop's default when None)."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self.run, inputs, output_names)
+        return await loop.run_in_executor(executor, call)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _output_names(self, output_names: Sequence[str] | None) -> list[str]:
+        known = [spec.name for spec in self.outputs]
+        if output_names is None:
+            return known
+        names = list(output_names)
+        for name in names:
+            if name not in known:
+                raise InvalidInput(
+                    f"{self._describe()} has no output '{name}'; its outputs are {_names(known)}"
+                )
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise InvalidInput(f"output '{name}' is requested more than once")
+        return names
+
+    def _describe(self) -> str:
+        return f"model '{self.name}' version {self.version}"
+
+    def __repr__(self) -> str:
+        return (
+            f"OnnxModel(name={self.name!r}, version={self.version!r}, "
+            f"inputs={list(self.inputs)!r}, outputs={list(self.outputs)!r})"
+        )
+
+
+def _open_session(
+    source: str | bytes,
+    *,
+    where: str,
+    name: str,
+    version: str,
+    intra_op_threads: int,
+    inter_op_threads: int,
+    providers: Sequence[str] | None,
+) -> ort.InferenceSession:
+    if intra_op_threads < 0 or inter_op_threads < 0:
+        raise ValueError("thread counts must be 0 (ONNX Runtime's choice) or more")
+    chosen = list(providers) if providers is not None else ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    lacking = [provider for provider in chosen if provider not in available]
+    if lacking or not chosen:
+        raise ValueError(f"execution providers {lacking or chosen} unavailable; have {available}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.log_severity_level = 3  # errors only; our own log says what happened
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=chosen)
+    except Exception as exc:
+        reason = _LOAD_REASONS.get(type(exc).__name__, _DEFAULT_LOAD_REASON)
+        log.warning(
+            "model_load_failed",
+            model=name,
+            version=version,
+            source=where,
+            error_type=type(exc).__name__,
+            error=str(exc),
+        )
+        raise InvalidInput(f"cannot load model '{name}' {where}: {reason}") from exc
+
+
+def _dims(shape: Sequence[int | str | None] | None) -> tuple[int, ...]:
+    if not shape:
+        return ()
+    return tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in shape)
+
+
+def _input_spec(model: str, arg: ort.NodeArg) -> TensorSpec:
+    datatype = ORT_TO_V2.get(arg.type)
+    if datatype is None:
+        raise InvalidInput(f"{model} input '{arg.name}' has type {arg.type}, which v2 cannot carry")
+    return TensorSpec(arg.name, datatype, _dims(arg.shape))
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
+def _checked_input(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    label = f"input '{spec.name}'"
+    if not isinstance(array, np.ndarray):
+        raise InvalidInput(f"{label} must be a numpy array, got {type(array).__name__}")
+    try:
+        datatype = v2_datatype(array.dtype)
+    except ValueError:
+        datatype = str(array.dtype)
+    if datatype != spec.datatype:
+        raise InvalidInput(f"{label} expects datatype {spec.datatype}, got {datatype}")
+    # () is a scalar or an unknown rank; ONNX Runtime checks those itself.
+    if spec.shape:
+        if array.ndim != len(spec.shape):
+            raise InvalidInput(
+                f"{label} expects {len(spec.shape)} dimensions {_shape(spec.shape)}, "
+                f"got {array.ndim} {_shape(array.shape)}"
+            )
+        for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
+            if want >= 0 and want != got:
+                raise InvalidInput(
+                    f"{label} dimension {axis} must be {want}, got {got} "
+                    f"(expected shape {_shape(spec.shape)}, got {_shape(array.shape)})"
+                )
+    if datatype == "BYTES":
+        return _to_ort_strings(label, array)
+    native = V2_TO_NUMPY[datatype].newbyteorder("=")
+    return array if array.dtype == native else array.astype(native)
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(dim) for dim in shape) + "]"
+
+
+def _to_ort_strings(label: str, array: np.ndarray) -> np.ndarray:
+    """Object array of ``str``: ONNX Runtime's form for ``tensor(string)``."""
+    flat = array.ravel()
+    out = np.empty(flat.shape, dtype=object)
+    for index, item in enumerate(flat):
+        if isinstance(item, str):
+            out[index] = item
+        elif isinstance(item, bytes | bytearray | memoryview):
+            try:
+                out[index] = bytes(item).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(
+                    f"{label} element {index} is not UTF-8 text, which string inputs require"
+                ) from None
+        else:
+            raise InvalidInput(
+                f"{label} element {index} is a {type(item).__name__}; BYTES elements must be "
+                f"bytes or str"
+            )
+    return out.reshape(array.shape)
+
+
+def _from_ort(value: object) -> np.ndarray:
+    """An ONNX Runtime result as numpy; string tensors become object arrays of bytes."""
+    array = np.asarray(value)
+    if array.dtype.kind not in ("O", "U", "S"):
+        return array
+    flat = array.ravel()
+    out = np.empty(flat.shape, dtype=object)
+    for index, item in enumerate(flat):
+        out[index] = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+    return out.reshape(array.shape)

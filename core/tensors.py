@@ -1,0 +1,124 @@
+"""Transport-neutral tensor types: v2 datatypes, tensor specs, requests.
+
+The v2 codec (``core.codec``) converts between these and protobuf; the domain
+code of agent and gateway only ever sees these frozen dataclasses and numpy
+arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+
+ParamValue = bool | int | float | str
+
+# v2 datatype name -> numpy dtype (little-endian on the wire).
+V2_TO_NUMPY: Mapping[str, np.dtype] = MappingProxyType(
+    {
+        "BOOL": np.dtype(np.bool_),
+        "UINT8": np.dtype("<u1"),
+        "UINT16": np.dtype("<u2"),
+        "UINT32": np.dtype("<u4"),
+        "UINT64": np.dtype("<u8"),
+        "INT8": np.dtype("<i1"),
+        "INT16": np.dtype("<i2"),
+        "INT32": np.dtype("<i4"),
+        "INT64": np.dtype("<i8"),
+        "FP16": np.dtype("<f2"),
+        "FP32": np.dtype("<f4"),
+        "FP64": np.dtype("<f8"),
+        "BYTES": np.dtype(object),
+    }
+)
+
+
+def v2_datatype(dtype: np.dtype) -> str:
+    """Return the v2 datatype name for a numpy dtype, or raise ``ValueError``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in ("O", "S", "U"):
+        return "BYTES"
+    for name, candidate in V2_TO_NUMPY.items():
+        if name != "BYTES" and candidate == dtype.newbyteorder("<"):
+            return name
+    raise ValueError(f"no v2 datatype for numpy dtype {dtype}")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """Name, v2 datatype and shape of a model input or output.
+
+    ``shape`` uses -1 for a dimension of any size (usually the batch).
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def compatible_with(self, other: TensorSpec) -> bool:
+        """True when both have the datatype and shape (batch dimension aside)."""
+        if self.datatype != other.datatype or len(self.shape) != len(other.shape):
+            return False
+        return all(
+            a == b or a < 0 or b < 0 for a, b in zip(self.shape[1:], other.shape[1:], strict=True)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """A decoded v2 inference request."""
+
+    model_name: str
+    inputs: Mapping[str, np.ndarray]
+    model_version: str = ""
+    id: str = ""
+    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
+    requested_outputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InferResponse:
+    """A v2 inference answer before encoding."""
+
+    model_name: str
+    outputs: Mapping[str, np.ndarray]
+    model_version: str = ""
+    id: str = ""
+    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What ModelMetadata reports for one model."""
+
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+def signature_mismatch(
+    inputs_a: tuple[TensorSpec, ...],
+    outputs_a: tuple[TensorSpec, ...],
+    inputs_b: tuple[TensorSpec, ...],
+    outputs_b: tuple[TensorSpec, ...],
+) -> str | None:
+    """Why two models cannot serve one task, or None when they agree.
+
+    They agree when inputs and outputs match by position in count, datatype
+    and shape (the batch dimension aside); names may differ.
+    """
+    for side, a_specs, b_specs in (("inputs", inputs_a, inputs_b),
+                                   ("outputs", outputs_a, outputs_b)):
+        if len(a_specs) != len(b_specs):
+            return f"{side}: {len(a_specs)} against {len(b_specs)}"
+        for i, (a, b) in enumerate(zip(a_specs, b_specs, strict=True)):
+            if not a.compatible_with(b):
+                return (
+                    f"{side}[{i}]: {a.name} {a.datatype}{list(a.shape)} against "
+                    f"{b.name} {b.datatype}{list(b.shape)}"
+                )
+    return None

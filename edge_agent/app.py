@@ -1,0 +1,110 @@
+"""Wiring of the agent process: tasks, cloud client, local v2 server, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import structlog
+
+from core import v2_grpc
+from core.grpc_server import ServerLifecycle, ServerOptions, create_server, split_host_port
+from core.process import serve_metrics, wait_for_stop_signal, write_port_file
+from edge_agent.grpc.cloud_client import GrpcCloudClient
+from edge_agent.metrics import AgentMetrics
+from edge_agent.service import EdgeService
+from edge_agent.settings import AgentSettings
+from edge_agent.tasks import load_tasks
+
+log = structlog.get_logger("edgecloud.agent")
+
+
+def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None) -> EdgeService:
+    """The agent's data plane with its tasks loaded (must run inside the event loop)."""
+    if settings.gateway:
+        split_host_port(settings.gateway)
+    tasks = load_tasks(settings.models, settings.policies, settings.onnx_threads)
+    cloud = (
+        GrpcCloudClient(settings.gateway, max_message_bytes=settings.max_request_bytes + 2**20)
+        if settings.gateway
+        else None
+    )
+    service = EdgeService(
+        cloud,
+        executor_threads=settings.executor_threads,
+        reply_margin_s=settings.reply_margin_ms / 1000.0,
+        metrics=metrics,
+        rng=np.random.default_rng(settings.shadow_seed),
+    )
+    for model, policy in tasks:
+        service.add_task(model, policy, settings.cloud_models.get(model.name))
+    return service
+
+
+class AgentApp:
+    """One agent process, startable in-process (tests) or from the CLI."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.metrics = AgentMetrics()
+        self.service: EdgeService | None = None
+        self.port: int | None = None
+        self._lifecycle: ServerLifecycle | None = None
+        self._metrics_server = None
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` the local server is bound to."""
+        host, _ = split_host_port(self.settings.listen)
+        return f"{host}:{self.port}"
+
+    async def start(self) -> int:
+        """Load tasks and start serving apps; returns the bound port."""
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        if not s.gateway:
+            log.warning("no_gateway", detail="every row is answered at the edge")
+        service = build_service(s, self.metrics)
+        self.service = service
+        _server, port, lifecycle = await create_server(
+            s.listen,
+            [v2_grpc.register(service, s.max_request_bytes)],
+            [v2_grpc.SERVICE_NAME],
+            ServerOptions(max_message_bytes=s.max_request_bytes + 2**20),
+        )
+        self.port = port
+        self._lifecycle = lifecycle
+        service.set_ready(True)
+        if s.metrics_listen:
+            self._metrics_server = serve_metrics(s.metrics_listen, self.metrics.registry)
+        if s.port_file is not None:
+            host, _ = split_host_port(s.listen)
+            write_port_file(s.port_file, host, port)
+        log.info("agent_ready", address=self.address, agent_id=s.agent_id,
+                 tasks=service.task_names(), gateway=s.gateway)
+        return port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: not ready, finish in-flight requests, close, exit."""
+        grace = self.settings.drain_grace_s if grace_s is None else grace_s
+        if self.service is not None:
+            self.service.set_ready(False)
+        if self._lifecycle is not None:
+            await self._lifecycle.drain(grace)
+            self._lifecycle = None
+        if self.service is not None:
+            await self.service.aclose()
+            self.service = None
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server = None
+        log.info("agent_stopped")
+
+
+async def run_agent(settings: AgentSettings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
+    app = AgentApp(settings)
+    try:
+        await app.start()
+        signal_name = await wait_for_stop_signal()
+        log.info("agent_draining", signal=signal_name)
+    finally:
+        await app.stop()

@@ -1,0 +1,65 @@
+"""gRPC implementation of :class:`edge_agent.escalation.CloudClient`."""
+
+from __future__ import annotations
+
+import grpc
+
+from core import codec
+from core.grpc_errors import from_rpc_error
+from core.logging import REQUEST_ID_KEY
+from core.tensors import InferRequest, InferResponse, ModelInfo, TensorSpec
+from protos.inference import grpc_predict_v2_pb2 as pb
+from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+
+
+class GrpcCloudClient:
+    """v2 client to the gateway; reconnects by itself with backoff."""
+
+    def __init__(self, target: str, *, max_message_bytes: int = 64 * 2**20) -> None:
+        self.target = target
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.enable_retries", 0),
+            ],
+        )
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    async def infer(
+        self, request: InferRequest, timeout_s: float, request_id: str
+    ) -> InferResponse:
+        """One ModelInfer on the gateway; errors come back as domain errors."""
+        message = codec.encode_infer_request(request)
+        try:
+            reply = await self._stub.ModelInfer(
+                message, timeout=timeout_s, metadata=((REQUEST_ID_KEY, request_id),)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "gateway") from None
+        return codec.decode_infer_response(reply)
+
+    async def metadata(self, model_name: str, timeout_s: float) -> ModelInfo:
+        """ModelMetadata of ``model_name`` on the gateway."""
+        try:
+            reply = await self._stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=model_name), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "gateway") from None
+
+        def specs(items) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in items)
+
+        return ModelInfo(reply.name, tuple(reply.versions), reply.platform,
+                         specs(reply.inputs), specs(reply.outputs))
+
+    async def aclose(self) -> None:
+        """Close the channel."""
+        await self._channel.close()

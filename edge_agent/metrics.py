@@ -1,0 +1,66 @@
+"""Prometheus metrics of the agent, on a registry owned by the process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from router import Decision
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class AgentMetrics:
+    """Requests, routes and reasons, latency, escalation round trips, shadow agreement."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "edgecloud_agent_requests", "Inference requests answered", ["task"],
+            registry=self.registry,
+        )
+        self.rows = Counter(
+            "edgecloud_agent_rows", "Rows answered, by route and reason",
+            ["task", "route", "reason"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "edgecloud_agent_latency_seconds", "Request latency at the agent", ["task"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.rtt = Histogram(
+            "edgecloud_agent_escalation_seconds", "Round trip of successful escalations",
+            ["task"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.cloud_failures = Counter(
+            "edgecloud_agent_escalation_failures", "Escalations that failed, by error kind",
+            ["task", "kind"], registry=self.registry,
+        )
+        self.shadow_rows = Counter(
+            "edgecloud_agent_shadow_rows", "Shadow-sampled rows answered by the cloud",
+            ["task"], registry=self.registry,
+        )
+        self.shadow_agree = Counter(
+            "edgecloud_agent_shadow_agree", "Shadow rows where edge and cloud agreed",
+            ["task"], registry=self.registry,
+        )
+
+    def observe(self, task: str, decisions: Sequence[Decision], seconds: float) -> None:
+        """Count one answered request and its rows."""
+        self.requests.labels(task).inc()
+        self.latency.labels(task).observe(seconds)
+        for d in decisions:
+            self.rows.labels(task, d.route.value, d.reason.value).inc()
+
+    def cloud_rtt(self, task: str, seconds: float) -> None:
+        """Record a successful escalation's round trip."""
+        self.rtt.labels(task).observe(seconds)
+
+    def cloud_failure(self, task: str, kind: str) -> None:
+        """Count a failed escalation."""
+        self.cloud_failures.labels(task, kind).inc()
+
+    def shadow(self, task: str, rows: int, agree: int) -> None:
+        """Count shadow-sampled rows and how many the edge got right."""
+        self.shadow_rows.labels(task).inc(rows)
+        self.shadow_agree.labels(task).inc(agree)

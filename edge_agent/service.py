@@ -1,0 +1,419 @@
+"""The agent's data plane: local model, routing decision, escalation.
+
+For each request: run the task's edge model, score every row, ask
+``router.decide`` where each row is answered, send only the rows that need
+the cloud to the gateway (within the request's remaining deadline) and
+splice the cloud's answers back in. A failed escalation is a decision too:
+those rows keep the local answer with route ``edge_fallback``. Nothing here
+imports grpc; the v2 servicer in ``core.v2_grpc`` calls :meth:`EdgeService.infer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from core import __version__
+from core.errors import (
+    EdgecloudError,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
+from core.model import OnnxModel
+from core.tensors import InferRequest, InferResponse, ModelInfo, ParamValue, signature_mismatch
+from edge_agent.escalation import CloudClient
+from edge_agent.metrics import AgentMetrics
+from router import (
+    Decision,
+    Policy,
+    Reason,
+    RequestContext,
+    Route,
+    RouteOverride,
+    decide,
+    score_rows,
+)
+from router.signals import RouterState
+
+log = structlog.get_logger("edgecloud.agent")
+
+SERVER_NAME = "edgecloud-agent"
+METADATA_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskVersion:
+    """An edge model and the policy that routes its answers; swapped as one value."""
+
+    model: OnnxModel
+    policy: Policy
+    scores_output: str
+
+
+def bind_policy(model: OnnxModel, policy: Policy) -> TaskVersion:
+    """Check that ``policy`` can route ``model``'s answers and pair them."""
+    names = [spec.name for spec in model.outputs]
+    scores_output = policy.scores_output or names[0]
+    if scores_output not in names:
+        raise FailedPrecondition(
+            f"policy {policy.name!r} scores output {scores_output!r}, but model "
+            f"{model.name!r} has outputs {', '.join(names)}"
+        )
+    spec = next(s for s in model.outputs if s.name == scores_output)
+    if len(spec.shape) != 2 or spec.datatype not in ("FP16", "FP32", "FP64"):
+        raise FailedPrecondition(
+            f"output {scores_output!r} of model {model.name!r} is {spec.datatype}"
+            f"{list(spec.shape)}; class scores must be a float [N, classes] tensor"
+        )
+    return TaskVersion(model, policy, scores_output)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Outputs of one request and where each row was answered."""
+
+    task: str
+    outputs: dict[str, np.ndarray]
+    scores: np.ndarray
+    decisions: tuple[Decision, ...]
+    model_version: str
+    cloud_model_version: str = ""
+
+    def parameters(self) -> dict[str, ParamValue]:
+        """Response parameters: one value per row, comma-separated for several rows."""
+        params: dict[str, ParamValue]
+        if len(self.decisions) == 1:
+            d = self.decisions[0]
+            params = {"route": d.route.value, "reason": d.reason.value,
+                      "confidence": float(d.score)}
+        else:
+            params = {
+                "route": ",".join(d.route.value for d in self.decisions),
+                "reason": ",".join(d.reason.value for d in self.decisions),
+                "confidence": ",".join(f"{d.score:.6g}" for d in self.decisions),
+            }
+        params["model_version"] = self.model_version
+        if self.cloud_model_version:
+            params["cloud_model_version"] = self.cloud_model_version
+        return params
+
+
+class Task:
+    """One named task: the current edge model and policy, and the routing state."""
+
+    def __init__(self, name: str, version: TaskVersion, cloud_model: str,
+                 state: RouterState) -> None:
+        self.name = name
+        self.current = version
+        self.cloud_model = cloud_model
+        self.state = state
+        self.cloud_checked: bool = False
+
+
+def request_context(params: Mapping[str, ParamValue], time_left_s: float | None,
+                    policy: Policy) -> RequestContext:
+    """Read the request parameters the router understands; refuse bad values."""
+    route = params.get("route", "auto")
+    if not isinstance(route, str) or route not in {r.value for r in RouteOverride}:
+        raise InvalidInput(f"parameter 'route' must be auto, edge or cloud (got {route!r})")
+    threshold = params.get("confidence_threshold")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise InvalidInput("parameter 'confidence_threshold' must be a number")
+        threshold = float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise InvalidInput(
+                f"parameter 'confidence_threshold' must be within [0, 1] (got {threshold})"
+            )
+    if time_left_s is None:
+        time_left_s = policy.latency.default_budget_ms / 1000.0
+    return RequestContext(route=RouteOverride(route), threshold_override=threshold,
+                          time_left_s=time_left_s)
+
+
+class EdgeService:
+    """Serves tasks to device apps, escalating hard rows to the cloud."""
+
+    server_name = SERVER_NAME
+    server_version = __version__
+
+    def __init__(
+        self,
+        cloud: CloudClient | None,
+        *,
+        executor_threads: int = 2,
+        reply_margin_s: float = 0.002,
+        metrics: AgentMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self._cloud = cloud
+        self._executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="onnx")
+        self._reply_margin_s = reply_margin_s
+        self._metrics = metrics or AgentMetrics()
+        self._clock = clock
+        self._rng = rng if rng is not None else np.random.default_rng()
+        self._tasks: dict[str, Task] = {}
+        self._background: set[asyncio.Task] = set()
+        self._ready = False
+
+    # -- configuration ---------------------------------------------------
+
+    def add_task(self, model: OnnxModel, policy: Policy, cloud_model: str | None = None) -> Task:
+        """Serve ``model`` as task ``model.name`` routed by ``policy``."""
+        version = bind_policy(model, policy)
+        state = RouterState.from_policy(policy, clock=self._clock, rng=self._rng)
+        task = Task(model.name, version, cloud_model or model.name, state)
+        self._tasks[model.name] = task
+        log.info("task_serving", task=task.name, model_version=model.version,
+                 policy_version=policy.version, cloud_model=task.cloud_model)
+        return task
+
+    def set_ready(self, ready: bool) -> None:
+        """Readiness as reported by ServerReady (false while draining)."""
+        self._ready = ready
+
+    @property
+    def ready(self) -> bool:
+        """True when the agent accepts inference requests."""
+        return self._ready
+
+    def task(self, name: str) -> Task:
+        """The task called ``name``."""
+        task = self._tasks.get(name)
+        if task is None:
+            raise NotFound(f"task {name!r} is not served here")
+        return task
+
+    def task_names(self) -> list[str]:
+        """Names of the served tasks."""
+        return sorted(self._tasks)
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """True when the task (and edge model version, if given) is serving."""
+        task = self._tasks.get(name)
+        if task is None or (version and version != task.current.model.version):
+            return False
+        return self._ready
+
+    def metadata(self, name: str, version: str = "") -> ModelInfo:
+        """The task's signature as apps see it: the edge model's."""
+        model = self.task(name).current.model
+        if version and version != model.version:
+            raise NotFound(f"task {name!r} runs version {model.version!r}, not {version!r}")
+        return ModelInfo(name, (model.version,), model.platform, model.inputs, model.outputs)
+
+    # -- inference ---------------------------------------------------------
+
+    async def answer(self, request: InferRequest, time_left_s: float | None = None) -> Answer:
+        """Answer one request, row by row at the edge or in the cloud."""
+        started = self._clock()
+        if not self._ready:
+            raise Unavailable("agent is not ready (starting or draining)")
+        task = self.task(request.model_name)
+        current = task.current  # one snapshot: a swap mid-request does not affect it
+        model, policy = current.model, current.policy
+        if request.model_version and request.model_version != model.version:
+            raise NotFound(
+                f"task {task.name!r} runs version {model.version!r}, "
+                f"not {request.model_version!r}"
+            )
+        ctx = request_context(request.parameters, time_left_s, policy)
+        wanted = request.requested_outputs or tuple(s.name for s in model.outputs)
+        unknown = [w for w in wanted if w not in {s.name for s in model.outputs}]
+        if unknown:
+            raise InvalidInput(
+                f"requested output {unknown[0]!r} does not exist; task {task.name!r} has "
+                f"{', '.join(s.name for s in model.outputs)}"
+            )
+        deadline = started + ctx.time_left_s
+        inputs = model.validate_inputs(request.inputs)
+        outputs = dict(await model.run_async(inputs, executor=self._executor))
+        confidence, predicted = score_rows(policy, np.asarray(outputs[current.scores_output]))
+        n = int(confidence.shape[0])
+
+        ctx = RequestContext(route=ctx.route, threshold_override=ctx.threshold_override,
+                             time_left_s=max(deadline - self._clock(), 0.0))
+        signals = task.state.signals(n, ctx.route)
+        if self._cloud is None:
+            signals = dataclasses.replace(signals, cloud_available=False)
+        decided = decide(policy, confidence, predicted, ctx, signals)
+        task.state.observe_decisions(decided)
+        # A shadow sample is answered at the edge at once; the cloud call runs behind it.
+        decisions = [
+            Decision(Route.EDGE, d.reason, d.score, d.threshold)
+            if d.reason is Reason.SAMPLED else d
+            for d in decided
+        ]
+        hard = [i for i, d in enumerate(decisions) if d.route is Route.CLOUD]
+        cloud_version = ""
+        if hard:
+            cloud_version = await self._escalate(task, current, inputs, outputs, decisions,
+                                                 hard, deadline)
+        self._shadow(task, current, inputs, outputs, decisions)
+        self._metrics.observe(task.name, decisions, self._clock() - started)
+        return Answer(
+            task=task.name,
+            outputs={name: outputs[name] for name in wanted},
+            scores=np.asarray(outputs[current.scores_output]),
+            decisions=tuple(decisions),
+            model_version=model.version,
+            cloud_model_version=cloud_version,
+        )
+
+    async def infer(
+        self, request: InferRequest, time_left_s: float | None = None
+    ) -> InferResponse:
+        """The v2 data-plane call: :meth:`answer`, with routing in the parameters."""
+        answer = await self.answer(request, time_left_s)
+        return InferResponse(
+            model_name=answer.task,
+            model_version=answer.model_version,
+            id=request.id,
+            outputs=answer.outputs,
+            parameters=answer.parameters(),
+        )
+
+    async def _check_cloud(self, task: Task, model: OnnxModel, timeout_s: float) -> None:
+        """Refuse a cloud model whose signature does not match the task's (once)."""
+        if task.cloud_checked or self._cloud is None:
+            return
+        info = await self._cloud.metadata(task.cloud_model, timeout_s)
+        problem = signature_mismatch(model.inputs, model.outputs, info.inputs, info.outputs)
+        if problem is not None:
+            raise FailedPrecondition(
+                f"cloud model {task.cloud_model!r} does not match task {task.name!r}: {problem}"
+            )
+        task.cloud_checked = True
+
+    async def _escalate(
+        self,
+        task: Task,
+        current: TaskVersion,
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        decisions: list[Decision],
+        hard: list[int],
+        deadline: float,
+    ) -> str:
+        """Send the hard rows to the cloud; splice answers or fall back in place."""
+        model = current.model
+        rows = np.asarray(hard, dtype=np.int64)
+        all_rows = len(hard) == len(decisions)
+        sub_inputs = {k: (v if all_rows else v[rows]) for k, v in inputs.items()}
+        request_id = structlog.contextvars.get_contextvars().get("request_id", "")
+        sent = self._clock()
+        timeout = deadline - sent - self._reply_margin_s
+        if self._cloud is not None and timeout > 0 and not task.state.breaker.allow():
+            # Another request holds the breaker's single probe: answer locally.
+            for i in hard:
+                d = decisions[i]
+                decisions[i] = Decision(Route.EDGE, Reason.CLOUD_UNAVAILABLE, d.score,
+                                        d.threshold)
+            return ""
+        try:
+            if self._cloud is None:
+                raise Unavailable("no gateway configured")
+            if timeout <= 0:
+                raise Unavailable("no time left for the cloud")
+            await self._check_cloud(task, model, min(timeout, METADATA_TIMEOUT_S))
+            timeout = deadline - self._clock() - self._reply_margin_s
+            if timeout <= 0:
+                raise Unavailable("no time left for the cloud")
+            reply = await self._cloud.infer(
+                InferRequest(model_name=task.cloud_model, inputs=sub_inputs, id=request_id),
+                timeout,
+                request_id,
+            )
+            cloud_outputs = _map_cloud_outputs(model, reply, len(hard))
+        except EdgecloudError as exc:
+            task.state.breaker.record_failure()
+            self._metrics.cloud_failure(task.name, exc.kind.value)
+            log.warning("escalation_failed", task=task.name, rows=len(hard),
+                        kind=exc.kind.value, error=exc.message)
+            for i in hard:
+                d = decisions[i]
+                decisions[i] = Decision(Route.EDGE_FALLBACK, Reason.CLOUD_FAILED, d.score,
+                                        d.threshold)
+            return ""
+        rtt = self._clock() - sent
+        task.state.breaker.record_success()
+        task.state.rtt.observe(rtt)
+        self._metrics.cloud_rtt(task.name, rtt)
+        for name, value in cloud_outputs.items():
+            value = value.astype(outputs[name].dtype, copy=False)
+            if all_rows:
+                outputs[name] = value
+            else:
+                merged = np.array(outputs[name], copy=True)
+                merged[rows] = value
+                outputs[name] = merged
+        return reply.model_version
+
+    def _shadow(self, task: Task, current: TaskVersion, inputs: dict[str, np.ndarray],
+                outputs: dict[str, np.ndarray], decisions: list[Decision]) -> None:
+        """Start cloud calls for shadow-sampled rows without delaying the answer."""
+        sampled = [i for i, d in enumerate(decisions)
+                   if d.reason is Reason.SAMPLED and d.route is Route.EDGE]
+        if not sampled or self._cloud is None:
+            return
+        rows = np.asarray(sampled, dtype=np.int64)
+        sub_inputs = {k: v[rows] for k, v in inputs.items()}
+        edge_pred = np.argmax(np.asarray(outputs[current.scores_output])[rows], axis=1)
+        job = asyncio.create_task(self._shadow_call(task, current, sub_inputs, edge_pred))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _shadow_call(self, task: Task, current: TaskVersion,
+                           inputs: dict[str, np.ndarray], edge_pred: np.ndarray) -> None:
+        assert self._cloud is not None
+        timeout = current.policy.latency.default_budget_ms / 1000.0 * 4
+        try:
+            reply = await self._cloud.infer(
+                InferRequest(model_name=task.cloud_model, inputs=inputs), timeout, ""
+            )
+            cloud = _map_cloud_outputs(current.model, reply, len(edge_pred))
+        except EdgecloudError as exc:
+            log.info("shadow_failed", task=task.name, kind=exc.kind.value)
+            return
+        cloud_pred = np.argmax(np.asarray(cloud[current.scores_output]), axis=1)
+        agree = int(np.sum(cloud_pred == edge_pred))
+        self._metrics.shadow(task.name, len(edge_pred), agree)
+        log.info("shadow_result", task=task.name, rows=len(edge_pred), agree=agree)
+
+    async def aclose(self) -> None:
+        """Cancel shadow calls, stop worker threads, close the cloud client."""
+        for job in list(self._background):
+            job.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._cloud is not None:
+            await self._cloud.aclose()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _map_cloud_outputs(model: OnnxModel, reply: InferResponse, rows: int) -> dict[str, np.ndarray]:
+    """Put the cloud's outputs under the edge model's names, by position."""
+    cloud_values = list(reply.outputs.values())
+    if len(cloud_values) != len(model.outputs):
+        raise FailedPrecondition(
+            f"cloud answered {len(cloud_values)} outputs; the task has {len(model.outputs)}"
+        )
+    mapped = {}
+    for spec, value in zip(model.outputs, cloud_values, strict=True):
+        value = np.asarray(value)
+        if value.ndim != len(spec.shape) or value.shape[0] != rows:
+            raise FailedPrecondition(
+                f"cloud output for {spec.name!r} has shape {list(value.shape)}; "
+                f"expected {rows} rows of {list(spec.shape[1:])}"
+            )
+        mapped[spec.name] = value
+    return mapped

@@ -1,0 +1,57 @@
+"""Settings of the ``edgecloud agent run`` and ``agent batch`` processes."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from core.logging import LogFormat
+from core.settings import EdgecloudSettings
+
+
+class AgentSettings(EdgecloudSettings):
+    """Everything the agent process reads at start."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGECLOUD_AGENT_")
+
+    listen: str = "127.0.0.1:8000"
+    """Address of the local v2 server that device apps call (port 0 picks one)."""
+    gateway: str | None = None
+    """HOST:PORT of the cloud gateway (or its load balancer); none = edge only."""
+    data_dir: Path = Path("agent-data")
+    """Directory for the agent's own files."""
+    models: dict[str, Path] = Field(default_factory=dict)
+    """Tasks served at start: task name -> edge ONNX file."""
+    policies: list[Path] = Field(default_factory=list)
+    """Routing policy files (YAML or JSON); each names its task."""
+    cloud_models: dict[str, str] = Field(default_factory=dict)
+    """Task name -> model name on the gateway, when it differs from the task name."""
+    agent_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    """Stable identity of this agent in the fleet."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Labels used by rollout selectors (site, hardware, ...)."""
+    onnx_threads: int = Field(1, ge=1, le=256)
+    """ONNX Runtime intra-op threads of the local model."""
+    executor_threads: int = Field(2, ge=1, le=256)
+    """Worker threads that run the local model."""
+    max_request_bytes: int = Field(64 * 2**20, ge=1024)
+    """Largest inference request accepted from apps."""
+    max_escalation_rows: int = Field(256, ge=1)
+    """Most rows sent to the cloud in one call (batch mode splits larger sets)."""
+    reply_margin_ms: float = Field(2.0, ge=0)
+    """Time kept back from the request's deadline to reply after an escalation."""
+    shadow_seed: int | None = None
+    """Seed of the shadow sampler (for reproducible runs); random when unset."""
+    drain_grace_s: float = Field(5.0, ge=0)
+    """On SIGTERM, time given to in-flight requests before the server stops."""
+    metrics_listen: str | None = None
+    """HOST:PORT of the Prometheus metrics HTTP endpoint; none when unset."""
+    port_file: Path | None = None
+    """Where to write the bound HOST:PORT once serving (for supervisors and the demo)."""
+    log_format: LogFormat = "auto"
+    """``json``, ``console``, or ``auto`` (console on a terminal)."""
+    log_level: str = "info"
+    """Lowest level logged."""

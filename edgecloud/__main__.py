@@ -1,0 +1,7 @@
+"""``python -m edgecloud`` is the ``edgecloud`` command."""
+
+import sys
+
+from edgecloud.cli import main
+
+sys.exit(main())

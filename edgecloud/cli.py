@@ -1,0 +1,227 @@
+"""The ``edgecloud`` command line.
+
+Every subcommand turns bad input into one clear message on stderr and exit
+code 2; nothing the user typed produces a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from core.errors import EdgecloudError
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A problem with what the user asked for; printed without a traceback."""
+
+
+def _pairs(values: Sequence[str] | None, what: str) -> dict[str, str] | None:
+    """Parse repeated ``KEY=VALUE`` flags."""
+    if not values:
+        return None
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise CliError(f"{what} must be KEY=VALUE (got {item!r})")
+        if key in out:
+            raise CliError(f"{what} {key!r} given twice")
+        out[key] = value
+    return out
+
+
+def _model_paths(values: Sequence[str] | None) -> dict[str, Path] | None:
+    pairs = _pairs(values, "--model")
+    if pairs is None:
+        return None
+    paths = {name: Path(p) for name, p in pairs.items()}
+    for name, path in paths.items():
+        if not path.is_file():
+            raise CliError(f"--model {name}: file {path} does not exist")
+    return paths
+
+
+def _add_logging_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=("auto", "json", "console"), default=None,
+                   help="log output format (default: console on a terminal, else JSON)")
+    p.add_argument("--log-level", default=None, help="lowest level logged (default: info)")
+
+
+def _add_process_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
+                   help="serve Prometheus metrics over HTTP on this address")
+    p.add_argument("--port-file", type=Path, default=None,
+                   help="write the bound HOST:PORT to this file once serving")
+    _add_logging_flags(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="edgecloud",
+        description="Hybrid edge-cloud inference: answer easy inputs on the device, "
+        "escalate hard ones to the cloud.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run a gateway and three agents on this machine")
+    demo.add_argument("--json", type=Path, default=None, help="also write the results here")
+    demo.add_argument("--agents", type=int, default=3, help="number of agents (default 3)")
+    demo.add_argument("--streams", type=int, default=2,
+                      help="concurrent sensor streams per agent (default 2)")
+    demo.set_defaults(handler=_cmd_demo)
+
+    example = sub.add_parser("example", help="write a bundled example to a folder")
+    example.add_argument("name", choices=("digits",))
+    example.add_argument("--out", type=Path, required=True, help="folder to write into")
+    example.set_defaults(handler=_cmd_example)
+
+    gateway = sub.add_parser("gateway", help="the cloud gateway")
+    gsub = gateway.add_subparsers(dest="gateway_command", required=True, metavar="COMMAND")
+    serve = gsub.add_parser("serve", help="serve v2 inference for the cloud models")
+    serve.add_argument("--listen", default=None, metavar="HOST:PORT",
+                       help="address to serve on (default 127.0.0.1:8001; port 0 picks one)")
+    serve.add_argument("--data-dir", type=Path, default=None, help="gateway data folder")
+    serve.add_argument("--model", action="append", metavar="NAME=FILE",
+                       help="serve an ONNX file under NAME (repeatable)")
+    _add_process_flags(serve)
+    serve.set_defaults(handler=_cmd_gateway_serve)
+
+    agent = sub.add_parser("agent", help="the edge agent")
+    asub = agent.add_subparsers(dest="agent_command", required=True, metavar="COMMAND")
+    run = asub.add_parser("run", help="serve v2 inference to device apps")
+    run.add_argument("--gateway", default=None, metavar="HOST:PORT",
+                     help="cloud gateway address; without it every row stays on the edge")
+    run.add_argument("--listen", default=None, metavar="HOST:PORT",
+                     help="address apps call (default 127.0.0.1:8000; port 0 picks one)")
+    run.add_argument("--data-dir", type=Path, default=None, help="agent data folder")
+    run.add_argument("--model", action="append", metavar="NAME=FILE",
+                     help="serve task NAME with this edge ONNX file (repeatable)")
+    run.add_argument("--policy", action="append", type=Path, metavar="FILE",
+                     help="routing policy file (repeatable; each names its task)")
+    run.add_argument("--agent-id", default=None, help="identity in the fleet (default: host name)")
+    run.add_argument("--labels", nargs="+", metavar="KEY=VALUE", default=None,
+                     help="labels for rollout selectors")
+    _add_process_flags(run)
+    run.set_defaults(handler=_cmd_agent_run)
+
+    batch = asub.add_parser("batch", help="route a whole .npz file and write JSON lines")
+    batch.add_argument("--gateway", default=None, metavar="HOST:PORT",
+                       help="cloud gateway address; without it every row stays on the edge")
+    batch.add_argument("--model", action="append", required=True, metavar="NAME=FILE",
+                       help="task NAME and its edge ONNX file")
+    batch.add_argument("--policy", action="append", type=Path, metavar="FILE",
+                       help="routing policy file")
+    batch.add_argument("--input", type=Path, required=True, help="input .npz (X, optional y)")
+    batch.add_argument("--output", type=Path, required=True, help="output .jsonl")
+    batch.add_argument("--chunk-rows", type=int, default=256,
+                       help="rows routed per chunk; hard rows of a chunk go in one call")
+    batch.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    _add_logging_flags(batch)
+    batch.set_defaults(handler=_cmd_agent_batch)
+    return parser
+
+
+def _setup_logging(settings) -> None:
+    from core.logging import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+
+
+def _cmd_gateway_serve(args: argparse.Namespace) -> int:
+    from cloud_gateway.app import run_gateway
+    from cloud_gateway.settings import GatewaySettings
+    from core.settings import load_settings
+
+    settings = load_settings(
+        GatewaySettings, args.config, listen=args.listen, data_dir=args.data_dir,
+        models=_model_paths(args.model), metrics_listen=args.metrics_listen,
+        port_file=args.port_file, log_format=args.log_format, log_level=args.log_level,
+    )
+    _setup_logging(settings)
+    asyncio.run(run_gateway(settings))
+    return 0
+
+
+def _agent_settings(args: argparse.Namespace, **extra):
+    from core.settings import load_settings
+    from edge_agent.settings import AgentSettings
+
+    for path in args.policy or ():
+        if not path.is_file():
+            raise CliError(f"--policy: file {path} does not exist")
+    return load_settings(
+        AgentSettings, args.config, gateway=args.gateway, models=_model_paths(args.model),
+        policies=args.policy, log_format=args.log_format, log_level=args.log_level, **extra,
+    )
+
+
+def _cmd_agent_run(args: argparse.Namespace) -> int:
+    from edge_agent.app import run_agent
+
+    settings = _agent_settings(
+        args, listen=args.listen, data_dir=args.data_dir, agent_id=args.agent_id,
+        labels=_pairs(args.labels, "--labels"), metrics_listen=args.metrics_listen,
+        port_file=args.port_file,
+    )
+    _setup_logging(settings)
+    asyncio.run(run_agent(settings))
+    return 0
+
+
+def _cmd_agent_batch(args: argparse.Namespace) -> int:
+    from edgecloud.batch_cli import run_batch_command
+
+    if args.chunk_rows < 1:
+        raise CliError("--chunk-rows must be at least 1")
+    if not args.input.is_file():
+        raise CliError(f"--input: file {args.input} does not exist")
+    settings = _agent_settings(args)
+    if len(settings.models) != 1:
+        raise CliError("agent batch routes one task: give exactly one --model NAME=FILE")
+    _setup_logging(settings)
+    return asyncio.run(run_batch_command(settings, args.input, args.output, args.chunk_rows))
+
+
+def _cmd_example(args: argparse.Namespace) -> int:
+    from edgecloud.examples.digits import write_example
+
+    try:
+        written = write_example(args.out)
+    except (NotADirectoryError, OSError) as exc:
+        raise CliError(f"cannot write the example to {args.out}: {exc}") from None
+    for path in written:
+        print(path)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edgecloud.demo import run_demo
+
+    if not 1 <= args.agents <= 16:
+        raise CliError("--agents must be between 1 and 16")
+    if not 1 <= args.streams <= 16:
+        raise CliError("--streams must be between 1 and 16")
+    return run_demo(agents=args.agents, streams=args.streams, json_path=args.json)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edgecloud`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except (CliError, EdgecloudError) as exc:
+        message = exc.message if isinstance(exc, EdgecloudError) else str(exc)
+        print(f"edgecloud: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

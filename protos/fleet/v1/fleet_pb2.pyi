@@ -1,0 +1,123 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AgentHello(_message.Message):
+    __slots__ = ("agent_id", "labels", "agent_version", "known_generation")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    labels: _containers.ScalarMap[str, str]
+    agent_version: str
+    known_generation: int
+    def __init__(self, agent_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., known_generation: _Optional[int] = ...) -> None: ...
+
+class ArtifactRef(_message.Message):
+    __slots__ = ("name", "version", "digest", "size", "manifest", "signature")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    digest: str
+    size: int
+    manifest: bytes
+    signature: bytes
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("generation", "models", "policies", "replica")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    models: _containers.RepeatedCompositeFieldContainer[ArtifactRef]
+    policies: _containers.RepeatedCompositeFieldContainer[ArtifactRef]
+    replica: str
+    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., replica: _Optional[str] = ...) -> None: ...
+
+class SwapOutcome(_message.Message):
+    __slots__ = ("name", "version", "kind", "ok", "reason", "at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    kind: str
+    ok: bool
+    reason: str
+    at: float
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., at: _Optional[float] = ...) -> None: ...
+
+class TaskCounters(_message.Message):
+    __slots__ = ("name", "model_version", "policy_version", "requests", "rows", "escalated_rows", "fallback_rows", "errors", "score_histogram", "score_bin_edges")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    ESCALATED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    SCORE_BIN_EDGES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_version: str
+    policy_version: str
+    requests: int
+    rows: int
+    escalated_rows: int
+    fallback_rows: int
+    errors: int
+    score_histogram: _containers.RepeatedScalarFieldContainer[int]
+    score_bin_edges: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., requests: _Optional[int] = ..., rows: _Optional[int] = ..., escalated_rows: _Optional[int] = ..., fallback_rows: _Optional[int] = ..., errors: _Optional[int] = ..., score_histogram: _Optional[_Iterable[int]] = ..., score_bin_edges: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class AgentStatus(_message.Message):
+    __slots__ = ("agent_id", "labels", "agent_version", "tasks", "last_swap", "sent_at")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SWAP_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    labels: _containers.ScalarMap[str, str]
+    agent_version: str
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskCounters]
+    last_swap: SwapOutcome
+    sent_at: float
+    def __init__(self, agent_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskCounters, _Mapping]]] = ..., last_swap: _Optional[_Union[SwapOutcome, _Mapping]] = ..., sent_at: _Optional[float] = ...) -> None: ...
+
+class StatusAck(_message.Message):
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,217 @@
+"""Confidence scores: how sure the edge model is about each row.
+
+Every score is a *confidence* in [0, 1], higher meaning more confident, and
+a row goes to the cloud when its confidence is below the threshold. Scores
+are plug-ins behind one small interface, :class:`Score`, kept in a registry
+by name, so other kinds of task can add their own.
+
+Rows that cannot be scored (NaN or infinite inputs, all-zero probabilities)
+get confidence 0, so they escalate, and predicted class -1.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import ClassVar
+
+import numpy as np
+
+from router.policy import Policy, ScoresKind
+
+__all__ = [
+    "Entropy",
+    "Margin",
+    "MaxProb",
+    "Score",
+    "available_scores",
+    "get_score",
+    "register_score",
+    "score_rows",
+    "select_class_scores",
+    "to_probabilities",
+]
+
+
+class Score(ABC):
+    """A confidence score computed from class probabilities."""
+
+    name: ClassVar[str]
+    """The name a policy uses to pick this score."""
+
+    @abstractmethod
+    def confidence(self, probs: np.ndarray) -> np.ndarray:
+        """Confidence per row.
+
+        ``probs`` is ``[N, K]`` float64 with rows that sum to 1 (rows that
+        could not be scored are all NaN). Returns ``[N]`` float64 in [0, 1];
+        a NaN row must give 0.
+        """
+
+
+def _finish(confidence: np.ndarray) -> np.ndarray:
+    """Clip into [0, 1] and turn anything non-finite into 0."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    return np.where(np.isfinite(confidence), np.clip(confidence, 0.0, 1.0), 0.0)
+
+
+class MaxProb(Score):
+    """The top class probability."""
+
+    name = "max_prob"
+
+    def confidence(self, probs: np.ndarray) -> np.ndarray:
+        return _finish(probs.max(axis=1))
+
+
+class Margin(Score):
+    """Top-1 probability minus top-2 probability (top-1 alone when there is one class)."""
+
+    name = "margin"
+
+    def confidence(self, probs: np.ndarray) -> np.ndarray:
+        k = probs.shape[1]
+        if k == 1:
+            return _finish(probs[:, 0])
+        top_two = np.partition(probs, k - 2, axis=1)[:, k - 2 :]
+        return _finish(top_two[:, 1] - top_two[:, 0])
+
+
+class Entropy(Score):
+    """One minus the normalised Shannon entropy, 1 − H(p)/log K (1 when there is one class)."""
+
+    name = "entropy"
+
+    def confidence(self, probs: np.ndarray) -> np.ndarray:
+        k = probs.shape[1]
+        if k == 1:
+            return _finish(np.where(np.isnan(probs[:, 0]), np.nan, 1.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(probs > 0.0, probs * np.log(probs), 0.0)
+        # A NaN row has no positive entries, so restore its NaN by hand.
+        entropy = np.where(np.isnan(probs).any(axis=1), np.nan, -terms.sum(axis=1))
+        return _finish(1.0 - entropy / np.log(k))
+
+
+_REGISTRY: dict[str, Score] = {}
+
+
+def register_score(score: Score, *, replace: bool = False) -> Score:
+    """Add a score to the registry under ``score.name`` and return it.
+
+    Registering a second score under a taken name raises ``ValueError``
+    unless ``replace`` is true.
+    """
+    if not isinstance(score, Score):
+        raise TypeError(f"expected a Score instance, got {type(score).__name__}")
+    name = getattr(score, "name", "")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{type(score).__name__} needs a non-empty class attribute 'name'")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"a score named {name!r} is already registered")
+    _REGISTRY[name] = score
+    return score
+
+
+def get_score(name: str) -> Score:
+    """The registered score called ``name``; ``ValueError`` naming the known ones if none."""
+    try:
+        return _REGISTRY[str(name)]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown confidence score {str(name)!r}; known scores: {known}") from None
+
+
+def available_scores() -> tuple[str, ...]:
+    """Names of the registered scores, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+for _builtin in (MaxProb(), Margin(), Entropy()):
+    register_score(_builtin)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis; rows with NaN or +inf, or all -inf, become NaN."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = np.isnan(z).any(axis=-1, keepdims=True) | np.isposinf(z).any(axis=-1, keepdims=True)
+        top = np.max(np.where(bad, 0.0, z), axis=-1, keepdims=True)
+        e = np.exp(np.where(bad, 0.0, z) - top)
+        total = e.sum(axis=-1, keepdims=True)
+        out = e / total
+    return np.where(bad | ~np.isfinite(out).all(axis=-1, keepdims=True), np.nan, out)
+
+
+def to_probabilities(
+    values: np.ndarray, kind: ScoresKind | str, temperature: float = 1.0
+) -> np.ndarray:
+    """Class probabilities, over the last axis, from an edge model's class scores.
+
+    Logits become ``softmax(values / T)``, computed stably. Probabilities are
+    clipped at 0 and renormalised; with ``T != 1`` they become
+    ``p**(1/T)`` renormalised, computed as ``softmax(log p / T)`` so that a
+    small temperature does not underflow. Rows that cannot be turned into a
+    distribution (NaN, +inf, all zero) come back as all NaN.
+    """
+    kind = ScoresKind(kind)
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim == 0:
+        raise ValueError("class scores must have at least one dimension")
+    if kind is ScoresKind.LOGITS:
+        return _softmax(x / temperature)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.clip(x, 0.0, None)  # NaN stays NaN
+        if temperature == 1.0:
+            total = p.sum(axis=-1, keepdims=True)
+            out = p / total
+            bad = ~np.isfinite(out).all(axis=-1, keepdims=True) | (total <= 0.0)
+            return np.where(bad, np.nan, out)
+        return _softmax(np.log(p) / temperature)
+
+
+def select_class_scores(policy: Policy, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The edge model output that holds the class scores.
+
+    ``outputs`` maps output names to arrays in the model's output order; the
+    policy's ``scores_output`` names one, and ``None`` means the first.
+    """
+    if not outputs:
+        raise ValueError("the edge model produced no outputs")
+    if policy.scores_output is None:
+        return next(iter(outputs.values()))
+    try:
+        return outputs[policy.scores_output]
+    except KeyError:
+        known = ", ".join(repr(name) for name in outputs)
+        raise ValueError(
+            f"policy names scores output {policy.scores_output!r}, "
+            f"but the edge model's outputs are {known}"
+        ) from None
+
+
+def score_rows(policy: Policy, class_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence and predicted class per row.
+
+    ``class_scores`` is ``[N, K]`` (or ``[K]`` for one row), holding
+    probabilities or logits as the policy says. Returns ``(confidence[N]``
+    float64 in [0, 1], ``predicted[N]`` int64). A row that cannot be scored
+    gets confidence 0 and predicted class -1.
+    """
+    values = np.asarray(class_scores)
+    if values.ndim == 1:
+        values = values[np.newaxis, :]
+    if values.ndim != 2:
+        raise ValueError(
+            f"class scores must be [N, K] or [K], got an array of shape {values.shape}"
+        )
+    if values.shape[1] == 0:
+        raise ValueError("class scores have no classes (K = 0)")
+    probs = to_probabilities(values, policy.scores_kind, policy.temperature)
+    unusable = np.isnan(probs).any(axis=1)
+    confidence = _finish(get_score(policy.score).confidence(probs))
+    confidence[unusable] = 0.0
+    predicted = np.argmax(np.where(unusable[:, np.newaxis], 0.0, probs), axis=1).astype(np.int64)
+    predicted[unusable] = -1
+    return confidence, predicted

@@ -1,0 +1,323 @@
+"""Run-time signals that bend the routing decision.
+
+Each is a small stateful object, pure apart from the clock or random
+generator it is given:
+
+- :class:`RttEstimator`: a high quantile of recent cloud round trips, to tell
+  whether an escalation fits in the time a request has left.
+- :class:`EscalationBudget`: a threshold shift that holds the escalation rate
+  near a target.
+- :class:`CircuitBreaker`: stops escalating after repeated failures, and
+  probes the cloud again after a while.
+- :class:`ShadowSampler`: picks a random fraction of rows to escalate anyway.
+
+:class:`RouterState` bundles the four for one policy and turns them into the
+:class:`router.decide.Signals` that :func:`router.decide.decide` takes.
+
+None of these objects locks; an asyncio caller uses them from one event loop,
+a threaded caller guards them with its own lock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from enum import StrEnum
+
+import numpy as np
+
+from router.decide import Decision, Reason, Route, RouteOverride, Signals
+from router.policy import Policy
+
+__all__ = [
+    "BreakerState",
+    "CircuitBreaker",
+    "EscalationBudget",
+    "RouterState",
+    "RttEstimator",
+    "ShadowSampler",
+]
+
+Clock = Callable[[], float]
+"""Monotonic seconds, for example ``time.monotonic``."""
+
+
+class RttEstimator:
+    """A quantile of the last ``window`` cloud round trips."""
+
+    def __init__(self, quantile: float = 0.9, window: int = 200) -> None:
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self.quantile = quantile
+        """Which quantile of the window is the estimate."""
+        self._samples: deque[float] = deque(maxlen=window)
+
+    def observe(self, seconds: float) -> None:
+        """Record one round trip, in seconds."""
+        if not (math.isfinite(seconds) and seconds >= 0.0):
+            raise ValueError(f"a round trip must be a finite number >= 0, got {seconds}")
+        self._samples.append(float(seconds))
+
+    def estimate(self) -> float | None:
+        """The expected round trip in seconds; None before any observation."""
+        if not self._samples:
+            return None
+        return float(np.quantile(np.fromiter(self._samples, dtype=np.float64), self.quantile))
+
+    @property
+    def count(self) -> int:
+        """How many round trips the estimate is currently taken over."""
+        return len(self._samples)
+
+
+class EscalationBudget:
+    """Holds the escalation rate near ``target_rate`` by shifting the threshold.
+
+    After each observed row, τ ← τ − step·(1[escalated] − target_rate),
+    clipped to [−max_shift, +max_shift]. Escalating more often than the target
+    drives τ down (a lower threshold, fewer escalations); escalating less
+    drives it up, which :func:`router.decide.decide` treats as credit for a
+    later burst rather than a reason to escalate more. With ``target_rate``
+    None the shift stays 0, and the realised rate is still reported.
+    """
+
+    def __init__(
+        self,
+        target_rate: float | None,
+        step: float = 0.01,
+        max_shift: float = 0.2,
+        window: int = 1000,
+    ) -> None:
+        if target_rate is not None and not 0.0 <= target_rate <= 1.0:
+            raise ValueError(f"target rate must be in [0, 1], got {target_rate}")
+        if not step > 0.0:
+            raise ValueError(f"step must be > 0, got {step}")
+        if not max_shift >= 0.0:
+            raise ValueError(f"max shift must be >= 0, got {max_shift}")
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self.target_rate = target_rate
+        """Target fraction of rows escalated; None turns the tracker off."""
+        self.step = step
+        """Step size η per observed row."""
+        self.max_shift = max_shift
+        """Bound on the shift either way."""
+        self._shift = 0.0
+        self._recent: deque[bool] = deque(maxlen=window)
+        self._recent_escalated = 0
+
+    @property
+    def shift(self) -> float:
+        """The current threshold shift (negative: fewer escalations)."""
+        return self._shift
+
+    @property
+    def realised_rate(self) -> float | None:
+        """Fraction of the last ``window`` observed rows that escalated; None before any."""
+        if not self._recent:
+            return None
+        return self._recent_escalated / len(self._recent)
+
+    def observe(self, escalated: bool | np.ndarray | Iterable[bool]) -> None:
+        """Record one row (a bool) or several (an array of bools, in order)."""
+        flags = np.atleast_1d(np.asarray(escalated, dtype=bool)).ravel()
+        target = self.target_rate
+        bound = self.max_shift
+        shift = self._shift
+        recent = self._recent
+        for flag in flags.tolist():
+            if len(recent) == recent.maxlen and recent[0]:
+                self._recent_escalated -= 1
+            recent.append(flag)
+            self._recent_escalated += flag
+            if target is not None:
+                shift = min(max(shift - self.step * (flag - target), -bound), bound)
+        self._shift = shift
+
+
+class BreakerState(StrEnum):
+    """Circuit breaker states."""
+
+    CLOSED = "closed"
+    """Escalations flow."""
+    OPEN = "open"
+    """The cloud is treated as unavailable."""
+    HALF_OPEN = "half_open"
+    """One probe escalation is out; its outcome closes or reopens the breaker."""
+
+
+class CircuitBreaker:
+    """Stops escalating after ``failures_to_open`` consecutive failures.
+
+    closed ──failures──▶ open ──half_open_after_s──▶ half_open (one probe)
+    half_open ──success──▶ closed; half_open ──failure──▶ open.
+
+    Call :meth:`allow` right before sending an escalation, and report its
+    outcome with :meth:`record_success` or :meth:`record_failure`.
+    :meth:`available` asks the same question without taking the probe slot.
+    A probe whose outcome is never reported (a cancelled request) frees its
+    slot after another ``half_open_after_s``.
+    """
+
+    def __init__(self, failures_to_open: int, half_open_after_s: float, clock: Clock) -> None:
+        if failures_to_open < 1:
+            raise ValueError(f"failures to open must be at least 1, got {failures_to_open}")
+        if not half_open_after_s > 0.0:
+            raise ValueError(f"half-open delay must be > 0, got {half_open_after_s}")
+        self.failures_to_open = failures_to_open
+        """Consecutive failures that open the breaker."""
+        self.half_open_after_s = half_open_after_s
+        """Seconds open before a probe is let through."""
+        self._clock = clock
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._since = 0.0  # when the breaker opened, or when the probe went out
+
+    @property
+    def state(self) -> BreakerState:
+        """The state as of the last call that changed it."""
+        return self._state
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failures since the last success."""
+        return self._failures
+
+    def _waited(self) -> bool:
+        return self._clock() - self._since >= self.half_open_after_s
+
+    def available(self) -> bool:
+        """Whether :meth:`allow` would let a request through now; changes nothing."""
+        if self._state is BreakerState.CLOSED:
+            return True
+        return self._waited()
+
+    def allow(self) -> bool:
+        """Take permission to send one escalation; False while open or while a probe is out."""
+        if self._state is BreakerState.CLOSED:
+            return True
+        if not self._waited():
+            return False
+        self._state = BreakerState.HALF_OPEN
+        self._since = self._clock()
+        return True
+
+    def record_success(self) -> None:
+        """An escalation succeeded: closes a half-open breaker; ignored while open."""
+        if self._state is BreakerState.OPEN:
+            return  # a late answer to a request sent before the breaker opened
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+
+    def record_failure(self) -> None:
+        """An escalation failed: counts toward opening, and reopens a half-open breaker."""
+        if self._state is BreakerState.OPEN:
+            return  # a late failure must not push the next probe further out
+        self._failures += 1
+        if self._state is BreakerState.HALF_OPEN or self._failures >= self.failures_to_open:
+            self._state = BreakerState.OPEN
+            self._since = self._clock()
+
+
+class ShadowSampler:
+    """Picks each row independently with probability ``rate``."""
+
+    def __init__(self, rate: float, rng: np.random.Generator) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"shadow rate must be in [0, 1], got {rate}")
+        self.rate = rate
+        """Fraction of rows picked."""
+        self._rng = rng
+
+    def sample(self, n: int) -> np.ndarray:
+        """Booleans ``[n]``; rates 0 and 1 answer without drawing from the generator."""
+        if n < 0:
+            raise ValueError(f"cannot sample {n} rows")
+        if self.rate == 0.0:
+            return np.zeros(n, dtype=bool)
+        if self.rate == 1.0:
+            return np.ones(n, dtype=bool)
+        return self._rng.random(n) < self.rate
+
+
+class RouterState:
+    """The run-time signals for one policy, in one place.
+
+    Per request: ``signals(n)`` → :func:`router.decide.decide` →
+    ``observe_decisions(decisions)``; per escalation: ``breaker.allow()``,
+    then ``rtt.observe(seconds)`` and ``breaker.record_success()``, or
+    ``breaker.record_failure()``.
+    """
+
+    def __init__(
+        self,
+        rtt: RttEstimator,
+        budget: EscalationBudget,
+        breaker: CircuitBreaker,
+        sampler: ShadowSampler,
+    ) -> None:
+        self.rtt = rtt
+        """Cloud round-trip estimate."""
+        self.budget = budget
+        """Escalation-rate budget."""
+        self.breaker = breaker
+        """Circuit breaker on the escalation path."""
+        self.sampler = sampler
+        """Shadow sampler."""
+
+    @classmethod
+    def from_policy(cls, policy: Policy, clock: Clock, rng: np.random.Generator) -> RouterState:
+        """Fresh signals configured from a policy."""
+        return cls(
+            rtt=RttEstimator(policy.latency.rtt_quantile, policy.latency.rtt_window),
+            budget=EscalationBudget(
+                policy.budget.target_rate,
+                step=policy.budget.step,
+                max_shift=policy.budget.max_shift,
+                window=policy.budget.window,
+            ),
+            breaker=CircuitBreaker(
+                policy.breaker.failures_to_open,
+                policy.breaker.half_open_after_s,
+                clock,
+            ),
+            sampler=ShadowSampler(policy.shadow_rate, rng),
+        )
+
+    def signals(self, n_rows: int, route: RouteOverride = RouteOverride.AUTO) -> Signals:
+        """The signals for a request of ``n_rows`` rows.
+
+        A forced request draws no shadow samples, so forcing does not disturb
+        the sampler's sequence.
+        """
+        sampled = (
+            self.sampler.sample(n_rows)
+            if route is RouteOverride.AUTO
+            else np.zeros(n_rows, dtype=bool)
+        )
+        return Signals(
+            cloud_available=self.breaker.available(),
+            cloud_rtt_s=self.rtt.estimate(),
+            threshold_shift=self.budget.shift,
+            sampled=sampled,
+        )
+
+    def observe_decisions(self, decisions: Iterable[Decision]) -> None:
+        """Feed the budget tracker with the rows the threshold decided.
+
+        Pass the decisions as :func:`router.decide.decide` made them (a
+        ``cloud_failed`` fallback still counts as escalated). Forced rows say
+        nothing about the threshold and are skipped; a shadow sample counts as
+        not escalated, since the sampler, not the threshold, sent it.
+        """
+        flags = [
+            d.reason is Reason.CLOUD_FAILED
+            or (d.route is Route.CLOUD and d.reason is Reason.LOW_CONFIDENCE)
+            for d in decisions
+            if d.reason is not Reason.FORCED
+        ]
+        if flags:
+            self.budget.observe(np.array(flags, dtype=bool))

@@ -1,0 +1,253 @@
+"""Tests for the routing decision: every reason, and the order the rules apply in."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from router.decide import (
+    Decision,
+    Reason,
+    RequestContext,
+    Route,
+    RouteOverride,
+    Signals,
+    decide,
+    escalate_mask,
+    route_rows,
+)
+from router.policy import LatencyPolicy, Policy
+
+# Global threshold 0.5, class 1 at 0.8; a default budget of 250 ms.
+POLICY = Policy(
+    name="digits",
+    threshold=0.5,
+    class_thresholds={1: 0.8},
+    latency=LatencyPolicy(default_budget_ms=250.0),
+)
+
+AUTO = RequestContext()
+NONE = Signals()
+DOWN = Signals(cloud_available=False)
+SLOW = Signals(cloud_rtt_s=0.3)  # longer than the 0.25 s default budget
+SAMPLED = Signals(sampled=np.array([True]))
+
+E, C = Route.EDGE, Route.CLOUD
+R = Reason
+
+
+# fmt: off  (one situation per entry reads better than the formatter's layout)
+@pytest.mark.parametrize(
+    ("confidence", "predicted", "ctx", "signals", "route", "reason", "threshold"),
+    [
+        # Plain threshold.
+        pytest.param(0.7, 0, AUTO, NONE, E, R.CONFIDENT, 0.5, id="confident"),
+        pytest.param(0.5, 0, AUTO, NONE, E, R.CONFIDENT, 0.5, id="at-threshold-stays"),
+        pytest.param(0.3, 0, AUTO, NONE, C, R.LOW_CONFIDENCE, 0.5, id="low-confidence"),
+        pytest.param(0.7, 1, AUTO, NONE, C, R.LOW_CONFIDENCE, 0.8, id="class-threshold"),
+        pytest.param(0.85, 1, AUTO, NONE, E, R.CONFIDENT, 0.8, id="class-threshold-met"),
+        pytest.param(math.nan, 0, AUTO, NONE, C, R.LOW_CONFIDENCE, 0.5, id="nan-escalates"),
+        # Forced routes come first, whatever the signals say.
+        pytest.param(
+            0.1, 0, RequestContext(route=RouteOverride.EDGE), NONE, E, R.FORCED, 0.5,
+            id="forced-edge",
+        ),
+        pytest.param(
+            0.9, 0, RequestContext(route=RouteOverride.CLOUD), NONE, C, R.FORCED, 0.5,
+            id="forced-cloud",
+        ),
+        pytest.param(
+            0.1, 0, RequestContext(route=RouteOverride.CLOUD), DOWN, C, R.FORCED, 0.5,
+            id="forced-cloud-beats-breaker",
+        ),
+        pytest.param(
+            0.9, 0, RequestContext(route=RouteOverride.EDGE), SAMPLED, E, R.FORCED, 0.5,
+            id="forced-edge-beats-sampling",
+        ),
+        # A request's threshold replaces the policy's and is never shifted.
+        pytest.param(
+            0.3, 0, RequestContext(threshold_override=0.2), NONE, E, R.CONFIDENT, 0.2,
+            id="override-lower",
+        ),
+        pytest.param(
+            0.85, 1, RequestContext(threshold_override=0.9), NONE, C, R.LOW_CONFIDENCE, 0.9,
+            id="override-replaces-class-threshold",
+        ),
+        pytest.param(
+            0.45, 0, RequestContext(threshold_override=0.5), Signals(threshold_shift=-0.2),
+            C, R.LOW_CONFIDENCE, 0.5,
+            id="override-not-shifted",
+        ),
+        # Cloud unavailable, then time, then budget.
+        pytest.param(0.3, 0, AUTO, DOWN, E, R.CLOUD_UNAVAILABLE, 0.5, id="breaker-open"),
+        pytest.param(
+            0.3, 0, AUTO, Signals(cloud_available=False, cloud_rtt_s=9.0),
+            E, R.CLOUD_UNAVAILABLE, 0.5,
+            id="unavailable-before-no-time",
+        ),
+        pytest.param(0.3, 0, AUTO, SLOW, E, R.NO_TIME, 0.5, id="rtt-over-default-budget"),
+        pytest.param(
+            0.3, 0, AUTO, Signals(cloud_rtt_s=0.25), C, R.LOW_CONFIDENCE, 0.5,
+            id="rtt-equal-to-budget-fits",
+        ),
+        pytest.param(
+            0.3, 0, RequestContext(time_left_s=0.1), Signals(cloud_rtt_s=0.2),
+            E, R.NO_TIME, 0.5,
+            id="rtt-over-request-deadline",
+        ),
+        pytest.param(
+            0.3, 0, RequestContext(time_left_s=1.0), SLOW, C, R.LOW_CONFIDENCE, 0.5,
+            id="long-deadline-fits",
+        ),
+        pytest.param(
+            0.3, 0, RequestContext(time_left_s=-1.0), NONE, C, R.LOW_CONFIDENCE, 0.5,
+            id="unknown-rtt-assumed-to-fit",
+        ),
+        pytest.param(
+            0.45, 0, AUTO, Signals(cloud_rtt_s=1.0, threshold_shift=-0.1),
+            E, R.NO_TIME, 0.4,
+            id="no-time-before-budget",
+        ),
+        pytest.param(
+            0.45, 0, AUTO, Signals(threshold_shift=-0.1), E, R.BUDGET_EXHAUSTED, 0.4,
+            id="budget-lowers-threshold",
+        ),
+        pytest.param(
+            0.3, 0, AUTO, Signals(threshold_shift=-0.1), C, R.LOW_CONFIDENCE, 0.4,
+            id="budget-not-enough",
+        ),
+        pytest.param(
+            0.0, 0, AUTO, Signals(threshold_shift=-0.9), E, R.BUDGET_EXHAUSTED, 0.0,
+            id="shift-clipped-at-zero",
+        ),
+        pytest.param(
+            math.nan, 0, AUTO, Signals(threshold_shift=-0.9), C, R.LOW_CONFIDENCE, 0.0,
+            id="nan-escalates-despite-budget",
+        ),
+        pytest.param(
+            0.55, 0, AUTO, Signals(threshold_shift=0.1), E, R.CONFIDENT, 0.5,
+            id="positive-shift-is-credit-only",
+        ),
+        pytest.param(
+            0.45, 0, AUTO, Signals(threshold_shift=0.1), C, R.LOW_CONFIDENCE, 0.5,
+            id="positive-shift-keeps-base",
+        ),
+        # Shadow sampling: only confident rows, only when the cloud can take them.
+        pytest.param(0.9, 0, AUTO, SAMPLED, C, R.SAMPLED, 0.5, id="sampled"),
+        pytest.param(
+            0.9, 0, AUTO, Signals(cloud_available=False, sampled=np.array([True])),
+            E, R.CONFIDENT, 0.5,
+            id="sampled-but-breaker-open",
+        ),
+        pytest.param(
+            0.9, 0, AUTO, Signals(cloud_rtt_s=0.3, sampled=np.array([True])),
+            E, R.CONFIDENT, 0.5,
+            id="sampled-but-no-time",
+        ),
+        pytest.param(
+            0.3, 0, AUTO, SAMPLED, C, R.LOW_CONFIDENCE, 0.5, id="sampled-low-row-is-low"
+        ),
+        pytest.param(
+            0.45, 0, AUTO, Signals(threshold_shift=-0.1, sampled=np.array([True])),
+            E, R.BUDGET_EXHAUSTED, 0.4,
+            id="sampling-ignores-rows-under-base",
+        ),
+    ],
+)
+# fmt: on
+def test_decision_table(
+    confidence: float,
+    predicted: int,
+    ctx: RequestContext,
+    signals: Signals,
+    route: Route,
+    reason: Reason,
+    threshold: float,
+) -> None:
+    """Each row of the table pins the route, reason and threshold for one situation."""
+    (decision,) = decide(POLICY, np.array([confidence]), np.array([predicted]), ctx, signals)
+    assert decision.route is route
+    assert decision.reason is reason
+    assert decision.threshold == pytest.approx(threshold)
+    if math.isnan(confidence):
+        assert math.isnan(decision.score)
+    else:
+        assert decision.score == confidence
+
+
+def test_batch_decides_each_row() -> None:
+    """A batch gets one decision per row, in order, and the escalation mask matches."""
+    signals = Signals(threshold_shift=-0.05, sampled=np.array([False, True, False, False]))
+    decisions = decide(
+        POLICY, np.array([0.9, 0.95, 0.2, 0.47]), np.array([0, 0, 0, 0]), signals=signals
+    )
+    assert [(d.route, d.reason) for d in decisions] == [
+        (E, R.CONFIDENT),
+        (C, R.SAMPLED),
+        (C, R.LOW_CONFIDENCE),
+        (E, R.BUDGET_EXHAUSTED),
+    ]
+    np.testing.assert_array_equal(escalate_mask(decisions), [False, True, True, False])
+    assert escalate_mask(()).shape == (0,)
+
+
+def test_empty_batch() -> None:
+    """Zero rows give zero decisions."""
+    assert decide(POLICY, np.zeros(0), np.zeros(0, dtype=np.int64)) == ()
+
+
+def test_route_rows_scores_then_decides() -> None:
+    """route_rows is score_rows followed by decide."""
+    decisions = route_rows(POLICY, np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25]]))
+    assert [d.reason for d in decisions] == [R.CONFIDENT, R.LOW_CONFIDENCE]
+    assert decisions[0].score == pytest.approx(0.85)
+
+
+def test_decision_is_a_frozen_value() -> None:
+    """Decisions compare by value and cannot be changed."""
+    a = Decision(route=E, reason=R.CONFIDENT, score=0.9, threshold=0.5)
+    assert a == Decision(route=E, reason=R.CONFIDENT, score=0.9, threshold=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.route = C  # type: ignore[misc]
+
+
+def test_wire_strings() -> None:
+    """Routes and reasons carry the strings the agent puts in response parameters."""
+    assert {r.value for r in Route} == {"edge", "cloud", "edge_fallback"}
+    assert {r.value for r in Reason} == {
+        "confident",
+        "low_confidence",
+        "no_time",
+        "budget_exhausted",
+        "cloud_unavailable",
+        "sampled",
+        "forced",
+        "cloud_failed",
+    }
+    assert RequestContext(route="cloud").route is RouteOverride.CLOUD  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("override", [-0.1, 1.5, math.nan])
+def test_bad_threshold_override_is_refused(override: float) -> None:
+    """A request threshold outside [0, 1] is refused when the context is built."""
+    with pytest.raises(ValueError, match="confidence threshold"):
+        RequestContext(threshold_override=override)
+
+
+def test_bad_route_override_is_refused() -> None:
+    """An unknown route parameter is refused when the context is built."""
+    with pytest.raises(ValueError):
+        RequestContext(route="sideways")  # type: ignore[arg-type]
+
+
+def test_mismatched_shapes_are_refused() -> None:
+    """Confidence, predicted classes and samples must all have one entry per row."""
+    with pytest.raises(ValueError, match="predicted"):
+        decide(POLICY, np.array([0.5, 0.5]), np.array([0]))
+    with pytest.raises(ValueError, match="one-dimensional"):
+        decide(POLICY, np.array([[0.5]]), np.array([[0]]))
+    with pytest.raises(ValueError, match="sampled"):
+        decide(POLICY, np.array([0.5]), np.array([0]), signals=Signals(sampled=np.ones(2)))
