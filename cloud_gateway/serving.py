@@ -117,6 +117,11 @@ class GatewayService:
             )
         return served
 
+    def queued_rows(self, name: str) -> int:
+        """Rows of ``name`` waiting for a batch."""
+        batcher = self._served(name).batcher
+        return batcher.queued_rows if batcher is not None else 0
+
     def model_ready(self, name: str, version: str = "") -> bool:
         """True when the model (and version, if given) is loaded and serving."""
         try:

@@ -344,7 +344,8 @@ def _load_document(text: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = exc.problem or exc.context or "unreadable document"
+        problem = ", ".join(part for part in (exc.context, exc.problem) if part)
+        problem = problem or "unreadable document"
         raise PolicyError(f"policy is not valid YAML{where}: {problem}") from None
     except yaml.YAMLError:
         raise PolicyError("policy is not valid YAML") from None

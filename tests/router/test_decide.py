@@ -39,125 +39,129 @@ E, C = Route.EDGE, Route.CLOUD
 R = Reason
 
 
-# fmt: off  (one situation per entry reads better than the formatter's layout)
-@pytest.mark.parametrize(
-    ("confidence", "predicted", "ctx", "signals", "route", "reason", "threshold"),
-    [
-        # Plain threshold.
-        pytest.param(0.7, 0, AUTO, NONE, E, R.CONFIDENT, 0.5, id="confident"),
-        pytest.param(0.5, 0, AUTO, NONE, E, R.CONFIDENT, 0.5, id="at-threshold-stays"),
-        pytest.param(0.3, 0, AUTO, NONE, C, R.LOW_CONFIDENCE, 0.5, id="low-confidence"),
-        pytest.param(0.7, 1, AUTO, NONE, C, R.LOW_CONFIDENCE, 0.8, id="class-threshold"),
-        pytest.param(0.85, 1, AUTO, NONE, E, R.CONFIDENT, 0.8, id="class-threshold-met"),
-        pytest.param(math.nan, 0, AUTO, NONE, C, R.LOW_CONFIDENCE, 0.5, id="nan-escalates"),
-        # Forced routes come first, whatever the signals say.
-        pytest.param(
-            0.1, 0, RequestContext(route=RouteOverride.EDGE), NONE, E, R.FORCED, 0.5,
-            id="forced-edge",
-        ),
-        pytest.param(
-            0.9, 0, RequestContext(route=RouteOverride.CLOUD), NONE, C, R.FORCED, 0.5,
-            id="forced-cloud",
-        ),
-        pytest.param(
-            0.1, 0, RequestContext(route=RouteOverride.CLOUD), DOWN, C, R.FORCED, 0.5,
-            id="forced-cloud-beats-breaker",
-        ),
-        pytest.param(
-            0.9, 0, RequestContext(route=RouteOverride.EDGE), SAMPLED, E, R.FORCED, 0.5,
-            id="forced-edge-beats-sampling",
-        ),
-        # A request's threshold replaces the policy's and is never shifted.
-        pytest.param(
-            0.3, 0, RequestContext(threshold_override=0.2), NONE, E, R.CONFIDENT, 0.2,
-            id="override-lower",
-        ),
-        pytest.param(
-            0.85, 1, RequestContext(threshold_override=0.9), NONE, C, R.LOW_CONFIDENCE, 0.9,
-            id="override-replaces-class-threshold",
-        ),
-        pytest.param(
-            0.45, 0, RequestContext(threshold_override=0.5), Signals(threshold_shift=-0.2),
-            C, R.LOW_CONFIDENCE, 0.5,
-            id="override-not-shifted",
-        ),
-        # Cloud unavailable, then time, then budget.
-        pytest.param(0.3, 0, AUTO, DOWN, E, R.CLOUD_UNAVAILABLE, 0.5, id="breaker-open"),
-        pytest.param(
-            0.3, 0, AUTO, Signals(cloud_available=False, cloud_rtt_s=9.0),
-            E, R.CLOUD_UNAVAILABLE, 0.5,
-            id="unavailable-before-no-time",
-        ),
-        pytest.param(0.3, 0, AUTO, SLOW, E, R.NO_TIME, 0.5, id="rtt-over-default-budget"),
-        pytest.param(
-            0.3, 0, AUTO, Signals(cloud_rtt_s=0.25), C, R.LOW_CONFIDENCE, 0.5,
-            id="rtt-equal-to-budget-fits",
-        ),
-        pytest.param(
-            0.3, 0, RequestContext(time_left_s=0.1), Signals(cloud_rtt_s=0.2),
-            E, R.NO_TIME, 0.5,
-            id="rtt-over-request-deadline",
-        ),
-        pytest.param(
-            0.3, 0, RequestContext(time_left_s=1.0), SLOW, C, R.LOW_CONFIDENCE, 0.5,
-            id="long-deadline-fits",
-        ),
-        pytest.param(
-            0.3, 0, RequestContext(time_left_s=-1.0), NONE, C, R.LOW_CONFIDENCE, 0.5,
-            id="unknown-rtt-assumed-to-fit",
-        ),
-        pytest.param(
-            0.45, 0, AUTO, Signals(cloud_rtt_s=1.0, threshold_shift=-0.1),
-            E, R.NO_TIME, 0.4,
-            id="no-time-before-budget",
-        ),
-        pytest.param(
-            0.45, 0, AUTO, Signals(threshold_shift=-0.1), E, R.BUDGET_EXHAUSTED, 0.4,
-            id="budget-lowers-threshold",
-        ),
-        pytest.param(
-            0.3, 0, AUTO, Signals(threshold_shift=-0.1), C, R.LOW_CONFIDENCE, 0.4,
-            id="budget-not-enough",
-        ),
-        pytest.param(
-            0.0, 0, AUTO, Signals(threshold_shift=-0.9), E, R.BUDGET_EXHAUSTED, 0.0,
-            id="shift-clipped-at-zero",
-        ),
-        pytest.param(
-            math.nan, 0, AUTO, Signals(threshold_shift=-0.9), C, R.LOW_CONFIDENCE, 0.0,
-            id="nan-escalates-despite-budget",
-        ),
-        pytest.param(
-            0.55, 0, AUTO, Signals(threshold_shift=0.1), E, R.CONFIDENT, 0.5,
-            id="positive-shift-is-credit-only",
-        ),
-        pytest.param(
-            0.45, 0, AUTO, Signals(threshold_shift=0.1), C, R.LOW_CONFIDENCE, 0.5,
-            id="positive-shift-keeps-base",
-        ),
-        # Shadow sampling: only confident rows, only when the cloud can take them.
-        pytest.param(0.9, 0, AUTO, SAMPLED, C, R.SAMPLED, 0.5, id="sampled"),
-        pytest.param(
-            0.9, 0, AUTO, Signals(cloud_available=False, sampled=np.array([True])),
-            E, R.CONFIDENT, 0.5,
-            id="sampled-but-breaker-open",
-        ),
-        pytest.param(
-            0.9, 0, AUTO, Signals(cloud_rtt_s=0.3, sampled=np.array([True])),
-            E, R.CONFIDENT, 0.5,
-            id="sampled-but-no-time",
-        ),
-        pytest.param(
-            0.3, 0, AUTO, SAMPLED, C, R.LOW_CONFIDENCE, 0.5, id="sampled-low-row-is-low"
-        ),
-        pytest.param(
-            0.45, 0, AUTO, Signals(threshold_shift=-0.1, sampled=np.array([True])),
-            E, R.BUDGET_EXHAUSTED, 0.4,
-            id="sampling-ignores-rows-under-base",
-        ),
-    ],
-)
+# One situation per entry: confidence, predicted class, request, signals → route, reason,
+# threshold. Kept out of the formatter so each entry stays on a line or two.
+# fmt: off
+CASES = [
+    # Plain threshold.
+    pytest.param(0.7, 0, AUTO, NONE, E, R.CONFIDENT, 0.5, id="confident"),
+    pytest.param(0.5, 0, AUTO, NONE, E, R.CONFIDENT, 0.5, id="at-threshold-stays"),
+    pytest.param(0.3, 0, AUTO, NONE, C, R.LOW_CONFIDENCE, 0.5, id="low-confidence"),
+    pytest.param(0.7, 1, AUTO, NONE, C, R.LOW_CONFIDENCE, 0.8, id="class-threshold"),
+    pytest.param(0.85, 1, AUTO, NONE, E, R.CONFIDENT, 0.8, id="class-threshold-met"),
+    pytest.param(math.nan, 0, AUTO, NONE, C, R.LOW_CONFIDENCE, 0.5, id="nan-escalates"),
+    # Forced routes come first, whatever the signals say.
+    pytest.param(
+        0.1, 0, RequestContext(route=RouteOverride.EDGE), NONE, E, R.FORCED, 0.5,
+        id="forced-edge",
+    ),
+    pytest.param(
+        0.9, 0, RequestContext(route=RouteOverride.CLOUD), NONE, C, R.FORCED, 0.5,
+        id="forced-cloud",
+    ),
+    pytest.param(
+        0.1, 0, RequestContext(route=RouteOverride.CLOUD), DOWN, C, R.FORCED, 0.5,
+        id="forced-cloud-beats-breaker",
+    ),
+    pytest.param(
+        0.9, 0, RequestContext(route=RouteOverride.EDGE), SAMPLED, E, R.FORCED, 0.5,
+        id="forced-edge-beats-sampling",
+    ),
+    # A request's threshold replaces the policy's and is never shifted.
+    pytest.param(
+        0.3, 0, RequestContext(threshold_override=0.2), NONE, E, R.CONFIDENT, 0.2,
+        id="override-lower",
+    ),
+    pytest.param(
+        0.85, 1, RequestContext(threshold_override=0.9), NONE, C, R.LOW_CONFIDENCE, 0.9,
+        id="override-replaces-class-threshold",
+    ),
+    pytest.param(
+        0.45, 0, RequestContext(threshold_override=0.5), Signals(threshold_shift=-0.2),
+        C, R.LOW_CONFIDENCE, 0.5,
+        id="override-not-shifted",
+    ),
+    # Cloud unavailable, then time, then budget.
+    pytest.param(0.3, 0, AUTO, DOWN, E, R.CLOUD_UNAVAILABLE, 0.5, id="breaker-open"),
+    pytest.param(
+        0.3, 0, AUTO, Signals(cloud_available=False, cloud_rtt_s=9.0),
+        E, R.CLOUD_UNAVAILABLE, 0.5,
+        id="unavailable-before-no-time",
+    ),
+    pytest.param(0.3, 0, AUTO, SLOW, E, R.NO_TIME, 0.5, id="rtt-over-default-budget"),
+    pytest.param(
+        0.3, 0, AUTO, Signals(cloud_rtt_s=0.25), C, R.LOW_CONFIDENCE, 0.5,
+        id="rtt-equal-to-budget-fits",
+    ),
+    pytest.param(
+        0.3, 0, RequestContext(time_left_s=0.1), Signals(cloud_rtt_s=0.2),
+        E, R.NO_TIME, 0.5,
+        id="rtt-over-request-deadline",
+    ),
+    pytest.param(
+        0.3, 0, RequestContext(time_left_s=1.0), SLOW, C, R.LOW_CONFIDENCE, 0.5,
+        id="long-deadline-fits",
+    ),
+    pytest.param(
+        0.3, 0, RequestContext(time_left_s=-1.0), NONE, C, R.LOW_CONFIDENCE, 0.5,
+        id="unknown-rtt-assumed-to-fit",
+    ),
+    pytest.param(
+        0.45, 0, AUTO, Signals(cloud_rtt_s=1.0, threshold_shift=-0.1),
+        E, R.NO_TIME, 0.4,
+        id="no-time-before-budget",
+    ),
+    pytest.param(
+        0.45, 0, AUTO, Signals(threshold_shift=-0.1), E, R.BUDGET_EXHAUSTED, 0.4,
+        id="budget-lowers-threshold",
+    ),
+    pytest.param(
+        0.3, 0, AUTO, Signals(threshold_shift=-0.1), C, R.LOW_CONFIDENCE, 0.4,
+        id="budget-not-enough",
+    ),
+    pytest.param(
+        0.0, 0, AUTO, Signals(threshold_shift=-0.9), E, R.BUDGET_EXHAUSTED, 0.0,
+        id="shift-clipped-at-zero",
+    ),
+    pytest.param(
+        math.nan, 0, AUTO, Signals(threshold_shift=-0.9), C, R.LOW_CONFIDENCE, 0.0,
+        id="nan-escalates-despite-budget",
+    ),
+    pytest.param(
+        0.55, 0, AUTO, Signals(threshold_shift=0.1), E, R.CONFIDENT, 0.5,
+        id="positive-shift-is-credit-only",
+    ),
+    pytest.param(
+        0.45, 0, AUTO, Signals(threshold_shift=0.1), C, R.LOW_CONFIDENCE, 0.5,
+        id="positive-shift-keeps-base",
+    ),
+    # Shadow sampling: only confident rows, only when the cloud can take them.
+    pytest.param(0.9, 0, AUTO, SAMPLED, C, R.SAMPLED, 0.5, id="sampled"),
+    pytest.param(
+        0.9, 0, AUTO, Signals(cloud_available=False, sampled=np.array([True])),
+        E, R.CONFIDENT, 0.5,
+        id="sampled-but-breaker-open",
+    ),
+    pytest.param(
+        0.9, 0, AUTO, Signals(cloud_rtt_s=0.3, sampled=np.array([True])),
+        E, R.CONFIDENT, 0.5,
+        id="sampled-but-no-time",
+    ),
+    pytest.param(
+        0.3, 0, AUTO, SAMPLED, C, R.LOW_CONFIDENCE, 0.5, id="sampled-low-row-is-low"
+    ),
+    pytest.param(
+        0.45, 0, AUTO, Signals(threshold_shift=-0.1, sampled=np.array([True])),
+        E, R.BUDGET_EXHAUSTED, 0.4,
+        id="sampling-ignores-rows-under-base",
+    ),
+]
 # fmt: on
+
+
+@pytest.mark.parametrize(
+    ("confidence", "predicted", "ctx", "signals", "route", "reason", "threshold"), CASES
+)
 def test_decision_table(
     confidence: float,
     predicted: int,

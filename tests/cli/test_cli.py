@@ -1,0 +1,140 @@
+"""The edgecloud command: clear messages and exit code 2 for bad input, clean stops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router import RequestContext, decide, parse_policy, score_rows
+
+
+def edgecloud(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgecloud", *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def bad_files(tmp_path: Path) -> dict[str, Path]:
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(os.urandom(256))
+    bad_policy = tmp_path / "bad_policy.yaml"
+    bad_policy.write_text("name: digits\nthreshold: 1.7\n")
+    not_yaml = tmp_path / "not_yaml.yaml"
+    not_yaml.write_text("name: [unclosed\n")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    return {"garbage": garbage, "bad_policy": bad_policy, "not_yaml": not_yaml,
+            "a_file": a_file}
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["agent", "run", "--model", "digits={missing}"], "does not exist"),
+        (["agent", "run", "--model", "digits"], "KEY=VALUE"),
+        (["agent", "run", "--model", "digits={edge}", "--policy", "{bad_policy}"], "threshold"),
+        (["agent", "run", "--model", "digits={edge}", "--policy", "{not_yaml}"], "policy"),
+        (["agent", "run", "--model", "digits={edge}", "--labels", "site"], "KEY=VALUE"),
+        (["agent", "run", "--model", "digits={garbage}", "--listen", "127.0.0.1:0"],
+         "garbage.onnx"),
+        (["gateway", "serve", "--listen", "nowhere", "--model", "digits={cloud}"], "HOST:PORT"),
+        (["gateway", "serve", "--listen", "127.0.0.1:0", "--model", "digits={garbage}"],
+         "garbage.onnx"),
+        (["example", "digits", "--out", "{a_file}"], "a_file"),
+        (["agent", "batch", "--model", "digits={edge}", "--input", "{missing}",
+          "--output", "{tmp}/out.jsonl"], "does not exist"),
+        (["demo", "--agents", "0"], "--agents"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(args, fragment, bad_files, digits_dir, tmp_path):
+    """Each mistake gets one line on stderr naming the problem, exit code 2, no traceback."""
+    names = {**bad_files, "edge": digits_dir / "edge.onnx", "cloud": digits_dir / "cloud.onnx",
+             "missing": tmp_path / "missing.onnx", "tmp": tmp_path}
+    result = edgecloud(*(a.format(**names) for a in args))
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_gateway_drains_and_exits_on_sigterm(tmp_path, digits_dir):
+    """A gateway process writes its port file, then exits 0 promptly on SIGTERM."""
+    port_file = tmp_path / "gw.port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecloud", "gateway", "serve", "--listen", "127.0.0.1:0",
+         "--data-dir", str(tmp_path / "gw"), "--model", f"digits={digits_dir / 'cloud.onnx'}",
+         "--port-file", str(port_file), "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert port_file.exists(), proc.stdout.read().decode() if proc.poll() is not None else ""
+        assert port_file.read_text().startswith("127.0.0.1:")
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    events = [json.loads(line)["event"] for line in output.decode().splitlines()
+              if line.startswith("{")]
+    assert "gateway_draining" in events and "gateway_stopped" in events
+
+
+@pytest.mark.e2e
+async def test_agent_batch_routes_a_whole_file(start_gateway, tmp_path, digits_dir,
+                                               digits_test, onnx_reference):
+    """`agent batch` writes one JSON line per row, routed as decide() says, with the
+    answering model's prediction, and prints a summary table."""
+    gateway = await start_gateway()
+    out = tmp_path / "answers.jsonl"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgecloud", "agent", "batch", "--gateway", gateway.address,
+        "--model", f"digits={digits_dir / 'edge.onnx'}", "--policy",
+        str(digits_dir / "policy.yaml"), "--input", str(digits_dir / "test.npz"),
+        "--output", str(out), "--chunk-rows", "100", "--log-format", "json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, stderr.decode()
+    x, y = digits_test
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["row"] for r in lines] == list(range(len(x)))
+    policy = parse_policy((digits_dir / "policy.yaml").read_text())
+    confidence, predicted = score_rows(policy, onnx_reference("edge", x))
+    expected = [d.route.value for d in decide(policy, confidence, predicted,
+                                               RequestContext(time_left_s=30.0))]
+    assert [r["route"] for r in lines] == expected
+    cloud_pred = np.argmax(onnx_reference("cloud", x), axis=1)
+    for r in lines:
+        want = cloud_pred[r["row"]] if r["route"] == "cloud" else predicted[r["row"]]
+        assert r["prediction"] == want
+        assert r["label"] == y[r["row"]]
+    assert "escalation rate" in stdout.decode()
+    assert gateway.metrics.rows.labels("digits")._value.get() == expected.count("cloud")
+
+
+@pytest.mark.e2e
+def test_demo_meets_its_targets(tmp_path):
+    """The demo runs the whole system and the hybrid is within 0.5 points of cloud-only
+    accuracy with at most 15% of inputs escalated; no request fails."""
+    out = tmp_path / "demo.json"
+    result = edgecloud("demo", "--json", str(out), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["cloud_only"]["accuracy"] - figures["hybrid"]["accuracy"] <= 0.005
+    assert figures["hybrid"]["escalation_rate"] <= 0.15
+    assert figures["edge_only"]["accuracy"] < figures["cloud_only"]["accuracy"]
+    assert figures["edge_only"]["escalation_rate"] == 0.0
+    assert figures["cloud_only"]["escalation_rate"] == 1.0

@@ -1,0 +1,80 @@
+"""A stock Triton client talks to both the gateway and the agent unchanged.
+
+tritonclient registers its own ``inference.*`` protobuf messages, so it runs
+in a subprocess that never imports edgecloud; this process only starts the
+servers and compares the outputs with onnxruntime run directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CLIENT_SCRIPT = r"""
+import json, sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+address, model, x_path = sys.argv[1], sys.argv[2], sys.argv[3]
+client = grpcclient.InferenceServerClient(url=address)
+x = np.load(x_path)
+inp = grpcclient.InferInput("pixels", list(x.shape), "FP32")
+inp.set_data_from_numpy(x)
+result = client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput("probabilities")])
+meta = client.get_model_metadata(model, as_json=True)
+response = result.get_response(as_json=True)
+print(json.dumps({
+    "live": client.is_server_live(),
+    "ready": client.is_server_ready(),
+    "model_ready": client.is_model_ready(model),
+    "server": client.get_server_metadata(as_json=True),
+    "metadata": meta,
+    "outputs": result.as_numpy("probabilities").tolist(),
+    "parameters": response.get("parameters", {}),
+}))
+"""
+
+
+async def _run_client(address: str, x_path: Path) -> dict:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENT_SCRIPT, address, "digits", str(x_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, stderr.decode()
+    return json.loads(stdout)
+
+
+@pytest.mark.e2e
+async def test_tritonclient_against_gateway_and_agent(start_gateway, start_agent, tmp_path,
+                                                      digits_test, onnx_reference):
+    """Liveness, readiness, metadata and inference through tritonclient; outputs equal
+    running the ONNX files directly (gateway: cloud model; agent: per-row route)."""
+    gateway = await start_gateway()
+    agent = await start_agent(gateway.address)
+    x, _ = digits_test
+    rows = x[:16]
+    x_path = tmp_path / "x.npy"
+    np.save(x_path, rows)
+
+    from_gateway = await _run_client(gateway.address, x_path)
+    assert from_gateway["live"] and from_gateway["ready"] and from_gateway["model_ready"]
+    assert from_gateway["metadata"]["inputs"][0] == {
+        "name": "pixels", "datatype": "FP32", "shape": ["-1", "64"]
+    }
+    np.testing.assert_allclose(np.array(from_gateway["outputs"]),
+                               onnx_reference("cloud", rows), rtol=1e-5, atol=1e-6)
+
+    from_agent = await _run_client(agent.address, x_path)
+    assert from_agent["live"] and from_agent["ready"] and from_agent["model_ready"]
+    assert from_agent["server"]["name"] == "edgecloud-agent"
+    routes = from_agent["parameters"]["route"]["string_param"].split(",")
+    assert len(routes) == len(rows)
+    expected = np.where(np.array(routes)[:, None] == "cloud",
+                        onnx_reference("cloud", rows), onnx_reference("edge", rows))
+    np.testing.assert_allclose(np.array(from_agent["outputs"]), expected, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,148 @@
+"""The dynamic batcher: batches form, results split back, deadlines and overload."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from cloud_gateway.batching import BatchingConfig, DynamicBatcher
+from core.errors import DeadlineExceeded, Overloaded, Unavailable
+
+
+class RecordingModel:
+    """A fake model run: doubles its input and records every batch size."""
+
+    def __init__(self, gate: asyncio.Event | None = None) -> None:
+        self.batches: list[int] = []
+        self.gate = gate
+
+    async def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.gate is not None:
+            await self.gate.wait()
+        x = inputs["x"]
+        self.batches.append(int(x.shape[0]))
+        return {"y": x * 2.0}
+
+
+async def test_concurrent_requests_share_a_batch_and_get_their_own_rows() -> None:
+    """Requests that arrive together run as one batch; each gets back its own rows."""
+    model = RecordingModel()
+    batcher = DynamicBatcher("m", model, BatchingConfig(max_batch_size=64,
+                                                        max_queue_delay_s=0.05, workers=1))
+    batcher.start()
+    try:
+        inputs = [np.full((i + 1, 3), float(i), np.float32) for i in range(8)]
+        outs = await asyncio.gather(*(batcher.submit({"x": x}) for x in inputs))
+    finally:
+        await batcher.aclose()
+    for x, out in zip(inputs, outs, strict=True):
+        np.testing.assert_array_equal(out["y"], x * 2.0)
+    assert sum(model.batches) == sum(range(1, 9))
+    assert max(model.batches) > 1
+
+
+async def test_batch_never_exceeds_max_rows() -> None:
+    """No model run gets more rows than max_batch_size."""
+    model = RecordingModel()
+    batcher = DynamicBatcher("m", model, BatchingConfig(max_batch_size=4,
+                                                        max_queue_delay_s=0.02, workers=1))
+    batcher.start()
+    try:
+        await asyncio.gather(*(batcher.submit({"x": np.ones((1, 2), np.float32)})
+                               for _ in range(10)))
+    finally:
+        await batcher.aclose()
+    assert max(model.batches) <= 4
+    assert sum(model.batches) == 10
+
+
+async def test_different_trailing_shapes_are_not_mixed() -> None:
+    """Requests whose non-batch shapes differ run in separate batches."""
+    model = RecordingModel()
+    batcher = DynamicBatcher("m", model, BatchingConfig(max_queue_delay_s=0.02, workers=1))
+    batcher.start()
+    try:
+        a, b = await asyncio.gather(batcher.submit({"x": np.ones((2, 3), np.float32)}),
+                                    batcher.submit({"x": np.ones((2, 5), np.float32)}))
+    finally:
+        await batcher.aclose()
+    assert a["y"].shape == (2, 3) and b["y"].shape == (2, 5)
+    assert sorted(model.batches) == [2, 2]
+
+
+async def test_full_queue_sheds_with_overloaded() -> None:
+    """Past max_queue_rows waiting, a request is refused with Overloaded."""
+    gate = asyncio.Event()
+    model = RecordingModel(gate)
+    batcher = DynamicBatcher("m", model, BatchingConfig(max_batch_size=1, max_queue_rows=2,
+                                                        max_queue_delay_s=0.0, workers=1))
+    batcher.start()
+    try:
+        first = asyncio.create_task(batcher.submit({"x": np.ones((1, 1), np.float32)}))
+        await asyncio.sleep(0.01)  # the first is now running, held by the gate
+        queued = [asyncio.create_task(batcher.submit({"x": np.ones((1, 1), np.float32)}))
+                  for _ in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="queue is full"):
+            await batcher.submit({"x": np.ones((1, 1), np.float32)})
+        gate.set()
+        await asyncio.gather(first, *queued)
+    finally:
+        gate.set()
+        await batcher.aclose()
+
+
+async def test_expired_deadline_is_dropped_before_compute() -> None:
+    """A request whose deadline passed while queued never reaches the model."""
+    now = [100.0]
+    gate = asyncio.Event()
+    model = RecordingModel(gate)
+    batcher = DynamicBatcher("m", model, BatchingConfig(max_batch_size=1,
+                                                        max_queue_delay_s=0.0, workers=1),
+                             clock=lambda: now[0])
+    batcher.start()
+    try:
+        first = asyncio.create_task(batcher.submit({"x": np.ones((1, 1), np.float32)}))
+        await asyncio.sleep(0.01)
+        late = asyncio.create_task(
+            batcher.submit({"x": np.full((3, 1), 7.0, np.float32)}, deadline=101.0)
+        )
+        await asyncio.sleep(0.01)
+        now[0] = 102.0  # the deadline passes while the first batch holds the worker
+        gate.set()
+        await first
+        with pytest.raises(DeadlineExceeded):
+            await late
+    finally:
+        gate.set()
+        await batcher.aclose()
+    assert model.batches == [1]
+
+
+async def test_closed_batcher_refuses_new_work() -> None:
+    """After aclose, submit raises Unavailable instead of hanging."""
+    batcher = DynamicBatcher("m", RecordingModel(), BatchingConfig())
+    batcher.start()
+    await batcher.aclose()
+    with pytest.raises(Unavailable):
+        await batcher.submit({"x": np.ones((1, 1), np.float32)})
+
+
+async def test_model_failure_reaches_every_caller_in_the_batch() -> None:
+    """When the model run fails, each request of that batch gets the error."""
+
+    async def broken(inputs):
+        raise RuntimeError("boom")
+
+    batcher = DynamicBatcher("m", broken, BatchingConfig(max_queue_delay_s=0.02))
+    batcher.start()
+    try:
+        results = await asyncio.gather(
+            *(batcher.submit({"x": np.ones((1, 1), np.float32)}) for _ in range(3)),
+            return_exceptions=True,
+        )
+    finally:
+        await batcher.aclose()
+    assert all(isinstance(r, RuntimeError) for r in results)
