@@ -223,6 +223,8 @@ class OnnxModel:
         self,
         inputs: Mapping[str, np.ndarray],
         output_names: Sequence[str] | None = None,
+        *,
+        validated: bool = False,
     ) -> dict[str, np.ndarray]:
         """Validate ``inputs`` and run the model; returns the outputs by name.
 
@@ -230,8 +232,10 @@ class OnnxModel:
         unknown name raises :class:`~core.errors.InvalidInput`. A failure inside
         ONNX Runtime is logged as ``model_run_failed`` and raised as
         :class:`~core.errors.ModelFailure` with a generic message.
+        ``validated=True`` skips the checks for inputs that already came out
+        of :meth:`validate_inputs`.
         """
-        feed = self.validate_inputs(inputs)
+        feed = dict(inputs) if validated else self.validate_inputs(inputs)
         names = self._output_names(output_names)
         try:
             results = self._session.run(names, feed)
@@ -253,10 +257,11 @@ class OnnxModel:
         output_names: Sequence[str] | None = None,
         *,
         executor: concurrent.futures.Executor | None = None,
+        validated: bool = False,
     ) -> dict[str, np.ndarray]:
         """Run :meth:`run` in ``executor`` (the loop's default when None)."""
         loop = asyncio.get_running_loop()
-        call = functools.partial(self.run, inputs, output_names)
+        call = functools.partial(self.run, inputs, output_names, validated=validated)
         return await loop.run_in_executor(executor, call)
 
     # ----------------------------------------------------------------- helpers

@@ -35,14 +35,21 @@ V2_TO_NUMPY: Mapping[str, np.dtype] = MappingProxyType(
 )
 
 
+_NUMERIC_BY_DTYPE: dict[np.dtype, str] = {}
+for _name, _dtype in V2_TO_NUMPY.items():
+    if _name != "BYTES":
+        _NUMERIC_BY_DTYPE[_dtype] = _name
+        _NUMERIC_BY_DTYPE[_dtype.newbyteorder(">")] = _name
+
+
 def v2_datatype(dtype: np.dtype) -> str:
     """Return the v2 datatype name for a numpy dtype, or raise ``ValueError``."""
     dtype = np.dtype(dtype)
+    name = _NUMERIC_BY_DTYPE.get(dtype)
+    if name is not None:
+        return name
     if dtype.kind in ("O", "S", "U"):
         return "BYTES"
-    for name, candidate in V2_TO_NUMPY.items():
-        if name != "BYTES" and candidate == dtype.newbyteorder("<"):
-            return name
     raise ValueError(f"no v2 datatype for numpy dtype {dtype}")
 
 

@@ -31,6 +31,7 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None) 
         cloud,
         executor_threads=settings.executor_threads,
         reply_margin_s=settings.reply_margin_ms / 1000.0,
+        inline_below_s=settings.inline_run_below_ms / 1000.0,
         metrics=metrics,
         rng=np.random.default_rng(settings.shadow_seed),
     )

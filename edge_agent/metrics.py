@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -16,6 +17,8 @@ class AgentMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._per_task: dict[str, tuple] = {}
+        self._rows: dict[tuple, object] = {}
         self.requests = Counter(
             "edgecloud_agent_requests", "Inference requests answered", ["task"],
             registry=self.registry,
@@ -47,10 +50,25 @@ class AgentMetrics:
 
     def observe(self, task: str, decisions: Sequence[Decision], seconds: float) -> None:
         """Count one answered request and its rows."""
-        self.requests.labels(task).inc()
-        self.latency.labels(task).observe(seconds)
-        for d in decisions:
-            self.rows.labels(task, d.route.value, d.reason.value).inc()
+        children = self._per_task.get(task)
+        if children is None:
+            children = (self.requests.labels(task), self.latency.labels(task))
+            self._per_task[task] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if len(decisions) == 1:
+            self._row_counter(task, decisions[0]).inc()
+            return
+        for (route, reason), count in Tally((d.route, d.reason) for d in decisions).items():
+            self._row_counter(task, Decision(route, reason, 0.0, 0.0)).inc(count)
+
+    def _row_counter(self, task: str, decision: Decision):
+        key = (task, decision.route, decision.reason)
+        child = self._rows.get(key)
+        if child is None:
+            child = self.rows.labels(task, decision.route.value, decision.reason.value)
+            self._rows[key] = child
+        return child
 
     def cloud_rtt(self, task: str, seconds: float) -> None:
         """Record a successful escalation's round trip."""

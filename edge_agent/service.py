@@ -11,7 +11,6 @@ imports grpc; the v2 servicer in ``core.v2_grpc`` calls :meth:`EdgeService.infer
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +38,7 @@ from router import (
     RequestContext,
     Route,
     RouteOverride,
+    Signals,
     decide,
     score_rows,
 )
@@ -117,13 +117,18 @@ class Task:
         self.cloud_model = cloud_model
         self.state = state
         self.cloud_checked: bool = False
+        self.run_seconds_per_row: float | None = None
+        """Recent edge-model run time per row (moving average), for inline runs."""
+
+
+_ROUTE_VALUES = frozenset(r.value for r in RouteOverride)
 
 
 def request_context(params: Mapping[str, ParamValue], time_left_s: float | None,
                     policy: Policy) -> RequestContext:
     """Read the request parameters the router understands; refuse bad values."""
     route = params.get("route", "auto")
-    if not isinstance(route, str) or route not in {r.value for r in RouteOverride}:
+    if not isinstance(route, str) or route not in _ROUTE_VALUES:
         raise InvalidInput(f"parameter 'route' must be auto, edge or cloud (got {route!r})")
     threshold = params.get("confidence_threshold")
     if threshold is not None:
@@ -152,6 +157,7 @@ class EdgeService:
         *,
         executor_threads: int = 2,
         reply_margin_s: float = 0.002,
+        inline_below_s: float = 0.0005,
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: np.random.Generator | None = None,
@@ -159,6 +165,7 @@ class EdgeService:
         self._cloud = cloud
         self._executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="onnx")
         self._reply_margin_s = reply_margin_s
+        self._inline_below_s = inline_below_s
         self._metrics = metrics or AgentMetrics()
         self._clock = clock
         self._rng = rng if rng is not None else np.random.default_rng()
@@ -237,7 +244,7 @@ class EdgeService:
             )
         deadline = started + ctx.time_left_s
         inputs = model.validate_inputs(request.inputs)
-        outputs = dict(await model.run_async(inputs, executor=self._executor))
+        outputs = await self._run_local(task, model, inputs)
         confidence, predicted = score_rows(policy, np.asarray(outputs[current.scores_output]))
         n = int(confidence.shape[0])
 
@@ -245,7 +252,8 @@ class EdgeService:
                              time_left_s=max(deadline - self._clock(), 0.0))
         signals = task.state.signals(n, ctx.route)
         if self._cloud is None:
-            signals = dataclasses.replace(signals, cloud_available=False)
+            signals = Signals(False, signals.cloud_rtt_s, signals.threshold_shift,
+                              signals.sampled)
         decided = decide(policy, confidence, predicted, ctx, signals)
         task.state.observe_decisions(decided)
         # A shadow sample is answered at the edge at once; the cloud call runs behind it.
@@ -282,6 +290,29 @@ class EdgeService:
             outputs=answer.outputs,
             parameters=answer.parameters(),
         )
+
+    async def _run_local(self, task: Task, model: OnnxModel,
+                         inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the edge model: inline when it is cheaper than a thread hand-off.
+
+        A model whose recent runs took less than ``inline_below_s`` runs on
+        the event loop (ONNX Runtime would finish before a worker thread even
+        woke up); anything slower runs on the worker threads so the loop keeps
+        serving other requests.
+        """
+        rows = next(iter(inputs.values())).shape[0] if inputs else 1
+        if task.run_seconds_per_row is not None and (
+            task.run_seconds_per_row * max(rows, 1) < self._inline_below_s
+        ):
+            started = time.perf_counter()
+            outputs = model.run(inputs, validated=True)
+        else:
+            started = time.perf_counter()
+            outputs = await model.run_async(inputs, executor=self._executor, validated=True)
+        per_row = (time.perf_counter() - started) / max(rows, 1)
+        previous = task.run_seconds_per_row
+        task.run_seconds_per_row = per_row if previous is None else 0.9 * previous + 0.1 * per_row
+        return dict(outputs)
 
     async def _check_cloud(self, task: Task, model: OnnxModel, timeout_s: float) -> None:
         """Refuse a cloud model whose signature does not match the task's (once)."""

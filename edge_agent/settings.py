@@ -43,6 +43,8 @@ class AgentSettings(EdgecloudSettings):
     """Most rows sent to the cloud in one call (batch mode splits larger sets)."""
     reply_margin_ms: float = Field(2.0, ge=0)
     """Time kept back from the request's deadline to reply after an escalation."""
+    inline_run_below_ms: float = Field(0.5, ge=0)
+    """Edge models faster than this per request run on the event loop, not a worker thread."""
     shadow_seed: int | None = None
     """Seed of the shadow sampler (for reproducible runs); random when unset."""
     drain_grace_s: float = Field(5.0, ge=0)

@@ -160,18 +160,35 @@ def decide(
         )
     n = conf.shape[0]
     if signals.sampled is None:
-        sampled = np.zeros(n, dtype=bool)
+        sampled = (False,) * n
     else:
-        sampled = signals.sampled
-        if sampled.shape != (n,):
-            raise ValueError(f"sampled has shape {sampled.shape} but there are {n} rows")
+        if signals.sampled.shape != (n,):
+            raise ValueError(
+                f"sampled has shape {signals.sampled.shape} but there are {n} rows"
+            )
+        sampled = signals.sampled.tolist()
 
+    # A per-row loop over Python floats: requests are a handful of rows, and
+    # for those it is several times cheaper than vectorised numpy calls.
+    scores = conf.tolist()
     if ctx.threshold_override is not None:
-        base = np.full(n, ctx.threshold_override, dtype=np.float64)
-        effective = base
+        bases = [float(ctx.threshold_override)] * n
+        shift = 0.0
     else:
-        base = policy.threshold_for(classes)
-        effective = np.clip(base + min(signals.threshold_shift, 0.0), 0.0, 1.0)
+        per_class = policy.class_thresholds
+        if per_class:
+            default = policy.threshold
+            bases = [per_class.get(c, default) for c in classes.tolist()]
+        else:
+            bases = [policy.threshold] * n
+        shift = min(signals.threshold_shift, 0.0)
+
+    if ctx.route is RouteOverride.EDGE or ctx.route is RouteOverride.CLOUD:
+        side = Route.EDGE if ctx.route is RouteOverride.EDGE else Route.CLOUD
+        return tuple(
+            Decision(side, Reason.FORCED, score, _clip01(base + shift))
+            for score, base in zip(scores, bases, strict=True)
+        )
 
     time_left = (
         ctx.time_left_s
@@ -179,43 +196,29 @@ def decide(
         else policy.latency.default_budget_ms / 1000.0
     )
     fits = signals.cloud_rtt_s is None or signals.cloud_rtt_s <= time_left
-    cloud_ok = signals.cloud_available and fits
+    available = signals.cloud_available
+    cloud_ok = available and fits
+    out = []
+    for score, base, pick in zip(scores, bases, sampled, strict=True):
+        effective = _clip01(base + shift)
+        if score >= base:  # False for NaN
+            if pick and cloud_ok:
+                out.append(Decision(Route.CLOUD, Reason.SAMPLED, score, effective))
+            else:
+                out.append(Decision(Route.EDGE, Reason.CONFIDENT, score, effective))
+        elif not available:
+            out.append(Decision(Route.EDGE, Reason.CLOUD_UNAVAILABLE, score, effective))
+        elif not fits:
+            out.append(Decision(Route.EDGE, Reason.NO_TIME, score, effective))
+        elif score >= effective:
+            out.append(Decision(Route.EDGE, Reason.BUDGET_EXHAUSTED, score, effective))
+        else:
+            out.append(Decision(Route.CLOUD, Reason.LOW_CONFIDENCE, score, effective))
+    return tuple(out)
 
-    if ctx.route is RouteOverride.EDGE:
-        routes = np.full(n, Route.EDGE, dtype=object)
-        reasons = np.full(n, Reason.FORCED, dtype=object)
-    elif ctx.route is RouteOverride.CLOUD:
-        routes = np.full(n, Route.CLOUD, dtype=object)
-        reasons = np.full(n, Reason.FORCED, dtype=object)
-    else:
-        confident = conf >= base  # False for NaN
-        shadow = confident & sampled & cloud_ok
-        kept_by_budget = ~confident & (conf >= effective)
-        conditions = [
-            shadow,
-            confident,
-            np.full(n, not signals.cloud_available),
-            np.full(n, not fits),
-            kept_by_budget,
-        ]
-        reasons = np.select(
-            conditions,
-            [
-                Reason.SAMPLED,
-                Reason.CONFIDENT,
-                Reason.CLOUD_UNAVAILABLE,
-                Reason.NO_TIME,
-                Reason.BUDGET_EXHAUSTED,
-            ],
-            default=Reason.LOW_CONFIDENCE,
-        )
-        to_cloud = (reasons == Reason.SAMPLED) | (reasons == Reason.LOW_CONFIDENCE)
-        routes = np.where(to_cloud, Route.CLOUD, Route.EDGE)
 
-    return tuple(
-        Decision(route=Route(r), reason=Reason(why), score=float(c), threshold=float(t))
-        for r, why, c, t in zip(routes, reasons, conf, effective, strict=True)
-    )
+def _clip01(value: float) -> float:
+    return 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
 
 
 def escalate_mask(decisions: Sequence[Decision]) -> np.ndarray:

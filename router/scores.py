@@ -52,7 +52,11 @@ class Score(ABC):
 def _finish(confidence: np.ndarray) -> np.ndarray:
     """Clip into [0, 1] and turn anything non-finite into 0."""
     confidence = np.asarray(confidence, dtype=np.float64)
-    return np.where(np.isfinite(confidence), np.clip(confidence, 0.0, 1.0), 0.0)
+    finite = np.isfinite(confidence)
+    out = np.minimum(np.maximum(confidence, 0.0), 1.0)
+    if not finite.all():
+        out[~finite] = 0.0
+    return out
 
 
 class MaxProb(Score):
@@ -208,6 +212,19 @@ def score_rows(policy: Policy, class_scores: np.ndarray) -> tuple[np.ndarray, np
         )
     if values.shape[1] == 0:
         raise ValueError("class scores have no classes (K = 0)")
+    if (
+        policy.scores_kind is ScoresKind.PROBABILITIES
+        and policy.temperature == 1.0
+        and values.shape[1] > 1
+    ):
+        # Fast path for the usual case (well-formed probabilities): no error
+        # states to silence, nothing to mask.
+        probs = values.astype(np.float64)
+        total = probs.sum(axis=1)
+        if probs.min() >= 0.0 and np.isfinite(total).all() and (total > 0.0).all():
+            probs /= total[:, np.newaxis]
+            confidence = get_score(policy.score).confidence(probs)
+            return confidence, probs.argmax(axis=1)
     probs = to_probabilities(values, policy.scores_kind, policy.temperature)
     unusable = np.isnan(probs).any(axis=1)
     confidence = _finish(get_score(policy.score).confidence(probs))

@@ -1,0 +1,161 @@
+"""Routing overhead at the edge: is the router invisible?
+
+Prints, side by side in one run:
+
+1. Over gRPC: the agent answering confident rows locally (scoring and
+   ``decide()`` included) against a bare grpc.aio v2 server that runs the
+   same ONNX model without routing. Sequential unary calls from one client,
+   alternating between the two servers call by call; p50, p99 and ratio.
+2. In process: ``OnnxModel.run`` + ``score_rows`` + ``decide()`` (with the
+   run-time signals) against a bare ``InferenceSession.run``.
+
+Goal: ratio of p50 at most 1.10.
+
+    python bench/routing_overhead.py [--calls 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+
+from core import codec
+from core.model import OnnxModel
+from core.tensors import InferRequest
+from edge_agent.app import AgentApp
+from edge_agent.settings import AgentSettings
+from edgecloud.examples.digits import write_example
+from protos.inference import grpc_predict_v2_pb2 as pb
+from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from router import RequestContext, RouterState, decide, parse_policy, score_rows
+
+
+class BareServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """The baseline: decode raw FP32, run the session, encode raw FP32. Nothing else."""
+
+    def __init__(self, path: Path) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    async def ModelInfer(self, request, context):
+        shape = tuple(request.inputs[0].shape)
+        x = np.frombuffer(request.raw_input_contents[0], dtype="<f4").reshape(shape)
+        (y,) = self.session.run(None, {"pixels": x})
+        out = pb.ModelInferResponse(model_name=request.model_name)
+        out.outputs.add(name="probabilities", datatype="FP32", shape=y.shape)
+        out.raw_output_contents.append(y.astype("<f4").tobytes())
+        return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) * 1e6
+
+
+async def time_calls(stub, requests: list[pb.ModelInferRequest]) -> list[float]:
+    out = []
+    for request in requests:
+        start = time.perf_counter()
+        await stub.ModelInfer(request, timeout=5)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+async def grpc_comparison(files: Path, calls: int, rows: np.ndarray) -> None:
+    bare = grpc.aio.server()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(BareServicer(files / "edge.onnx"), bare)
+    bare_port = bare.add_insecure_port("127.0.0.1:0")
+    await bare.start()
+    agent = AgentApp(AgentSettings(
+        listen="127.0.0.1:0", gateway=None, data_dir=files / "agent",
+        models={"digits": files / "edge.onnx"}, policies=[files / "policy.yaml"],
+        log_level="warning",
+    ))
+    await agent.start()
+    requests = [
+        codec.encode_infer_request(InferRequest(model_name="digits",
+                                                inputs={"pixels": rows[i % len(rows)][None]}))
+        for i in range(calls)
+    ]
+    bare_times: list[float] = []
+    agent_times: list[float] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{bare_port}") as c1, \
+            grpc.aio.insecure_channel(agent.address) as c2:
+        s1, s2 = pb_grpc.GRPCInferenceServiceStub(c1), pb_grpc.GRPCInferenceServiceStub(c2)
+        await time_calls(s1, requests[:200])  # warm up both
+        await time_calls(s2, requests[:200])
+        # Alternate call by call so both servers see the same machine noise.
+        for request in requests:
+            bare_times += await time_calls(s1, [request])
+            agent_times += await time_calls(s2, [request])
+    await agent.stop(0.5)
+    await bare.stop(0.5)
+    report("gRPC unary, 1 row, confident (answered at the edge)",
+           "bare v2 server", bare_times, "edgecloud agent", agent_times)
+
+
+def in_process(files: Path, calls: int, rows: np.ndarray) -> None:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(files / "edge.onnx"), opts,
+                                   providers=["CPUExecutionProvider"])
+    model = OnnxModel.load(files / "edge.onnx", name="digits")
+    policy = parse_policy((files / "policy.yaml").read_text())
+    state = RouterState.from_policy(policy, clock=time.monotonic, rng=np.random.default_rng(0))
+    ctx = RequestContext(time_left_s=0.25)
+    bare_times, routed_times = [], []
+    for i in range(calls):
+        x = rows[i % len(rows)][None]
+        start = time.perf_counter()
+        session.run(None, {"pixels": x})
+        bare_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        outputs = model.run({"pixels": x})
+        confidence, predicted = score_rows(policy, outputs["probabilities"])
+        decisions = decide(policy, confidence, predicted, ctx, state.signals(1))
+        state.observe_decisions(decisions)
+        routed_times.append(time.perf_counter() - start)
+    report("in process, 1 row", "InferenceSession.run", bare_times,
+           "model.run + score_rows + decide", routed_times)
+
+
+def report(title: str, base_name: str, base: list[float], name: str, ours: list[float]) -> None:
+    print(f"\n{title} ({len(base)} calls each)")
+    print(f"  {'':34} {'p50 µs':>10} {'p99 µs':>10} {'mean µs':>10}")
+    for label, values in ((base_name, base), (name, ours)):
+        print(f"  {label:34} {pct(values, 50):10.1f} {pct(values, 99):10.1f} "
+              f"{statistics.fmean(values) * 1e6:10.1f}")
+    print(f"  {'ratio (ours / baseline)':34} {pct(ours, 50) / pct(base, 50):10.2f} "
+          f"{pct(ours, 99) / pct(base, 99):10.2f} "
+          f"{statistics.fmean(ours) / statistics.fmean(base):10.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=3000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = Path(tmp)
+        write_example(files)
+        with np.load(files / "test.npz") as data:
+            x = data["X"]
+        policy = parse_policy((files / "policy.yaml").read_text())
+        model = OnnxModel.load(files / "edge.onnx", name="digits")
+        confidence, _ = score_rows(policy, model.run({"pixels": x})["probabilities"])
+        confident = x[confidence >= policy.threshold]
+        asyncio.run(grpc_comparison(files, args.calls, confident))
+        in_process(files, args.calls * 5, confident)
+
+
+if __name__ == "__main__":
+    main()
