@@ -5,13 +5,17 @@ from __future__ import annotations
 import structlog
 
 from cloud_gateway.batching import BatchingConfig
+from cloud_gateway.fleet import FleetHub
+from cloud_gateway.grpc import fleet_servicer
 from cloud_gateway.metrics import GatewayMetrics
+from cloud_gateway.registry import Registry
 from cloud_gateway.serving import GatewayService
 from cloud_gateway.settings import GatewaySettings
 from core import v2_grpc
 from core.grpc_server import ServerLifecycle, ServerOptions, create_server, split_host_port
 from core.model import OnnxModel
 from core.process import serve_metrics, wait_for_stop_signal, write_port_file
+from core.signing import load_public_key
 
 log = structlog.get_logger("edgecloud.gateway")
 
@@ -26,6 +30,7 @@ class GatewayApp:
         self.port: int | None = None
         self._lifecycle: ServerLifecycle | None = None
         self._metrics_server = None
+        self.hub: FleetHub | None = None
 
     @property
     def address(self) -> str:
@@ -50,10 +55,16 @@ class GatewayApp:
             service.add_model(
                 OnnxModel.load(path, name=name, version="1", intra_op_threads=s.onnx_threads)
             )
+        trust = load_public_key(s.trust_key) if s.trust_key else None
+        registry = Registry(s.registry_dir or s.data_dir / "registry", trust_key=trust)
+        hub = FleetHub(registry, s.replica, service, poll_s=s.registry_poll_ms / 1000.0,
+                       onnx_threads=s.onnx_threads)
+        await hub.start()
+        self.hub = hub
         _server, port, lifecycle = await create_server(
             s.listen,
-            [v2_grpc.register(service, s.max_request_bytes)],
-            [v2_grpc.SERVICE_NAME],
+            [v2_grpc.register(service, s.max_request_bytes), fleet_servicer.register(hub)],
+            [v2_grpc.SERVICE_NAME, fleet_servicer.FLEET_SERVICE, fleet_servicer.ADMIN_SERVICE],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20,
                           max_connection_age_s=s.max_connection_age_s),
         )
@@ -73,6 +84,9 @@ class GatewayApp:
         grace = self.settings.drain_grace_s if grace_s is None else grace_s
         if self.service is not None:
             self.service.set_ready(False)
+        if self.hub is not None:
+            await self.hub.aclose()  # ends agent streams so the drain does not wait on them
+            self.hub = None
         if self._lifecycle is not None:
             await self._lifecycle.drain(grace)
             self._lifecycle = None

@@ -117,6 +117,11 @@ class GatewayService:
             )
         return served
 
+    def served_version(self, name: str) -> str | None:
+        """Version of ``name`` being served, or None."""
+        served = self._models.get(name)
+        return served.model.version if served is not None else None
+
     def queued_rows(self, name: str) -> int:
         """Rows of ``name`` waiting for a batch."""
         batcher = self._served(name).batcher

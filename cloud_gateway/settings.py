@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +39,14 @@ class GatewaySettings(EdgecloudSettings):
     """Directory for the gateway's own files."""
     models: dict[str, Path] = Field(default_factory=dict)
     """Models served at start: name -> ONNX file."""
+    registry_dir: Path | None = None
+    """Shared registry directory (default: DATA_DIR/registry); replicas may share it."""
+    replica: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    """Name of this replica in fleet status."""
+    registry_poll_ms: float = Field(200.0, gt=0, le=60_000)
+    """How often the registry generation is checked for changes."""
+    trust_key: Path | None = None
+    """Operator public key (PEM); with it, unsigned or wrongly signed publications are refused."""
     batching: BatchingSection = Field(default_factory=BatchingSection)
     """Dynamic batching limits."""
     onnx_threads: int = Field(1, ge=1, le=256)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import structlog
 
 from core import v2_grpc
+from core.artifacts import sha256_file
+from core.errors import InvalidInput
 from core.grpc_server import ServerLifecycle, ServerOptions, create_server, split_host_port
 from core.process import serve_metrics, wait_for_stop_signal, write_port_file
+from core.signing import load_public_key
 from edge_agent.grpc.cloud_client import GrpcCloudClient
+from edge_agent.grpc.fleet_client import FleetClient
 from edge_agent.metrics import AgentMetrics
+from edge_agent.model_manager import ArtifactStore, ModelManager
 from edge_agent.service import EdgeService
 from edge_agent.settings import AgentSettings
 from edge_agent.tasks import load_tasks
@@ -36,7 +43,9 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None) 
         rng=np.random.default_rng(settings.shadow_seed),
     )
     for model, policy in tasks:
-        service.add_task(model, policy, settings.cloud_models.get(model.name))
+        task = service.add_task(model, policy, settings.cloud_models.get(model.name))
+        digest, _ = sha256_file(settings.models[model.name])
+        task.current = dataclasses.replace(task.current, model_digest=digest)
     return service
 
 
@@ -50,6 +59,8 @@ class AgentApp:
         self.port: int | None = None
         self._lifecycle: ServerLifecycle | None = None
         self._metrics_server = None
+        self.manager: ModelManager | None = None
+        self.fleet: FleetClient | None = None
 
     @property
     def address(self) -> str:
@@ -65,6 +76,22 @@ class AgentApp:
             log.warning("no_gateway", detail="every row is answered at the edge")
         service = build_service(s, self.metrics)
         self.service = service
+        trust = load_public_key(s.trust_key) if s.trust_key else None
+        if trust is None:
+            log.warning("artifacts_not_verified",
+                        detail="no --trust-key: models and policies from the fleet are loaded "
+                        "without checking the operator's signature")
+        fleet = None
+        if s.gateway and s.fleet:
+            fleet = FleetClient(s.gateway, s.agent_id, dict(s.labels), service,
+                                status_interval_s=s.status_interval_s,
+                                backoff_max_s=s.reconnect_max_s)
+        self.manager = ModelManager(service, ArtifactStore(s.data_dir / "store"), fleet,
+                                    trust_key=trust, onnx_threads=s.onnx_threads)
+        await self.manager.restore(skip=set(s.models))
+        if not service.task_names() and fleet is None:
+            raise InvalidInput("no tasks to serve: give --model NAME=FILE, or --gateway to "
+                               "receive models from the fleet")
         _server, port, lifecycle = await create_server(
             s.listen,
             [v2_grpc.register(service, s.max_request_bytes)],
@@ -79,6 +106,9 @@ class AgentApp:
         if s.port_file is not None:
             host, _ = split_host_port(s.listen)
             write_port_file(s.port_file, host, port)
+        if fleet is not None:
+            fleet.start(self.manager)
+            self.fleet = fleet
         log.info("agent_ready", address=self.address, agent_id=s.agent_id,
                  tasks=service.task_names(), gateway=s.gateway)
         return port
@@ -88,6 +118,9 @@ class AgentApp:
         grace = self.settings.drain_grace_s if grace_s is None else grace_s
         if self.service is not None:
             self.service.set_ready(False)
+        if self.fleet is not None:
+            await self.fleet.aclose()
+            self.fleet = None
         if self._lifecycle is not None:
             await self._lifecycle.drain(grace)
             self._lifecycle = None

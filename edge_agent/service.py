@@ -42,6 +42,7 @@ from router import (
     decide,
     score_rows,
 )
+from router.drift import DriftMonitor
 from router.signals import RouterState
 
 log = structlog.get_logger("edgecloud.agent")
@@ -57,9 +58,14 @@ class TaskVersion:
     model: OnnxModel
     policy: Policy
     scores_output: str
+    model_digest: str = ""
+    """sha256 of the model file, when known (fleet-delivered or hashed at start)."""
+    policy_digest: str = ""
+    """sha256 of the policy document, when fleet-delivered."""
 
 
-def bind_policy(model: OnnxModel, policy: Policy) -> TaskVersion:
+def bind_policy(model: OnnxModel, policy: Policy, model_digest: str = "",
+                policy_digest: str = "") -> TaskVersion:
     """Check that ``policy`` can route ``model``'s answers and pair them."""
     names = [spec.name for spec in model.outputs]
     scores_output = policy.scores_output or names[0]
@@ -74,7 +80,7 @@ def bind_policy(model: OnnxModel, policy: Policy) -> TaskVersion:
             f"output {scores_output!r} of model {model.name!r} is {spec.datatype}"
             f"{list(spec.shape)}; class scores must be a float [N, classes] tensor"
         )
-    return TaskVersion(model, policy, scores_output)
+    return TaskVersion(model, policy, scores_output, model_digest, policy_digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +125,28 @@ class Task:
         self.cloud_checked: bool = False
         self.run_seconds_per_row: float | None = None
         """Recent edge-model run time per row (moving average), for inline runs."""
+        self.counters = TaskCounters()
+        self.drift = _drift_monitor(version.policy)
+
+
+@dataclass(slots=True)
+class TaskCounters:
+    """What a task has done since the agent started."""
+
+    requests: int = 0
+    rows: int = 0
+    escalated_rows: int = 0
+    """Rows sent to the cloud (answered there or not)."""
+    fallback_rows: int = 0
+    errors: int = 0
+    shadow_rows: int = 0
+    shadow_agree: int = 0
+
+
+def _drift_monitor(policy: Policy) -> DriftMonitor | None:
+    if policy.calibration_histogram is None:
+        return None
+    return DriftMonitor(policy.calibration_histogram)
 
 
 _ROUTE_VALUES = frozenset(r.value for r in RouteOverride)
@@ -184,6 +212,48 @@ class EdgeService:
         log.info("task_serving", task=task.name, model_version=model.version,
                  policy_version=policy.version, cloud_model=task.cloud_model)
         return task
+
+    def install(self, model: OnnxModel, policy: Policy | None, *, model_digest: str = "",
+                policy_digest: str = "", cloud_model: str | None = None) -> Task:
+        """Swap a task's model and/or policy atomically, or add the task.
+
+        Requests already running keep the version they started with; the next
+        request sees the new one. The new model must have the task's
+        signature and the policy must be able to route its outputs, else
+        :class:`~core.errors.FailedPrecondition` and nothing changes.
+        """
+        task = self._tasks.get(model.name)
+        if task is None:
+            if policy is None:
+                raise FailedPrecondition(f"task {model.name!r} has no policy yet")
+            task = self.add_task(model, policy, cloud_model)
+            task.current = bind_policy(model, policy, model_digest, policy_digest)
+            return task
+        old = task.current
+        problem = signature_mismatch(old.model.inputs, old.model.outputs, model.inputs,
+                                     model.outputs)
+        if problem is not None:
+            raise FailedPrecondition(
+                f"model {model.name} version {model.version} does not match the task's "
+                f"signature: {problem}"
+            )
+        new_policy = policy if policy is not None else old.policy
+        version = bind_policy(model, new_policy, model_digest,
+                              policy_digest if policy is not None else old.policy_digest)
+        if policy is not None and (policy_digest != old.policy_digest
+                                   or policy.version != old.policy.version):
+            task.state = RouterState.from_policy(policy, clock=self._clock, rng=self._rng)
+            task.drift = _drift_monitor(policy)
+        task.current = version
+        if model is not old.model:
+            task.run_seconds_per_row = None
+        log.info("task_swapped", task=task.name, model_version=model.version,
+                 policy_version=new_policy.version)
+        return task
+
+    def tasks(self) -> list[Task]:
+        """Every served task."""
+        return [self._tasks[name] for name in sorted(self._tasks)]
 
     def set_ready(self, ready: bool) -> None:
         """Readiness as reported by ServerReady (false while draining)."""
@@ -269,6 +339,17 @@ class EdgeService:
                                                  hard, deadline)
         self._shadow(task, current, inputs, outputs, decisions)
         self._metrics.observe(task.name, decisions, self._clock() - started)
+        counters = task.counters
+        counters.requests += 1
+        counters.rows += n
+        for d in decisions:
+            if d.route is Route.CLOUD:
+                counters.escalated_rows += 1
+            elif d.route is Route.EDGE_FALLBACK:
+                counters.escalated_rows += 1
+                counters.fallback_rows += 1
+        if task.drift is not None:
+            task.drift.observe(confidence)
         return Answer(
             task=task.name,
             outputs={name: outputs[name] for name in wanted},
@@ -419,6 +500,8 @@ class EdgeService:
         cloud_pred = np.argmax(np.asarray(cloud[current.scores_output]), axis=1)
         agree = int(np.sum(cloud_pred == edge_pred))
         self._metrics.shadow(task.name, len(edge_pred), agree)
+        task.counters.shadow_rows += len(edge_pred)
+        task.counters.shadow_agree += agree
         log.info("shadow_result", task=task.name, rows=len(edge_pred), agree=agree)
 
     async def aclose(self) -> None:

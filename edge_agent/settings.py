@@ -47,6 +47,14 @@ class AgentSettings(EdgecloudSettings):
     """Edge models faster than this per request run on the event loop, not a worker thread."""
     shadow_seed: int | None = None
     """Seed of the shadow sampler (for reproducible runs); random when unset."""
+    trust_key: Path | None = None
+    """Operator public key (PEM); with it, only artifacts signed by that key are loaded."""
+    fleet: bool = True
+    """Follow the gateway's model and policy assignments (when a gateway is set)."""
+    status_interval_s: float = Field(10.0, gt=0)
+    """Seconds between periodic status reports to the gateway."""
+    reconnect_max_s: float = Field(10.0, gt=0)
+    """Longest wait between reconnection attempts (exponential backoff with jitter)."""
     drain_grace_s: float = Field(5.0, ge=0)
     """On SIGTERM, time given to in-flight requests before the server stops."""
     metrics_listen: str | None = None

@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, default=None, help="gateway data folder")
     serve.add_argument("--model", action="append", metavar="NAME=FILE",
                        help="serve an ONNX file under NAME (repeatable)")
+    serve.add_argument("--registry-dir", type=Path, default=None,
+                       help="shared registry directory (default DATA_DIR/registry)")
+    serve.add_argument("--replica", default=None, help="replica name in fleet status")
+    serve.add_argument("--trust-key", type=Path, default=None,
+                       help="operator public key; refuse publications it did not sign")
     _add_process_flags(serve)
     serve.set_defaults(handler=_cmd_gateway_serve)
 
@@ -109,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--agent-id", default=None, help="identity in the fleet (default: host name)")
     run.add_argument("--labels", nargs="+", metavar="KEY=VALUE", default=None,
                      help="labels for rollout selectors")
+    run.add_argument("--trust-key", type=Path, default=None,
+                     help="operator public key; only artifacts it signed are loaded")
+    run.add_argument("--status-interval", type=float, default=None, metavar="SECONDS",
+                     help="seconds between status reports to the gateway (default 10)")
     _add_process_flags(run)
     run.set_defaults(handler=_cmd_agent_run)
 
@@ -126,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--config", type=Path, default=None, help="YAML settings file")
     _add_logging_flags(batch)
     batch.set_defaults(handler=_cmd_agent_batch)
+
+    from edgecloud import ops_cli
+
+    ops_cli.register(sub)
     return parser
 
 
@@ -144,6 +157,7 @@ def _cmd_gateway_serve(args: argparse.Namespace) -> int:
         GatewaySettings, args.config, listen=args.listen, data_dir=args.data_dir,
         models=_model_paths(args.model), metrics_listen=args.metrics_listen,
         port_file=args.port_file, log_format=args.log_format, log_level=args.log_level,
+        registry_dir=args.registry_dir, replica=args.replica, trust_key=args.trust_key,
     )
     _setup_logging(settings)
     asyncio.run(run_gateway(settings))
@@ -169,7 +183,8 @@ def _cmd_agent_run(args: argparse.Namespace) -> int:
     settings = _agent_settings(
         args, listen=args.listen, data_dir=args.data_dir, agent_id=args.agent_id,
         labels=_pairs(args.labels, "--labels"), metrics_listen=args.metrics_listen,
-        port_file=args.port_file,
+        port_file=args.port_file, trust_key=args.trust_key,
+        status_interval_s=args.status_interval,
     )
     _setup_logging(settings)
     asyncio.run(run_agent(settings))

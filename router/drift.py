@@ -9,6 +9,18 @@ a lower bound of the one on raw scores, so its p-value errs on the side of
 
 Thresholds (:func:`classify`): warn when PSI ≥ 0.1 or the KS p-value < 0.01;
 alarm when PSI ≥ 0.25, the usual rule of thumb for a shifted population.
+
+Small samples. Those PSI thresholds were made for large samples. With a few
+hundred scores on each side, sampling noise alone gives a PSI of about
+(B − 1)·(1/n₁ + 1/n₂), some 0.08 for 20 bins and 450 + 500 scores, and far
+more when many bins hold only a handful of reference scores. So the monitor
+lets a PSI reading count only when the difference is also statistically
+significant (:func:`psi_pvalue`: under no drift n₁n₂/(n₁ + n₂)·PSI is
+approximately χ² with B − 1 degrees of freedom, on bins pooled until each
+expects at least five scores). Binning matters too: equal-width bins put most
+of a confident model's scores in the top bin, where drift first shows, so the
+tuner stores a histogram with equal-mass bins (``spacing="quantile"`` in
+:func:`calibration_histogram`).
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 import numpy as np
 
@@ -33,6 +46,7 @@ __all__ = [
     "ks_pvalue",
     "ks_statistic",
     "psi",
+    "psi_pvalue",
 ]
 
 PSI_WARN = 0.1
@@ -41,6 +55,10 @@ PSI_ALARM = 0.25
 """PSI at or above which the score distribution has moved a lot."""
 KS_WARN_PVALUE = 0.01
 """KS p-value below which the distributions differ significantly."""
+PSI_SIGNIFICANCE = 0.01
+"""PSI counts toward warn or alarm only when its p-value (:func:`psi_pvalue`) is below this."""
+MIN_EXPECTED = 5.0
+"""Expected scores per pooled bin that :func:`psi_pvalue` asks of the smaller histogram."""
 
 
 def _bin_index(scores: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -140,6 +158,64 @@ def ks_pvalue(d: float, n_expected: int, n_observed: int) -> float:
     return kolmogorov_sf((en + 0.12 + 0.11 / en) * d)
 
 
+def _chi2_sf(x: float, df: int) -> float:
+    """P(χ²_df > x) by the Wilson–Hilferty cube-root normal approximation."""
+    if x <= 0.0:
+        return 1.0
+    h = 2.0 / (9.0 * df)
+    z = ((x / df) ** (1.0 / 3.0) - (1.0 - h)) / math.sqrt(h)
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def _pool(expected: np.ndarray, observed: np.ndarray, min_expected: float) -> np.ndarray:
+    """Group labels that merge adjacent bins until each group expects ``min_expected`` scores.
+
+    Expected counts come from the pooled proportions, scaled to the smaller
+    histogram; a short last group joins the one before it.
+    """
+    total = expected + observed
+    scale = min(expected.sum(), observed.sum()) / total.sum()
+    labels = np.zeros(len(total), dtype=np.int64)
+    group, filled = 0, 0.0
+    for index, count in enumerate(total):
+        labels[index] = group
+        filled += count * scale
+        if filled >= min_expected:
+            group, filled = group + 1, 0.0
+    if 0.0 < filled < min_expected and group > 0:
+        labels[labels == group] = group - 1
+    return labels
+
+
+def psi_pvalue(
+    expected_counts: np.ndarray | list[int],
+    observed_counts: np.ndarray | list[int],
+    min_expected: float = MIN_EXPECTED,
+) -> float:
+    """Approximate p-value of "no drift" for the PSI between two histograms.
+
+    Adjacent bins are pooled until each expects at least ``min_expected``
+    scores in the smaller histogram (the usual condition for a χ² test); on
+    the pooled bins, n·PSI with n = n₁n₂/(n₁ + n₂) is asymptotically χ² with
+    (pooled bins − 1) degrees of freedom when both histograms come from the
+    same distribution, because PSI is the symmetrised Kullback–Leibler
+    divergence and 2·KL ≈ the Pearson χ² divergence for nearby distributions.
+    Returns 1 when fewer than two pooled bins remain.
+    """
+    expected = np.asarray(expected_counts, dtype=np.float64)
+    observed = np.asarray(observed_counts, dtype=np.float64)
+    _proportions(expected, observed)  # validates shapes and counts
+    labels = _pool(expected, observed, min_expected)
+    groups = int(labels.max()) + 1
+    if groups < 2:
+        return 1.0
+    pooled_expected = np.bincount(labels, weights=expected, minlength=groups)
+    pooled_observed = np.bincount(labels, weights=observed, minlength=groups)
+    n1, n2 = expected.sum(), observed.sum()
+    statistic = n1 * n2 / (n1 + n2) * psi(pooled_expected, pooled_observed)
+    return min(max(_chi2_sf(statistic, groups - 1), 0.0), 1.0)
+
+
 class DriftStatus(StrEnum):
     """How far the live scores have moved from the calibration ones."""
 
@@ -148,11 +224,17 @@ class DriftStatus(StrEnum):
     ALARM = "alarm"
 
 
-def classify(psi: float, ks_p: float) -> DriftStatus:
-    """Alarm when PSI ≥ 0.25; warn when PSI ≥ 0.1 or the KS p-value < 0.01; else stable."""
-    if psi >= PSI_ALARM:
+def classify(psi: float, ks_p: float, psi_p: float = 0.0) -> DriftStatus:
+    """Alarm when PSI ≥ 0.25; warn when PSI ≥ 0.1 or the KS p-value < 0.01; else stable.
+
+    ``psi_p`` is the PSI's p-value (:func:`psi_pvalue`); the PSI rules apply
+    only when it is below 0.01. The default, 0, takes every PSI at face
+    value, as with large samples.
+    """
+    significant = psi_p < PSI_SIGNIFICANCE
+    if significant and psi >= PSI_ALARM:
         return DriftStatus.ALARM
-    if psi >= PSI_WARN or ks_p < KS_WARN_PVALUE:
+    if (significant and psi >= PSI_WARN) or ks_p < KS_WARN_PVALUE:
         return DriftStatus.WARN
     return DriftStatus.STABLE
 
@@ -171,6 +253,8 @@ class DriftReport:
     """Live scores in the window."""
     status: DriftStatus
     """Verdict; always stable while the window holds too few scores."""
+    psi_pvalue: float = 1.0
+    """Approximate p-value of the PSI under no drift (see :func:`psi_pvalue`)."""
 
 
 class DriftMonitor:
@@ -217,13 +301,35 @@ class DriftMonitor:
         value = psi(self._expected, observed)
         d = ks_statistic(self._expected, observed)
         p = ks_pvalue(d, int(self._expected.sum()), n)
-        status = classify(value, p) if n >= self.min_count else DriftStatus.STABLE
-        return DriftReport(psi=value, ks=d, ks_pvalue=p, n=n, status=status)
+        psi_p = psi_pvalue(self._expected, observed)
+        status = classify(value, p, psi_p) if n >= self.min_count else DriftStatus.STABLE
+        return DriftReport(psi=value, ks=d, ks_pvalue=p, n=n, status=status, psi_pvalue=psi_p)
 
 
-def calibration_histogram(scores: np.ndarray, bins: int = 20) -> ScoreHistogram:
-    """Histogram of confidences on ``bins`` equal bins over [0, 1]."""
+def calibration_histogram(
+    scores: np.ndarray, bins: int = 20, *, spacing: Literal["uniform", "quantile"] = "uniform"
+) -> ScoreHistogram:
+    """Histogram of confidences over [0, 1] in ``bins`` bins.
+
+    ``spacing="uniform"`` gives equal-width bins. ``spacing="quantile"`` puts
+    the inner edges at the scores' quantiles, so each bin holds about the
+    same share of them; quantiles that coincide (ties) or fall on 0 or 1 are
+    dropped, which can leave fewer bins. Equal-mass bins resolve the region
+    where the scores actually are, which equal-width bins do not for a model
+    that is usually sure of itself.
+    """
     if bins < 1:
         raise ValueError(f"need at least one bin, got {bins}")
-    edges = [round(i / bins, 12) for i in range(bins + 1)]
+    if spacing == "uniform":
+        edges = [round(i / bins, 12) for i in range(bins + 1)]
+    elif spacing == "quantile":
+        s = np.asarray(scores, dtype=np.float64).ravel()
+        s = s[~np.isnan(s)]
+        if s.size == 0:
+            raise ValueError("quantile bins need at least one score")
+        inner = np.unique(np.quantile(s, np.arange(1, bins) / bins))
+        inner = inner[(inner > 0.0) & (inner < 1.0)]
+        edges = [0.0, *inner.tolist(), 1.0]
+    else:
+        raise ValueError(f"spacing must be 'uniform' or 'quantile', got {spacing!r}")
     return ScoreHistogram(edges=edges, counts=histogram(scores, edges).tolist())

@@ -1,1 +1,1 @@
-"""edgecloud."""
+"""gRPC transport of the gateway: servicers and converters."""

@@ -24,35 +24,65 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/fleet/v1/fleet.proto\x12\x12\x65\x64gecloud.fleet.v1\"\xba\x01\n\nAgentHello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12:\n\x06labels\x18\x02 \x03(\x0b\x32*.edgecloud.fleet.v1.AgentHello.LabelsEntry\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x18\n\x10known_generation\x18\x04 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"o\n\x0b\x41rtifactRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x10\n\x08manifest\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"\x95\x01\n\nAssignment\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12/\n\x06models\x18\x02 \x03(\x0b\x32\x1f.edgecloud.fleet.v1.ArtifactRef\x12\x31\n\x08policies\x18\x03 \x03(\x0b\x32\x1f.edgecloud.fleet.v1.ArtifactRef\x12\x0f\n\x07replica\x18\x04 \x01(\t\"b\n\x0bSwapOutcome\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\n\n\x02ok\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\n\n\x02\x61t\x18\x06 \x01(\x01\"\xdc\x01\n\x0cTaskCounters\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\t\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x0c\n\x04rows\x18\x05 \x01(\x04\x12\x16\n\x0e\x65scalated_rows\x18\x06 \x01(\x04\x12\x15\n\rfallback_rows\x18\x07 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x08 \x01(\x04\x12\x17\n\x0fscore_histogram\x18\t \x03(\x04\x12\x17\n\x0fscore_bin_edges\x18\n \x03(\x01\"\x98\x02\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12;\n\x06labels\x18\x02 \x03(\x0b\x32+.edgecloud.fleet.v1.AgentStatus.LabelsEntry\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12/\n\x05tasks\x18\x04 \x03(\x0b\x32 .edgecloud.fleet.v1.TaskCounters\x12\x32\n\tlast_swap\x18\x05 \x01(\x0b\x32\x1f.edgecloud.fleet.v1.SwapOutcome\x12\x0f\n\x07sent_at\x18\x06 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\tStatusAck\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x32\xb8\x01\n\x0c\x46leetService\x12V\n\x10WatchAssignments\x12\x1e.edgecloud.fleet.v1.AgentHello\x1a\x1e.edgecloud.fleet.v1.Assignment\"\x00\x30\x01\x12P\n\x0cReportStatus\x12\x1f.edgecloud.fleet.v1.AgentStatus\x1a\x1d.edgecloud.fleet.v1.StatusAck\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/fleet/v1/fleet.proto\x12\x12\x65\x64gecloud.fleet.v1\".\n\x0c\x46\x65tchRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"3\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04size\x18\x03 \x01(\x04\"E\n\rPublishHeader\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0f\n\x07promote\x18\x03 \x01(\x08\"[\n\x0cPublishChunk\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.edgecloud.fleet.v1.PublishHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"[\n\x14PublishPolicyRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32!.edgecloud.fleet.v1.PublishHeader\x12\x10\n\x08\x64ocument\x18\x02 \x01(\x0c\"Q\n\x0cPublishReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x04\"\xed\x01\n\x0eRolloutRequest\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07percent\x18\x04 \x01(\x01\x12\x42\n\x08selector\x18\x05 \x03(\x0b\x32\x30.edgecloud.fleet.v1.RolloutRequest.SelectorEntry\x12\x14\n\x0cmax_failures\x18\x06 \x01(\r\x12\x10\n\x08\x61gent_id\x18\x07 \x01(\t\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\rRolloutRecord\x12\x0c\n\x04json\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1f\n\x0fListModelsReply\x12\x0c\n\x04json\x18\x01 \x01(\t\"\x14\n\x12\x46leetStatusRequest\" \n\x10\x46leetStatusReply\x12\x0c\n\x04json\x18\x01 \x01(\t\"\xba\x01\n\nAgentHello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12:\n\x06labels\x18\x02 \x03(\x0b\x32*.edgecloud.fleet.v1.AgentHello.LabelsEntry\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x18\n\x10known_generation\x18\x04 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"o\n\x0b\x41rtifactRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x10\n\x08manifest\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"\x95\x01\n\nAssignment\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12/\n\x06models\x18\x02 \x03(\x0b\x32\x1f.edgecloud.fleet.v1.ArtifactRef\x12\x31\n\x08policies\x18\x03 \x03(\x0b\x32\x1f.edgecloud.fleet.v1.ArtifactRef\x12\x0f\n\x07replica\x18\x04 \x01(\t\"b\n\x0bSwapOutcome\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\n\n\x02ok\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\n\n\x02\x61t\x18\x06 \x01(\x01\"\xdb\x02\n\x0cTaskCounters\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\t\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x0c\n\x04rows\x18\x05 \x01(\x04\x12\x16\n\x0e\x65scalated_rows\x18\x06 \x01(\x04\x12\x15\n\rfallback_rows\x18\x07 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x08 \x01(\x04\x12\x17\n\x0fscore_histogram\x18\t \x03(\x04\x12\x17\n\x0fscore_bin_edges\x18\n \x03(\x01\x12\x11\n\tdrift_psi\x18\x0b \x01(\x01\x12\x10\n\x08\x64rift_ks\x18\x0c \x01(\x01\x12\x17\n\x0f\x64rift_ks_pvalue\x18\r \x01(\x01\x12\x14\n\x0c\x64rift_status\x18\x0e \x01(\t\x12\x13\n\x0bshadow_rows\x18\x0f \x01(\x04\x12\x14\n\x0cshadow_agree\x18\x10 \x01(\x04\"\xe4\x02\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12;\n\x06labels\x18\x02 \x03(\x0b\x32+.edgecloud.fleet.v1.AgentStatus.LabelsEntry\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12/\n\x05tasks\x18\x04 \x03(\x0b\x32 .edgecloud.fleet.v1.TaskCounters\x12\x32\n\tlast_swap\x18\x05 \x01(\x0b\x32\x1f.edgecloud.fleet.v1.SwapOutcome\x12\x0f\n\x07sent_at\x18\x06 \x01(\x01\x12.\n\x05swaps\x18\x07 \x03(\x0b\x32\x1f.edgecloud.fleet.v1.SwapOutcome\x12\x1a\n\x12\x61pplied_generation\x18\x08 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\tStatusAck\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x32\x8a\x02\n\x0c\x46leetService\x12V\n\x10WatchAssignments\x12\x1e.edgecloud.fleet.v1.AgentHello\x1a\x1e.edgecloud.fleet.v1.Assignment\"\x00\x30\x01\x12P\n\rFetchArtifact\x12 .edgecloud.fleet.v1.FetchRequest\x1a\x19.edgecloud.fleet.v1.Chunk\"\x00\x30\x01\x12P\n\x0cReportStatus\x12\x1f.edgecloud.fleet.v1.AgentStatus\x1a\x1d.edgecloud.fleet.v1.StatusAck\"\x00\x32\xd7\x03\n\x0c\x41\x64minService\x12V\n\x0cPublishModel\x12 .edgecloud.fleet.v1.PublishChunk\x1a .edgecloud.fleet.v1.PublishReply\"\x00(\x01\x12]\n\rPublishPolicy\x12(.edgecloud.fleet.v1.PublishPolicyRequest\x1a .edgecloud.fleet.v1.PublishReply\"\x00\x12U\n\nSetRollout\x12\".edgecloud.fleet.v1.RolloutRequest\x1a!.edgecloud.fleet.v1.RolloutRecord\"\x00\x12Z\n\nListModels\x12%.edgecloud.fleet.v1.ListModelsRequest\x1a#.edgecloud.fleet.v1.ListModelsReply\"\x00\x12]\n\x0b\x46leetStatus\x12&.edgecloud.fleet.v1.FleetStatusRequest\x1a$.edgecloud.fleet.v1.FleetStatusReply\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.fleet.v1.fleet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ROLLOUTREQUEST_SELECTORENTRY']._loaded_options = None
+  _globals['_ROLLOUTREQUEST_SELECTORENTRY']._serialized_options = b'8\001'
   _globals['_AGENTHELLO_LABELSENTRY']._loaded_options = None
   _globals['_AGENTHELLO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_AGENTSTATUS_LABELSENTRY']._loaded_options = None
   _globals['_AGENTSTATUS_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTHELLO']._serialized_start=52
-  _globals['_AGENTHELLO']._serialized_end=238
-  _globals['_AGENTHELLO_LABELSENTRY']._serialized_start=193
-  _globals['_AGENTHELLO_LABELSENTRY']._serialized_end=238
-  _globals['_ARTIFACTREF']._serialized_start=240
-  _globals['_ARTIFACTREF']._serialized_end=351
-  _globals['_ASSIGNMENT']._serialized_start=354
-  _globals['_ASSIGNMENT']._serialized_end=503
-  _globals['_SWAPOUTCOME']._serialized_start=505
-  _globals['_SWAPOUTCOME']._serialized_end=603
-  _globals['_TASKCOUNTERS']._serialized_start=606
-  _globals['_TASKCOUNTERS']._serialized_end=826
-  _globals['_AGENTSTATUS']._serialized_start=829
-  _globals['_AGENTSTATUS']._serialized_end=1109
-  _globals['_AGENTSTATUS_LABELSENTRY']._serialized_start=193
-  _globals['_AGENTSTATUS_LABELSENTRY']._serialized_end=238
-  _globals['_STATUSACK']._serialized_start=1111
-  _globals['_STATUSACK']._serialized_end=1142
-  _globals['_FLEETSERVICE']._serialized_start=1145
-  _globals['_FLEETSERVICE']._serialized_end=1329
+  _globals['_FETCHREQUEST']._serialized_start=51
+  _globals['_FETCHREQUEST']._serialized_end=97
+  _globals['_CHUNK']._serialized_start=99
+  _globals['_CHUNK']._serialized_end=150
+  _globals['_PUBLISHHEADER']._serialized_start=152
+  _globals['_PUBLISHHEADER']._serialized_end=221
+  _globals['_PUBLISHCHUNK']._serialized_start=223
+  _globals['_PUBLISHCHUNK']._serialized_end=314
+  _globals['_PUBLISHPOLICYREQUEST']._serialized_start=316
+  _globals['_PUBLISHPOLICYREQUEST']._serialized_end=407
+  _globals['_PUBLISHREPLY']._serialized_start=409
+  _globals['_PUBLISHREPLY']._serialized_end=490
+  _globals['_ROLLOUTREQUEST']._serialized_start=493
+  _globals['_ROLLOUTREQUEST']._serialized_end=730
+  _globals['_ROLLOUTREQUEST_SELECTORENTRY']._serialized_start=683
+  _globals['_ROLLOUTREQUEST_SELECTORENTRY']._serialized_end=730
+  _globals['_ROLLOUTRECORD']._serialized_start=732
+  _globals['_ROLLOUTRECORD']._serialized_end=781
+  _globals['_LISTMODELSREQUEST']._serialized_start=783
+  _globals['_LISTMODELSREQUEST']._serialized_end=816
+  _globals['_LISTMODELSREPLY']._serialized_start=818
+  _globals['_LISTMODELSREPLY']._serialized_end=849
+  _globals['_FLEETSTATUSREQUEST']._serialized_start=851
+  _globals['_FLEETSTATUSREQUEST']._serialized_end=871
+  _globals['_FLEETSTATUSREPLY']._serialized_start=873
+  _globals['_FLEETSTATUSREPLY']._serialized_end=905
+  _globals['_AGENTHELLO']._serialized_start=908
+  _globals['_AGENTHELLO']._serialized_end=1094
+  _globals['_AGENTHELLO_LABELSENTRY']._serialized_start=1049
+  _globals['_AGENTHELLO_LABELSENTRY']._serialized_end=1094
+  _globals['_ARTIFACTREF']._serialized_start=1096
+  _globals['_ARTIFACTREF']._serialized_end=1207
+  _globals['_ASSIGNMENT']._serialized_start=1210
+  _globals['_ASSIGNMENT']._serialized_end=1359
+  _globals['_SWAPOUTCOME']._serialized_start=1361
+  _globals['_SWAPOUTCOME']._serialized_end=1459
+  _globals['_TASKCOUNTERS']._serialized_start=1462
+  _globals['_TASKCOUNTERS']._serialized_end=1809
+  _globals['_AGENTSTATUS']._serialized_start=1812
+  _globals['_AGENTSTATUS']._serialized_end=2168
+  _globals['_AGENTSTATUS_LABELSENTRY']._serialized_start=1049
+  _globals['_AGENTSTATUS_LABELSENTRY']._serialized_end=1094
+  _globals['_STATUSACK']._serialized_start=2170
+  _globals['_STATUSACK']._serialized_end=2201
+  _globals['_FLEETSERVICE']._serialized_start=2204
+  _globals['_FLEETSERVICE']._serialized_end=2470
+  _globals['_ADMINSERVICE']._serialized_start=2473
+  _globals['_ADMINSERVICE']._serialized_end=2944
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,117 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FetchRequest(_message.Message):
+    __slots__ = ("digest", "offset")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    offset: int
+    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("offset", "data", "size")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    size: int
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
+class PublishHeader(_message.Message):
+    __slots__ = ("manifest", "signature", "promote")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    PROMOTE_FIELD_NUMBER: _ClassVar[int]
+    manifest: bytes
+    signature: bytes
+    promote: bool
+    def __init__(self, manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., promote: _Optional[bool] = ...) -> None: ...
+
+class PublishChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: PublishHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[PublishHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PublishPolicyRequest(_message.Message):
+    __slots__ = ("header", "document")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    header: PublishHeader
+    document: bytes
+    def __init__(self, header: _Optional[_Union[PublishHeader, _Mapping]] = ..., document: _Optional[bytes] = ...) -> None: ...
+
+class PublishReply(_message.Message):
+    __slots__ = ("name", "version", "digest", "generation")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    digest: str
+    generation: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class RolloutRequest(_message.Message):
+    __slots__ = ("action", "name", "version", "percent", "selector", "max_failures", "agent_id")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    name: str
+    version: str
+    percent: float
+    selector: _containers.ScalarMap[str, str]
+    max_failures: int
+    agent_id: str
+    def __init__(self, action: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., percent: _Optional[float] = ..., selector: _Optional[_Mapping[str, str]] = ..., max_failures: _Optional[int] = ..., agent_id: _Optional[str] = ...) -> None: ...
+
+class RolloutRecord(_message.Message):
+    __slots__ = ("json", "generation")
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    generation: int
+    def __init__(self, json: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListModelsReply(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class FleetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FleetStatusReply(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
 class AgentHello(_message.Message):
     __slots__ = ("agent_id", "labels", "agent_version", "known_generation")
     class LabelsEntry(_message.Message):
@@ -70,7 +181,7 @@ class SwapOutcome(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., at: _Optional[float] = ...) -> None: ...
 
 class TaskCounters(_message.Message):
-    __slots__ = ("name", "model_version", "policy_version", "requests", "rows", "escalated_rows", "fallback_rows", "errors", "score_histogram", "score_bin_edges")
+    __slots__ = ("name", "model_version", "policy_version", "requests", "rows", "escalated_rows", "fallback_rows", "errors", "score_histogram", "score_bin_edges", "drift_psi", "drift_ks", "drift_ks_pvalue", "drift_status", "shadow_rows", "shadow_agree")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +192,12 @@ class TaskCounters(_message.Message):
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     SCORE_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
     SCORE_BIN_EDGES_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_PSI_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_KS_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_KS_PVALUE_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_ROWS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_AGREE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_version: str
     policy_version: str
@@ -91,10 +208,16 @@ class TaskCounters(_message.Message):
     errors: int
     score_histogram: _containers.RepeatedScalarFieldContainer[int]
     score_bin_edges: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., requests: _Optional[int] = ..., rows: _Optional[int] = ..., escalated_rows: _Optional[int] = ..., fallback_rows: _Optional[int] = ..., errors: _Optional[int] = ..., score_histogram: _Optional[_Iterable[int]] = ..., score_bin_edges: _Optional[_Iterable[float]] = ...) -> None: ...
+    drift_psi: float
+    drift_ks: float
+    drift_ks_pvalue: float
+    drift_status: str
+    shadow_rows: int
+    shadow_agree: int
+    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., requests: _Optional[int] = ..., rows: _Optional[int] = ..., escalated_rows: _Optional[int] = ..., fallback_rows: _Optional[int] = ..., errors: _Optional[int] = ..., score_histogram: _Optional[_Iterable[int]] = ..., score_bin_edges: _Optional[_Iterable[float]] = ..., drift_psi: _Optional[float] = ..., drift_ks: _Optional[float] = ..., drift_ks_pvalue: _Optional[float] = ..., drift_status: _Optional[str] = ..., shadow_rows: _Optional[int] = ..., shadow_agree: _Optional[int] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("agent_id", "labels", "agent_version", "tasks", "last_swap", "sent_at")
+    __slots__ = ("agent_id", "labels", "agent_version", "tasks", "last_swap", "sent_at", "swaps", "applied_generation")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -108,13 +231,17 @@ class AgentStatus(_message.Message):
     TASKS_FIELD_NUMBER: _ClassVar[int]
     LAST_SWAP_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    SWAPS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     labels: _containers.ScalarMap[str, str]
     agent_version: str
     tasks: _containers.RepeatedCompositeFieldContainer[TaskCounters]
     last_swap: SwapOutcome
     sent_at: float
-    def __init__(self, agent_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskCounters, _Mapping]]] = ..., last_swap: _Optional[_Union[SwapOutcome, _Mapping]] = ..., sent_at: _Optional[float] = ...) -> None: ...
+    swaps: _containers.RepeatedCompositeFieldContainer[SwapOutcome]
+    applied_generation: int
+    def __init__(self, agent_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskCounters, _Mapping]]] = ..., last_swap: _Optional[_Union[SwapOutcome, _Mapping]] = ..., sent_at: _Optional[float] = ..., swaps: _Optional[_Iterable[_Union[SwapOutcome, _Mapping]]] = ..., applied_generation: _Optional[int] = ...) -> None: ...
 
 class StatusAck(_message.Message):
     __slots__ = ("generation",)

@@ -39,6 +39,11 @@ class FleetServiceStub:
                 request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentHello.SerializeToString,
                 response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.Assignment.FromString,
                 _registered_method=True)
+        self.FetchArtifact = channel.unary_stream(
+                '/edgecloud.fleet.v1.FleetService/FetchArtifact',
+                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.FetchRequest.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.Chunk.FromString,
+                _registered_method=True)
         self.ReportStatus = channel.unary_unary(
                 '/edgecloud.fleet.v1.FleetService/ReportStatus',
                 request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentStatus.SerializeToString,
@@ -52,6 +57,13 @@ class FleetServiceServicer:
     def WatchAssignments(self, request, context):
         """Desired versions for this agent: one message on connect, then one on
         every change, for as long as the stream is open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchArtifact(self, request, context):
+        """The bytes of one artifact from an offset on: resumable downloads.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -71,6 +83,11 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.WatchAssignments,
                     request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentHello.FromString,
                     response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.Assignment.SerializeToString,
+            ),
+            'FetchArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchArtifact,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.FetchRequest.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.Chunk.SerializeToString,
             ),
             'ReportStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportStatus,
@@ -116,6 +133,33 @@ class FleetService:
             _registered_method=True)
 
     @staticmethod
+    def FetchArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgecloud.fleet.v1.FleetService/FetchArtifact',
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.FetchRequest.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ReportStatus(request,
             target,
             options=(),
@@ -132,6 +176,254 @@ class FleetService:
             '/edgecloud.fleet.v1.FleetService/ReportStatus',
             protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentStatus.SerializeToString,
             protos_dot_fleet_dot_v1_dot_fleet__pb2.StatusAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AdminServiceStub:
+    """Operator actions; every call needs the operator role.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PublishModel = channel.stream_unary(
+                '/edgecloud.fleet.v1.AdminService/PublishModel',
+                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishChunk.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
+                _registered_method=True)
+        self.PublishPolicy = channel.unary_unary(
+                '/edgecloud.fleet.v1.AdminService/PublishPolicy',
+                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishPolicyRequest.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
+                _registered_method=True)
+        self.SetRollout = channel.unary_unary(
+                '/edgecloud.fleet.v1.AdminService/SetRollout',
+                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRecord.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/edgecloud.fleet.v1.AdminService/ListModels',
+                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsReply.FromString,
+                _registered_method=True)
+        self.FleetStatus = channel.unary_unary(
+                '/edgecloud.fleet.v1.AdminService/FleetStatus',
+                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusReply.FromString,
+                _registered_method=True)
+
+
+class AdminServiceServicer:
+    """Operator actions; every call needs the operator role.
+    """
+
+    def PublishModel(self, request_iterator, context):
+        """First message: the header (signed manifest); then the artifact bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FleetStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PublishModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishModel,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishChunk.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.SerializeToString,
+            ),
+            'PublishPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishPolicy,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishPolicyRequest.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.SerializeToString,
+            ),
+            'SetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRollout,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRequest.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRecord.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsRequest.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsReply.SerializeToString,
+            ),
+            'FleetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.FleetStatus,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'edgecloud.fleet.v1.AdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('edgecloud.fleet.v1.AdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AdminService:
+    """Operator actions; every call needs the operator role.
+    """
+
+    @staticmethod
+    def PublishModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/edgecloud.fleet.v1.AdminService/PublishModel',
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishChunk.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecloud.fleet.v1.AdminService/PublishPolicy',
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishPolicyRequest.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecloud.fleet.v1.AdminService/SetRollout',
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRequest.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecloud.fleet.v1.AdminService/ListModels',
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsRequest.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FleetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecloud.fleet.v1.AdminService/FleetStatus',
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,488 @@
+"""The embedded registry: a directory that several gateway replicas may share.
+
+Layout under the root::
+
+    blobs/sha256/<hex>                content-addressed, immutable artifact bytes
+    blobs/tmp/                        uploads in progress (never visible as versions)
+    models/<name>/<target>/<version>.json  signed manifest envelope, immutable
+                                      (target: edge or cloud; a task has both)
+    policies/<name>/<version>.json    signed manifest envelope, immutable
+    rollouts/<name>.json              one rollout record per edge model
+    agents/<agent id>.json            last status each agent reported
+    generation                        bumped on every change; replicas watch it
+    .lock                             serialises writers (flock)
+
+Every write is a temp file, fsync, rename; a crash mid-publish leaves at most
+an orphan temp file, never a half-visible version.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.artifacts import NAME_RE, Manifest, now_iso, parse_manifest
+from core.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from core.signing import verify
+from router import PolicyError, parse_policy
+
+RolloutState = Literal["none", "active", "paused", "halted", "promoted", "rolled_back"]
+_AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+
+
+class Rollout(BaseModel):
+    """Which version of a model each agent should run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    stable: str | None = None
+    """Version every agent runs unless the rollout picks it for the candidate."""
+    candidate: str | None = None
+    """Version being rolled out, if any."""
+    percent: float = Field(0.0, ge=0.0, le=100.0)
+    """Share of matching agents (by a stable hash of their id) that get the candidate."""
+    selector: dict[str, str] = Field(default_factory=dict)
+    """Labels an agent must have to be considered for the candidate."""
+    max_failures: int = Field(3, ge=1)
+    """Failed swaps to the candidate that halt the rollout."""
+    state: RolloutState = "none"
+    pinned: dict[str, str] = Field(default_factory=dict)
+    """Agent id -> version, overriding everything else."""
+    failures: dict[str, str] = Field(default_factory=dict)
+    """Agent id -> why its swap to the candidate failed."""
+    history: list[str] = Field(default_factory=list)
+    """What happened, newest last."""
+    updated: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A stored manifest with the exact signed bytes."""
+
+    manifest: Manifest
+    manifest_bytes: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything assignments are computed from, as of one generation."""
+
+    generation: int
+    models: dict[str, dict[str, Envelope]]
+    """Edge models: name -> version -> envelope (oldest first)."""
+    cloud_models: dict[str, dict[str, Envelope]]
+    """Cloud models: name -> version -> envelope (oldest first)."""
+    policies: dict[str, dict[str, Envelope]]
+    rollouts: dict[str, Rollout]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _version_key(version: str) -> tuple:
+    parts = re.split(r"[.+-]", version)
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
+
+
+class Registry:
+    """Versions, policies, rollouts and agent reports in one directory."""
+
+    def __init__(self, root: Path, trust_key=None) -> None:
+        self.root = Path(root)
+        self.trust_key = trust_key
+        for sub in ("blobs/sha256", "blobs/tmp", "models", "policies", "rollouts", "agents"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._lock_path = self.root / ".lock"
+        self._lock_path.touch(exist_ok=True)
+
+    # -- locking and generation ------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self._lock_path, "rb+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def generation(self) -> int:
+        """The current generation (0 for an empty registry)."""
+        try:
+            return int((self.root / "generation").read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+
+    def _bump(self) -> int:
+        generation = self.generation() + 1
+        _atomic_write(self.root / "generation", f"{generation}\n".encode())
+        return generation
+
+    # -- blobs -------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        """Path of a stored blob; NotFound if the registry does not hold it."""
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest or ""):
+            raise InvalidInput(f"digest {digest!r} is not sha256:<64 hex digits>")
+        path = self.root / "blobs" / "sha256" / digest.removeprefix("sha256:")
+        if not path.is_file():
+            raise NotFound(f"artifact {digest} is not in the registry")
+        return path
+
+    def _store_blob(self, chunks: Iterable[bytes], digest: str, size: int) -> None:
+        final = self.root / "blobs" / "sha256" / digest.removeprefix("sha256:")
+        tmp = self.root / "blobs" / "tmp" / f"{digest.removeprefix('sha256:')}.{os.getpid()}"
+        hasher = hashlib.sha256()
+        written = 0
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in chunks:
+                    written += len(chunk)
+                    if written > size:
+                        raise InvalidInput(f"artifact is larger than the manifest's size {size}")
+                    hasher.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if written != size:
+                raise InvalidInput(
+                    f"artifact is truncated: {written} bytes, manifest says {size}"
+                )
+            got = "sha256:" + hasher.hexdigest()
+            if got != digest:
+                raise InvalidInput(f"artifact digest {got} does not match the manifest {digest}")
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -- publishing ---------------------------------------------------------------
+
+    def _check_signature(self, manifest_bytes: bytes, signature: bytes) -> None:
+        if self.trust_key is not None and not verify(self.trust_key, manifest_bytes, signature):
+            raise PermissionDenied("manifest signature does not verify with the trusted key")
+
+    def _envelope_path(self, kind: str, name: str, version: str, target: str = "") -> Path:
+        if kind == "model":
+            return self.root / "models" / name / target / f"{version}.json"
+        return self.root / "policies" / name / f"{version}.json"
+
+    def publish_model(self, manifest_bytes: bytes, signature: bytes, chunks: Iterable[bytes],
+                      promote: bool = False) -> tuple[Manifest, int]:
+        """Store a model version; returns its manifest and the new generation."""
+        manifest = parse_manifest(manifest_bytes)
+        if manifest.kind != "model" or manifest.target is None:
+            raise InvalidInput("a model manifest needs kind 'model' and a target")
+        self._check_signature(manifest_bytes, signature)
+        path = self._envelope_path("model", manifest.name, manifest.version, manifest.target)
+        if path.exists():
+            raise FailedPrecondition(
+                f"{manifest.target} model {manifest.name} version {manifest.version} already "
+                "exists; versions are immutable"
+            )
+        # Edge and cloud models of a task, and all their versions, share one signature.
+        existing = [*self.model_versions(manifest.name, "edge").values(),
+                    *self.model_versions(manifest.name, "cloud").values()]
+        if existing:
+            other = existing[0].manifest
+            problem = _signature_problem(other, manifest)
+            if problem:
+                raise FailedPrecondition(
+                    f"model {manifest.name} version {manifest.version} does not match the "
+                    f"task's signature: {problem}"
+                )
+        self._store_blob(chunks, manifest.digest, manifest.size)
+        with self._locked():
+            if path.exists():
+                raise FailedPrecondition(
+                    f"model {manifest.name} version {manifest.version} already exists"
+                )
+            _atomic_write(path, _envelope_bytes(manifest_bytes, signature))
+            rollout = self.rollout(manifest.name) or Rollout(name=manifest.name)
+            if manifest.target == "edge" and (rollout.stable is None or promote):
+                rollout.stable = manifest.version
+                rollout.candidate = None
+                rollout.percent = 0.0
+                rollout.failures = {}
+                rollout.state = "promoted" if promote else "none"
+                rollout.history.append(f"{now_iso()} stable {manifest.version} (publish)")
+                self._write_rollout(rollout)
+            generation = self._bump()
+        return manifest, generation
+
+    def publish_policy(self, manifest_bytes: bytes, signature: bytes,
+                       document: bytes) -> tuple[Manifest, int]:
+        """Store a policy version after checking that it parses."""
+        manifest = parse_manifest(manifest_bytes)
+        if manifest.kind != "policy":
+            raise InvalidInput("a policy manifest needs kind 'policy'")
+        self._check_signature(manifest_bytes, signature)
+        try:
+            policy = parse_policy(document)
+        except PolicyError as exc:
+            raise InvalidInput(f"policy document: {exc}") from None
+        if policy.name != manifest.name:
+            raise InvalidInput(
+                f"policy document is for task {policy.name!r}, manifest names {manifest.name!r}"
+            )
+        path = self._envelope_path("policy", manifest.name, manifest.version)
+        if path.exists():
+            raise FailedPrecondition(
+                f"policy {manifest.name} version {manifest.version} already exists"
+            )
+        self._store_blob([document], manifest.digest, manifest.size)
+        with self._locked():
+            _atomic_write(path, _envelope_bytes(manifest_bytes, signature))
+            generation = self._bump()
+        return manifest, generation
+
+    # -- reading --------------------------------------------------------------------
+
+    def _read_envelopes(self, base: Path) -> dict[str, Envelope]:
+        out = {}
+        if not base.is_dir():
+            return out
+        for path in base.glob("*.json"):
+            envelope = _read_envelope(path)
+            if envelope is not None:
+                out[envelope.manifest.version] = envelope
+        return dict(sorted(out.items(), key=lambda kv: _version_key(kv[0])))
+
+    def model_names(self, target: str = "edge") -> list[str]:
+        """Names with at least one model version for ``target``."""
+        return sorted(p.name for p in (self.root / "models").iterdir()
+                      if (p / target).is_dir() and any((p / target).glob("*.json")))
+
+    def model_versions(self, name: str, target: str = "edge") -> dict[str, Envelope]:
+        """Version -> envelope, oldest first."""
+        return self._read_envelopes(self.root / "models" / name / target)
+
+    def policy_versions(self, name: str) -> dict[str, Envelope]:
+        """Version -> envelope, oldest first."""
+        return self._read_envelopes(self.root / "policies" / name)
+
+    def policy_names(self) -> list[str]:
+        """Names with at least one policy version."""
+        return sorted(p.name for p in (self.root / "policies").iterdir() if p.is_dir())
+
+    def next_version(self, kind: str, name: str, target: str = "edge") -> str:
+        """One more than the highest numeric version (``"1"`` for the first)."""
+        versions = (self.model_versions(name, target) if kind == "model"
+                    else self.policy_versions(name))
+        numbers = [int(v) for v in versions if v.isdigit()]
+        return str(max(numbers, default=0) + 1)
+
+    def rollout(self, name: str) -> Rollout | None:
+        """The model's rollout record, if it has one."""
+        path = self.root / "rollouts" / f"{name}.json"
+        try:
+            return Rollout.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValidationError:
+            raise InvalidInput(f"rollout record {path} is damaged") from None
+
+    def _write_rollout(self, rollout: Rollout) -> None:
+        rollout.updated = now_iso()
+        rollout.history = rollout.history[-50:]
+        _atomic_write(self.root / "rollouts" / f"{rollout.name}.json",
+                      rollout.model_dump_json(indent=2).encode())
+
+    def snapshot(self) -> Snapshot:
+        """All versions and rollouts as of the current generation."""
+        generation = self.generation()
+        models = {name: self.model_versions(name) for name in self.model_names()}
+        cloud = {name: self.model_versions(name, "cloud") for name in self.model_names("cloud")}
+        policies = {name: self.policy_versions(name) for name in self.policy_names()}
+        rollouts = {}
+        for name in models:
+            record = self.rollout(name)
+            if record is not None:
+                rollouts[name] = record
+        return Snapshot(generation, models, cloud, policies, rollouts)
+
+    # -- rollouts -----------------------------------------------------------------------
+
+    def set_rollout(self, action: str, name: str, *, version: str = "", percent: float = 0.0,
+                    selector: dict[str, str] | None = None, max_failures: int = 0,
+                    agent_id: str = "") -> tuple[Rollout, int]:
+        """Apply an operator action to a model's rollout; returns it and the generation."""
+        versions = self.model_versions(name)
+        if not versions:
+            raise NotFound(f"model {name!r} has no published edge versions")
+        with self._locked():
+            rollout = self.rollout(name) or Rollout(name=name)
+            stamp = now_iso()
+            if action == "start":
+                if version not in versions:
+                    raise NotFound(f"model {name!r} has no version {version!r} "
+                                   f"(versions: {', '.join(versions)})")
+                if not 0.0 <= percent <= 100.0:
+                    raise InvalidInput(f"percent must be within [0, 100] (got {percent})")
+                if version == rollout.stable:
+                    raise FailedPrecondition(f"version {version} is already stable")
+                if rollout.candidate != version:
+                    rollout.failures = {}
+                rollout.candidate = version
+                rollout.percent = percent
+                rollout.selector = dict(selector or {})
+                if max_failures:
+                    rollout.max_failures = max_failures
+                rollout.state = "active"
+                rollout.history.append(f"{stamp} rollout {version} to {percent:g}%")
+            elif action == "promote":
+                if rollout.candidate is None:
+                    raise FailedPrecondition(f"model {name!r} has no candidate to promote")
+                rollout.history.append(f"{stamp} promote {rollout.candidate}")
+                rollout.stable, rollout.candidate = rollout.candidate, None
+                rollout.percent, rollout.failures, rollout.state = 0.0, {}, "promoted"
+            elif action == "rollback":
+                if rollout.candidate is None:
+                    raise FailedPrecondition(f"model {name!r} has no candidate to roll back")
+                rollout.history.append(f"{stamp} rollback {rollout.candidate}")
+                rollout.candidate, rollout.percent, rollout.state = None, 0.0, "rolled_back"
+            elif action in ("pause", "resume"):
+                if rollout.candidate is None:
+                    raise FailedPrecondition(f"model {name!r} has no rollout to {action}")
+                rollout.state = "paused" if action == "pause" else "active"
+                rollout.history.append(f"{stamp} {action}")
+            elif action == "pin":
+                if version not in versions:
+                    raise NotFound(f"model {name!r} has no version {version!r}")
+                if not _AGENT_ID_RE.match(agent_id or ""):
+                    raise InvalidInput("pin needs a valid agent id")
+                rollout.pinned[agent_id] = version
+                rollout.history.append(f"{stamp} pin {agent_id} to {version}")
+            elif action == "unpin":
+                rollout.pinned.pop(agent_id, None)
+                rollout.history.append(f"{stamp} unpin {agent_id}")
+            else:
+                raise InvalidInput(f"unknown rollout action {action!r}")
+            self._write_rollout(rollout)
+            generation = self._bump()
+        return rollout, generation
+
+    def record_swap_failure(self, name: str, version: str, agent_id: str,
+                            reason: str) -> Rollout | None:
+        """Count a failed swap to a candidate; halts the rollout past its limit."""
+        with self._locked():
+            rollout = self.rollout(name)
+            if rollout is None or rollout.candidate != version or rollout.state not in (
+                "active", "paused"
+            ):
+                return rollout
+            if rollout.failures.get(agent_id) == reason:
+                return rollout
+            rollout.failures[agent_id] = reason[:500]
+            if len(rollout.failures) >= rollout.max_failures:
+                rollout.history.append(
+                    f"{now_iso()} halted {version}: {len(rollout.failures)} failed swaps; "
+                    f"back to {rollout.stable}"
+                )
+                rollout.state = "halted"
+                self._write_rollout(rollout)
+                self._bump()
+            else:
+                self._write_rollout(rollout)
+            return rollout
+
+    # -- agents ---------------------------------------------------------------------------
+
+    def write_agent_status(self, agent_id: str, status: dict) -> None:
+        """Keep the agent's last report where every replica can read it."""
+        if not _AGENT_ID_RE.match(agent_id or ""):
+            raise InvalidInput(f"agent id {agent_id!r} is not valid")
+        _atomic_write(self.root / "agents" / f"{agent_id}.json",
+                      json.dumps(status, sort_keys=True).encode())
+
+    def agent_statuses(self) -> list[dict]:
+        """Every agent's last report, by agent id."""
+        out = []
+        for path in sorted((self.root / "agents").glob("*.json")):
+            try:
+                out.append(json.loads(path.read_bytes()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        return out
+
+    def describe(self, name: str = "") -> dict:
+        """Models, versions and rollouts as plain data (for listing)."""
+        names = [name] if name else sorted({*self.model_names(), *self.model_names("cloud")})
+        if name and not (self.model_versions(name) or self.model_versions(name, "cloud")):
+            raise NotFound(f"model {name!r} has no published versions")
+        out = {}
+        for n in names:
+            record = self.rollout(n)
+            out[n] = {
+                "versions": [
+                    {**e.manifest.model_dump(
+                        mode="json", include={"version", "target", "digest", "size", "created"}),
+                     "signed": bool(e.signature)}
+                    for target in ("edge", "cloud")
+                    for e in self.model_versions(n, target).values()
+                ],
+                "rollout": record.model_dump(mode="json") if record else None,
+            }
+        return out
+
+
+def _signature_problem(a: Manifest, b: Manifest) -> str | None:
+    from core.tensors import signature_mismatch
+
+    return signature_mismatch(
+        tuple(t.spec() for t in a.inputs), tuple(t.spec() for t in a.outputs),
+        tuple(t.spec() for t in b.inputs), tuple(t.spec() for t in b.outputs),
+    )
+
+
+def _envelope_bytes(manifest_bytes: bytes, signature: bytes) -> bytes:
+    return json.dumps({
+        "manifest": manifest_bytes.decode("utf-8"),
+        "signature": base64.b64encode(signature).decode("ascii"),
+    }).encode()
+
+
+def _read_envelope(path: Path) -> Envelope | None:
+    try:
+        document = json.loads(path.read_bytes())
+        manifest_bytes = document["manifest"].encode("utf-8")
+        signature = base64.b64decode(document["signature"])
+        return Envelope(parse_manifest(manifest_bytes), manifest_bytes, signature)
+    except (OSError, KeyError, TypeError, ValueError, InvalidInput):
+        return None
+
+
+def valid_name(name: str) -> bool:
+    """True for a usable model or policy name."""
+    return bool(re.match(NAME_RE, name or ""))
+
+
+def wait_for_generation(registry: Registry, after: int, timeout_s: float) -> int:
+    """Poll until the generation passes ``after`` (tests and tools)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        generation = registry.generation()
+        if generation > after:
+            return generation
+        time.sleep(0.02)
+    return registry.generation()

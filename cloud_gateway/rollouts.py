@@ -1,0 +1,77 @@
+"""Which versions an agent should run: a pure function of the registry.
+
+Every replica computes the same answer from the same snapshot, the agent's
+labels and a stable hash of its id, so an agent gets the same assignment
+whichever replica it lands on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cloud_gateway.registry import Envelope, Rollout, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAssignment:
+    """Desired edge models and policies for one agent."""
+
+    generation: int
+    models: tuple[Envelope, ...]
+    policies: tuple[Envelope, ...]
+
+    def key(self) -> tuple:
+        """What identifies the assignment's content (generation aside)."""
+        return (
+            tuple((e.manifest.name, e.manifest.version, e.manifest.digest) for e in self.models),
+            tuple((e.manifest.name, e.manifest.version, e.manifest.digest)
+                  for e in self.policies),
+        )
+
+
+def bucket(name: str, agent_id: str) -> float:
+    """A stable position of the agent in [0, 100) for this model's rollouts."""
+    digest = hashlib.sha256(f"{name}\0{agent_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100.0
+
+
+def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Every selector key must be among the labels with the same value."""
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def desired_version(rollout: Rollout, agent_id: str, labels: Mapping[str, str]) -> str | None:
+    """The version of ``rollout.name`` this agent should run."""
+    if agent_id in rollout.pinned:
+        return rollout.pinned[agent_id]
+    if (
+        rollout.candidate is not None
+        and rollout.state in ("active", "paused")
+        and selector_matches(rollout.selector, labels)
+        and bucket(rollout.name, agent_id) < rollout.percent
+    ):
+        return rollout.candidate
+    return rollout.stable
+
+
+def assignment_for(snapshot: Snapshot, agent_id: str,
+                   labels: Mapping[str, str]) -> AgentAssignment:
+    """Edge models (by rollout) and the latest policy of every task, for one agent."""
+    models = []
+    for name, versions in snapshot.models.items():
+        if not versions:
+            continue
+        rollout = snapshot.rollouts.get(name) or Rollout(name=name, stable=list(versions)[-1])
+        version = desired_version(rollout, agent_id, labels)
+        if version in versions:
+            models.append(versions[version])
+    policies = [list(v.values())[-1] for v in snapshot.policies.values() if v]
+    return AgentAssignment(snapshot.generation, tuple(models), tuple(policies))
+
+
+def cloud_versions(snapshot: Snapshot) -> dict[str, Envelope]:
+    """The version of each cloud model the gateway should serve: the newest published."""
+    return {name: list(versions.values())[-1]
+            for name, versions in snapshot.cloud_models.items() if versions}

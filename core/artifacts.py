@@ -1,0 +1,200 @@
+"""Artifacts and their manifests: what a model or policy version is.
+
+A manifest is a JSON document describing one immutable artifact (its
+content digest, size, signature of the model, a smoke-test sample). Its
+canonical bytes (sorted keys, no spaces) are what the operator signs and
+what travels to agents unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.errors import InvalidInput
+from core.tensors import V2_TO_NUMPY, TensorSpec
+
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+HASH_CHUNK = 1 << 20
+
+
+class TensorDoc(BaseModel):
+    """A tensor's name, v2 datatype and shape (-1: any size)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+    def spec(self) -> TensorSpec:
+        """As a :class:`~core.tensors.TensorSpec`."""
+        return TensorSpec(self.name, self.datatype, tuple(self.shape))
+
+
+class SampleTensor(BaseModel):
+    """A small concrete tensor: smoke-test input or expected output."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list = Field(description="Values, flattened row-major.")
+
+    def array(self) -> np.ndarray:
+        """The values as a numpy array of the right dtype and shape."""
+        dtype = V2_TO_NUMPY.get(self.datatype)
+        if dtype is None or self.datatype == "BYTES":
+            raise InvalidInput(f"sample tensor {self.name!r} has unsupported datatype "
+                               f"{self.datatype!r}")
+        values = np.asarray(self.data, dtype=dtype)
+        if values.size != int(np.prod(self.shape)):
+            raise InvalidInput(f"sample tensor {self.name!r} has {values.size} values for "
+                               f"shape {self.shape}")
+        return values.reshape(self.shape)
+
+
+class Manifest(BaseModel):
+    """One artifact version: a model (edge or cloud) or a routing policy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["model", "policy"]
+    name: str = Field(pattern=NAME_RE)
+    version: str = Field(pattern=VERSION_RE)
+    target: Literal["edge", "cloud"] | None = None
+    """Where a model runs; None for policies."""
+    digest: str = Field(pattern=DIGEST_RE.pattern)
+    size: int = Field(ge=0)
+    created: str
+    inputs: list[TensorDoc] = Field(default_factory=list)
+    outputs: list[TensorDoc] = Field(default_factory=list)
+    sample_input: list[SampleTensor] = Field(default_factory=list)
+    """One row the agent runs as a smoke test before swapping."""
+    expected_output: list[SampleTensor] = Field(default_factory=list)
+    """What the sample should produce (checked with a tolerance); may be empty."""
+
+    def canonical(self) -> bytes:
+        """The exact bytes that are signed and sent to agents."""
+        return canonical_json(self.model_dump(mode="json"))
+
+
+def canonical_json(document: dict) -> bytes:
+    """Sorted keys, no insignificant white space, UTF-8."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse and validate manifest bytes; InvalidInput says what is wrong."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"manifest is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("manifest must be a JSON object")
+    try:
+        return Manifest.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidInput(f"invalid manifest: {problems}") from None
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """``("sha256:<hex>", size)`` of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return "sha256:" + digest.hexdigest(), size
+
+
+def sha256_bytes(data: bytes) -> str:
+    """``"sha256:<hex>"`` of bytes."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO 8601."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def sample_for(specs: tuple[TensorSpec, ...], seed: int = 0) -> dict[str, np.ndarray]:
+    """One deterministic row per input (free dimensions become 1), values in [0, 1)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in specs:
+        if spec.datatype == "BYTES":
+            raise InvalidInput(f"input {spec.name!r} is BYTES; no smoke-test sample can be made")
+        shape = tuple(1 if d < 0 else d for d in spec.shape)
+        dtype = V2_TO_NUMPY[spec.datatype]
+        if dtype.kind == "f":
+            values = rng.random(shape)
+        elif dtype.kind == "b":
+            values = rng.random(shape) < 0.5
+        else:
+            values = rng.integers(0, 2, shape)
+        out[spec.name] = np.asarray(values, dtype=dtype)
+    return out
+
+
+def sample_tensors(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...]) -> list[
+        SampleTensor]:
+    """Sample tensors for a manifest, typed as ``specs`` say."""
+    return [
+        SampleTensor(name=s.name, datatype=s.datatype, shape=list(arrays[s.name].shape),
+                     data=arrays[s.name].ravel().tolist())
+        for s in specs
+    ]
+
+
+def tensor_docs(specs: tuple[TensorSpec, ...]) -> list[TensorDoc]:
+    """Tensor docs for a manifest."""
+    return [TensorDoc(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in specs]
+
+
+def build_model_manifest(path: Path, *, name: str, version: str, target: str,
+                         progress: Callable[[int], None] | None = None) -> Manifest:
+    """Describe an ONNX file: digest, signature, a sample row and its expected output."""
+    from core.model import OnnxModel  # the ONNX Runtime import is only needed here
+
+    model = OnnxModel.load(path, name=name, version=version)
+    digest, size = sha256_file(path, progress)
+    sample = sample_for(model.inputs)
+    expected = model.run(sample)
+    try:
+        return Manifest(
+            kind="model", name=name, version=version, target=target, digest=digest, size=size,
+            created=now_iso(), inputs=tensor_docs(model.inputs),
+            outputs=tensor_docs(model.outputs),
+            sample_input=sample_tensors(sample, model.inputs),
+            expected_output=sample_tensors(expected, model.outputs),
+        )
+    except ValidationError as exc:
+        raise InvalidInput(f"cannot describe {path}: {exc.errors()[0]['msg']}") from None
+
+
+def build_policy_manifest(document: bytes, *, name: str, version: str) -> Manifest:
+    """Describe a policy document (its bytes are the artifact)."""
+    try:
+        return Manifest(kind="policy", name=name, version=version,
+                        digest=sha256_bytes(document), size=len(document), created=now_iso())
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid policy name or version: {exc.errors()[0]['msg']}") from None

@@ -1,0 +1,180 @@
+"""The agent's side of the fleet control plane over gRPC.
+
+Holds a WatchAssignments stream to the gateway (reconnecting with
+exponential backoff and jitter), hands each assignment to the
+:class:`~edge_agent.model_manager.ModelManager`, fetches artifacts with
+FetchArtifact, and reports status after every change and periodically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import numpy as np
+import structlog
+
+from core import __version__
+from core.grpc_errors import from_rpc_error
+from edge_agent.model_manager import ArtifactRef, Assignment, ModelManager, SwapOutcome
+from edge_agent.service import EdgeService
+from protos.fleet.v1 import fleet_pb2 as pb
+from protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
+
+log = structlog.get_logger("edgecloud.agent.fleet")
+
+
+def _refs(items) -> tuple[ArtifactRef, ...]:
+    return tuple(ArtifactRef(r.name, r.version, r.digest, r.size, r.manifest, r.signature)
+                 for r in items)
+
+
+def assignment_from(message: pb.Assignment) -> Assignment:
+    """Wire assignment -> domain assignment."""
+    return Assignment(message.generation, _refs(message.models), _refs(message.policies),
+                      message.replica)
+
+
+def _swap(outcome: SwapOutcome) -> pb.SwapOutcome:
+    return pb.SwapOutcome(name=outcome.name, version=outcome.version, kind=outcome.kind,
+                          ok=outcome.ok, reason=outcome.reason, at=outcome.at)
+
+
+def build_status(agent_id: str, labels: dict[str, str], service: EdgeService,
+                 manager: ModelManager, swaps: list[SwapOutcome]) -> pb.AgentStatus:
+    """What the agent runs and how it is doing, for ReportStatus."""
+    tasks = []
+    for task in service.tasks():
+        c = task.counters
+        entry = pb.TaskCounters(
+            name=task.name, model_version=task.current.model.version,
+            policy_version=task.current.policy.version, requests=c.requests, rows=c.rows,
+            escalated_rows=c.escalated_rows, fallback_rows=c.fallback_rows, errors=c.errors,
+            shadow_rows=c.shadow_rows, shadow_agree=c.shadow_agree,
+        )
+        if task.drift is not None:
+            report = task.drift.report()
+            entry.drift_psi = report.psi
+            entry.drift_ks = report.ks
+            entry.drift_ks_pvalue = report.ks_pvalue
+            entry.drift_status = report.status.value if report.n else ""
+            entry.score_histogram.extend(int(v) for v in task.drift.observed_counts())
+            entry.score_bin_edges.extend(task.drift.reference.edges)
+        tasks.append(entry)
+    status = pb.AgentStatus(agent_id=agent_id, labels=labels, agent_version=__version__,
+                            tasks=tasks, sent_at=time.time(),
+                            swaps=[_swap(s) for s in swaps],
+                            applied_generation=manager.applied_generation)
+    if manager.last_outcome is not None:
+        status.last_swap.CopyFrom(_swap(manager.last_outcome))
+    return status
+
+
+class FleetClient:
+    """Watches assignments, applies them, reports status."""
+
+    def __init__(
+        self,
+        target: str,
+        agent_id: str,
+        labels: dict[str, str],
+        service: EdgeService,
+        *,
+        status_interval_s: float = 10.0,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 10.0,
+        rng: np.random.Generator | None = None,
+        max_message_bytes: int = 8 * 2**20,
+    ) -> None:
+        self.agent_id = agent_id
+        self.labels = labels
+        self._service = service
+        self._status_interval_s = status_interval_s
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._rng = rng or np.random.default_rng()
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[("grpc.max_receive_message_length", max_message_bytes),
+                     ("grpc.initial_reconnect_backoff_ms", 200),
+                     ("grpc.max_reconnect_backoff_ms", 5000)],
+        )
+        self._stub = pb_grpc.FleetServiceStub(self._channel)
+        self.manager: ModelManager | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.connected = asyncio.Event()
+        self.on_applied: Callable[[Assignment, list[SwapOutcome]], None] | None = None
+
+    async def fetch(self, digest: str, offset: int) -> AsyncIterator[bytes]:
+        """FetchArtifact from ``offset``; errors come back as domain errors."""
+        call = self._stub.FetchArtifact(pb.FetchRequest(digest=digest, offset=offset))
+        try:
+            async for chunk in call:
+                yield chunk.data
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "gateway") from None
+        finally:
+            call.cancel()
+
+    def start(self, manager: ModelManager) -> None:
+        """Start watching and reporting (inside the running loop)."""
+        self.manager = manager
+        self._tasks = [asyncio.create_task(self._watch_loop(), name="fleet-watch"),
+                       asyncio.create_task(self._report_loop(), name="fleet-report")]
+
+    async def aclose(self) -> None:
+        """Stop, report one last time is not attempted; close the channel."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._channel.close()
+
+    def _delay(self, attempt: int) -> float:
+        base = min(self._backoff_max_s, self._backoff_initial_s * (2 ** min(attempt, 16)))
+        return float(base * self._rng.uniform(0.5, 1.5))
+
+    async def _watch_loop(self) -> None:
+        assert self.manager is not None
+        attempt = 0
+        while True:
+            hello = pb.AgentHello(agent_id=self.agent_id, labels=self.labels,
+                                  agent_version=__version__,
+                                  known_generation=self.manager.applied_generation)
+            try:
+                async for message in self._stub.WatchAssignments(hello):
+                    attempt = 0
+                    self.connected.set()
+                    assignment = assignment_from(message)
+                    outcomes = await self.manager.apply(assignment)
+                    log.info("assignment_applied", generation=assignment.generation,
+                             replica=assignment.replica, outcomes=len(outcomes))
+                    await self.report()
+                    if self.on_applied is not None:
+                        self.on_applied(assignment, outcomes)
+                reason = "stream ended"
+            except grpc.aio.AioRpcError as exc:
+                reason = f"{exc.code().name}: {exc.details()}"
+            self.connected.clear()
+            delay = self._delay(attempt)
+            attempt += 1
+            log.info("fleet_reconnecting", reason=reason, delay_s=round(delay, 3))
+            await asyncio.sleep(delay)
+
+    async def report(self) -> None:
+        """Send one ReportStatus (outcomes not yet reported go with it)."""
+        assert self.manager is not None
+        swaps = list(self.manager.outcomes)
+        status = build_status(self.agent_id, self.labels, self._service, self.manager, swaps)
+        try:
+            await self._stub.ReportStatus(status, timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            log.info("status_report_failed", code=exc.code().name)
+            return
+        del self.manager.outcomes[:len(swaps)]
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._status_interval_s)
+            await self.report()

@@ -1,0 +1,467 @@
+"""Receiving models and policies from the fleet, and swapping them in safely.
+
+For every assigned artifact: check the signed manifest → fetch the bytes to
+a staging file while hashing (resuming from what is already on disk) →
+check the digest → load a new ONNX Runtime session → smoke test on the
+manifest's sample → swap the task's reference atomically → record the
+outcome. A failure at any step leaves the running version untouched and is
+reported with its reason. Verified versions stay on disk, so a restart
+without the network comes up on the last verified model, and the previous
+version is kept for an instant rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import structlog
+
+from core.artifacts import Manifest, parse_manifest, sha256_file
+from core.errors import EdgecloudError, FailedPrecondition, InvalidInput
+from core.model import OnnxModel
+from core.signing import verify
+from core.tensors import signature_mismatch
+from edge_agent.service import EdgeService, bind_policy
+from router import Policy, PolicyError, parse_policy
+
+log = structlog.get_logger("edgecloud.agent.models")
+
+FETCH_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactRef:
+    """One artifact the fleet wants this agent to run."""
+
+    name: str
+    version: str
+    digest: str
+    size: int
+    manifest: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """The desired models and policies, as the gateway sent them."""
+
+    generation: int
+    models: tuple[ArtifactRef, ...]
+    policies: tuple[ArtifactRef, ...]
+    replica: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SwapOutcome:
+    """What happened to one assigned artifact."""
+
+    name: str
+    version: str
+    kind: str
+    ok: bool
+    reason: str = ""
+    at: float = field(default_factory=time.time)
+
+
+class Fetcher(Protocol):
+    """Streams an artifact's bytes from an offset (the gateway's FetchArtifact)."""
+
+    def fetch(self, digest: str, offset: int) -> AsyncIterator[bytes]:
+        """Chunks from ``offset`` to the end."""
+        ...
+
+
+class SwapFailed(Exception):
+    """A step of the swap failed; ``reason`` is what the operator sees."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ArtifactStore:
+    """Verified artifacts and the agent's current state, on local disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.blobs = self.root / "blobs"
+        self.staging = self.root / "staging"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.root / "state.json"
+
+    def blob(self, digest: str) -> Path:
+        """Where a verified artifact lives."""
+        return self.blobs / digest.removeprefix("sha256:")
+
+    def staging_file(self, digest: str) -> Path:
+        """Where an artifact is downloaded to before verification."""
+        return self.staging / (digest.removeprefix("sha256:") + ".part")
+
+    def load_state(self) -> dict:
+        """The last verified assignment per task (empty when none)."""
+        try:
+            return json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, json.JSONDecodeError):
+            log.error("agent_state_damaged", path=str(self.state_path))
+            return {}
+
+    def save_state(self, state: dict) -> None:
+        """Write the state atomically (temp file, fsync, rename)."""
+        tmp = self.state_path.with_name(".state.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_path)
+
+    def keep_only(self, digests: set[str]) -> None:
+        """Delete verified artifacts that are neither current nor previous."""
+        keep = {d.removeprefix("sha256:") for d in digests}
+        for path in self.blobs.iterdir():
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+
+def _ref_record(ref: ArtifactRef) -> dict:
+    return {"name": ref.name, "version": ref.version, "digest": ref.digest, "size": ref.size,
+            "manifest": base64.b64encode(ref.manifest).decode(),
+            "signature": base64.b64encode(ref.signature).decode()}
+
+
+def _ref_from_record(record: dict) -> ArtifactRef:
+    return ArtifactRef(record["name"], record["version"], record["digest"], int(record["size"]),
+                       base64.b64decode(record["manifest"]), base64.b64decode(record["signature"]))
+
+
+def smoke_test(model: OnnxModel, manifest: Manifest) -> None:
+    """The manifest's sample must run, give finite outputs of the promised shapes, and
+    match the expected outputs when the manifest has them."""
+    if not manifest.sample_input:
+        raise SwapFailed("manifest has no sample input for the smoke test")
+    try:
+        outputs = model.run({t.name: t.array() for t in manifest.sample_input})
+    except EdgecloudError as exc:
+        raise SwapFailed(f"smoke test: the model failed to run ({exc.message})") from None
+    declared = {t.name: t for t in manifest.outputs}
+    for spec in model.outputs:
+        value = np.asarray(outputs[spec.name])
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise SwapFailed(f"smoke test: output {spec.name!r} has NaN or infinite values")
+        doc = declared.get(spec.name)
+        if doc is not None and (value.ndim != len(doc.shape) or any(
+                d >= 0 and d != g for d, g in zip(doc.shape, value.shape, strict=True))):
+            raise SwapFailed(f"smoke test: output {spec.name!r} has shape {list(value.shape)}, "
+                             f"manifest says {doc.shape}")
+    for expected in manifest.expected_output:
+        got = np.asarray(outputs.get(expected.name))
+        want = expected.array()
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-4):
+            raise SwapFailed(f"smoke test: output {expected.name!r} differs from the "
+                             "manifest's expected output")
+
+
+class ModelManager:
+    """Applies fleet assignments to the agent's :class:`EdgeService`."""
+
+    def __init__(self, service: EdgeService, store: ArtifactStore, fetcher: Fetcher | None, *,
+                 trust_key=None, onnx_threads: int = 1,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.service = service
+        self.store = store
+        self.fetcher = fetcher
+        self.trust_key = trust_key
+        self._onnx_threads = onnx_threads
+        self._clock = clock
+        self._failed: dict[tuple[str, str, str], str] = {}
+        self._state = store.load_state()
+        self._lock = asyncio.Lock()
+        self.outcomes: list[SwapOutcome] = []
+        """Outcomes not yet reported to the gateway."""
+        self.last_outcome: SwapOutcome | None = None
+        self.applied_generation = int(self._state.get("generation", 0))
+
+    # -- restore -------------------------------------------------------------------
+
+    async def restore(self, skip: set[str]) -> list[str]:
+        """Bring back the last verified version of every task not in ``skip``."""
+        restored = []
+        for name, entry in sorted(self._state.get("tasks", {}).items()):
+            if name in skip or "model" not in entry or "policy" not in entry:
+                continue
+            try:
+                model_ref = _ref_from_record(entry["model"])
+                policy_ref = _ref_from_record(entry["policy"])
+                manifest = self._check_manifest(model_ref, "model")
+                policy = await self._read_policy(policy_ref, fetch=False)
+                model = await self._load_model(model_ref, manifest, fetch=False)
+                self.service.install(model, policy, model_digest=model_ref.digest,
+                                     policy_digest=policy_ref.digest)
+                restored.append(name)
+                log.info("task_restored", task=name, model_version=model_ref.version,
+                         policy_version=policy_ref.version)
+            except (SwapFailed, EdgecloudError, KeyError, ValueError) as exc:
+                reason = getattr(exc, "reason", None) or getattr(exc, "message", str(exc))
+                log.error("task_restore_failed", task=name, error=reason)
+        return restored
+
+    # -- apply ----------------------------------------------------------------------
+
+    async def apply(self, assignment: Assignment) -> list[SwapOutcome]:
+        """Bring every assigned task to its assigned versions; returns the outcomes."""
+        async with self._lock:
+            outcomes: list[SwapOutcome] = []
+            policies = {ref.name: ref for ref in assignment.policies}
+            models = {ref.name: ref for ref in assignment.models}
+            for name in sorted(set(models) | set(policies)):
+                outcome = await self._apply_task(name, models.get(name), policies.get(name))
+                outcomes.extend(outcome)
+            self.applied_generation = assignment.generation
+            self._state["generation"] = assignment.generation
+            self._save()
+            self.outcomes.extend(outcomes)
+            if outcomes:
+                self.last_outcome = outcomes[-1]
+            return outcomes
+
+    def _current(self, name: str):
+        try:
+            return self.service.task(name).current
+        except EdgecloudError:
+            return None
+
+    async def _apply_task(self, name: str, model_ref: ArtifactRef | None,
+                          policy_ref: ArtifactRef | None) -> list[SwapOutcome]:
+        current = self._current(name)
+        want_model = model_ref is not None and (
+            current is None or current.model_digest != model_ref.digest
+        )
+        want_policy = policy_ref is not None and (
+            current is None or current.policy_digest != policy_ref.digest
+        )
+        if model_ref is not None and self._failed_before(model_ref):
+            want_model = False
+        if policy_ref is not None and self._failed_before(policy_ref):
+            want_policy = False
+        if not want_model and not want_policy:
+            return []
+        outcomes = []
+        policy: Policy | None = None
+        if want_policy:
+            assert policy_ref is not None
+            try:
+                policy = await self._read_policy(policy_ref, fetch=True)
+            except SwapFailed as exc:
+                outcomes.append(self._fail(policy_ref, "policy", exc.reason))
+                want_policy = False
+        if want_model:
+            assert model_ref is not None
+            try:
+                manifest = self._check_manifest(model_ref, "model")
+                model = await self._load_model(model_ref, manifest, fetch=True)
+                await asyncio.to_thread(smoke_test, model, manifest)
+                active_policy = policy if policy is not None else (
+                    current.policy if current is not None else None)
+                if active_policy is None:
+                    # The policy is not published yet: wait for it (not a failure).
+                    log.info("model_waiting_for_policy", task=name, version=model_ref.version)
+                    return outcomes
+                if current is not None:
+                    problem = signature_mismatch(current.model.inputs, current.model.outputs,
+                                                 model.inputs, model.outputs)
+                    if problem is not None:
+                        raise SwapFailed(f"model does not match the task's signature: {problem}")
+                try:
+                    bind_policy(model, active_policy)
+                except FailedPrecondition as exc:
+                    raise SwapFailed(exc.message) from None
+                self.service.install(
+                    model, active_policy, model_digest=model_ref.digest,
+                    policy_digest=(policy_ref.digest if policy is not None and policy_ref
+                                   else current.policy_digest if current else ""),
+                )
+                self._remember(name, model_ref, policy_ref if policy is not None else None)
+                outcomes.append(self._ok(model_ref, "model"))
+                if policy is not None and policy_ref is not None:
+                    outcomes.append(self._ok(policy_ref, "policy"))
+                return outcomes
+            except SwapFailed as exc:
+                outcomes.append(self._fail(model_ref, "model", exc.reason))
+        if want_policy and policy is not None and policy_ref is not None:
+            current = self._current(name)
+            if current is None:
+                # No model for this task yet: the policy waits for one (not a failure).
+                log.info("policy_waiting_for_model", task=name, version=policy_ref.version)
+                return outcomes
+            try:
+                self.service.install(current.model, policy, model_digest=current.model_digest,
+                                     policy_digest=policy_ref.digest)
+            except FailedPrecondition as exc:
+                outcomes.append(self._fail(policy_ref, "policy", exc.message))
+                return outcomes
+            self._remember(name, None, policy_ref)
+            outcomes.append(self._ok(policy_ref, "policy"))
+        return outcomes
+
+    def _failed_before(self, ref: ArtifactRef) -> bool:
+        return (ref.name, ref.version, ref.digest) in self._failed
+
+    def _ok(self, ref: ArtifactRef, kind: str) -> SwapOutcome:
+        log.info("swap_succeeded", kind=kind, task=ref.name, version=ref.version)
+        return SwapOutcome(ref.name, ref.version, kind, True, "", self._clock())
+
+    def _fail(self, ref: ArtifactRef, kind: str, reason: str) -> SwapOutcome:
+        self._failed[(ref.name, ref.version, ref.digest)] = reason
+        log.error("swap_failed", kind=kind, task=ref.name, version=ref.version, reason=reason)
+        return SwapOutcome(ref.name, ref.version, kind, False, reason, self._clock())
+
+    def _remember(self, name: str, model_ref: ArtifactRef | None,
+                  policy_ref: ArtifactRef | None) -> None:
+        tasks = self._state.setdefault("tasks", {})
+        entry = tasks.setdefault(name, {})
+        if model_ref is not None:
+            if "model" in entry and entry["model"]["digest"] != model_ref.digest:
+                entry["previous_model"] = entry["model"]
+            entry["model"] = _ref_record(model_ref)
+        if policy_ref is not None:
+            entry["policy"] = _ref_record(policy_ref)
+        self._save()
+        keep = set()
+        for item in tasks.values():
+            for key in ("model", "previous_model", "policy"):
+                if key in item:
+                    keep.add(item[key]["digest"])
+        self.store.keep_only(keep)
+
+    def _save(self) -> None:
+        self.store.save_state(self._state)
+
+    # -- steps -----------------------------------------------------------------------
+
+    def _check_manifest(self, ref: ArtifactRef, kind: str) -> Manifest:
+        try:
+            manifest = parse_manifest(ref.manifest)
+        except InvalidInput as exc:
+            raise SwapFailed(exc.message) from None
+        if self.trust_key is not None and not verify(self.trust_key, ref.manifest,
+                                                     ref.signature):
+            raise SwapFailed("bad or missing signature: the manifest is not signed by the "
+                             "trusted operator key")
+        if manifest.kind != kind:
+            raise SwapFailed(f"manifest is for a {manifest.kind}, expected a {kind}")
+        if (manifest.name, manifest.version, manifest.digest, manifest.size) != (
+                ref.name, ref.version, ref.digest, ref.size):
+            raise SwapFailed("manifest does not describe the assigned artifact")
+        if kind == "model" and manifest.target != "edge":
+            raise SwapFailed(f"model {manifest.name} version {manifest.version} is a "
+                             f"{manifest.target} model")
+        return manifest
+
+    async def _ensure_blob(self, ref: ArtifactRef, fetch: bool) -> Path:
+        path = self.store.blob(ref.digest)
+        if path.is_file():
+            return path
+        if not fetch or self.fetcher is None:
+            raise SwapFailed(f"artifact {ref.digest} is not on disk")
+        last_error = ""
+        for attempt in range(FETCH_ATTEMPTS):
+            try:
+                return await self._download(ref)
+            except SwapFailed:
+                raise
+            except EdgecloudError as exc:
+                last_error = exc.message
+                log.warning("fetch_interrupted", digest=ref.digest, attempt=attempt + 1,
+                            error=exc.message)
+                await asyncio.sleep(0.1 * (attempt + 1))
+        raise SwapFailed(f"download failed after {FETCH_ATTEMPTS} attempts: {last_error}")
+
+    async def _download(self, ref: ArtifactRef) -> Path:
+        assert self.fetcher is not None
+        staging = self.store.staging_file(ref.digest)
+        hasher = hashlib.sha256()
+        offset = 0
+        if staging.exists():
+            offset = staging.stat().st_size
+            if offset > ref.size:
+                staging.unlink()
+                offset = 0
+            else:
+                await asyncio.to_thread(_hash_into, hasher, staging)
+        if offset:
+            log.info("fetch_resumed", digest=ref.digest, offset=offset, size=ref.size)
+        with open(staging, "ab") as f:  # noqa: ASYNC230 (chunk appends to local disk)
+            async for chunk in self.fetcher.fetch(ref.digest, offset):
+                if offset + len(chunk) > ref.size:
+                    break
+                f.write(chunk)
+                hasher.update(chunk)
+                offset += len(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        if offset != ref.size:
+            staging.unlink(missing_ok=True)
+            raise SwapFailed(f"artifact is truncated or too long: {offset} bytes, "
+                             f"manifest says {ref.size}")
+        got = "sha256:" + hasher.hexdigest()
+        if got != ref.digest:
+            staging.unlink(missing_ok=True)
+            raise SwapFailed(f"digest mismatch: downloaded {got}, manifest says {ref.digest}")
+        final = self.store.blob(ref.digest)
+        os.replace(staging, final)
+        return final
+
+    async def _load_model(self, ref: ArtifactRef, manifest: Manifest, fetch: bool) -> OnnxModel:
+        path = await self._ensure_blob(ref, fetch)
+        if not fetch:
+            digest, _ = await asyncio.to_thread(sha256_file, path)
+            if digest != ref.digest:
+                raise SwapFailed(f"artifact on disk no longer matches {ref.digest}")
+        try:
+            model = await asyncio.to_thread(OnnxModel.load, path, name=ref.name,
+                                            version=ref.version,
+                                            intra_op_threads=self._onnx_threads)
+        except EdgecloudError as exc:
+            raise SwapFailed(f"cannot load the model: {exc.message}") from None
+        declared_in = tuple(t.spec() for t in manifest.inputs)
+        declared_out = tuple(t.spec() for t in manifest.outputs)
+        problem = signature_mismatch(declared_in, declared_out, model.inputs, model.outputs)
+        if problem is not None:
+            raise SwapFailed(f"model does not match its manifest: {problem}")
+        return model
+
+    async def _read_policy(self, ref: ArtifactRef, fetch: bool) -> Policy:
+        self._check_manifest(ref, "policy")
+        path = await self._ensure_blob(ref, fetch)
+        data = await asyncio.to_thread(path.read_bytes)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != ref.digest:
+            raise SwapFailed("policy on disk does not match its digest")
+        try:
+            policy = parse_policy(data)
+        except PolicyError as exc:
+            raise SwapFailed(f"policy document: {exc}") from None
+        if policy.name != ref.name:
+            raise SwapFailed(f"policy document is for task {policy.name!r}, not {ref.name!r}")
+        return policy
+
+    def state_entry(self, name: str) -> dict:
+        """What is recorded for a task (for status reports)."""
+        return self._state.get("tasks", {}).get(name, {})
+
+
+def _hash_into(hasher, path: Path) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)

@@ -1,0 +1,149 @@
+"""Operator actions, against a gateway's admin service or a registry directory.
+
+Both targets offer the same calls and return plain data, so every command
+works the same way with ``--gateway HOST:PORT`` or ``--data-dir DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+
+from cloud_gateway.registry import Registry
+from core.errors import EdgecloudError
+from core.grpc_errors import from_rpc_error
+from protos.fleet.v1 import fleet_pb2 as pb
+from protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
+
+UPLOAD_CHUNK = 1 << 20
+
+
+class Operator(Protocol):
+    """Operator calls shared by both targets."""
+
+    def publish_model(self, manifest: bytes, signature: bytes, path: Path, promote: bool,
+                      progress: Callable[[int], None] | None = None) -> dict: ...
+
+    def publish_policy(self, manifest: bytes, signature: bytes, document: bytes) -> dict: ...
+
+    def rollout(self, action: str, name: str, **fields) -> dict: ...
+
+    def list_models(self, name: str = "") -> dict: ...
+
+    def fleet_status(self) -> list[dict]: ...
+
+    def next_version(self, kind: str, name: str, target: str = "edge") -> str: ...
+
+    def close(self) -> None: ...
+
+
+def _file_chunks(path: Path, progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while data := f.read(UPLOAD_CHUNK):
+            if progress is not None:
+                progress(len(data))
+            yield data
+
+
+class RegistryOperator:
+    """Acts on a registry directory directly (the embedded default)."""
+
+    def __init__(self, root: Path) -> None:
+        self.registry = Registry(root)
+
+    def publish_model(self, manifest, signature, path, promote, progress=None) -> dict:
+        m, generation = self.registry.publish_model(manifest, signature,
+                                                    _file_chunks(path, progress), promote)
+        return {"name": m.name, "version": m.version, "digest": m.digest,
+                "generation": generation}
+
+    def publish_policy(self, manifest, signature, document) -> dict:
+        m, generation = self.registry.publish_policy(manifest, signature, document)
+        return {"name": m.name, "version": m.version, "digest": m.digest,
+                "generation": generation}
+
+    def rollout(self, action, name, **fields) -> dict:
+        record, _ = self.registry.set_rollout(action, name, **fields)
+        return record.model_dump(mode="json")
+
+    def list_models(self, name: str = "") -> dict:
+        return self.registry.describe(name)
+
+    def fleet_status(self) -> list[dict]:
+        return self.registry.agent_statuses()
+
+    def next_version(self, kind: str, name: str, target: str = "edge") -> str:
+        return self.registry.next_version(kind, name, target)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class GatewayOperator:
+    """Acts through a gateway's admin service."""
+
+    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+        self._channel = grpc.insecure_channel(
+            target, options=[("grpc.max_send_message_length", 8 * 2**20)]
+        )
+        self._stub = pb_grpc.AdminServiceStub(self._channel)
+        self._timeout = timeout_s
+        self._target = target
+
+    def _call(self, method, request, timeout: float | None = None):
+        try:
+            return method(request, timeout=timeout or self._timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"gateway {self._target}") from None
+
+    def publish_model(self, manifest, signature, path, promote, progress=None) -> dict:
+        def messages() -> Iterator[pb.PublishChunk]:
+            yield pb.PublishChunk(header=pb.PublishHeader(manifest=manifest,
+                                                          signature=signature,
+                                                          promote=promote))
+            for data in _file_chunks(path, progress):
+                yield pb.PublishChunk(data=data)
+
+        reply = self._call(self._stub.PublishModel, messages(), timeout=3600)
+        return {"name": reply.name, "version": reply.version, "digest": reply.digest,
+                "generation": reply.generation}
+
+    def publish_policy(self, manifest, signature, document) -> dict:
+        reply = self._call(self._stub.PublishPolicy, pb.PublishPolicyRequest(
+            header=pb.PublishHeader(manifest=manifest, signature=signature),
+            document=document))
+        return {"name": reply.name, "version": reply.version, "digest": reply.digest,
+                "generation": reply.generation}
+
+    def rollout(self, action, name, **fields) -> dict:
+        reply = self._call(self._stub.SetRollout, pb.RolloutRequest(
+            action=action, name=name, version=fields.get("version", ""),
+            percent=fields.get("percent", 0.0), selector=fields.get("selector") or {},
+            max_failures=fields.get("max_failures", 0), agent_id=fields.get("agent_id", "")))
+        return json.loads(reply.json)
+
+    def list_models(self, name: str = "") -> dict:
+        return json.loads(self._call(self._stub.ListModels,
+                                     pb.ListModelsRequest(name=name)).json)
+
+    def fleet_status(self) -> list[dict]:
+        return json.loads(self._call(self._stub.FleetStatus, pb.FleetStatusRequest()).json)
+
+    def next_version(self, kind: str, name: str, target: str = "edge") -> str:
+        if kind != "model":
+            return ""
+        try:
+            versions = self.list_models(name).get(name, {}).get("versions", [])
+        except EdgecloudError:
+            versions = []
+        numbers = [int(v["version"]) for v in versions
+                   if str(v["version"]).isdigit() and v["target"] == target]
+        return str(max(numbers, default=0) + 1)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()

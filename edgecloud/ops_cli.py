@@ -1,0 +1,347 @@
+"""Operator commands: keys, model publication and rollouts, policies, fleet status."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+TARGET_HELP = "gateway admin address (HOST:PORT), or --data-dir for a registry directory"
+
+
+def _cli_error(message: str) -> Exception:
+    from edgecloud.cli import CliError
+
+    return CliError(message)
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--gateway", metavar="HOST:PORT", help=TARGET_HELP)
+    group.add_argument("--data-dir", type=Path, metavar="DIR",
+                       help="registry directory (the embedded default)")
+
+
+def _operator(args: argparse.Namespace):
+    from edgecloud.operator import GatewayOperator, RegistryOperator
+
+    if args.gateway:
+        return GatewayOperator(args.gateway)
+    return RegistryOperator(args.data_dir)
+
+
+def _pairs(values, what: str) -> dict[str, str]:
+    from edgecloud.cli import _pairs as parse
+
+    return parse(values, what) or {}
+
+
+def _sign(manifest: bytes, key_path: Path | None) -> bytes:
+    if key_path is None:
+        return b""
+    from core.signing import load_private_key, sign
+
+    return sign(load_private_key(key_path), manifest)
+
+
+# -- keys ---------------------------------------------------------------------------
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from core.signing import generate_keypair
+
+    private, public = generate_keypair(args.out)
+    print(f"private key: {private} (keep it with the operator; mode 0600)")
+    print(f"public key:  {public} (give it to agents as --trust-key)")
+    return 0
+
+
+# -- models -------------------------------------------------------------------------
+
+
+def cmd_models_publish(args: argparse.Namespace) -> int:
+    from core.artifacts import build_model_manifest
+
+    if not args.file.is_file():
+        raise _cli_error(f"model file {args.file} does not exist")
+    op = _operator(args)
+    try:
+        version = args.version or op.next_version("model", args.name, args.target)
+        manifest = build_model_manifest(args.file, name=args.name, version=version,
+                                        target=args.target)
+        data = manifest.canonical()
+        signature = _sign(data, args.key)
+        size = args.file.stat().st_size
+        with Progress("[progress.description]{task.description}", BarColumn(),
+                      DownloadColumn(), TransferSpeedColumn(), console=Console(stderr=True),
+                      transient=True) as progress:
+            bar = progress.add_task(f"publishing {args.name} {version}", total=size)
+            reply = op.publish_model(data, signature, args.file, args.promote,
+                                     lambda n: progress.advance(bar, n))
+    finally:
+        op.close()
+    print(f"published {reply['name']} version {reply['version']} ({args.target}, "
+          f"{reply['digest'][:19]}…, {'signed' if signature else 'UNSIGNED'}); "
+          f"generation {reply['generation']}")
+    return 0
+
+
+def _rollout_line(record: dict) -> str:
+    candidate = record.get("candidate")
+    text = f"{record['name']}: stable {record.get('stable')}"
+    if candidate:
+        text += f", candidate {candidate} at {record.get('percent', 0):g}%"
+        if record.get("selector"):
+            text += " of " + ",".join(f"{k}={v}" for k, v in record["selector"].items())
+    text += f" ({record.get('state')})"
+    return text
+
+
+def cmd_models_rollout(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.percent <= 100.0:
+        raise _cli_error("--percent must be within 0 and 100")
+    op = _operator(args)
+    try:
+        record = op.rollout("start", args.name, version=args.version, percent=args.percent,
+                            selector=_pairs(args.selector, "--selector"),
+                            max_failures=args.max_failures or 0)
+    finally:
+        op.close()
+    print(_rollout_line(record))
+    return 0
+
+
+def _simple_action(action: str):
+    def run(args: argparse.Namespace) -> int:
+        op = _operator(args)
+        try:
+            fields = {}
+            if action in ("pin", "unpin"):
+                fields = {"version": getattr(args, "version", ""), "agent_id": args.agent}
+            record = op.rollout(action, args.name, **fields)
+        finally:
+            op.close()
+        print(_rollout_line(record))
+        return 0
+
+    return run
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    op = _operator(args)
+    try:
+        described = op.list_models(args.name or "")
+    finally:
+        op.close()
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return 0
+    table = Table(title="models")
+    for column in ("model", "version", "target", "size", "signed", "created", "role"):
+        table.add_column(column)
+    for name, info in described.items():
+        rollout = info.get("rollout") or {}
+        for v in info["versions"]:
+            role = ("stable" if v["version"] == rollout.get("stable") else
+                    f"candidate {rollout.get('percent', 0):g}% ({rollout.get('state')})"
+                    if v["version"] == rollout.get("candidate") else "")
+            table.add_row(name, v["version"], v["target"], f"{v['size']:,}",
+                          "yes" if v["signed"] else "no", v["created"], role)
+    Console().print(table)
+    return 0
+
+
+# -- policies -----------------------------------------------------------------------
+
+
+def cmd_policy_publish(args: argparse.Namespace) -> int:
+    from core.artifacts import build_policy_manifest
+    from router import PolicyError, parse_policy
+
+    try:
+        document = args.file.read_bytes()
+    except OSError as exc:
+        raise _cli_error(f"cannot read {args.file}: {exc.strerror}") from None
+    try:
+        policy = parse_policy(document)
+    except PolicyError as exc:
+        raise _cli_error(f"{args.file}: {exc}") from None
+    if policy.name != args.name:
+        raise _cli_error(f"{args.file} is a policy for task {policy.name!r}, not {args.name!r}")
+    manifest = build_policy_manifest(document, name=policy.name, version=policy.version)
+    data = manifest.canonical()
+    op = _operator(args)
+    try:
+        reply = op.publish_policy(data, _sign(data, args.key), document)
+    finally:
+        op.close()
+    print(f"published policy {reply['name']} version {reply['version']}; "
+          f"generation {reply['generation']}")
+    return 0
+
+
+# -- fleet --------------------------------------------------------------------------
+
+
+def _ago(seconds: float | None) -> str:
+    if not seconds:
+        return "-"
+    delta = max(time.time() - float(seconds), 0.0)
+    return f"{delta:.0f}s ago" if delta < 120 else f"{delta / 60:.0f}m ago"
+
+
+def fleet_rows(agents: list[dict]) -> list[dict]:
+    """One flat record per agent and task (what the table and --json show)."""
+    rows = []
+    for agent in agents:
+        last = agent.get("last_swap") or {}
+        base = {
+            "agent_id": agent.get("agent_id"),
+            "labels": agent.get("labels", {}),
+            "replica": agent.get("replica"),
+            "last_seen": agent.get("last_seen"),
+            "last_swap": ({"name": last.get("name"), "version": last.get("version"),
+                           "kind": last.get("kind"), "ok": bool(last.get("ok")),
+                           "reason": last.get("reason", "")} if last.get("name") else None),
+        }
+        tasks = agent.get("tasks") or [{}]
+        for task in tasks:
+            rows_n = int(task.get("rows", 0) or 0)
+            escalated = int(task.get("escalated_rows", 0) or 0)
+            rows.append({
+                **base,
+                "task": task.get("name"),
+                "model_version": task.get("model_version"),
+                "policy_version": task.get("policy_version"),
+                "requests": int(task.get("requests", 0) or 0),
+                "rows": rows_n,
+                "escalation_rate": escalated / rows_n if rows_n else 0.0,
+                "fallbacks": int(task.get("fallback_rows", 0) or 0),
+                "drift": {"status": task.get("drift_status", ""),
+                          "psi": task.get("drift_psi", 0.0),
+                          "ks_pvalue": task.get("drift_ks_pvalue", 1.0)},
+            })
+    return rows
+
+
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    op = _operator(args)
+    try:
+        agents = op.fleet_status()
+    finally:
+        op.close()
+    rows = fleet_rows(agents)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title=f"fleet: {len(agents)} agents "
+                        f"({dt.datetime.now().astimezone().strftime('%H:%M:%S')})")
+    for column in ("agent", "labels", "replica", "seen", "task", "model", "policy",
+                   "last swap", "requests", "escalated", "fallbacks", "drift"):
+        table.add_column(column)
+    for r in rows:
+        swap = r["last_swap"]
+        swap_text = "-" if swap is None else (
+            f"{swap['kind']} {swap['version']} ok" if swap["ok"]
+            else f"[red]{swap['kind']} {swap['version']} FAILED: {swap['reason']}[/red]")
+        drift = r["drift"]
+        drift_text = drift["status"] or "-"
+        if drift["status"]:
+            drift_text += f" (psi {drift['psi']:.2f})"
+        table.add_row(
+            str(r["agent_id"]), ",".join(f"{k}={v}" for k, v in r["labels"].items()),
+            str(r["replica"]), _ago(r["last_seen"]), str(r["task"] or "-"),
+            str(r["model_version"] or "-"), str(r["policy_version"] or "-"), swap_text,
+            str(r["requests"]), f"{r['escalation_rate']:.1%}", str(r["fallbacks"]), drift_text,
+        )
+    Console().print(table)
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersAction]:
+    """Add ``keys``, ``models``, ``policy`` and ``fleet``; returns their subparsers."""
+    keys = sub.add_parser("keys", help="operator signing keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    gen = ksub.add_parser("generate", help="make an Ed25519 key pair")
+    gen.add_argument("--out", type=Path, required=True, help="folder for the key files")
+    gen.set_defaults(handler=cmd_keys_generate)
+
+    models = sub.add_parser("models", help="publish and roll out models")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
+    pub = msub.add_parser("publish", help="publish a model version")
+    pub.add_argument("name")
+    pub.add_argument("file", type=Path)
+    pub.add_argument("--target", choices=("edge", "cloud"), required=True)
+    pub.add_argument("--version", default=None, help="version (default: next number)")
+    pub.add_argument("--key", type=Path, default=None, help="operator private key to sign with")
+    pub.add_argument("--promote", action="store_true",
+                     help="make it the stable version at once (fleet-wide)")
+    _add_target(pub)
+    pub.set_defaults(handler=cmd_models_publish)
+
+    lst = msub.add_parser("list", help="versions and rollouts")
+    lst.add_argument("name", nargs="?", default="")
+    lst.add_argument("--json", action="store_true")
+    _add_target(lst)
+    lst.set_defaults(handler=cmd_models_list)
+
+    roll = msub.add_parser("rollout", help="roll a candidate version out to part of the fleet")
+    roll.add_argument("name")
+    roll.add_argument("version")
+    roll.add_argument("--percent", type=float, required=True)
+    roll.add_argument("--selector", nargs="+", metavar="KEY=VALUE", default=None)
+    roll.add_argument("--max-failures", type=int, default=None,
+                      help="failed swaps that halt the rollout (default 3)")
+    _add_target(roll)
+    roll.set_defaults(handler=cmd_models_rollout)
+
+    for action, text in (("promote", "make the candidate stable everywhere"),
+                         ("rollback", "send every agent back to the stable version"),
+                         ("pause", "hold the rollout where it is"),
+                         ("resume", "continue a paused rollout")):
+        p = msub.add_parser(action, help=text)
+        p.add_argument("name")
+        _add_target(p)
+        p.set_defaults(handler=_simple_action(action))
+    pin = msub.add_parser("pin", help="pin one agent to a version")
+    pin.add_argument("name")
+    pin.add_argument("version")
+    pin.add_argument("--agent", required=True)
+    _add_target(pin)
+    pin.set_defaults(handler=_simple_action("pin"))
+    unpin = msub.add_parser("unpin", help="let an agent follow the rollout again")
+    unpin.add_argument("name")
+    unpin.add_argument("--agent", required=True)
+    _add_target(unpin)
+    unpin.set_defaults(handler=_simple_action("unpin"))
+
+    policy = sub.add_parser("policy", help="routing policies")
+    psub = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    ppub = psub.add_parser("publish", help="publish a policy version to the fleet")
+    ppub.add_argument("name")
+    ppub.add_argument("file", type=Path)
+    ppub.add_argument("--key", type=Path, default=None, help="operator private key to sign with")
+    _add_target(ppub)
+    ppub.set_defaults(handler=cmd_policy_publish)
+
+    fleet = sub.add_parser("fleet", help="the fleet of agents")
+    fsub = fleet.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
+    status = fsub.add_parser("status", help="every agent: versions, swaps, traffic, drift")
+    status.add_argument("--json", action="store_true")
+    _add_target(status)
+    status.set_defaults(handler=cmd_fleet_status)
+    return {"models": msub, "policy": psub}
