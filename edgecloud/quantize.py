@@ -34,8 +34,8 @@ the calibration rows, else 256 uniform random rows in [0, 1)):
   one intra-op thread, calls alternating between the two models after a warmup;
 * top-1 agreement with the original and the largest absolute difference over the float
   outputs; accuracy when the data has labels ``y``. The top-1 class is the argmax of the
-  first output when it is ``[N, C]``, or the first output itself when it is an integer
-  label vector ``[N]``.
+  first output when it is ``[N, C]`` scores, or the first output itself when it is a label
+  vector ``[N]`` (as skl2onnx puts first); accuracy needs integer labels.
 
 The file is written atomically (a temporary file in the same folder, then a rename), and
 only once every check has passed. Every problem the user can cause (missing file, not an
@@ -230,16 +230,17 @@ def quantize_model(
         raise _cli_error(f"cannot read {src} as an ONNX model") from None
     prepared = onnx.ModelProto()
     prepared.CopyFrom(source_proto)
+    notes = _merge_opset_imports(prepared)
     rewrites = _rewrite_linear_classifiers(prepared)
     if any(note.startswith("rewrote") for note in rewrites):
         _check_rewrite(original, prepared, eval_rows, src)
-    notes = [*_merge_opset_imports(prepared), *rewrites]
+    notes.extend(rewrites)
 
     with tempfile.TemporaryDirectory(prefix="edgecloud-quantize-") as tmp:
         prepared_path = Path(tmp) / "prepared.onnx"
         quantized_path = Path(tmp) / "quantized.onnx"
-        onnx.save(prepared, str(prepared_path))
         try:
+            onnx.save(prepared, str(prepared_path))
             with _quiet_quantizer():
                 if method == "static":
                     assert calibration_rows is not None
@@ -471,9 +472,9 @@ def _calibration_reader(quantization, model: OnnxModel, rows: _Rows):
 
 
 def _top1(model: OnnxModel, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Top-1 class per row from the first output: argmax of ``[N, C]``, or labels ``[N]``."""
+    """Top-1 class per row from the first output: argmax of ``[N, C>1]``, or labels ``[N]``."""
     array = outputs[model.outputs[0].name]
-    if array.ndim == 2 and array.dtype.kind in "fiu":
+    if array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind in "fiu":
         return array.argmax(axis=1)
     if array.ndim == 1 and array.dtype.kind in "iuOSU":
         return array
@@ -840,17 +841,13 @@ def render_report(report: QuantizeReport) -> Table:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    import onnxruntime
     from rich.console import Console
 
     method = args.method or ("static" if args.calibration is not None else "dynamic")
-    try:
-        import onnxruntime
-
-        # ONNX Runtime's own warnings (unused initializers in the calibration graph) are noise
-        # here; this process only runs this command.
-        onnxruntime.set_default_logger_severity(3)
-    except ImportError:  # pragma: no cover - onnxruntime is a dependency
-        pass
+    # ONNX Runtime's own warnings (unused initializers in the calibration graph) are noise
+    # here; this process only runs this command.
+    onnxruntime.set_default_logger_severity(3)
     report = quantize_model(
         args.model, args.out, calibration=args.calibration, method=method,
         per_channel=args.per_channel, evaluation=args.evaluation,
@@ -893,13 +890,13 @@ def register(models_subparsers) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``edgecloud models quantize ...`` on its own (``python -m edgecloud.quantize``)."""
+    from edgecloud.cli import EXIT_USAGE, CliError
+
     parser = argparse.ArgumentParser(prog="edgecloud")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     models = sub.add_parser("models", help="work with model files")
     register(models.add_subparsers(dest="models_command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)
-    from edgecloud.cli import EXIT_USAGE, CliError
-
     try:
         return args.handler(args)
     except (CliError, EdgecloudError) as exc:

@@ -8,6 +8,9 @@ and no randomness of its own. The usual path through it::
     confidence, predicted = score_rows(policy, class_scores)
     decisions = decide(policy, confidence, predicted, ctx, state.signals(len(confidence)))
     state.observe_decisions(decisions)
+
+Policies are tuned offline with :func:`tune` (labelled data) or
+:func:`tune_from_field` (shadow samples, agreement with the cloud).
 """
 
 from router.decide import (
@@ -32,6 +35,7 @@ from router.drift import (
     ks_pvalue,
     ks_statistic,
     psi,
+    psi_pvalue,
 )
 from router.policy import (
     BreakerPolicy,
@@ -66,12 +70,25 @@ from router.signals import (
     RttEstimator,
     ShadowSampler,
 )
+from router.tuner import (
+    Curve,
+    OperatingPoint,
+    ScoreReport,
+    TuningError,
+    TuningReport,
+    field_arrays,
+    fit_temperature,
+    operating_curve,
+    tune,
+    tune_from_field,
+)
 
 __all__ = [
     "BreakerPolicy",
     "BreakerState",
     "BudgetPolicy",
     "CircuitBreaker",
+    "Curve",
     "Decision",
     "DriftMonitor",
     "DriftReport",
@@ -81,6 +98,7 @@ __all__ = [
     "LatencyPolicy",
     "Margin",
     "MaxProb",
+    "OperatingPoint",
     "Policy",
     "PolicyError",
     "Provenance",
@@ -93,25 +111,34 @@ __all__ = [
     "Score",
     "ScoreHistogram",
     "ScoreName",
+    "ScoreReport",
     "ScoresKind",
     "ShadowSampler",
     "Signals",
+    "TuningError",
+    "TuningReport",
     "available_scores",
     "calibration_histogram",
     "classify",
     "decide",
     "dump_policy",
     "escalate_mask",
+    "field_arrays",
+    "fit_temperature",
     "get_score",
     "histogram",
     "kolmogorov_sf",
     "ks_pvalue",
     "ks_statistic",
+    "operating_curve",
     "parse_policy",
     "psi",
+    "psi_pvalue",
     "register_score",
     "route_rows",
     "score_rows",
     "select_class_scores",
     "to_probabilities",
+    "tune",
+    "tune_from_field",
 ]

@@ -606,7 +606,8 @@ def tune(
 
     The returned policy is ``base_policy`` (or a new one) with the chosen
     score, the temperature, the threshold, ``scores_kind`` and the chosen
-    score's calibration histogram (20 bins) filled in; per-class thresholds
+    score's calibration histogram (20 equal-mass bins, see
+    :func:`router.drift.calibration_histogram`) filled in; per-class thresholds
     are cleared (they were tuned for other scores), the budget and other
     sections are kept. ``name`` defaults to the base policy's name, else
     ``"task"``. ``provenance`` (edge model, cloud model, data, time) is
@@ -824,7 +825,9 @@ def _tune(
         threshold=threshold,
         class_thresholds={},
         scores_kind=kind,
-        calibration_histogram=calibration_histogram(confidences[chosen], bins=20).model_dump(),
+        calibration_histogram=calibration_histogram(
+            confidences[chosen], bins=20, spacing="quantile"
+        ).model_dump(),
         provenance=given.model_copy(
             update={"notes": f"{given.notes}; {summary}" if given.notes else summary}
         ).model_dump(),

@@ -1,0 +1,88 @@
+"""Helpers for fleet tests: models built on the fly, publishing, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from core.artifacts import build_model_manifest, build_policy_manifest
+from core.signing import load_private_key, sign
+from edgecloud.operator import RegistryOperator
+
+
+def digits_like_model(path: Path, kind: str, seed: int = 0, inputs: int = 64) -> Path:
+    """An ONNX model with the digits signature: pixels [N,inputs] -> probabilities [N,10].
+
+    ``kind``: "softmax" (a valid random linear classifier), "nan" (NaN outputs).
+    """
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(size=(inputs, 10)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["pixels", "w"], ["logits"])]
+    if kind == "softmax":
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
+    elif kind == "nan":
+        nodes += [
+            helper.make_node("Abs", ["logits"], ["a"]),
+            helper.make_node("Neg", ["a"], ["b"]),
+            helper.make_node("Sub", ["b", "one"], ["c"]),
+            helper.make_node("Sqrt", ["c"], ["probabilities"]),
+        ]
+    else:
+        raise ValueError(kind)
+    inits = [w, numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    graph = helper.make_graph(
+        nodes, "digits_like",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", inputs])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def publish_model(registry: Path, name: str, path: Path, target: str, *, version: str,
+                  key: Path | None = None, promote: bool = False) -> dict:
+    """Publish straight into a registry directory (as `models publish --data-dir`)."""
+    manifest = build_model_manifest(path, name=name, version=version, target=target)
+    data = manifest.canonical()
+    signature = sign(load_private_key(key), data) if key else b""
+    return RegistryOperator(registry).publish_model(data, signature, path, promote)
+
+
+def publish_policy(registry: Path, path: Path, *, key: Path | None = None) -> dict:
+    """Publish a policy file straight into a registry directory."""
+    from router import parse_policy
+
+    document = path.read_bytes()
+    policy = parse_policy(document)
+    manifest = build_policy_manifest(document, name=policy.name, version=policy.version)
+    data = manifest.canonical()
+    signature = sign(load_private_key(key), data) if key else b""
+    return RegistryOperator(registry).publish_policy(data, signature, document)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0,
+                     what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_version(agent, task: str = "digits") -> str | None:
+    """The edge model version an in-process agent serves, or None."""
+    try:
+        return agent.service.task(task).current.model.version
+    except Exception:
+        return None
