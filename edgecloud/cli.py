@@ -138,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from edgecloud import ops_cli
 
-    ops_cli.register(sub)
+    groups = ops_cli.register(sub)
+    from edgecloud import quantize
+
+    quantize.register(groups["models"])
     return parser
 
 

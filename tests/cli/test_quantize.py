@@ -178,6 +178,7 @@ def test_bundled_cloud_svm_has_nothing_to_quantize(digits_dir, tmp_path, capsys)
 
 @pytest.fixture
 def bad_data(tmp_path: Path, digits_test) -> dict[str, Path]:
+    """Data and model files that are wrong in one way each."""
     X, y = digits_test
     files = {
         "no_x": ("no_x.npz", {"y": y}),

@@ -308,3 +308,28 @@ async def test_agent_restarted_offline_serves_last_verified(start_gateway, start
     third = await start_agent(address, models={}, policies=[], agent_id="agent-0",
                               data_dir=data_dir, trust_key=keys["public"])
     assert running_version(third) is None
+
+
+@pytest.mark.e2e
+async def test_gateway_serves_a_new_cloud_version_once_loaded(start_gateway, start_agent,
+                                                              channels, tmp_path, digits_dir,
+                                                              digits_test, onnx_reference):
+    """A cloud version published to the registry is loaded, smoke-tested and then served;
+    escalations go to it without an error in between."""
+    registry, gateways, agents = await fleet(start_gateway, start_agent, tmp_path, n_agents=1)
+    await seed(registry, digits_dir)
+    gateway = gateways[0]
+    await wait_until(lambda: gateway.service.served_version(TASK) == "1", what="cloud v1")
+    await wait_until(lambda: running_version(agents[0]) == "1", what="edge v1")
+    # Version 2 of the cloud model is the edge network: easy to tell apart.
+    await asyncio.to_thread(publish_model, registry, TASK, digits_dir / "edge.onnx", "cloud",
+                            version="2")
+    await wait_until(lambda: gateway.service.served_version(TASK) == "2", what="cloud v2")
+    x, _ = digits_test
+    stub = channels(agents[0].address)
+    request = codec.encode_infer_request(InferRequest(
+        model_name=TASK, inputs={"pixels": x[:5]}, parameters={"route": "cloud"}))
+    reply = codec.decode_infer_response(await stub.ModelInfer(request, timeout=5))
+    assert reply.parameters["cloud_model_version"] == "2"
+    np.testing.assert_allclose(reply.outputs["probabilities"], onnx_reference("edge", x[:5]),
+                               rtol=1e-5, atol=1e-6)

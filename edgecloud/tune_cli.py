@@ -1,0 +1,629 @@
+"""``edgecloud policy tune`` and ``edgecloud policy show``: make a routing policy, and read one.
+
+::
+
+    edgecloud policy tune --edge edge.onnx --cloud cloud.onnx --data calibration.npz \\
+        --out policy.yaml [--target-gap 0.005 [--confidence 0.9] | --target-escalation 0.15] \\
+        [--plot curve.png] [--name digits] [--base old-policy.yaml]
+    edgecloud policy tune --field shadow.jsonl --out policy.yaml ...
+    edgecloud policy show policy.yaml
+
+``tune`` runs both ONNX models over a labelled ``.npz`` (``X`` and ``y``),
+hands their class scores to :func:`router.tuner.tune`, writes the policy
+atomically, and prints the operating points of every confidence score next
+to edge-only, cloud-only and the oracle. With ``--field`` it tunes from
+shadow samples an agent logged, one JSON object per line,
+``{"edge": [K scores], "cloud": [K scores]}``; there are no labels in the
+field, so the cloud's answer stands in for the truth and "accuracy" means
+agreement with the cloud (see :func:`router.tuner.field_arrays`).
+
+:func:`register` adds the commands to the ``edgecloud`` parser; :func:`main`
+runs them on their own (``python -m edgecloud.tune_cli policy tune ...``).
+Bad input raises ``edgecloud.cli.CliError``, which the command prints as
+``edgecloud: error: ...`` with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.util
+import itertools
+import json
+import math
+import os
+import sys
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from core.model import OnnxModel
+    from router import Policy, TuningReport
+
+DEFAULT_TARGET_GAP = 0.005
+"""The target when none is given: within half a point of the cloud's accuracy."""
+
+SCORE_CHOICES = ("margin", "max_prob", "entropy")
+
+
+def _error(message: str) -> Exception:
+    from edgecloud.cli import CliError
+
+    return CliError(message)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``policy tune`` and ``policy show`` to the ``edgecloud`` subcommands.
+
+    When ``subparsers`` already has a ``policy`` command (another module adds
+    ``policy publish``), ``tune`` and ``show`` join its subcommands.
+    """
+    existing = subparsers.choices.get("policy")
+    if existing is None:
+        policy = subparsers.add_parser("policy", help="routing policies")
+        commands = policy.add_subparsers(dest="policy_command", required=True,
+                                         metavar="COMMAND")
+    else:
+        found = [a for a in existing._actions if isinstance(a, argparse._SubParsersAction)]
+        if not found:
+            raise ValueError("the existing 'policy' command has no subcommands to join")
+        commands = found[0]
+    register_policy_commands(commands)
+
+
+def register_policy_commands(commands: argparse._SubParsersAction) -> None:
+    """Add ``tune`` and ``show`` to the subcommands of an existing ``policy`` command."""
+    tune = commands.add_parser(
+        "tune",
+        help="tune a routing policy from the edge and cloud models and labelled data",
+        description="Run both models over labelled data (or read field records), pick the "
+        "confidence score, temperature and threshold that meet the target, write the policy "
+        "and print the operating points.",
+    )
+    source = tune.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, metavar="FILE.npz",
+                        help="labelled data: X [N, ...] model input, y [N] class indices")
+    source.add_argument("--field", type=Path, metavar="FILE.jsonl",
+                        help='shadow samples, one {"edge": [...], "cloud": [...]} per line; '
+                        "tunes on agreement with the cloud, not accuracy")
+    tune.add_argument("--edge", type=Path, metavar="FILE", help="edge ONNX model (with --data)")
+    tune.add_argument("--cloud", type=Path, metavar="FILE",
+                      help="cloud ONNX model (with --data)")
+    tune.add_argument("--out", type=Path, required=True, metavar="POLICY",
+                      help="policy file to write (YAML)")
+    tune.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                      help="draw accuracy against escalation to this PNG (needs matplotlib)")
+    tune.add_argument("--name", default=None, metavar="TASK",
+                      help="task the policy routes (default: the base policy's, else 'task')")
+    tune.add_argument("--base", type=Path, default=None, metavar="POLICY",
+                      help="start from this policy (budget, latency, breaker, shadow rate kept)")
+    target = tune.add_mutually_exclusive_group()
+    target.add_argument("--target-escalation", type=float, default=None, metavar="R",
+                        help="escalate at most this fraction of rows, 0 < R < 1")
+    target.add_argument("--target-gap", type=float, default=None, metavar="EPS",
+                        help="escalate as little as possible while accuracy is within EPS of "
+                        f"the cloud's (default {DEFAULT_TARGET_GAP})")
+    tune.add_argument("--confidence", type=float, default=None, metavar="1-δ",
+                      help="certify the gap at this confidence (with --target-gap)")
+    tune.add_argument("--scores-kind", choices=("probabilities", "logits"), default=None,
+                      help="what the edge model outputs (default: the base policy's, "
+                      "else probabilities)")
+    tune.add_argument("--score", action="append", choices=SCORE_CHOICES, default=None,
+                      help="consider only this confidence score (repeatable; default all)")
+    tune.add_argument("--temperature", type=float, default=None,
+                      help="use this temperature instead of fitting one")
+    tune.add_argument("--chunk-rows", type=int, default=1024,
+                      help="rows per model run (default 1024)")
+    tune.set_defaults(handler=cmd_policy_tune)
+
+    show = commands.add_parser("show", help="validate a policy file and print its fields")
+    show.add_argument("file", type=Path, metavar="POLICY")
+    show.set_defaults(handler=cmd_policy_show)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``policy tune`` or ``policy show`` as the ``edgecloud`` command would."""
+    from core.errors import EdgecloudError
+    from edgecloud.cli import EXIT_USAGE, CliError
+
+    parser = argparse.ArgumentParser(prog="edgecloud")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (CliError, EdgecloudError) as exc:
+        message = exc.message if isinstance(exc, EdgecloudError) else str(exc)
+        print(f"edgecloud: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# ----------------------------------------------------------------------------- tune
+
+
+def cmd_policy_tune(args: argparse.Namespace) -> int:
+    """``edgecloud policy tune``."""
+    from router import (
+        Policy,
+        PolicyError,
+        Provenance,
+        dump_policy,
+        tune,
+        tune_from_field,
+    )
+
+    target_escalation, target_gap, confidence = _targets(args)
+    if args.chunk_rows < 1:
+        raise _error("--chunk-rows must be at least 1")
+    if args.temperature is not None and not (
+        math.isfinite(args.temperature) and args.temperature > 0
+    ):
+        raise _error("--temperature must be a number > 0")
+    _check_output(args.out, "--out")
+    if args.plot is not None:
+        _check_output(args.plot, "--plot")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise _error("--plot needs matplotlib, which is not installed; "
+                         "install it with: pip install 'edgecloud[plot]'")
+    base = None
+    if args.base is not None:
+        try:
+            base = _read_policy(args.base, "--base")
+        except PolicyError as exc:
+            raise _error(f"--base {args.base}: {exc}") from None
+    kind = args.scores_kind or (base.scores_kind.value if base is not None else "probabilities")
+    tuned_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    options: dict[str, Any] = {
+        "kind": kind,
+        "target_escalation": target_escalation,
+        "target_gap": target_gap,
+        "confidence": confidence,
+        "base_policy": base,
+        "name": args.name,
+        "temperature": args.temperature,
+        "scores": args.score,
+    }
+
+    console = Console()
+    try:
+        if args.data is not None:
+            if args.edge is None or args.cloud is None:
+                raise _error("--data needs both --edge and --cloud models")
+            edge_scores, cloud_scores, y, output = _score_data(args, base, console)
+            start = base if base is not None else Policy(name=args.name or "task", threshold=0.5)
+            if base is None or base.scores_output is not None:
+                start = start.model_copy(update={"scores_output": output})
+            options["base_policy"] = start  # a base's "first output" (None) stays as it was
+            options["provenance"] = Provenance(
+                edge_model=args.edge.name, cloud_model=args.cloud.name,
+                data=f"{args.data.name} (n={len(y)})", tuned_at=tuned_at,
+            )
+            policy, report = tune(edge_scores, cloud_scores, y, **options)
+        else:
+            records = _read_field(args.field)
+            options["provenance"] = Provenance(
+                edge_model=args.edge.name if args.edge else "",
+                cloud_model=args.cloud.name if args.cloud else "",
+                data=f"field records {args.field.name} (n={len(records)}; labels are the "
+                "cloud's answers)",
+                tuned_at=tuned_at,
+            )
+            policy, report = tune_from_field(records, **options)
+    except ValueError as exc:  # TuningError included
+        raise _error(str(exc)) from None
+
+    _write_atomically(args.out, dump_policy(policy))
+    if args.plot is not None:
+        _plot(report, policy.name, args.plot)
+    console.print(_table(report, policy.name))
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"policy: {report.summary()}", highlight=False)
+    console.print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""),
+                  highlight=False)
+    return 0
+
+
+def _targets(args: argparse.Namespace) -> tuple[float | None, float | None, float | None]:
+    rate, gap, confidence = args.target_escalation, args.target_gap, args.confidence
+    if rate is not None:
+        if not 0.0 < rate < 1.0:
+            raise _error(f"--target-escalation must be between 0 and 1 (exclusive), got {rate}")
+        if confidence is not None:
+            raise _error("--confidence certifies a --target-gap; it does not go with "
+                         "--target-escalation")
+        return rate, None, None
+    if gap is None:
+        gap = DEFAULT_TARGET_GAP
+    if not 0.0 <= gap < 1.0:
+        raise _error(f"--target-gap must be at least 0 and below 1, got {gap}")
+    if confidence is not None and not 0.0 < confidence < 1.0:
+        raise _error(f"--confidence must be between 0 and 1 (exclusive), got {confidence}")
+    return None, gap, confidence
+
+
+def _check_output(path: Path, flag: str) -> None:
+    if path.is_dir():
+        raise _error(f"{flag} {path} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise _error(f"{flag} {path}: folder {path.parent} does not exist")
+
+
+def _read_policy(path: Path, flag: str) -> Policy:
+    from router import parse_policy
+
+    if not path.exists():
+        raise _error(f"{flag}: file {path} does not exist")
+    if not path.is_file():
+        raise _error(f"{flag}: {path} is not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _error(f"{flag}: cannot read {path}: {exc.strerror}") from None
+    return parse_policy(data)
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise _error(f"--data: file {path} does not exist")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        raise _error(f"--data {path} is not a readable .npz archive") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise _error(f"--data {path} is a single array, not a .npz archive with X and y")
+    with archive:
+        missing = [key for key in ("X", "y") if key not in archive.files]
+        if missing:
+            have = ", ".join(archive.files) or "nothing"
+            raise _error(f"--data {path} has no array {missing[0]!r} (it has: {have}); "
+                         "it needs X (model input) and y (class indices)")
+        try:
+            x, y = archive["X"], archive["y"]
+        except ValueError:
+            raise _error(f"--data {path}: X and y must be plain numeric arrays") from None
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise _error(f"--data {path}: X has no rows (shape {x.shape})")
+    if x.dtype.kind not in "biuf":
+        raise _error(f"--data {path}: X must be numeric, got dtype {x.dtype}")
+    if y.ndim != 1:
+        raise _error(f"--data {path}: y must be one-dimensional, got shape {y.shape}")
+    if y.shape[0] != x.shape[0]:
+        raise _error(f"--data {path}: X has {x.shape[0]} rows but y has {y.shape[0]}")
+    if y.dtype.kind not in "iu":
+        if y.dtype.kind == "f" and np.isfinite(y).all() and (y % 1 == 0).all():
+            y = y.astype(np.int64)
+        else:
+            raise _error(f"--data {path}: y must hold integer class indices, got dtype {y.dtype}")
+    return x, y.astype(np.int64)
+
+
+def _load_model(path: Path, role: str) -> OnnxModel:
+    from core.model import OnnxModel
+
+    if not path.is_file():
+        raise _error(f"--{role}: file {path} does not exist")
+    model = OnnxModel.load(path, name=role)
+    if len(model.inputs) != 1:
+        names = ", ".join(spec.name for spec in model.inputs)
+        raise _error(f"--{role} model {path} takes {len(model.inputs)} inputs ({names}); "
+                     "the tuner feeds X to a model with exactly one input")
+    if model.inputs[0].datatype == "BYTES":
+        raise _error(f"--{role} model {path} takes strings; the tuner feeds numeric X")
+    return model
+
+
+def _pick_output(model: OnnxModel, role: str, wanted: str | None) -> str:
+    names = [spec.name for spec in model.outputs]
+    if wanted is None:
+        return names[0]
+    if wanted not in names:
+        raise _error(f"--{role} model has no output {wanted!r} (the base policy's "
+                     f"scores_output); its outputs are {', '.join(names)}")
+    return wanted
+
+
+def _score_data(
+    args: argparse.Namespace, base: Policy | None, console: Console
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Class scores of both models over the data, and the edge output used."""
+    from core.errors import EdgecloudError
+    from core.tensors import V2_TO_NUMPY
+
+    x, y = _load_npz(args.data)
+    models = {"edge": _load_model(args.edge, "edge"), "cloud": _load_model(args.cloud, "cloud")}
+    outputs = {
+        "edge": _pick_output(models["edge"], "edge", base.scores_output if base else None),
+        "cloud": _pick_output(models["cloud"], "cloud", None),
+    }
+    n = x.shape[0]
+    results: dict[str, list[np.ndarray]] = {"edge": [], "cloud": []}
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True,
+                  disable=not console.is_terminal) as progress:
+        for role, model in models.items():
+            spec = model.inputs[0]
+            feed = x.astype(V2_TO_NUMPY[spec.datatype], copy=False)
+            bar = progress.add_task(f"running the {role} model", total=n)
+            for start in range(0, n, args.chunk_rows):
+                chunk = feed[start:start + args.chunk_rows]
+                try:
+                    out = model.run({spec.name: chunk}, [outputs[role]])[outputs[role]]
+                except EdgecloudError as exc:
+                    raise _error(f"the {role} model cannot run on {args.data}: "
+                                 f"{exc.message}") from None
+                if out.ndim != 2 or out.shape[0] != len(chunk) or out.dtype.kind not in "biuf":
+                    raise _error(
+                        f"the {role} model's output {outputs[role]!r} has shape "
+                        f"{list(out.shape)} ({out.dtype}); the tuner needs class scores [N, K]"
+                    )
+                results[role].append(out)
+                progress.advance(bar, len(chunk))
+    edge = np.concatenate(results["edge"])
+    cloud = np.concatenate(results["cloud"])
+    if edge.shape[1] != cloud.shape[1]:
+        raise _error(f"the edge model scores {edge.shape[1]} classes but the cloud model "
+                     f"{cloud.shape[1]}; they must share the classes")
+    if y.min() < 0 or y.max() >= edge.shape[1]:
+        raise _error(f"--data {args.data}: y holds classes {y.min()}..{y.max()}, but the "
+                     f"models score {edge.shape[1]} classes (0..{edge.shape[1] - 1})")
+    return edge, cloud, y, outputs["edge"]
+
+
+def _read_field(path: Path) -> list[tuple[list[float], list[float]]]:
+    if not path.is_file():
+        raise _error(f"--field: file {path} does not exist")
+    records: list[tuple[list[float], list[float]]] = []
+    classes: int | None = None
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                where = f"--field {path} line {number}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise _error(f"{where}: not JSON ({exc.msg})") from None
+                if not isinstance(record, dict) or "edge" not in record or "cloud" not in record:
+                    raise _error(f'{where}: expected an object with "edge" and "cloud" lists')
+                pair = []
+                for key in ("edge", "cloud"):
+                    values = record[key]
+                    if (
+                        not isinstance(values, list)
+                        or not values
+                        or not all(
+                            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+                        )
+                    ):
+                        raise _error(f'{where}: "{key}" must be a non-empty list of numbers')
+                    pair.append(values)
+                if len(pair[0]) != len(pair[1]):
+                    raise _error(f"{where}: edge has {len(pair[0])} scores but cloud has "
+                                 f"{len(pair[1])}")
+                if classes is None:
+                    classes = len(pair[0])
+                elif len(pair[0]) != classes:
+                    raise _error(f"{where}: {len(pair[0])} classes, but earlier lines have "
+                                 f"{classes}")
+                records.append((pair[0], pair[1]))
+    except UnicodeDecodeError:
+        raise _error(f"--field {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise _error(f"--field: cannot read {path}: {exc.strerror}") from None
+    if not records:
+        raise _error(f"--field {path} holds no records")
+    return records
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    try:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _error(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise _error(f"cannot write {path}: {exc.strerror}") from None
+    # Make the rename itself durable; not every platform can open a directory.
+    with contextlib.suppress(OSError):
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def gap_closed(hybrid: float, edge: float, cloud: float) -> float:
+    from router.tuner import gap_closed as closed
+
+    return closed(hybrid, edge, cloud)
+
+
+def _pct(value: float, digits: int = 1) -> str:
+    return "-" if math.isnan(value) else f"{value:.{digits}%}"
+
+
+def _acc(value: float) -> str:
+    return _pct(value, 2)
+
+
+def _points(value: float) -> str:
+    return f"{value * 100:+.2f} pt"
+
+
+def _table(report: TuningReport, name: str) -> Table:
+    what = "agreement" if report.label_source == "cloud" else "accuracy"
+    table = Table(title=f"{name}: operating points on {report.n} rows "
+                  f"(temperature {report.temperature:.3g})",
+                  caption="gap: cloud-only minus hybrid, in points; "
+                  "closed: share of the edge-to-cloud gap closed")
+    table.add_column("router", no_wrap=True)
+    for column in ("threshold", "escalated", what, "gap", "closed"):
+        table.add_column(column, justify="right", no_wrap=True)
+    cloud, edge = report.cloud_accuracy, report.edge_accuracy
+    oracle_closed = gap_closed(report.oracle_accuracy, edge, cloud)
+    table.add_row("edge only", "", _pct(0.0), _acc(edge), _points(cloud - edge), _pct(0.0))
+    table.add_row("cloud only", "", _pct(1.0), _acc(cloud), _points(0.0),
+                  _pct(gap_closed(cloud, edge, cloud)))
+    table.add_row("oracle", "", _pct(report.oracle_escalation), _acc(report.oracle_accuracy),
+                  _points(cloud - report.oracle_accuracy), _pct(oracle_closed),
+                  end_section=True)
+    for score_name, score in report.scores.items():
+        for index, point in enumerate(score.points):
+            table.add_row(
+                f"{score_name} ≤ {point.target_escalation:.0%}",
+                f"{point.threshold:.4f}",
+                _pct(point.escalation),
+                _acc(point.accuracy),
+                _points(point.gap_to_cloud),
+                _pct(point.gap_closed),
+                end_section=index == len(score.points) - 1,
+            )
+    table.add_row(f"chosen: {report.score}", f"{report.threshold:.4f}", _pct(report.escalation),
+                  _acc(report.accuracy), _points(report.gap_to_cloud), _pct(report.gap_closed),
+                  style="bold")
+    return table
+
+
+def _plot(report: TuningReport, name: str, path: Path) -> None:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise _error("--plot needs matplotlib, which is not installed; "
+                     "install it with: pip install 'edgecloud[plot]'") from None
+
+    figure = Figure(figsize=(7.5, 4.8), layout="constrained")
+    axes = figure.add_subplot()
+    edge, cloud = report.edge_accuracy * 100, report.cloud_accuracy * 100
+    oracle_esc, oracle_acc = report.oracle_escalation * 100, report.oracle_accuracy * 100
+    for score_name, score in report.scores.items():
+        axes.plot(score.curve.escalation * 100, score.curve.accuracy * 100, linewidth=1.6,
+                  label=score_name, zorder=3)
+    # The oracle escalates the rows only the cloud gets right first, and the
+    # rows only the edge gets right last.
+    edge_only_right = oracle_acc - cloud
+    axes.plot([0.0, oracle_esc, 100.0 - edge_only_right, 100.0], [edge, oracle_acc, oracle_acc,
+              cloud], linestyle=":", color="tab:red", label="oracle", zorder=2)
+    axes.axhline(edge, linestyle="--", color="tab:gray", linewidth=1, label="edge only")
+    axes.axhline(cloud, linestyle="--", color="black", linewidth=1, label="cloud only")
+    axes.plot([report.escalation * 100], [report.accuracy * 100], marker="o", markersize=10,
+              markerfacecolor="none", markeredgecolor="black", markeredgewidth=2, linestyle="",
+              label=f"chosen: {report.score} < {report.threshold:.3f}", zorder=4)
+    right = min(100.0, max(40.0, 1.6 * max(report.escalation, report.oracle_escalation) * 100))
+    axes.set_xlim(0.0, right)
+    low = min(edge, cloud, min(float(s.curve.accuracy.min()) for s in report.scores.values())
+              * 100)
+    high = max(oracle_acc, cloud)
+    pad = max(0.2, 0.08 * (high - low))
+    axes.set_ylim(low - pad, high + pad)
+    axes.set_xlabel("escalated to the cloud (% of rows)")
+    what = "agreement with the cloud" if report.label_source == "cloud" else "hybrid accuracy"
+    axes.set_ylabel(f"{what} (%)")
+    axes.set_title(f"{name}: {what} against escalation ({report.n} rows)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="lower right", fontsize="small")
+    try:
+        figure.savefig(path, format="png", dpi=120)
+    except OSError as exc:
+        raise _error(f"cannot write the plot {path}: {exc.strerror}") from None
+
+
+# ----------------------------------------------------------------------------- show
+
+
+_BAR = "█"
+
+
+def cmd_policy_show(args: argparse.Namespace) -> int:
+    """``edgecloud policy show``: validate a policy and print it."""
+    from router import PolicyError
+
+    try:
+        policy = _read_policy(args.file, "policy show")
+    except PolicyError as exc:
+        raise _error(f"{args.file}: {exc}") from None
+    console = Console()
+    table = Table(title=f"policy {policy.name} version {policy.version} ({args.file})")
+    table.add_column("field")
+    table.add_column("value")
+    for field, value in _fields(policy):
+        table.add_row(field, value)
+    console.print(table)
+    histogram = policy.calibration_histogram
+    if histogram is not None:
+        bars = Table(title=f"calibration histogram of {policy.score} "
+                     f"({histogram.total} scores, {len(histogram.counts)} bins)")
+        bars.add_column("bin", justify="right")
+        bars.add_column("count", justify="right")
+        bars.add_column("")
+        top = max(histogram.counts) or 1
+        decimals = _decimals(histogram.edges)
+        last = len(histogram.counts) - 1
+        for index, (lo, hi, count) in enumerate(
+            zip(histogram.edges, histogram.edges[1:], histogram.counts, strict=False)
+        ):
+            close = "]" if index == last else ")"
+            bars.add_row(f"[{lo:.{decimals}f}, {hi:.{decimals}f}{close}", str(count),
+                         _BAR * max(round(24 * count / top), 1 if count else 0))
+        console.print(bars)
+    return 0
+
+
+def _decimals(edges: Sequence[float]) -> int:
+    """Fewest decimals (3 to 8) that keep neighbouring bin edges apart."""
+    for decimals in range(3, 9):
+        shown = [round(edge, decimals) for edge in edges]
+        if all(b > a for a, b in itertools.pairwise(shown)):
+            return decimals
+    return 8
+
+
+def _fields(policy: Policy) -> list[tuple[str, str]]:
+    rows = [
+        ("name", policy.name),
+        ("version", policy.version),
+        ("score", str(policy.score)),
+        ("temperature", f"{policy.temperature:g}"),
+        ("threshold", f"{policy.threshold:g}"),
+        ("class_thresholds", ", ".join(f"{c}: {t:g}" for c, t in
+                                       sorted(policy.class_thresholds.items())) or "none"),
+        ("scores_output", policy.scores_output or "(the first output)"),
+        ("scores_kind", str(policy.scores_kind)),
+    ]
+    for section in ("latency", "budget", "breaker"):
+        for key, value in getattr(policy, section).model_dump().items():
+            text = "off" if value is None else f"{value:g}" if isinstance(value, float) else str(
+                value)
+            rows.append((f"{section}.{key}", text))
+    rows.append(("shadow_rate", f"{policy.shadow_rate:g}"))
+    for key, value in policy.provenance.model_dump().items():
+        if value:
+            rows.append((f"provenance.{key}", str(value)))
+    if policy.calibration_histogram is None:
+        rows.append(("calibration_histogram", "none (agents cannot report drift)"))
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

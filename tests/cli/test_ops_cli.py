@@ -1,0 +1,94 @@
+"""Operator commands end to end through the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def edgecloud(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgecloud", *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.e2e
+def test_publish_rollout_and_list_on_a_registry_directory(tmp_path: Path, digits_dir: Path):
+    """Keys, signed publications, a rollout and the listing work on --data-dir, and
+    mistakes get one clear line and exit code 2."""
+    reg = str(tmp_path / "registry")
+    assert edgecloud("keys", "generate", "--out", str(tmp_path / "k")).returncode == 0
+    again = edgecloud("keys", "generate", "--out", str(tmp_path / "k"))
+    assert again.returncode == 2 and "already exists" in again.stderr
+    key = str(tmp_path / "k" / "operator.key")
+    first = edgecloud("models", "publish", "digits", str(digits_dir / "edge.onnx"),
+                      "--target", "edge", "--key", key, "--data-dir", reg)
+    assert first.returncode == 0, first.stderr
+    assert "version 1" in first.stdout and "signed" in first.stdout
+    second = edgecloud("models", "publish", "digits", str(digits_dir / "cloud.onnx"),
+                       "--target", "edge", "--key", key, "--data-dir", reg)
+    assert "version 2" in second.stdout
+    policy = edgecloud("policy", "publish", "digits", str(digits_dir / "policy.yaml"),
+                       "--key", key, "--data-dir", reg)
+    assert policy.returncode == 0, policy.stderr
+    roll = edgecloud("models", "rollout", "digits", "2", "--percent", "25", "--selector",
+                     "site=a", "--max-failures", "2", "--data-dir", reg)
+    assert roll.returncode == 0, roll.stderr
+    assert "candidate 2 at 25%" in roll.stdout
+    listing = json.loads(edgecloud("models", "list", "--json", "--data-dir", reg).stdout)
+    assert [v["version"] for v in listing["digits"]["versions"]] == ["1", "2"]
+    assert listing["digits"]["rollout"]["candidate"] == "2"
+    assert edgecloud("models", "promote", "digits", "--data-dir", reg).returncode == 0
+    listing = json.loads(edgecloud("models", "list", "--json", "--data-dir", reg).stdout)
+    assert listing["digits"]["rollout"]["stable"] == "2"
+
+    for args, fragment in (
+        (["models", "rollout", "digits", "9", "--percent", "10"], "no version '9'"),
+        (["models", "rollout", "digits", "1", "--percent", "140"], "--percent"),
+        (["models", "rollback", "digits"], "no candidate"),
+        (["models", "publish", "digits", str(tmp_path / "missing.onnx"), "--target", "edge"],
+         "does not exist"),
+        (["models", "publish", "digits", str(digits_dir / "edge.onnx"), "--target", "edge",
+          "--key", str(tmp_path / "k" / "operator.pub")], "private key"),
+        (["policy", "publish", "other", str(digits_dir / "policy.yaml")], "not 'other'"),
+    ):
+        result = edgecloud(*args, "--data-dir", reg)
+        assert result.returncode == 2, (args, result.stderr)
+        assert fragment in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+async def test_fleet_status_through_the_gateway(start_gateway, start_agent, tmp_path,
+                                                digits_dir):
+    """`fleet status --json` through a gateway lists each agent with its replica, versions,
+    last swap, traffic and drift fields."""
+    import asyncio
+
+    from tests.e2e.fleet_helpers import publish_model, publish_policy, wait_until
+
+    registry = tmp_path / "registry"
+    gateway = await start_gateway(models={}, registry_dir=registry, registry_poll_ms=50,
+                                  replica="r1")
+    agent = await start_agent(gateway.address, models={}, policies=[], agent_id="cam-7",
+                              labels={"site": "berlin"}, status_interval_s=0.2)
+    await asyncio.to_thread(publish_model, registry, "digits", digits_dir / "edge.onnx",
+                            "edge", version="1")
+    await asyncio.to_thread(publish_policy, registry, digits_dir / "policy.yaml")
+    await wait_until(lambda: agent.service.task_names() == ["digits"], what="task")
+    await asyncio.sleep(0.5)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgecloud", "fleet", "status", "--json", "--gateway",
+        gateway.address, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    rows = json.loads(out)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["agent_id"] == "cam-7" and row["labels"] == {"site": "berlin"}
+    assert row["replica"] == "r1" and row["model_version"] == "1"
+    assert row["policy_version"] == "1" and row["last_swap"]["ok"]
+    assert {"requests", "escalation_rate", "fallbacks", "drift"} <= set(row)
