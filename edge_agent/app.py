@@ -17,6 +17,7 @@ from edge_agent.grpc.cloud_client import GrpcCloudClient
 from edge_agent.grpc.fleet_client import FleetClient
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_manager import ArtifactStore, ModelManager
+from edge_agent.policy_watch import PolicyWatcher
 from edge_agent.service import EdgeService
 from edge_agent.settings import AgentSettings
 from edge_agent.tasks import load_tasks
@@ -61,6 +62,7 @@ class AgentApp:
         self._metrics_server = None
         self.manager: ModelManager | None = None
         self.fleet: FleetClient | None = None
+        self.policy_watcher: PolicyWatcher | None = None
 
     @property
     def address(self) -> str:
@@ -109,6 +111,10 @@ class AgentApp:
         if fleet is not None:
             fleet.start(self.manager)
             self.fleet = fleet
+        self.policy_watcher = PolicyWatcher(service, list(s.policies),
+                                            poll_s=s.policy_poll_s)
+        self.policy_watcher.start()
+        self.metrics.watch_drift(service)
         log.info("agent_ready", address=self.address, agent_id=s.agent_id,
                  tasks=service.task_names(), gateway=s.gateway)
         return port
@@ -118,6 +124,9 @@ class AgentApp:
         grace = self.settings.drain_grace_s if grace_s is None else grace_s
         if self.service is not None:
             self.service.set_ready(False)
+        if self.policy_watcher is not None:
+            await self.policy_watcher.aclose()
+            self.policy_watcher = None
         if self.fleet is not None:
             await self.fleet.aclose()
             self.fleet = None

@@ -6,6 +6,7 @@ from collections import Counter as Tally
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from router import Decision
 
@@ -70,6 +71,10 @@ class AgentMetrics:
             self._rows[key] = child
         return child
 
+    def watch_drift(self, service) -> None:
+        """Expose each task's drift (PSI, KS p-value, status) at scrape time."""
+        self.registry.register(_DriftCollector(service))
+
     def cloud_rtt(self, task: str, seconds: float) -> None:
         """Record a successful escalation's round trip."""
         self.rtt.labels(task).observe(seconds)
@@ -82,3 +87,34 @@ class AgentMetrics:
         """Count shadow-sampled rows and how many the edge got right."""
         self.shadow_rows.labels(task).inc(rows)
         self.shadow_agree.labels(task).inc(agree)
+
+
+class _DriftCollector:
+    """Reads the drift monitors of a running service when Prometheus scrapes."""
+
+    def __init__(self, service) -> None:
+        self._service = service
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        psi = GaugeMetricFamily("edgecloud_agent_drift_psi",
+                                "Population stability index of recent scores", labels=["task"])
+        pvalue = GaugeMetricFamily("edgecloud_agent_drift_ks_pvalue",
+                                   "KS p-value of recent scores against calibration",
+                                   labels=["task"])
+        status = GaugeMetricFamily("edgecloud_agent_drift_status",
+                                   "1 for the task's current drift status",
+                                   labels=["task", "status"])
+        for task in self._service.tasks():
+            if task.drift is None:
+                continue
+            report = task.drift.report()
+            psi.add_metric([task.name], report.psi)
+            pvalue.add_metric([task.name], report.ks_pvalue)
+            for name in ("stable", "warn", "alarm"):
+                status.add_metric([task.name, name], 1.0 if report.status.value == name else 0.0)
+        yield psi
+        yield pvalue
+        yield status

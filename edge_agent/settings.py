@@ -27,6 +27,8 @@ class AgentSettings(EdgecloudSettings):
     """Tasks served at start: task name -> edge ONNX file."""
     policies: list[Path] = Field(default_factory=list)
     """Routing policy files (YAML or JSON); each names its task."""
+    policy_poll_s: float = Field(1.0, gt=0)
+    """How often policy files are checked for changes (edits take effect live)."""
     cloud_models: dict[str, str] = Field(default_factory=dict)
     """Task name -> model name on the gateway, when it differs from the task name."""
     agent_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
