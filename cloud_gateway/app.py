@@ -12,12 +12,29 @@ from cloud_gateway.registry import Registry
 from cloud_gateway.serving import GatewayService
 from cloud_gateway.settings import GatewaySettings
 from core import v2_grpc
+from core.auth import AGENT, OPERATOR, AuthInterceptor, Tokens
 from core.grpc_server import ServerLifecycle, ServerOptions, create_server, split_host_port
 from core.model import OnnxModel
 from core.process import serve_metrics, wait_for_stop_signal, write_port_file
 from core.signing import load_public_key
 
 log = structlog.get_logger("edgecloud.gateway")
+
+
+_AGENT_OR_OPERATOR = frozenset({AGENT, OPERATOR})
+_OPERATOR_ONLY = frozenset({OPERATOR})
+_OPEN_V2 = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata")
+
+
+def gateway_roles(method: str) -> frozenset[str] | None:
+    """Roles allowed to call ``method`` (None: open, e.g. health checks)."""
+    if method.startswith(f"/{fleet_servicer.ADMIN_SERVICE}/"):
+        return _OPERATOR_ONLY
+    if method.startswith(f"/{fleet_servicer.FLEET_SERVICE}/"):
+        return _AGENT_OR_OPERATOR
+    if method.startswith(f"/{v2_grpc.SERVICE_NAME}/"):
+        return None if method.rsplit("/", 1)[-1] in _OPEN_V2 else _AGENT_OR_OPERATOR
+    return None
 
 
 class GatewayApp:
@@ -61,12 +78,18 @@ class GatewayApp:
                        onnx_threads=s.onnx_threads)
         await hub.start()
         self.hub = hub
+        tokens = Tokens.load(s.tokens_file) if s.tokens_file else None
+        if tokens is None:
+            log.warning("gateway_open", detail="no --tokens-file: any caller may publish, "
+                        "roll out and act as any agent")
         _server, port, lifecycle = await create_server(
             s.listen,
-            [v2_grpc.register(service, s.max_request_bytes), fleet_servicer.register(hub)],
+            [v2_grpc.register(service, s.max_request_bytes),
+             fleet_servicer.register(hub, tokens)],
             [v2_grpc.SERVICE_NAME, fleet_servicer.FLEET_SERVICE, fleet_servicer.ADMIN_SERVICE],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20,
                           max_connection_age_s=s.max_connection_age_s),
+            interceptors=[AuthInterceptor(tokens, gateway_roles)] if tokens else [],
         )
         self.port = port
         self._lifecycle = lifecycle

@@ -47,6 +47,8 @@ class GatewaySettings(EdgecloudSettings):
     """How often the registry generation is checked for changes."""
     trust_key: Path | None = None
     """Operator public key (PEM); with it, unsigned or wrongly signed publications are refused."""
+    tokens_file: Path | None = None
+    """Bearer tokens with roles (YAML: operators, agents); without it the gateway is open."""
     batching: BatchingSection = Field(default_factory=BatchingSection)
     """Dynamic batching limits."""
     onnx_threads: int = Field(1, ge=1, le=256)

@@ -86,6 +86,7 @@ async def create_server(
     registrars: Iterable[Registrar],
     service_names: Iterable[str],
     options: ServerOptions | None = None,
+    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int, ServerLifecycle]:
     """Bind a grpc.aio server on ``address`` (port 0 picks a free port).
 
@@ -95,7 +96,7 @@ async def create_server(
     """
     opts = options or ServerOptions()
     split_host_port(address)
-    server = grpc.aio.server(options=_channel_args(opts))
+    server = grpc.aio.server(options=_channel_args(opts), interceptors=list(interceptors))
     for register in registrars:
         register(server)
     health_servicer = health.aio.HealthServicer()

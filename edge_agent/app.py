@@ -9,6 +9,7 @@ import structlog
 
 from core import v2_grpc
 from core.artifacts import sha256_file
+from core.auth import read_token
 from core.errors import InvalidInput
 from core.grpc_server import ServerLifecycle, ServerOptions, create_server, split_host_port
 from core.process import serve_metrics, wait_for_stop_signal, write_port_file
@@ -30,8 +31,10 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None) 
     if settings.gateway:
         split_host_port(settings.gateway)
     tasks = load_tasks(settings.models, settings.policies, settings.onnx_threads)
+    token = read_token(settings.token_file)
     cloud = (
-        GrpcCloudClient(settings.gateway, max_message_bytes=settings.max_request_bytes + 2**20)
+        GrpcCloudClient(settings.gateway, max_message_bytes=settings.max_request_bytes + 2**20,
+                        token=token)
         if settings.gateway
         else None
     )
@@ -87,7 +90,8 @@ class AgentApp:
         if s.gateway and s.fleet:
             fleet = FleetClient(s.gateway, s.agent_id, dict(s.labels), service,
                                 status_interval_s=s.status_interval_s,
-                                backoff_max_s=s.reconnect_max_s)
+                                backoff_max_s=s.reconnect_max_s,
+                                token=read_token(s.token_file))
         self.manager = ModelManager(service, ArtifactStore(s.data_dir / "store"), fleet,
                                     trust_key=trust, onnx_threads=s.onnx_threads)
         await self.manager.restore(skip=set(s.models))

@@ -49,6 +49,8 @@ class AgentSettings(EdgecloudSettings):
     """Edge models faster than this per request run on the event loop, not a worker thread."""
     shadow_seed: int | None = None
     """Seed of the shadow sampler (for reproducible runs); random when unset."""
+    token_file: Path | None = None
+    """File holding this agent's bearer token for the gateway (first line)."""
     trust_key: Path | None = None
     """Operator public key (PEM); with it, only artifacts signed by that key are loaded."""
     fleet: bool = True

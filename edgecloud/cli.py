@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--replica", default=None, help="replica name in fleet status")
     serve.add_argument("--trust-key", type=Path, default=None,
                        help="operator public key; refuse publications it did not sign")
+    serve.add_argument("--tokens-file", type=Path, default=None,
+                       help="YAML of bearer tokens with roles (operators, agents)")
     _add_process_flags(serve)
     serve.set_defaults(handler=_cmd_gateway_serve)
 
@@ -114,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--agent-id", default=None, help="identity in the fleet (default: host name)")
     run.add_argument("--labels", nargs="+", metavar="KEY=VALUE", default=None,
                      help="labels for rollout selectors")
+    run.add_argument("--token-file", type=Path, default=None,
+                     help="file with this agent's bearer token for the gateway")
     run.add_argument("--trust-key", type=Path, default=None,
                      help="operator public key; only artifacts it signed are loaded")
     run.add_argument("--status-interval", type=float, default=None, metavar="SECONDS",
@@ -161,6 +165,7 @@ def _cmd_gateway_serve(args: argparse.Namespace) -> int:
         models=_model_paths(args.model), metrics_listen=args.metrics_listen,
         port_file=args.port_file, log_format=args.log_format, log_level=args.log_level,
         registry_dir=args.registry_dir, replica=args.replica, trust_key=args.trust_key,
+        tokens_file=args.tokens_file,
     )
     _setup_logging(settings)
     asyncio.run(run_gateway(settings))
@@ -186,7 +191,7 @@ def _cmd_agent_run(args: argparse.Namespace) -> int:
     settings = _agent_settings(
         args, listen=args.listen, data_dir=args.data_dir, agent_id=args.agent_id,
         labels=_pairs(args.labels, "--labels"), metrics_listen=args.metrics_listen,
-        port_file=args.port_file, trust_key=args.trust_key,
+        port_file=args.port_file, trust_key=args.trust_key, token_file=args.token_file,
         status_interval_s=args.status_interval,
     )
     _setup_logging(settings)

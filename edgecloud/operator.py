@@ -14,6 +14,7 @@ from typing import Protocol
 import grpc
 
 from cloud_gateway.registry import Registry
+from core.auth import call_metadata
 from core.errors import EdgecloudError
 from core.grpc_errors import from_rpc_error
 from protos.fleet.v1 import fleet_pb2 as pb
@@ -86,7 +87,8 @@ class RegistryOperator:
 class GatewayOperator:
     """Acts through a gateway's admin service."""
 
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, target: str, timeout_s: float = 30.0, token: str | None = None) -> None:
+        self._auth = call_metadata(token)
         self._channel = grpc.insecure_channel(
             target, options=[("grpc.max_send_message_length", 8 * 2**20)]
         )
@@ -96,7 +98,7 @@ class GatewayOperator:
 
     def _call(self, method, request, timeout: float | None = None):
         try:
-            return method(request, timeout=timeout or self._timeout)
+            return method(request, timeout=timeout or self._timeout, metadata=self._auth)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, f"gateway {self._target}") from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import time
 from pathlib import Path
 
@@ -31,13 +32,18 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     group.add_argument("--gateway", metavar="HOST:PORT", help=TARGET_HELP)
     group.add_argument("--data-dir", type=Path, metavar="DIR",
                        help="registry directory (the embedded default)")
+    p.add_argument("--token-file", type=Path, default=None,
+                   help="operator bearer token for the gateway (or EDGECLOUD_TOKEN)")
 
 
 def _operator(args: argparse.Namespace):
     from edgecloud.operator import GatewayOperator, RegistryOperator
 
     if args.gateway:
-        return GatewayOperator(args.gateway)
+        from core.auth import read_token
+
+        token = read_token(args.token_file) or os.environ.get("EDGECLOUD_TOKEN") or None
+        return GatewayOperator(args.gateway, token=token)
     return RegistryOperator(args.data_dir)
 
 

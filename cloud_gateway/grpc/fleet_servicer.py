@@ -14,7 +14,8 @@ from google.protobuf.json_format import MessageToDict
 
 from cloud_gateway.fleet import FleetHub
 from cloud_gateway.rollouts import AgentAssignment
-from core.errors import InvalidInput
+from core.auth import AGENT, Tokens, principal_of
+from core.errors import InvalidInput, PermissionDenied
 from core.grpc_errors import rpc_boundary
 from protos.fleet.v1 import fleet_pb2 as pb
 from protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
@@ -57,16 +58,26 @@ def _read_chunks(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
             offset += len(data)
 
 
+def _check_identity(tokens: Tokens | None, context, agent_id: str) -> None:
+    """An agent token may only speak for its own agent id."""
+    who = principal_of(tokens, context)
+    if who is not None and who.role == AGENT and who.agent_id != agent_id:
+        raise PermissionDenied(f"an agent can only act as itself ({who.agent_id}), "
+                               f"not as {agent_id!r}")
+
+
 class FleetServicer(pb_grpc.FleetServiceServicer):
     """Agent-facing control plane."""
 
-    def __init__(self, hub: FleetHub) -> None:
+    def __init__(self, hub: FleetHub, tokens: Tokens | None = None) -> None:
         self._hub = hub
+        self._tokens = tokens
 
     @rpc_boundary
     async def WatchAssignments(self, request, context):
         if not request.agent_id:
             raise InvalidInput("agent_id is required")
+        _check_identity(self._tokens, context, request.agent_id)
         log.info("agent_connected", agent_id=request.agent_id, labels=dict(request.labels),
                  replica=self._hub.replica)
         try:
@@ -93,6 +104,7 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
     async def ReportStatus(self, request, context):
         if not request.agent_id:
             raise InvalidInput("agent_id is required")
+        _check_identity(self._tokens, context, request.agent_id)
         failed = [(s.name, s.version, s.reason) for s in request.swaps
                   if not s.ok and s.kind == "model"]
         await self._hub.report(status_dict(request), failed)
@@ -168,11 +180,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return pb.FleetStatusReply(json=json.dumps(agents))
 
 
-def register(hub: FleetHub):
+def register(hub: FleetHub, tokens: Tokens | None = None):
     """Registrar for :func:`core.grpc_server.create_server`."""
 
     def add(server: grpc.aio.Server) -> None:
-        pb_grpc.add_FleetServiceServicer_to_server(FleetServicer(hub), server)
+        pb_grpc.add_FleetServiceServicer_to_server(FleetServicer(hub, tokens), server)
         pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(hub), server)
 
     return add

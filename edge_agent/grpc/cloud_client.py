@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from core import codec
+from core.auth import call_metadata
 from core.grpc_errors import from_rpc_error
 from core.logging import REQUEST_ID_KEY
 from core.tensors import InferRequest, InferResponse, ModelInfo, TensorSpec
@@ -15,8 +16,10 @@ from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 class GrpcCloudClient:
     """v2 client to the gateway; reconnects by itself with backoff."""
 
-    def __init__(self, target: str, *, max_message_bytes: int = 64 * 2**20) -> None:
+    def __init__(self, target: str, *, max_message_bytes: int = 64 * 2**20,
+                 token: str | None = None) -> None:
         self.target = target
+        self._auth = call_metadata(token)
         self._channel = grpc.aio.insecure_channel(
             target,
             options=[
@@ -39,7 +42,8 @@ class GrpcCloudClient:
         message = codec.encode_infer_request(request)
         try:
             reply = await self._stub.ModelInfer(
-                message, timeout=timeout_s, metadata=((REQUEST_ID_KEY, request_id),)
+                message, timeout=timeout_s,
+                metadata=((REQUEST_ID_KEY, request_id), *self._auth),
             )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, "gateway") from None
@@ -49,7 +53,7 @@ class GrpcCloudClient:
         """ModelMetadata of ``model_name`` on the gateway."""
         try:
             reply = await self._stub.ModelMetadata(
-                pb.ModelMetadataRequest(name=model_name), timeout=timeout_s
+                pb.ModelMetadataRequest(name=model_name), timeout=timeout_s, metadata=self._auth
             )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, "gateway") from None

@@ -17,6 +17,7 @@ import numpy as np
 import structlog
 
 from core import __version__
+from core.auth import call_metadata
 from core.grpc_errors import from_rpc_error
 from edge_agent.model_manager import ArtifactRef, Assignment, ModelManager, SwapOutcome
 from edge_agent.service import EdgeService
@@ -87,7 +88,9 @@ class FleetClient:
         backoff_max_s: float = 10.0,
         rng: np.random.Generator | None = None,
         max_message_bytes: int = 8 * 2**20,
+        token: str | None = None,
     ) -> None:
+        self._auth = call_metadata(token)
         self.agent_id = agent_id
         self.labels = labels
         self._service = service
@@ -109,7 +112,8 @@ class FleetClient:
 
     async def fetch(self, digest: str, offset: int) -> AsyncIterator[bytes]:
         """FetchArtifact from ``offset``; errors come back as domain errors."""
-        call = self._stub.FetchArtifact(pb.FetchRequest(digest=digest, offset=offset))
+        call = self._stub.FetchArtifact(pb.FetchRequest(digest=digest, offset=offset),
+                                        metadata=self._auth)
         try:
             async for chunk in call:
                 yield chunk.data
@@ -143,7 +147,7 @@ class FleetClient:
                                   agent_version=__version__,
                                   known_generation=self.manager.applied_generation)
             try:
-                async for message in self._stub.WatchAssignments(hello):
+                async for message in self._stub.WatchAssignments(hello, metadata=self._auth):
                     attempt = 0
                     self.connected.set()
                     assignment = assignment_from(message)
@@ -168,7 +172,7 @@ class FleetClient:
         swaps = list(self.manager.outcomes)
         status = build_status(self.agent_id, self.labels, self._service, self.manager, swaps)
         try:
-            await self._stub.ReportStatus(status, timeout=5)
+            await self._stub.ReportStatus(status, timeout=5, metadata=self._auth)
         except grpc.aio.AioRpcError as exc:
             log.info("status_report_failed", code=exc.code().name)
             return

@@ -8,6 +8,7 @@ edge model with ONNX Runtime and routed with the router library.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -21,8 +22,14 @@ from router import (
     Policy,
     RequestContext,
     RouterState,
+    calibration_histogram,
+    classify,
     decide,
+    dump_policy,
     escalate_mask,
+    parse_policy,
+    psi,
+    psi_pvalue,
     score_rows,
 )
 from router.tuner import tune
@@ -111,3 +118,33 @@ def test_drift_flags_noisy_windows(policy: Policy, onnx_reference: Run) -> None:
     """Windows with pixel noise σ = 0.15 raise warn or alarm in ≥ 95%."""
     statuses = _window_statuses(policy, onnx_reference, sigma=0.15, seed=2)
     assert sum(status is not DriftStatus.STABLE for status in statuses) >= 95
+
+
+# The drift statistics behind those verdicts
+
+
+def test_psi_counts_only_when_significant() -> None:
+    """A large PSI from 40 scores is noise, from 4000 it is drift; the verdict follows suit."""
+    small = psi_pvalue([20, 20], [30, 10])
+    large = psi_pvalue([2000, 2000], [3000, 1000])
+    value = psi([20, 20], [30, 10])
+    assert value == pytest.approx(psi([2000, 2000], [3000, 1000])) and value > 0.25
+    assert small == pytest.approx(math.erfc(math.sqrt(20 * value / 2)), abs=0.003)
+    assert small > 0.01 and large < 1e-6
+    assert classify(value, 0.5, small) is DriftStatus.STABLE
+    assert classify(value, 0.5, large) is DriftStatus.ALARM
+    assert classify(value, 0.5) is DriftStatus.ALARM  # without a p-value: face value
+
+
+def test_quantile_histogram_has_equal_mass_bins() -> None:
+    """Quantile spacing gives bins of equal mass; ties at 1 merge bins but stay valid."""
+    rng = np.random.default_rng(3)
+    scores = rng.beta(8.0, 1.0, size=2000)
+    hist = calibration_histogram(scores, bins=20, spacing="quantile")
+    assert hist.edges[0] == 0.0 and hist.edges[-1] == 1.0
+    assert len(hist.counts) == 20 and max(hist.counts) - min(hist.counts) <= 2
+    saturated = np.concatenate([scores[:500], np.ones(1500)])
+    tied = calibration_histogram(saturated, bins=20, spacing="quantile")
+    assert len(tied.counts) < 20 and tied.total == 2000
+    policy = Policy(name="d", threshold=0.5, calibration_histogram=tied)
+    assert parse_policy(dump_policy(policy)).calibration_histogram == tied

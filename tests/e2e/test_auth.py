@@ -1,0 +1,65 @@
+"""Bearer tokens with roles on the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+from core import codec
+from core.auth import call_metadata
+from core.tensors import InferRequest
+from protos.fleet.v1 import fleet_pb2, fleet_pb2_grpc
+from protos.inference import grpc_predict_v2_pb2 as pb
+from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from tests.e2e.fleet_helpers import publish_model, publish_policy, running_version, wait_until
+
+
+@pytest.mark.e2e
+async def test_roles_and_identity_are_enforced(start_gateway, start_agent, tmp_path,
+                                               digits_dir, digits_test):
+    """Admin calls need the operator role, agents may only act as themselves, inference
+    needs a token while liveness stays open; a tokened agent gets models and escalates."""
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("operators: [op-secret]\nagents: {ag-secret: agent-0}\n")
+    (tmp_path / "agent.token").write_text("ag-secret\n")
+    registry = tmp_path / "registry"
+    gateway = await start_gateway(registry_dir=registry, registry_poll_ms=50,
+                                  tokens_file=tokens)
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        admin = fleet_pb2_grpc.AdminServiceStub(channel)
+        fleet = fleet_pb2_grpc.FleetServiceStub(channel)
+        v2 = pb_grpc.GRPCInferenceServiceStub(channel)
+        for metadata, code in ((None, grpc.StatusCode.UNAUTHENTICATED),
+                               (call_metadata("wrong"), grpc.StatusCode.UNAUTHENTICATED),
+                               (call_metadata("ag-secret"), grpc.StatusCode.PERMISSION_DENIED)):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await admin.FleetStatus(fleet_pb2.FleetStatusRequest(), metadata=metadata)
+            assert err.value.code() == code
+        await admin.FleetStatus(fleet_pb2.FleetStatusRequest(),
+                                metadata=call_metadata("op-secret"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            stream = fleet.WatchAssignments(fleet_pb2.AgentHello(agent_id="agent-1"),
+                                            metadata=call_metadata("ag-secret"))
+            await stream.read()
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "only act as itself" in err.value.details()
+        assert (await v2.ServerLive(pb.ServerLiveRequest())).live
+        request = codec.encode_infer_request(InferRequest(
+            model_name="digits", inputs={"pixels": np.zeros((1, 64), np.float32)}))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await v2.ModelInfer(request)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    agent = await start_agent(gateway.address, models={}, policies=[], agent_id="agent-0",
+                              token_file=tmp_path / "agent.token", status_interval_s=0.2)
+    await asyncio.to_thread(publish_model, registry, "digits", digits_dir / "edge.onnx",
+                            "edge", version="1")
+    await asyncio.to_thread(publish_policy, registry, digits_dir / "policy.yaml")
+    await wait_until(lambda: running_version(agent) == "1", what="model over an authed stream")
+    x, _ = digits_test
+    answer = await agent.service.answer(InferRequest(model_name="digits", inputs={
+        "pixels": x[:5]}, parameters={"route": "cloud"}), 5.0)
+    assert {d.route.value for d in answer.decisions} == {"cloud"}
