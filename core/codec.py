@@ -113,27 +113,33 @@ def params_to_pb(values: Mapping[str, ParamValue], target_map: MutableMapping) -
     Python kind. Any other type raises ``TypeError``; an integer beyond uint64
     raises ``ValueError``. Nothing is written when a value is refused.
     """
-    converted = {key: _param_message(key, value) for key, value in values.items()}
-    for key, param in converted.items():
-        target_map[key].CopyFrom(param)
+    converted = [(key, *_param_field(key, value)) for key, value in values.items()]
+    for key, field_name, value in converted:
+        setattr(target_map[key], field_name, value)
 
 
-def _param_message(key: str, value: object) -> InferParameter:
+def _param_field(key: str, value: object) -> tuple[str, ParamValue]:
+    """The ``InferParameter`` field and value for one parameter."""
     if not isinstance(key, str):
         raise TypeError(f"parameter names must be str, got {type(key).__name__}")
+    kind = type(value)
+    if kind is str:
+        return "string_param", value  # type: ignore[return-value]
+    if kind is float:
+        return "double_param", value  # type: ignore[return-value]
     if isinstance(value, bool | np.bool_):
-        return InferParameter(bool_param=bool(value))
+        return "bool_param", bool(value)
     if isinstance(value, int | np.integer):
         number = int(value)
         if _INT64_MIN <= number <= _INT64_MAX:
-            return InferParameter(int64_param=number)
+            return "int64_param", number
         if 0 <= number <= _UINT64_MAX:
-            return InferParameter(uint64_param=number)
+            return "uint64_param", number
         raise ValueError(f"parameter '{key}' value {number} does not fit in 64 bits")
     if isinstance(value, float | np.floating):
-        return InferParameter(double_param=float(value))
+        return "double_param", float(value)
     if isinstance(value, str):
-        return InferParameter(string_param=value)
+        return "string_param", str(value)
     raise TypeError(f"parameter '{key}' has unsupported type {type(value).__name__}")
 
 

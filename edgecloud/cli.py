@@ -143,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     from edgecloud import ops_cli
 
     groups = ops_cli.register(sub)
-    from edgecloud import quantize
+    from edgecloud import quantize, tune_cli
 
     quantize.register(groups["models"])
+    tune_cli.register_policy_commands(groups["policy"])
     return parser
 
 

@@ -117,7 +117,7 @@ class BudgetPolicy(_Section):
     step: PositiveFloat = 0.01
     """Step size η of the threshold shift per observed row."""
 
-    max_shift: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False), _NotBool] = 0.2
+    max_shift: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False), _NotBool] = 0.5
     """How far the tracker may move the threshold either way."""
 
     window: PositiveInt = 1000

@@ -212,19 +212,21 @@ def score_rows(policy: Policy, class_scores: np.ndarray) -> tuple[np.ndarray, np
         )
     if values.shape[1] == 0:
         raise ValueError("class scores have no classes (K = 0)")
-    if (
-        policy.scores_kind is ScoresKind.PROBABILITIES
-        and policy.temperature == 1.0
-        and values.shape[1] > 1
-    ):
+    if policy.scores_kind is ScoresKind.PROBABILITIES and values.shape[1] > 1:
         # Fast path for the usual case (well-formed probabilities): no error
-        # states to silence, nothing to mask.
+        # states to silence, nothing to mask. With a temperature, p**(1/T)
+        # renormalised equals softmax(log p / T).
         probs = values.astype(np.float64)
         total = probs.sum(axis=1)
         if probs.min() >= 0.0 and np.isfinite(total).all() and (total > 0.0).all():
-            probs /= total[:, np.newaxis]
-            confidence = get_score(policy.score).confidence(probs)
-            return confidence, probs.argmax(axis=1)
+            if policy.temperature != 1.0:
+                probs /= probs.max(axis=1, keepdims=True)  # keeps the power in range
+                probs **= 1.0 / policy.temperature
+                total = probs.sum(axis=1)
+            if np.isfinite(total).all() and (total > 0.0).all():
+                probs /= total[:, np.newaxis]
+                confidence = get_score(policy.score).confidence(probs)
+                return confidence, probs.argmax(axis=1)
     probs = to_probabilities(values, policy.scores_kind, policy.temperature)
     unusable = np.isnan(probs).any(axis=1)
     confidence = _finish(get_score(policy.score).confidence(probs))

@@ -88,7 +88,7 @@ class EscalationBudget:
         self,
         target_rate: float | None,
         step: float = 0.01,
-        max_shift: float = 0.2,
+        max_shift: float = 0.5,
         window: int = 1000,
     ) -> None:
         if target_rate is not None and not 0.0 <= target_rate <= 1.0:

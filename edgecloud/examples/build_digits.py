@@ -25,11 +25,12 @@ Models (both: input ``pixels`` float32 ``[N, 64]``, one output ``probabilities``
     only fed it), so each model has the single ``probabilities`` output.
 
 Policy (``policy.yaml``)
-    The confidence score is the margin of the edge probabilities (top-1 minus top-2); a row
-    escalates to the cloud when ``margin < threshold``. On the calibration split the threshold
-    is the smallest value on a 0.0001 grid for which hybrid accuracy is within 0.3 points of
-    cloud-only accuracy. The build then checks on the test split that hybrid accuracy is within
-    0.5 points of cloud-only accuracy and that at most 15 % of rows escalate, and it fails
+    Made by the router's tuner (``router.tune``) on the calibration split: the margin score
+    (top-1 minus top-2 probability) after a temperature fitted by likelihood, and the least
+    escalating threshold whose hybrid accuracy is within 0.3 points of cloud-only accuracy;
+    the policy carries the calibration score histogram for drift checks. The build then
+    checks on the test split that hybrid accuracy is within 0.5 points of cloud-only accuracy
+    and that at most 15 % of rows escalate, and it fails
     (exit status 1, nothing written) when that or any other check does not hold.
 
 All figures are computed from the ONNX models as run by onnxruntime, i.e. what the router sees.
@@ -56,6 +57,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from router import Policy, Provenance, dump_policy, parse_policy, score_rows, tune
 
 try:
     import onnx
@@ -94,6 +97,7 @@ CLOUD_CV_FOLDS = 5
 
 THRESHOLD_DECIMALS = 4
 CALIBRATION_TOLERANCE = 0.003  # hybrid may trail cloud-only by this much on calibration
+POLICY_TARGET_GAP = CALIBRATION_TOLERANCE
 TEST_TOLERANCE = 0.005  # ... and by this much on test
 MAX_TEST_ESCALATION = 0.15
 
@@ -298,59 +302,8 @@ def check_matches_sklearn(name: str, estimator, model: OnnxModel, X: np.ndarray)
 # --------------------------------------------------------------------------- routing
 
 
-def margin(probs: np.ndarray) -> np.ndarray:
-    """Top-1 minus top-2 probability per row (the policy's ``margin`` score)."""
-    top2 = np.sort(probs, axis=1)[:, -2:]
-    return top2[:, 1] - top2[:, 0]
 
 
-def route(
-    edge_probs: np.ndarray, cloud_probs: np.ndarray, y: np.ndarray, threshold: float
-) -> Routing:
-    escalate = margin(edge_probs) < threshold
-    edge_pred = edge_probs.argmax(axis=1)
-    cloud_pred = cloud_probs.argmax(axis=1)
-    hybrid_pred = np.where(escalate, cloud_pred, edge_pred)
-    return Routing(
-        edge_accuracy=float(np.mean(edge_pred == y)),
-        cloud_accuracy=float(np.mean(cloud_pred == y)),
-        hybrid_accuracy=float(np.mean(hybrid_pred == y)),
-        escalation=float(np.mean(escalate)),
-        n=len(y),
-    )
-
-
-def search_threshold(edge_probs: np.ndarray, cloud_probs: np.ndarray, y: np.ndarray) -> float:
-    """Smallest grid threshold whose hybrid accuracy is within tolerance of cloud-only."""
-    step = 10.0**-THRESHOLD_DECIMALS
-    grid = np.round(np.arange(0, round(1 / step) + 1) * step, THRESHOLD_DECIMALS)
-    scores = margin(edge_probs).astype(np.float64)
-    edge_correct = edge_probs.argmax(axis=1) == y
-    cloud_correct = cloud_probs.argmax(axis=1) == y
-    cloud_accuracy = float(np.mean(cloud_correct))
-    escalate = scores[None, :] < grid[:, None]
-    hybrid_accuracy = np.where(escalate, cloud_correct, edge_correct).mean(axis=1)
-    # Compare in whole rows, not floats: hybrid may be wrong on at most `allowed` more rows.
-    allowed = int(np.floor(CALIBRATION_TOLERANCE * len(y) + 1e-9))
-    ok = np.round(hybrid_accuracy * len(y)) >= np.round(cloud_accuracy * len(y)) - allowed
-    if not ok.any():
-        raise BuildCheckError("no margin threshold in [0, 1] brings hybrid close to cloud-only")
-    return float(grid[int(np.argmax(ok))])
-
-
-def check_threshold_is_stable(threshold: float, probs_by_split: dict[str, np.ndarray]) -> float:
-    """Float32 and float64 margins must escalate the same rows; returns the closest margin gap."""
-    closest = np.inf
-    for name, probs in probs_by_split.items():
-        m32 = margin(probs.astype(np.float32))
-        m64 = margin(probs.astype(np.float64))
-        if not np.array_equal(m32 < np.float32(threshold), m64 < threshold):
-            raise BuildCheckError(f"{name}: escalation depends on float precision at {threshold}")
-        closest = min(closest, float(np.abs(m64 - threshold).min()))
-    return closest
-
-
-# --------------------------------------------------------------------------- files
 
 
 def npz_bytes(X: np.ndarray, y: np.ndarray) -> bytes:
@@ -367,57 +320,43 @@ def npz_bytes(X: np.ndarray, y: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def policy_text(threshold: float, calibration: Routing) -> str:
-    notes = (
-        "plain margin threshold search; calibration accuracy "
-        f"edge={calibration.edge_accuracy:.4f} cloud={calibration.cloud_accuracy:.4f} "
-        f"hybrid={calibration.hybrid_accuracy:.4f} escalation={calibration.escalation:.4f}"
-    )
-    return (
-        "name: digits\n"
-        'version: "1"\n'
-        "score: margin\n"
-        "temperature: 1.0\n"
-        f"threshold: {threshold:.{THRESHOLD_DECIMALS}f}\n"
-        f"scores_output: {OUTPUT_NAME}\n"
-        "scores_kind: probabilities\n"
-        "provenance:\n"
-        f"  edge_model: {EDGE_NAME}\n"
-        f"  cloud_model: {CLOUD_NAME}\n"
-        f"  data: digits calibration split (n={calibration.n})\n"
-        "  tuned_at: build_digits\n"
-        f"  notes: {notes}\n"
-    )
-
-
-def check_policy_text(text: str, threshold: float) -> None:
-    import yaml
-
-    policy = yaml.safe_load(text)
-    expected_keys = [
-        "name",
-        "version",
-        "score",
-        "temperature",
-        "threshold",
-        "scores_output",
-        "scores_kind",
-        "provenance",
-    ]
-    provenance_keys = ["edge_model", "cloud_model", "data", "tuned_at", "notes"]
-    if list(policy) != expected_keys or list(policy["provenance"]) != provenance_keys:
-        raise BuildCheckError(f"policy.yaml has unexpected keys: {policy}")
-    if policy["version"] != "1" or policy["threshold"] != round(threshold, THRESHOLD_DECIMALS):
-        raise BuildCheckError(f"policy.yaml does not round-trip: {policy}")
-    if not all(isinstance(v, str) for v in policy["provenance"].values()):
-        raise BuildCheckError(f"policy.yaml provenance values must be strings: {policy}")
-
-
-# --------------------------------------------------------------------------- main
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
+
+
+def tuned_policy(edge_cal: np.ndarray, cloud_cal: np.ndarray, y: np.ndarray) -> Policy:
+    """The default policy: the tuner's margin policy within 0.3 points of cloud-only."""
+    policy, _report = tune(
+        edge_cal, cloud_cal, y, kind="probabilities", target_gap=POLICY_TARGET_GAP,
+        scores=["margin"], name="digits",
+        provenance=Provenance(
+            edge_model=EDGE_NAME, cloud_model=CLOUD_NAME,
+            data=f"digits calibration split (n={len(y)})", tuned_at="build_digits",
+            notes=f"router.tune, target gap {POLICY_TARGET_GAP}, margin score",
+        ),
+    )
+    rounded = round(policy.threshold, THRESHOLD_DECIMALS)
+    return policy.model_copy(update={"threshold": rounded,
+                                     "temperature": round(policy.temperature, 4)})
+
+
+def route_with(policy: Policy, edge_probs: np.ndarray, cloud_probs: np.ndarray,
+               y: np.ndarray) -> Routing:
+    """Accuracy and escalation when ``policy`` routes these rows."""
+    confidence, _ = score_rows(policy, edge_probs)
+    escalate = confidence < policy.threshold
+    edge_pred = edge_probs.argmax(axis=1)
+    cloud_pred = cloud_probs.argmax(axis=1)
+    hybrid_pred = np.where(escalate, cloud_pred, edge_pred)
+    return Routing(
+        edge_accuracy=float(np.mean(edge_pred == y)),
+        cloud_accuracy=float(np.mean(cloud_pred == y)),
+        hybrid_accuracy=float(np.mean(hybrid_pred == y)),
+        escalation=float(np.mean(escalate)),
+        n=len(y),
+    )
 
 
 def build(out: Path) -> int:
@@ -455,14 +394,14 @@ def build(out: Path) -> int:
     edge_cal, cloud_cal = edge_rt.probabilities(cal.X), cloud_rt.probabilities(cal.X)
     edge_test, cloud_test = edge_rt.probabilities(test.X), cloud_rt.probabilities(test.X)
 
-    threshold = search_threshold(edge_cal, cloud_cal, cal.y)
-    closest = check_threshold_is_stable(threshold, {"calibration": edge_cal, "test": edge_test})
-    on_cal = route(edge_cal, cloud_cal, cal.y, threshold)
-    on_test = route(edge_test, cloud_test, test.y, threshold)
+    policy = tuned_policy(edge_cal, cloud_cal, cal.y)
+    threshold = policy.threshold
+    on_cal = route_with(policy, edge_cal, cloud_cal, cal.y)
+    on_test = route_with(policy, edge_test, cloud_test, test.y)
 
     print(
-        f"threshold (margin < t escalates): {threshold:.{THRESHOLD_DECIMALS}f} "
-        f"(nearest margin {closest:.2e} away)"
+        f"policy: {policy.score} (temperature {policy.temperature:.4f}) < "
+        f"{threshold:.{THRESHOLD_DECIMALS}f} escalates"
     )
     print(f"{'split':<12} {'n':>4} {'edge':>8} {'cloud':>8} {'hybrid':>8} {'escalated':>10}")
     for name, r in (("calibration", on_cal), ("test", on_test)):
@@ -494,8 +433,9 @@ def build(out: Path) -> int:
     files = dict(blobs)
     files["calibration.npz"] = npz_bytes(cal.X, cal.y)
     files["test.npz"] = npz_bytes(test.X, test.y)
-    files["policy.yaml"] = policy_text(threshold, on_cal).encode()
-    check_policy_text(files["policy.yaml"].decode(), threshold)
+    files["policy.yaml"] = dump_policy(policy).encode()
+    if parse_policy(files["policy.yaml"]) != policy:
+        raise BuildCheckError("policy.yaml does not round-trip")
     for name, blob in files.items():
         if len(blob) > MAX_FILE_BYTES:
             failures.append(f"{name} is {len(blob)} bytes (limit {MAX_FILE_BYTES})")

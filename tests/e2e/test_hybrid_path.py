@@ -11,7 +11,7 @@ import pytest
 from core import codec
 from core.tensors import InferRequest, InferResponse
 from protos.inference import grpc_predict_v2_pb2 as pb
-from router import RequestContext, decide, parse_policy, score_rows
+from router import BreakerPolicy, RequestContext, decide, dump_policy, parse_policy, score_rows
 
 TASK = "digits"
 
@@ -84,11 +84,11 @@ async def test_gateway_down_falls_back_then_resumes(start_gateway, start_agent, 
                                                     onnx_reference):
     """With the gateway stopped, hard rows get the local answer as edge_fallback and the
     app sees no error; once the gateway is back on its address, escalation resumes."""
-    policy = (digits_dir / "policy.yaml").read_text() + (
-        "breaker:\n  failures_to_open: 2\n  half_open_after_s: 0.2\n"
-    )
+    policy = parse_policy((digits_dir / "policy.yaml").read_text())
+    policy = policy.model_copy(update={"breaker": BreakerPolicy(failures_to_open=2,
+                                                                 half_open_after_s=0.2)})
     policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(policy)
+    policy_file.write_text(dump_policy(policy))
     gateway = await start_gateway()
     address = gateway.address
     agent = await start_agent(address, policies=[policy_file])

@@ -208,3 +208,20 @@ def test_select_class_scores() -> None:
     assert select_class_scores(make_policy(), outputs) is outputs["label"]
     with pytest.raises(ValueError, match="'label', 'probabilities'"):
         select_class_scores(make_policy(scores_output="logits"), outputs)
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])
+@pytest.mark.parametrize("score", ["max_prob", "margin", "entropy"])
+def test_fast_path_agrees_with_the_general_path(temperature, score):
+    """score_rows on well-formed probabilities gives what the general conversion gives."""
+    from router import Policy, get_score, to_probabilities
+
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet(np.ones(10) * 0.3, size=200).astype(np.float32)
+    probs[0, :] = 0.0
+    probs[0, 3] = 1.0
+    policy = Policy(name="t", threshold=0.5, score=score, temperature=temperature)
+    confidence, predicted = score_rows(policy, probs)
+    reference = to_probabilities(probs, "probabilities", temperature)
+    np.testing.assert_allclose(confidence, get_score(score).confidence(reference), atol=1e-9)
+    np.testing.assert_array_equal(predicted, reference.argmax(axis=1))
