@@ -21,6 +21,7 @@ from edge_agent.model_manager import ArtifactStore, ModelManager
 from edge_agent.policy_watch import PolicyWatcher
 from edge_agent.service import EdgeService
 from edge_agent.settings import AgentSettings
+from edge_agent.shadow_log import ShadowLog
 from edge_agent.tasks import load_tasks
 
 log = structlog.get_logger("edgecloud.agent")
@@ -43,6 +44,7 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None) 
         executor_threads=settings.executor_threads,
         reply_margin_s=settings.reply_margin_ms / 1000.0,
         inline_below_s=settings.inline_run_below_ms / 1000.0,
+        shadow_log=ShadowLog(settings.data_dir / "shadow"),
         metrics=metrics,
         rng=np.random.default_rng(settings.shadow_seed),
     )

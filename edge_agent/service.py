@@ -31,6 +31,7 @@ from core.model import OnnxModel
 from core.tensors import InferRequest, InferResponse, ModelInfo, ParamValue, signature_mismatch
 from edge_agent.escalation import CloudClient
 from edge_agent.metrics import AgentMetrics
+from edge_agent.shadow_log import ShadowLog
 from router import (
     Decision,
     Policy,
@@ -186,6 +187,7 @@ class EdgeService:
         executor_threads: int = 2,
         reply_margin_s: float = 0.002,
         inline_below_s: float = 0.0005,
+        shadow_log: ShadowLog | None = None,
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: np.random.Generator | None = None,
@@ -194,6 +196,7 @@ class EdgeService:
         self._executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="onnx")
         self._reply_margin_s = reply_margin_s
         self._inline_below_s = inline_below_s
+        self._shadow_log = shadow_log
         self._metrics = metrics or AgentMetrics()
         self._clock = clock
         self._rng = rng if rng is not None else np.random.default_rng()
@@ -480,14 +483,15 @@ class EdgeService:
             return
         rows = np.asarray(sampled, dtype=np.int64)
         sub_inputs = {k: v[rows] for k, v in inputs.items()}
-        edge_pred = np.argmax(np.asarray(outputs[current.scores_output])[rows], axis=1)
-        job = asyncio.create_task(self._shadow_call(task, current, sub_inputs, edge_pred))
+        edge_scores = np.asarray(outputs[current.scores_output])[rows]
+        job = asyncio.create_task(self._shadow_call(task, current, sub_inputs, edge_scores))
         self._background.add(job)
         job.add_done_callback(self._background.discard)
 
     async def _shadow_call(self, task: Task, current: TaskVersion,
-                           inputs: dict[str, np.ndarray], edge_pred: np.ndarray) -> None:
+                           inputs: dict[str, np.ndarray], edge_scores: np.ndarray) -> None:
         assert self._cloud is not None
+        edge_pred = np.argmax(edge_scores, axis=1)
         timeout = current.policy.latency.default_budget_ms / 1000.0 * 4
         try:
             reply = await self._cloud.infer(
@@ -497,7 +501,11 @@ class EdgeService:
         except EdgecloudError as exc:
             log.info("shadow_failed", task=task.name, kind=exc.kind.value)
             return
-        cloud_pred = np.argmax(np.asarray(cloud[current.scores_output]), axis=1)
+        cloud_scores = np.asarray(cloud[current.scores_output])
+        cloud_pred = np.argmax(cloud_scores, axis=1)
+        if self._shadow_log is not None:
+            await asyncio.to_thread(self._shadow_log.append, task.name, edge_scores,
+                                    cloud_scores, current.model.version)
         agree = int(np.sum(cloud_pred == edge_pred))
         self._metrics.shadow(task.name, len(edge_pred), agree)
         task.counters.shadow_rows += len(edge_pred)

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from core.artifacts import build_model_manifest, build_policy_manifest
+from core.artifacts import build_model_manifest, build_policy_manifest, sha256_file
 from core.signing import load_private_key, sign
 from edgecloud.operator import RegistryOperator
 
@@ -19,7 +19,8 @@ from edgecloud.operator import RegistryOperator
 def digits_like_model(path: Path, kind: str, seed: int = 0, inputs: int = 64) -> Path:
     """An ONNX model with the digits signature: pixels [N,inputs] -> probabilities [N,10].
 
-    ``kind``: "softmax" (a valid random linear classifier), "nan" (NaN outputs).
+    ``kind``: "softmax" (a valid random linear classifier), "nan" (NaN outputs), "crash"
+    (fails at run time).
     """
     rng = np.random.default_rng(seed)
     w = numpy_helper.from_array(rng.normal(size=(inputs, 10)).astype(np.float32), "w")
@@ -33,9 +34,14 @@ def digits_like_model(path: Path, kind: str, seed: int = 0, inputs: int = 64) ->
             helper.make_node("Sub", ["b", "one"], ["c"]),
             helper.make_node("Sqrt", ["c"], ["probabilities"]),
         ]
+    elif kind == "crash":
+        # Gathers column 12 of 10: loads fine, fails when it runs.
+        nodes.append(helper.make_node("Gather", ["logits", "bad_index"], ["probabilities"],
+                                      axis=1))
     else:
         raise ValueError(kind)
-    inits = [w, numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    inits = [w, numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array([*range(9), 12], np.int64), "bad_index")]
     graph = helper.make_graph(
         nodes, "digits_like",
         [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", inputs])],
@@ -49,9 +55,19 @@ def digits_like_model(path: Path, kind: str, seed: int = 0, inputs: int = 64) ->
 
 
 def publish_model(registry: Path, name: str, path: Path, target: str, *, version: str,
-                  key: Path | None = None, promote: bool = False) -> dict:
-    """Publish straight into a registry directory (as `models publish --data-dir`)."""
-    manifest = build_model_manifest(path, name=name, version=version, target=target)
+                  key: Path | None = None, promote: bool = False,
+                  describe_as: Path | None = None) -> dict:
+    """Publish straight into a registry directory (as `models publish --data-dir`).
+
+    ``describe_as`` builds the manifest from another model with the same signature (for a
+    model that cannot even run on the publisher's machine), keeping ``path``'s digest.
+    """
+    manifest = build_model_manifest(describe_as or path, name=name, version=version,
+                                    target=target)
+    if describe_as is not None:
+        digest, size = sha256_file(path)
+        manifest = manifest.model_copy(update={"digest": digest, "size": size,
+                                               "expected_output": []})
     data = manifest.canonical()
     signature = sign(load_private_key(key), data) if key else b""
     return RegistryOperator(registry).publish_model(data, signature, path, promote)

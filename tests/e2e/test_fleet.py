@@ -135,8 +135,8 @@ def _truncate(path):
 @pytest.mark.e2e
 async def test_bad_artifacts_are_refused_and_reported(start_gateway, start_agent, tmp_path,
                                                       digits_dir, keys):
-    """Corrupted, truncated, wrongly signed, unsigned and NaN-producing versions are each
-    refused; the agent keeps serving v1 and its status shows the reason."""
+    """Corrupted, truncated, wrongly signed, unsigned, NaN-producing and crashing versions
+    are each refused; the agent keeps serving v1 and its status shows the reason."""
     registry, _, agents = await fleet(start_gateway, start_agent, tmp_path, n_agents=1,
                                       trust_key=keys["public"])
     agent = agents[0]
@@ -151,10 +151,12 @@ async def test_bad_artifacts_are_refused_and_reported(start_gateway, start_agent
         ("4", good, keys["other"], None, "signature"),
         ("5", good, None, None, "signature"),
         ("6", nan_model, keys["private"], None, "NaN"),
+        ("7", digits_like_model(tmp_path / "crash.onnx", "crash"), keys["private"], None,
+         "failed to run"),
     ]
     for version, path, key, mutate, reason in cases:
         await asyncio.to_thread(publish_model, registry, TASK, path, "edge", version=version,
-                                key=key)
+                                key=key, describe_as=good if reason == "failed to run" else None)
         if mutate is not None:
             mutate(reg.blob_path(reg.model_versions(TASK)[version].manifest.digest))
         await asyncio.to_thread(reg.set_rollout, "start", TASK, version=version,
