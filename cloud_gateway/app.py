@@ -13,9 +13,9 @@ from cloud_gateway.serving import GatewayService
 from cloud_gateway.settings import GatewaySettings
 from core import v2_grpc
 from core.auth import AGENT, OPERATOR, AuthInterceptor, Tokens
-from core.grpc_server import ServerLifecycle, ServerOptions, create_server, split_host_port
+from core.grpc_server import ServerOptions, create_server
 from core.model import OnnxModel
-from core.process import serve_metrics, wait_for_stop_signal, write_port_file
+from core.process import ServingApp, run_until_signal
 from core.signing import load_public_key
 
 log = structlog.get_logger("edgecloud.gateway")
@@ -37,23 +37,16 @@ def gateway_roles(method: str) -> frozenset[str] | None:
     return None
 
 
-class GatewayApp:
+class GatewayApp(ServingApp):
     """One gateway process, startable in-process (tests) or from the CLI."""
 
+    kind = "gateway"
+
     def __init__(self, settings: GatewaySettings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.metrics = GatewayMetrics()
         self.service: GatewayService | None = None
-        self.port: int | None = None
-        self._lifecycle: ServerLifecycle | None = None
-        self._metrics_server = None
         self.hub: FleetHub | None = None
-
-    @property
-    def address(self) -> str:
-        """``HOST:PORT`` the server is bound to."""
-        host, _ = split_host_port(self.settings.listen)
-        return f"{host}:{self.port}"
 
     async def start(self) -> int:
         """Load models, start serving; returns the bound port."""
@@ -91,43 +84,16 @@ class GatewayApp:
                           max_connection_age_s=s.max_connection_age_s),
             interceptors=[AuthInterceptor(tokens, gateway_roles)] if tokens else [],
         )
-        self.port = port
-        self._lifecycle = lifecycle
-        service.set_ready(True)
-        if s.metrics_listen:
-            self._metrics_server = serve_metrics(s.metrics_listen, self.metrics.registry)
-        if s.port_file is not None:
-            host, _ = split_host_port(s.listen)
-            write_port_file(s.port_file, host, port)
+        self._serving(port, lifecycle, self.metrics.registry)
         log.info("gateway_ready", address=self.address, models=service.model_names())
         return port
 
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Drain: not ready, finish in-flight requests, close, exit."""
-        grace = self.settings.drain_grace_s if grace_s is None else grace_s
-        if self.service is not None:
-            self.service.set_ready(False)
+    async def _close_background(self) -> None:
         if self.hub is not None:
             await self.hub.aclose()  # ends agent streams so the drain does not wait on them
             self.hub = None
-        if self._lifecycle is not None:
-            await self._lifecycle.drain(grace)
-            self._lifecycle = None
-        if self.service is not None:
-            await self.service.aclose()
-            self.service = None
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server = None
-        log.info("gateway_stopped")
 
 
 async def run_gateway(settings: GatewaySettings) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
-    app = GatewayApp(settings)
-    try:
-        await app.start()
-        signal_name = await wait_for_stop_signal()
-        log.info("gateway_draining", signal=signal_name)
-    finally:
-        await app.stop()
+    await run_until_signal(GatewayApp(settings))

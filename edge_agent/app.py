@@ -11,8 +11,8 @@ from core import v2_grpc
 from core.artifacts import sha256_file
 from core.auth import read_token
 from core.errors import InvalidInput
-from core.grpc_server import ServerLifecycle, ServerOptions, create_server, split_host_port
-from core.process import serve_metrics, wait_for_stop_signal, write_port_file
+from core.grpc_server import ServerOptions, create_server, split_host_port
+from core.process import ServingApp, run_until_signal
 from core.signing import load_public_key
 from edge_agent.grpc.cloud_client import GrpcCloudClient
 from edge_agent.grpc.fleet_client import FleetClient
@@ -55,25 +55,18 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None) 
     return service
 
 
-class AgentApp:
+class AgentApp(ServingApp):
     """One agent process, startable in-process (tests) or from the CLI."""
 
+    kind = "agent"
+
     def __init__(self, settings: AgentSettings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.metrics = AgentMetrics()
         self.service: EdgeService | None = None
-        self.port: int | None = None
-        self._lifecycle: ServerLifecycle | None = None
-        self._metrics_server = None
         self.manager: ModelManager | None = None
         self.fleet: FleetClient | None = None
         self.policy_watcher: PolicyWatcher | None = None
-
-    @property
-    def address(self) -> str:
-        """``HOST:PORT`` the local server is bound to."""
-        host, _ = split_host_port(self.settings.listen)
-        return f"{host}:{self.port}"
 
     async def start(self) -> int:
         """Load tasks and start serving apps; returns the bound port."""
@@ -106,14 +99,7 @@ class AgentApp:
             [v2_grpc.SERVICE_NAME],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20),
         )
-        self.port = port
-        self._lifecycle = lifecycle
-        service.set_ready(True)
-        if s.metrics_listen:
-            self._metrics_server = serve_metrics(s.metrics_listen, self.metrics.registry)
-        if s.port_file is not None:
-            host, _ = split_host_port(s.listen)
-            write_port_file(s.port_file, host, port)
+        self._serving(port, lifecycle, self.metrics.registry)
         if fleet is not None:
             fleet.start(self.manager)
             self.fleet = fleet
@@ -125,35 +111,15 @@ class AgentApp:
                  tasks=service.task_names(), gateway=s.gateway)
         return port
 
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Drain: not ready, finish in-flight requests, close, exit."""
-        grace = self.settings.drain_grace_s if grace_s is None else grace_s
-        if self.service is not None:
-            self.service.set_ready(False)
+    async def _close_background(self) -> None:
         if self.policy_watcher is not None:
             await self.policy_watcher.aclose()
             self.policy_watcher = None
         if self.fleet is not None:
             await self.fleet.aclose()
             self.fleet = None
-        if self._lifecycle is not None:
-            await self._lifecycle.drain(grace)
-            self._lifecycle = None
-        if self.service is not None:
-            await self.service.aclose()
-            self.service = None
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server = None
-        log.info("agent_stopped")
 
 
 async def run_agent(settings: AgentSettings) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
-    app = AgentApp(settings)
-    try:
-        await app.start()
-        signal_name = await wait_for_stop_signal()
-        log.info("agent_draining", signal=signal_name)
-    finally:
-        await app.stop()
+    await run_until_signal(AgentApp(settings))
