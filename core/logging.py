@@ -9,8 +9,8 @@ names with key-value data; the request id is bound with contextvars
 from __future__ import annotations
 
 import logging
+import os
 import sys
-import uuid
 from typing import Literal
 
 import structlog
@@ -52,7 +52,7 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
 
 def new_request_id() -> str:
     """A fresh request id (hex, 16 characters)."""
-    return uuid.uuid4().hex[:16]
+    return os.urandom(8).hex()
 
 
 def bind_request_id(request_id: str) -> None:

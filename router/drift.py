@@ -274,15 +274,35 @@ class DriftMonitor:
         self._edges = np.asarray(reference.edges, dtype=np.float64)
         self._expected = np.asarray(reference.counts, dtype=np.int64)
         self._bins: deque[int] = deque(maxlen=window)
+        self._window = window
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
 
     def observe(self, scores: np.ndarray | float) -> None:
-        """Add confidences to the window (oldest ones drop out); NaN is ignored."""
+        """Add confidences to the window (oldest ones drop out); NaN is ignored.
+
+        Cheap on the request path: scores are kept as they come and binned
+        in one go when the window is next read (or when a window's worth is
+        waiting).
+        """
         s = np.atleast_1d(np.asarray(scores, dtype=np.float64)).ravel()
+        self._pending.append(s)
+        self._pending_rows += s.shape[0]
+        if self._pending_rows >= self._window:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        s = np.concatenate(self._pending)[-self._window:]
+        self._pending.clear()
+        self._pending_rows = 0
         s = s[~np.isnan(s)]
         self._bins.extend(_bin_index(s, self._edges).tolist())
 
     def observed_counts(self) -> np.ndarray:
         """Counts per reference bin of the scores in the window."""
+        self._fold()
         return np.bincount(
             np.fromiter(self._bins, dtype=np.int64, count=len(self._bins)),
             minlength=len(self._expected),
@@ -294,6 +314,7 @@ class DriftMonitor:
 
     def report(self) -> DriftReport:
         """PSI and KS of the window against the reference, and the verdict."""
+        self._fold()
         n = len(self._bins)
         if n == 0:
             return DriftReport(psi=0.0, ks=0.0, ks_pvalue=1.0, n=0, status=DriftStatus.STABLE)
