@@ -84,6 +84,9 @@ def bind_policy(model: OnnxModel, policy: Policy, model_digest: str = "",
     return TaskVersion(model, policy, scores_output, model_digest, policy_digest)
 
 
+_six_digits = "{:.6g}".format
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """Outputs of one request and where each row was answered."""
@@ -103,10 +106,11 @@ class Answer:
             params = {"route": d.route.value, "reason": d.reason.value,
                       "confidence": float(d.score)}
         else:
+            # Route and Reason are str enums: join them as they are (no .value lookups).
             params = {
-                "route": ",".join(d.route.value for d in self.decisions),
-                "reason": ",".join(d.reason.value for d in self.decisions),
-                "confidence": ",".join(f"{d.score:.6g}" for d in self.decisions),
+                "route": ",".join([d.route for d in self.decisions]),
+                "reason": ",".join([d.reason for d in self.decisions]),
+                "confidence": ",".join(map(_six_digits, [d.score for d in self.decisions])),
             }
         params["model_version"] = self.model_version
         if self.cloud_model_version:
@@ -345,12 +349,10 @@ class EdgeService:
         counters = task.counters
         counters.requests += 1
         counters.rows += n
-        for d in decisions:
-            if d.route is Route.CLOUD:
-                counters.escalated_rows += 1
-            elif d.route is Route.EDGE_FALLBACK:
-                counters.escalated_rows += 1
-                counters.fallback_rows += 1
+        routes = [d.route for d in decisions]
+        fallbacks = routes.count(Route.EDGE_FALLBACK)
+        counters.escalated_rows += routes.count(Route.CLOUD) + fallbacks
+        counters.fallback_rows += fallbacks
         if task.drift is not None:
             task.drift.observe(confidence)
         return Answer(

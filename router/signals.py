@@ -20,6 +20,7 @@ a threaded caller guards them with its own lock.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -123,18 +124,25 @@ class EscalationBudget:
 
     def observe(self, escalated: bool | np.ndarray | Iterable[bool]) -> None:
         """Record one row (a bool) or several (an array of bools, in order)."""
-        flags = np.atleast_1d(np.asarray(escalated, dtype=bool)).ravel()
-        target = self.target_rate
-        bound = self.max_shift
-        shift = self._shift
+        flags = np.atleast_1d(np.asarray(escalated, dtype=bool)).ravel().tolist()
         recent = self._recent
-        for flag in flags.tolist():
-            if len(recent) == recent.maxlen and recent[0]:
-                self._recent_escalated -= 1
-            recent.append(flag)
-            self._recent_escalated += flag
-            if target is not None:
-                shift = min(max(shift - self.step * (flag - target), -bound), bound)
+        if len(flags) >= recent.maxlen:
+            recent.clear()
+            recent.extend(flags[-recent.maxlen:])
+            self._recent_escalated = sum(recent)
+        else:
+            dropped = len(recent) + len(flags) - recent.maxlen
+            if dropped > 0:
+                self._recent_escalated -= sum(itertools.islice(recent, dropped))
+            recent.extend(flags)
+            self._recent_escalated += sum(flags)
+        target = self.target_rate
+        if target is None:
+            return
+        # The clip makes each step depend on the last, so this stays a loop.
+        bound, step, shift = self.max_shift, self.step, self._shift
+        for flag in flags:
+            shift = min(max(shift - step * (flag - target), -bound), bound)
         self._shift = shift
 
 

@@ -317,3 +317,22 @@ def test_observe_decisions_counts_only_threshold_escalations() -> None:
         ]
     )
     assert state.budget.realised_rate == pytest.approx(0.5)  # 2 of 4 counted rows
+
+
+def test_realised_rate_matches_the_last_window_for_any_chunking():
+    """Observing rows one by one or in chunks of any size gives the rate of the last
+    `window` rows."""
+    from router.signals import EscalationBudget
+
+    rng = np.random.default_rng(3)
+    flags = rng.random(500) < 0.3
+    budget = EscalationBudget(0.2, step=0.01, max_shift=0.5, window=50)
+    start = 0
+    for size in rng.integers(1, 80, size=40):
+        chunk = flags[start:start + size]
+        if not len(chunk):
+            break
+        budget.observe(chunk)
+        start += len(chunk)
+        seen = flags[:start]
+        assert budget.realised_rate == pytest.approx(seen[-50:].mean())
