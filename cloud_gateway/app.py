@@ -13,10 +13,12 @@ from cloud_gateway.serving import GatewayService
 from cloud_gateway.settings import GatewaySettings
 from core import v2_grpc
 from core.auth import AGENT, OPERATOR, AuthInterceptor, Tokens
+from core.errors import InvalidInput
 from core.grpc_server import ServerOptions, create_server
 from core.model import OnnxModel
 from core.process import ServingApp, run_until_signal
 from core.signing import load_public_key
+from core.tls import server_credentials
 
 log = structlog.get_logger("edgecloud.gateway")
 
@@ -35,6 +37,16 @@ def gateway_roles(method: str) -> frozenset[str] | None:
     if method.startswith(f"/{v2_grpc.SERVICE_NAME}/"):
         return None if method.rsplit("/", 1)[-1] in _OPEN_V2 else _AGENT_OR_OPERATOR
     return None
+
+
+def _credentials(s: GatewaySettings):
+    if s.tls_cert is None and s.tls_key is None:
+        if s.tls_client_ca is not None:
+            raise InvalidInput("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if s.tls_cert is None or s.tls_key is None:
+        raise InvalidInput("TLS needs both --tls-cert and --tls-key")
+    return server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
 
 
 class GatewayApp(ServingApp):
@@ -83,6 +95,7 @@ class GatewayApp(ServingApp):
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20,
                           max_connection_age_s=s.max_connection_age_s),
             interceptors=[AuthInterceptor(tokens, gateway_roles)] if tokens else [],
+            credentials=_credentials(s),
         )
         self._serving(port, lifecycle, self.metrics.registry)
         log.info("gateway_ready", address=self.address, models=service.model_names())

@@ -47,6 +47,12 @@ class GatewaySettings(EdgecloudSettings):
     """How often the registry generation is checked for changes."""
     trust_key: Path | None = None
     """Operator public key (PEM); with it, unsigned or wrongly signed publications are refused."""
+    tls_cert: Path | None = None
+    """Server certificate (PEM); with tls_key, the gateway serves TLS."""
+    tls_key: Path | None = None
+    """Private key of tls_cert (PEM)."""
+    tls_client_ca: Path | None = None
+    """CA of agent and operator certificates; with it every client must present one (mTLS)."""
     tokens_file: Path | None = None
     """Bearer tokens with roles (YAML: operators, agents); without it the gateway is open."""
     batching: BatchingSection = Field(default_factory=BatchingSection)

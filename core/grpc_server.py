@@ -87,6 +87,7 @@ async def create_server(
     service_names: Iterable[str],
     options: ServerOptions | None = None,
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int, ServerLifecycle]:
     """Bind a grpc.aio server on ``address`` (port 0 picks a free port).
 
@@ -108,7 +109,8 @@ async def create_server(
         server,
     )
     try:
-        port = server.add_insecure_port(address)
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
     except RuntimeError as exc:
         raise InvalidInput(f"cannot listen on {address}: {exc}") from None
     if port == 0:

@@ -14,6 +14,7 @@ from core.errors import InvalidInput
 from core.grpc_server import ServerOptions, create_server, split_host_port
 from core.process import ServingApp, run_until_signal
 from core.signing import load_public_key
+from core.tls import channel_credentials
 from edge_agent.grpc.cloud_client import GrpcCloudClient
 from edge_agent.grpc.fleet_client import FleetClient
 from edge_agent.metrics import AgentMetrics
@@ -27,6 +28,13 @@ from edge_agent.tasks import load_tasks
 log = structlog.get_logger("edgecloud.agent")
 
 
+def gateway_credentials(settings: AgentSettings):
+    """TLS credentials for the gateway link, or None for plaintext."""
+    if settings.tls_ca is None and settings.tls_cert is None:
+        return None
+    return channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
+
+
 def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None) -> EdgeService:
     """The agent's data plane with its tasks loaded (must run inside the event loop)."""
     if settings.gateway:
@@ -35,7 +43,7 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None) 
     token = read_token(settings.token_file)
     cloud = (
         GrpcCloudClient(settings.gateway, max_message_bytes=settings.max_request_bytes + 2**20,
-                        token=token)
+                        token=token, credentials=gateway_credentials(settings))
         if settings.gateway
         else None
     )
@@ -86,7 +94,8 @@ class AgentApp(ServingApp):
             fleet = FleetClient(s.gateway, s.agent_id, dict(s.labels), service,
                                 status_interval_s=s.status_interval_s,
                                 backoff_max_s=s.reconnect_max_s,
-                                token=read_token(s.token_file))
+                                token=read_token(s.token_file),
+                                credentials=gateway_credentials(s))
         self.manager = ModelManager(service, ArtifactStore(s.data_dir / "store"), fleet,
                                     trust_key=trust, onnx_threads=s.onnx_threads)
         await self.manager.restore(skip=set(s.models))

@@ -49,6 +49,12 @@ class AgentSettings(EdgecloudSettings):
     """Edge models faster than this per request run on the event loop, not a worker thread."""
     shadow_seed: int | None = None
     """Seed of the shadow sampler (for reproducible runs); random when unset."""
+    tls_ca: Path | None = None
+    """CA that signed the gateway's certificate; set it to talk TLS to the gateway."""
+    tls_cert: Path | None = None
+    """This agent's client certificate (PEM), for gateways that require mTLS."""
+    tls_key: Path | None = None
+    """Private key of tls_cert (PEM)."""
     token_file: Path | None = None
     """File holding this agent's bearer token for the gateway (first line)."""
     trust_key: Path | None = None

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="operator public key; refuse publications it did not sign")
     serve.add_argument("--tokens-file", type=Path, default=None,
                        help="YAML of bearer tokens with roles (operators, agents)")
+    serve.add_argument("--tls-cert", type=Path, default=None, help="server certificate (PEM)")
+    serve.add_argument("--tls-key", type=Path, default=None, help="server key (PEM)")
+    serve.add_argument("--tls-client-ca", type=Path, default=None,
+                       help="require client certificates signed by this CA (mTLS)")
     _add_process_flags(serve)
     serve.set_defaults(handler=_cmd_gateway_serve)
 
@@ -118,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="labels for rollout selectors")
     run.add_argument("--token-file", type=Path, default=None,
                      help="file with this agent's bearer token for the gateway")
+    run.add_argument("--tls-ca", type=Path, default=None,
+                     help="CA of the gateway's certificate (talk TLS to the gateway)")
+    run.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mTLS)")
+    run.add_argument("--tls-key", type=Path, default=None, help="client key (mTLS)")
     run.add_argument("--trust-key", type=Path, default=None,
                      help="operator public key; only artifacts it signed are loaded")
     run.add_argument("--status-interval", type=float, default=None, metavar="SECONDS",
@@ -166,7 +174,8 @@ def _cmd_gateway_serve(args: argparse.Namespace) -> int:
         models=_model_paths(args.model), metrics_listen=args.metrics_listen,
         port_file=args.port_file, log_format=args.log_format, log_level=args.log_level,
         registry_dir=args.registry_dir, replica=args.replica, trust_key=args.trust_key,
-        tokens_file=args.tokens_file,
+        tokens_file=args.tokens_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
     )
     _setup_logging(settings)
     asyncio.run(run_gateway(settings))
@@ -193,6 +202,7 @@ def _cmd_agent_run(args: argparse.Namespace) -> int:
         args, listen=args.listen, data_dir=args.data_dir, agent_id=args.agent_id,
         labels=_pairs(args.labels, "--labels"), metrics_listen=args.metrics_listen,
         port_file=args.port_file, trust_key=args.trust_key, token_file=args.token_file,
+        tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         status_interval_s=args.status_interval,
     )
     _setup_logging(settings)

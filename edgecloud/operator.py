@@ -17,6 +17,7 @@ from cloud_gateway.registry import Registry
 from core.auth import call_metadata
 from core.errors import EdgecloudError
 from core.grpc_errors import from_rpc_error
+from core.tls import open_channel
 from protos.fleet.v1 import fleet_pb2 as pb
 from protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
 
@@ -87,10 +88,12 @@ class RegistryOperator:
 class GatewayOperator:
     """Acts through a gateway's admin service."""
 
-    def __init__(self, target: str, timeout_s: float = 30.0, token: str | None = None) -> None:
+    def __init__(self, target: str, timeout_s: float = 30.0, token: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self._auth = call_metadata(token)
-        self._channel = grpc.insecure_channel(
-            target, options=[("grpc.max_send_message_length", 8 * 2**20)]
+        self._channel = open_channel(
+            target, credentials, options=[("grpc.max_send_message_length", 8 * 2**20)],
+            aio=False,
         )
         self._stub = pb_grpc.AdminServiceStub(self._channel)
         self._timeout = timeout_s

@@ -34,6 +34,9 @@ def _add_target(p: argparse.ArgumentParser) -> None:
                        help="registry directory (the embedded default)")
     p.add_argument("--token-file", type=Path, default=None,
                    help="operator bearer token for the gateway (or EDGECLOUD_TOKEN)")
+    p.add_argument("--tls-ca", type=Path, default=None, help="CA of the gateway's certificate")
+    p.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mTLS)")
+    p.add_argument("--tls-key", type=Path, default=None, help="client key (mTLS)")
 
 
 def _operator(args: argparse.Namespace):
@@ -41,9 +44,12 @@ def _operator(args: argparse.Namespace):
 
     if args.gateway:
         from core.auth import read_token
+        from core.tls import channel_credentials
 
         token = read_token(args.token_file) or os.environ.get("EDGECLOUD_TOKEN") or None
-        return GatewayOperator(args.gateway, token=token)
+        credentials = (channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+                       if args.tls_ca or args.tls_cert else None)
+        return GatewayOperator(args.gateway, token=token, credentials=credentials)
     return RegistryOperator(args.data_dir)
 
 

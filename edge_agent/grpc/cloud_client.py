@@ -9,6 +9,7 @@ from core.auth import call_metadata
 from core.grpc_errors import from_rpc_error
 from core.logging import REQUEST_ID_KEY
 from core.tensors import InferRequest, InferResponse, ModelInfo, TensorSpec
+from core.tls import open_channel
 from protos.inference import grpc_predict_v2_pb2 as pb
 from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
@@ -17,11 +18,13 @@ class GrpcCloudClient:
     """v2 client to the gateway; reconnects by itself with backoff."""
 
     def __init__(self, target: str, *, max_message_bytes: int = 64 * 2**20,
-                 token: str | None = None) -> None:
+                 token: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.target = target
         self._auth = call_metadata(token)
-        self._channel = grpc.aio.insecure_channel(
+        self._channel = open_channel(
             target,
+            credentials,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),

@@ -19,6 +19,7 @@ import structlog
 from core import __version__
 from core.auth import call_metadata
 from core.grpc_errors import from_rpc_error
+from core.tls import open_channel
 from edge_agent.model_manager import ArtifactRef, Assignment, ModelManager, SwapOutcome
 from edge_agent.service import EdgeService
 from protos.fleet.v1 import fleet_pb2 as pb
@@ -89,6 +90,7 @@ class FleetClient:
         rng: np.random.Generator | None = None,
         max_message_bytes: int = 8 * 2**20,
         token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._auth = call_metadata(token)
         self.agent_id = agent_id
@@ -98,8 +100,9 @@ class FleetClient:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._rng = rng or np.random.default_rng()
-        self._channel = grpc.aio.insecure_channel(
+        self._channel = open_channel(
             target,
+            credentials,
             options=[("grpc.max_receive_message_length", max_message_bytes),
                      ("grpc.initial_reconnect_backoff_ms", 200),
                      ("grpc.max_reconnect_backoff_ms", 5000)],
