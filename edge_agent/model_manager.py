@@ -402,15 +402,18 @@ class ModelManager:
                 await asyncio.to_thread(_hash_into, hasher, staging)
         if offset:
             log.info("fetch_resumed", digest=ref.digest, offset=offset, size=ref.size)
-        with open(staging, "ab") as f:  # noqa: ASYNC230 (chunk appends to local disk)
+        # Hashing and disk writes run on a worker thread, chunk by chunk, so the
+        # event loop keeps answering requests while a large model downloads.
+        f = await asyncio.to_thread(open, staging, "ab")
+        try:
             async for chunk in self.fetcher.fetch(ref.digest, offset):
                 if offset + len(chunk) > ref.size:
                     break
-                f.write(chunk)
-                hasher.update(chunk)
+                await asyncio.to_thread(_append, f, hasher, chunk)
                 offset += len(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+            await asyncio.to_thread(_sync, f)
+        finally:
+            f.close()
         if offset != ref.size:
             staging.unlink(missing_ok=True)
             raise SwapFailed(f"artifact is truncated or too long: {offset} bytes, "
@@ -459,6 +462,16 @@ class ModelManager:
     def state_entry(self, name: str) -> dict:
         """What is recorded for a task (for status reports)."""
         return self._state.get("tasks", {}).get(name, {})
+
+
+def _append(f, hasher, chunk: bytes) -> None:
+    f.write(chunk)
+    hasher.update(chunk)
+
+
+def _sync(f) -> None:
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def _hash_into(hasher, path: Path) -> None:
