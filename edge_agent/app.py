@@ -17,6 +17,7 @@ from core.signing import load_public_key
 from core.tls import channel_credentials
 from edge_agent.grpc.cloud_client import GrpcCloudClient
 from edge_agent.grpc.fleet_client import FleetClient
+from edge_agent.hard_examples import HardExampleSpool
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_manager import ArtifactStore, ModelManager
 from edge_agent.policy_watch import PolicyWatcher
@@ -53,6 +54,8 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None) 
         reply_margin_s=settings.reply_margin_ms / 1000.0,
         inline_below_s=settings.inline_run_below_ms / 1000.0,
         shadow_log=ShadowLog(settings.data_dir / "shadow"),
+        hard_examples=(HardExampleSpool(settings.data_dir / "hard")
+                       if settings.gateway and settings.upload_hard_examples else None),
         metrics=metrics,
         rng=np.random.default_rng(settings.shadow_seed),
     )
@@ -92,6 +95,7 @@ class AgentApp(ServingApp):
         fleet = None
         if s.gateway and s.fleet:
             fleet = FleetClient(s.gateway, s.agent_id, dict(s.labels), service,
+                                hard_examples=service.hard_examples,
                                 status_interval_s=s.status_interval_s,
                                 backoff_max_s=s.reconnect_max_s,
                                 token=read_token(s.token_file),

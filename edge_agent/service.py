@@ -30,6 +30,7 @@ from core.errors import (
 from core.model import OnnxModel
 from core.tensors import InferRequest, InferResponse, ModelInfo, ParamValue, signature_mismatch
 from edge_agent.escalation import CloudClient
+from edge_agent.hard_examples import HardExample, HardExampleSpool
 from edge_agent.metrics import AgentMetrics
 from edge_agent.shadow_log import ShadowLog
 from router import (
@@ -192,6 +193,7 @@ class EdgeService:
         reply_margin_s: float = 0.002,
         inline_below_s: float = 0.0005,
         shadow_log: ShadowLog | None = None,
+        hard_examples: HardExampleSpool | None = None,
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: np.random.Generator | None = None,
@@ -201,6 +203,7 @@ class EdgeService:
         self._reply_margin_s = reply_margin_s
         self._inline_below_s = inline_below_s
         self._shadow_log = shadow_log
+        self._hard_examples = hard_examples
         self._metrics = metrics or AgentMetrics()
         self._clock = clock
         self._rng = rng if rng is not None else np.random.default_rng()
@@ -257,6 +260,11 @@ class EdgeService:
         log.info("task_swapped", task=task.name, model_version=model.version,
                  policy_version=new_policy.version)
         return task
+
+    @property
+    def hard_examples(self) -> HardExampleSpool | None:
+        """Where escalated rows are kept for upload, if anywhere."""
+        return self._hard_examples
 
     def tasks(self) -> list[Task]:
         """Every served task."""
@@ -341,9 +349,13 @@ class EdgeService:
         ]
         hard = [i for i, d in enumerate(decisions) if d.route is Route.CLOUD]
         cloud_version = ""
+        edge_scores = outputs[current.scores_output]  # before cloud answers are spliced in
         if hard:
             cloud_version = await self._escalate(task, current, inputs, outputs, decisions,
                                                  hard, deadline)
+            if self._hard_examples is not None:
+                self._keep_hard_examples(task, current, inputs, edge_scores, outputs,
+                                         decisions, hard)
         self._shadow(task, current, inputs, outputs, decisions)
         self._metrics.observe(task.name, decisions, self._clock() - started)
         counters = task.counters
@@ -475,6 +487,26 @@ class EdgeService:
                 merged[rows] = value
                 outputs[name] = merged
         return reply.model_version
+
+    def _keep_hard_examples(self, task: Task, current: TaskVersion,
+                            inputs: dict[str, np.ndarray], edge_scores: np.ndarray,
+                            outputs: dict[str, np.ndarray], decisions: list[Decision],
+                            hard: list[int]) -> None:
+        """Buffer the rows escalated for low confidence (no I/O here)."""
+        assert self._hard_examples is not None
+        final = np.asarray(outputs[current.scores_output])
+        now = time.time()
+        for i in hard:
+            d = decisions[i]
+            answered = d.route is Route.CLOUD
+            self._hard_examples.add(HardExample(
+                task=task.name, model_version=current.model.version,
+                inputs={name: value[i:i + 1] for name, value in inputs.items()},
+                edge_scores=np.asarray(edge_scores[i], dtype=np.float64).tolist(),
+                cloud_scores=np.asarray(final[i], dtype=np.float64).tolist()
+                if answered else None,
+                route=d.route.value, reason=d.reason.value, confidence=float(d.score), at=now,
+            ))
 
     def _shadow(self, task: Task, current: TaskVersion, inputs: dict[str, np.ndarray],
                 outputs: dict[str, np.ndarray], decisions: list[Decision]) -> None:

@@ -61,6 +61,8 @@ class AgentSettings(EdgecloudSettings):
     """Operator public key (PEM); with it, only artifacts signed by that key are loaded."""
     fleet: bool = True
     """Follow the gateway's model and policy assignments (when a gateway is set)."""
+    upload_hard_examples: bool = True
+    """Keep rows escalated for low confidence and upload them to the gateway."""
     status_interval_s: float = Field(10.0, gt=0)
     """Seconds between periodic status reports to the gateway."""
     reconnect_max_s: float = Field(10.0, gt=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 from collections.abc import Iterator
@@ -109,6 +110,48 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
                   if not s.ok and s.kind == "model"]
         await self._hub.report(status_dict(request), failed)
         return pb.StatusAck(generation=self._hub.snapshot.generation)
+
+    @rpc_boundary
+    async def UploadHardExamples(self, request_iterator, context):
+        records: list[dict] = []
+        agent_id = ""
+        async for message in request_iterator:
+            if not message.agent_id:
+                raise InvalidInput("agent_id is required")
+            if agent_id and message.agent_id != agent_id:
+                raise InvalidInput("one upload carries one agent's examples")
+            agent_id = message.agent_id
+            if len(records) >= MAX_HARD_EXAMPLES:
+                raise InvalidInput(f"at most {MAX_HARD_EXAMPLES} examples per upload")
+            records.append(hard_example_record(message))
+        if not records:
+            return pb.HardExampleAck(accepted=0)
+        _check_identity(self._tokens, context, agent_id)
+        accepted = await asyncio.to_thread(self._hub.registry.store_hard_examples, agent_id,
+                                           records)
+        log.info("hard_examples_stored", agent_id=agent_id, count=accepted)
+        return pb.HardExampleAck(accepted=accepted)
+
+
+MAX_HARD_EXAMPLES = 10_000
+MAX_HARD_EXAMPLE_BYTES = 4 * 2**20
+
+
+def hard_example_record(message: pb.HardExample) -> dict:
+    """Wire hard example -> the JSON kept in the registry (inputs base64)."""
+    size = sum(len(t.data) for t in message.inputs)
+    if not message.inputs or size > MAX_HARD_EXAMPLE_BYTES:
+        raise InvalidInput(f"hard example inputs must be 1 byte to 4 MiB (got {size})")
+    return {
+        "agent_id": message.agent_id, "task": message.task,
+        "model_version": message.model_version,
+        "inputs": {t.name: {"datatype": t.datatype, "shape": list(t.shape),
+                            "data": base64.b64encode(t.data).decode()} for t in message.inputs},
+        "edge_scores": list(message.edge_scores),
+        "cloud_scores": list(message.cloud_scores) or None,
+        "route": message.route, "reason": message.reason, "confidence": message.confidence,
+        "at": message.at,
+    }
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):

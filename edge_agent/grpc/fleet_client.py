@@ -9,6 +9,7 @@ FetchArtifact, and reports status after every change and periodically.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -20,6 +21,7 @@ from core import __version__
 from core.auth import call_metadata
 from core.grpc_errors import from_rpc_error
 from core.tls import open_channel
+from edge_agent.hard_examples import HardExampleSpool
 from edge_agent.model_manager import ArtifactRef, Assignment, ModelManager, SwapOutcome
 from edge_agent.service import EdgeService
 from protos.fleet.v1 import fleet_pb2 as pb
@@ -31,6 +33,19 @@ log = structlog.get_logger("edgecloud.agent.fleet")
 def _refs(items) -> tuple[ArtifactRef, ...]:
     return tuple(ArtifactRef(r.name, r.version, r.digest, r.size, r.manifest, r.signature)
                  for r in items)
+
+
+def hard_example_message(agent_id: str, record: dict) -> pb.HardExample:
+    """A spooled hard example (JSON) -> wire message."""
+    return pb.HardExample(
+        agent_id=agent_id, task=record["task"], model_version=record["model_version"],
+        inputs=[pb.TensorBlob(name=name, datatype=t["datatype"], shape=t["shape"],
+                              data=base64.b64decode(t["data"]))
+                for name, t in record["inputs"].items()],
+        edge_scores=record["edge_scores"], cloud_scores=record.get("cloud_scores") or [],
+        route=record["route"], reason=record["reason"], confidence=record["confidence"],
+        at=record["at"],
+    )
 
 
 def assignment_from(message: pb.Assignment) -> Assignment:
@@ -91,8 +106,10 @@ class FleetClient:
         max_message_bytes: int = 8 * 2**20,
         token: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        hard_examples: HardExampleSpool | None = None,
     ) -> None:
         self._auth = call_metadata(token)
+        self._hard_examples = hard_examples
         self.agent_id = agent_id
         self.labels = labels
         self._service = service
@@ -185,3 +202,25 @@ class FleetClient:
         while True:
             await asyncio.sleep(self._status_interval_s)
             await self.report()
+            await self.upload_hard_examples()
+
+    async def upload_hard_examples(self) -> int:
+        """Send spooled hard examples; a batch is deleted only once acknowledged."""
+        spool = self._hard_examples
+        if spool is None:
+            return 0
+        await asyncio.to_thread(spool.flush)
+        sent = 0
+        for path, records in await asyncio.to_thread(lambda: list(spool.claim())):
+            messages = [hard_example_message(self.agent_id, r) for r in records]
+            try:
+                ack = await self._stub.UploadHardExamples(iter(messages), timeout=60,
+                                                          metadata=self._auth)
+            except grpc.aio.AioRpcError as exc:
+                log.info("hard_examples_upload_failed", code=exc.code().name)
+                return sent
+            spool.done(path)
+            sent += int(ack.accepted)
+        if sent:
+            log.info("hard_examples_uploaded", count=sent)
+        return sent

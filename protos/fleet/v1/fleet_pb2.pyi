@@ -248,3 +248,45 @@ class StatusAck(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     generation: int
     def __init__(self, generation: _Optional[int] = ...) -> None: ...
+
+class TensorBlob(_message.Message):
+    __slots__ = ("name", "datatype", "shape", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATATYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    datatype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class HardExample(_message.Message):
+    __slots__ = ("agent_id", "task", "model_version", "inputs", "edge_scores", "cloud_scores", "route", "reason", "confidence", "at")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_SCORES_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_SCORES_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    task: str
+    model_version: str
+    inputs: _containers.RepeatedCompositeFieldContainer[TensorBlob]
+    edge_scores: _containers.RepeatedScalarFieldContainer[float]
+    cloud_scores: _containers.RepeatedScalarFieldContainer[float]
+    route: str
+    reason: str
+    confidence: float
+    at: float
+    def __init__(self, agent_id: _Optional[str] = ..., task: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorBlob, _Mapping]]] = ..., edge_scores: _Optional[_Iterable[float]] = ..., cloud_scores: _Optional[_Iterable[float]] = ..., route: _Optional[str] = ..., reason: _Optional[str] = ..., confidence: _Optional[float] = ..., at: _Optional[float] = ...) -> None: ...
+
+class HardExampleAck(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    def __init__(self, accepted: _Optional[int] = ...) -> None: ...

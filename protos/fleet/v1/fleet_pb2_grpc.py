@@ -49,6 +49,11 @@ class FleetServiceStub:
                 request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentStatus.SerializeToString,
                 response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.StatusAck.FromString,
                 _registered_method=True)
+        self.UploadHardExamples = channel.stream_unary(
+                '/edgecloud.fleet.v1.FleetService/UploadHardExamples',
+                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExampleAck.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -76,6 +81,13 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadHardExamples(self, request_iterator, context):
+        """Rows the edge model was unsure of, for relabelling and retraining.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +105,11 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.ReportStatus,
                     request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentStatus.FromString,
                     response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.StatusAck.SerializeToString,
+            ),
+            'UploadHardExamples': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadHardExamples,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExampleAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +193,33 @@ class FleetService:
             '/edgecloud.fleet.v1.FleetService/ReportStatus',
             protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentStatus.SerializeToString,
             protos_dot_fleet_dot_v1_dot_fleet__pb2.StatusAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadHardExamples(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/edgecloud.fleet.v1.FleetService/UploadHardExamples',
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExampleAck.FromString,
             options,
             channel_credentials,
             insecure,
