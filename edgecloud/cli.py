@@ -251,6 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    from core.logging import configure_logging
+
+    # Library warnings go to stderr, never into a command's output; servers
+    # reconfigure with their own settings.
+    configure_logging("auto", "warning")
     try:
         return handler(args)
     except (CliError, EdgecloudError) as exc:
