@@ -4,8 +4,9 @@ Prints, side by side in one run:
 
 1. Over gRPC: the agent answering confident rows locally (scoring and
    ``decide()`` included) against a bare grpc.aio v2 server that runs the
-   same ONNX model without routing. Sequential unary calls from one client,
-   alternating between the two servers call by call; p50, p99 and ratio.
+   same ONNX model without routing. Each server runs in its own process (as
+   the agent does on a device); one client process makes sequential unary
+   calls, alternating between the two servers; p50, p99 and ratio.
 2. In process: ``OnnxModel.run`` + ``score_rows`` + ``decide()`` (with the
    run-time signals) against a bare ``InferenceSession.run``.
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,8 +34,6 @@ import onnxruntime as ort
 from core import codec
 from core.model import OnnxModel
 from core.tensors import InferRequest
-from edge_agent.app import AgentApp
-from edge_agent.settings import AgentSettings
 from edgecloud.examples.digits import write_example
 from protos.inference import grpc_predict_v2_pb2 as pb
 from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -62,48 +63,76 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) * 1e6
 
 
-async def time_calls(stub, requests: list[pb.ModelInferRequest]) -> list[float]:
+def time_calls(stub, requests: list[pb.ModelInferRequest]) -> list[float]:
     out = []
     for request in requests:
         start = time.perf_counter()
-        await stub.ModelInfer(request, timeout=5)
+        stub.ModelInfer(request, timeout=5)
         out.append(time.perf_counter() - start)
     return out
 
 
-async def grpc_comparison(files: Path, calls: int, rows: np.ndarray, per_call: int = 1) -> None:
-    bare = grpc.aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(BareServicer(files / "edge.onnx"), bare)
-    bare_port = bare.add_insecure_port("127.0.0.1:0")
-    await bare.start()
-    agent = AgentApp(AgentSettings(
-        listen="127.0.0.1:0", gateway=None, data_dir=files / "agent",
-        models={"digits": files / "edge.onnx"}, policies=[files / "policy.yaml"],
-        log_level="warning",
-    ))
-    await agent.start()
-    def batch(i: int) -> np.ndarray:
-        index = (np.arange(per_call) + i * per_call) % len(rows)
-        return rows[index]
+def serve_bare(model: Path, port_file: Path) -> None:
+    """The baseline server process (``--serve-bare``)."""
 
-    requests = [
-        codec.encode_infer_request(InferRequest(model_name="digits",
-                                                inputs={"pixels": batch(i)}))
-        for i in range(calls)
-    ]
-    bare_times: list[float] = []
-    agent_times: list[float] = []
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{bare_port}") as c1, \
-            grpc.aio.insecure_channel(agent.address) as c2:
-        s1, s2 = pb_grpc.GRPCInferenceServiceStub(c1), pb_grpc.GRPCInferenceServiceStub(c2)
-        await time_calls(s1, requests[:200])  # warm up both
-        await time_calls(s2, requests[:200])
-        # Alternate call by call so both servers see the same machine noise.
-        for request in requests:
-            bare_times += await time_calls(s1, [request])
-            agent_times += await time_calls(s2, [request])
-    await agent.stop(0.5)
-    await bare.stop(0.5)
+    async def run() -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(BareServicer(model), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        await asyncio.to_thread(port_file.write_text, f"127.0.0.1:{port}")
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
+def _start(args: list[str], port_file: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text().strip():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"server {args[:4]} did not start")
+        time.sleep(0.05)
+    return proc, port_file.read_text().strip()
+
+
+def grpc_comparison(files: Path, calls: int, rows: np.ndarray, per_call: int = 1) -> None:
+    """Each server in its own process, the client in this one, calls alternating."""
+    bare, bare_address = _start(
+        [sys.executable, __file__, "--serve-bare", str(files / "edge.onnx"),
+         str(files / "bare.port")], files / "bare.port")
+    agent, agent_address = _start(
+        [sys.executable, "-m", "edgecloud", "agent", "run", "--listen", "127.0.0.1:0",
+         "--data-dir", str(files / "agent"), "--model", f"digits={files / 'edge.onnx'}",
+         "--policy", str(files / "policy.yaml"), "--port-file", str(files / "agent.port"),
+         "--log-level", "warning"], files / "agent.port")
+    try:
+        def batch(i: int) -> np.ndarray:
+            index = (np.arange(per_call) + i * per_call) % len(rows)
+            return rows[index]
+
+        requests = [
+            codec.encode_infer_request(InferRequest(model_name="digits",
+                                                    inputs={"pixels": batch(i)}))
+            for i in range(calls)
+        ]
+        bare_times: list[float] = []
+        agent_times: list[float] = []
+        with grpc.insecure_channel(bare_address) as c1, grpc.insecure_channel(agent_address) as c2:
+            s1 = pb_grpc.GRPCInferenceServiceStub(c1)
+            s2 = pb_grpc.GRPCInferenceServiceStub(c2)
+            time_calls(s1, requests[:300])  # warm up both
+            time_calls(s2, requests[:300])
+            # Alternate call by call so both servers see the same machine noise.
+            for request in requests:
+                bare_times += time_calls(s1, [request])
+                agent_times += time_calls(s2, [request])
+    finally:
+        for proc in (bare, agent):
+            proc.terminate()
+            proc.wait(10)
+        for name in ("bare.port", "agent.port"):
+            (files / name).unlink(missing_ok=True)
     report(f"gRPC unary, {per_call} row(s) per call, confident (answered at the edge)",
            "bare v2 server", bare_times, "edgecloud agent", agent_times)
 
@@ -146,6 +175,9 @@ def report(title: str, base_name: str, base: list[float], name: str, ours: list[
 
 
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve-bare":
+        serve_bare(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000)
     args = parser.parse_args()
@@ -158,8 +190,8 @@ def main() -> None:
         model = OnnxModel.load(files / "edge.onnx", name="digits")
         confidence, _ = score_rows(policy, model.run({"pixels": x})["probabilities"])
         confident = x[confidence >= policy.threshold]
-        asyncio.run(grpc_comparison(files, args.calls, confident))
-        asyncio.run(grpc_comparison(files, args.calls // 3, confident, per_call=64))
+        grpc_comparison(files, args.calls, confident)
+        grpc_comparison(files, args.calls // 3, confident, per_call=64)
         in_process(files, args.calls * 5, confident)
 
 

@@ -225,3 +225,26 @@ def test_fast_path_agrees_with_the_general_path(temperature, score):
     reference = to_probabilities(probs, "probabilities", temperature)
     np.testing.assert_allclose(confidence, get_score(score).confidence(reference), atol=1e-9)
     np.testing.assert_array_equal(predicted, reference.argmax(axis=1))
+
+
+@pytest.mark.parametrize("kind", ["probabilities", "logits"])
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])
+@pytest.mark.parametrize("score", ["max_prob", "margin", "entropy"])
+def test_single_row_path_agrees_with_batches(kind, temperature, score):
+    """Scoring rows one at a time (the plain-Python path) gives what a batch gives."""
+    from router import Policy
+
+    rng = np.random.default_rng(11)
+    if kind == "probabilities":
+        values = rng.dirichlet(np.ones(10) * 0.4, size=60)
+        values[0] = 0.0
+        values[0, 2] = 1.0
+    else:
+        values = rng.normal(0, 3, size=(60, 10))
+    policy = Policy(name="t", threshold=0.5, score=score, temperature=temperature,
+                    scores_kind=kind)
+    batch_conf, batch_pred = score_rows(policy, values)
+    for i in range(len(values)):
+        conf, pred = score_rows(policy, values[i:i + 1])
+        assert conf[0] == pytest.approx(batch_conf[i], abs=1e-9)
+        assert pred[0] == batch_pred[i]
