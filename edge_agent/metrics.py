@@ -1,16 +1,49 @@
-"""Prometheus metrics of the agent, on a registry owned by the process."""
+"""Prometheus metrics of the agent, on a registry owned by the process.
+
+The request path only bumps plain integers (the agent's data plane runs on
+one event loop thread); a collector turns them into Prometheus families when
+the metrics endpoint is scraped. This keeps the per-request cost to a few
+dictionary updates instead of a lock per counter.
+"""
 
 from __future__ import annotations
 
-from collections import Counter as Tally
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
 from router import Decision
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class _Histogram:
+    """Cumulative-bucket histogram in plain integers."""
+
+    __slots__ = ("counts", "sum", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
+        self.total += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
 
 
 class AgentMetrics:
@@ -18,58 +51,26 @@ class AgentMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self._per_task: dict[str, tuple] = {}
-        self._rows: dict[tuple, object] = {}
-        self.requests = Counter(
-            "edgecloud_agent_requests", "Inference requests answered", ["task"],
-            registry=self.registry,
-        )
-        self.rows = Counter(
-            "edgecloud_agent_rows", "Rows answered, by route and reason",
-            ["task", "route", "reason"], registry=self.registry,
-        )
-        self.latency = Histogram(
-            "edgecloud_agent_latency_seconds", "Request latency at the agent", ["task"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
-        self.rtt = Histogram(
-            "edgecloud_agent_escalation_seconds", "Round trip of successful escalations",
-            ["task"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
-        self.cloud_failures = Counter(
-            "edgecloud_agent_escalation_failures", "Escalations that failed, by error kind",
-            ["task", "kind"], registry=self.registry,
-        )
-        self.shadow_rows = Counter(
-            "edgecloud_agent_shadow_rows", "Shadow-sampled rows answered by the cloud",
-            ["task"], registry=self.registry,
-        )
-        self.shadow_agree = Counter(
-            "edgecloud_agent_shadow_agree", "Shadow rows where edge and cloud agreed",
-            ["task"], registry=self.registry,
-        )
+        self.requests: dict[str, int] = {}
+        self.rows: dict[tuple[str, str, str], int] = {}
+        self.latency: dict[str, _Histogram] = {}
+        self.rtt: dict[str, _Histogram] = {}
+        self.cloud_failures: dict[tuple[str, str], int] = {}
+        self.shadow_rows: dict[str, int] = {}
+        self.shadow_agree: dict[str, int] = {}
+        self.registry.register(_AgentCollector(self))
 
     def observe(self, task: str, decisions: Sequence[Decision], seconds: float) -> None:
         """Count one answered request and its rows."""
-        children = self._per_task.get(task)
-        if children is None:
-            children = (self.requests.labels(task), self.latency.labels(task))
-            self._per_task[task] = children
-        children[0].inc()
-        children[1].observe(seconds)
-        if len(decisions) == 1:
-            self._row_counter(task, decisions[0]).inc()
-            return
-        for (route, reason), count in Tally((d.route, d.reason) for d in decisions).items():
-            self._row_counter(task, Decision(route, reason, 0.0, 0.0)).inc(count)
-
-    def _row_counter(self, task: str, decision: Decision):
-        key = (task, decision.route, decision.reason)
-        child = self._rows.get(key)
-        if child is None:
-            child = self.rows.labels(task, decision.route.value, decision.reason.value)
-            self._rows[key] = child
-        return child
+        self.requests[task] = self.requests.get(task, 0) + 1
+        histogram = self.latency.get(task)
+        if histogram is None:
+            histogram = self.latency[task] = _Histogram()
+        histogram.observe(seconds)
+        rows = self.rows
+        for d in decisions:
+            key = (task, d.route, d.reason)
+            rows[key] = rows.get(key, 0) + 1
 
     def watch_drift(self, service) -> None:
         """Expose each task's drift (PSI, KS p-value, status) at scrape time."""
@@ -77,16 +78,69 @@ class AgentMetrics:
 
     def cloud_rtt(self, task: str, seconds: float) -> None:
         """Record a successful escalation's round trip."""
-        self.rtt.labels(task).observe(seconds)
+        histogram = self.rtt.get(task)
+        if histogram is None:
+            histogram = self.rtt[task] = _Histogram()
+        histogram.observe(seconds)
 
     def cloud_failure(self, task: str, kind: str) -> None:
         """Count a failed escalation."""
-        self.cloud_failures.labels(task, kind).inc()
+        self.cloud_failures[(task, kind)] = self.cloud_failures.get((task, kind), 0) + 1
 
     def shadow(self, task: str, rows: int, agree: int) -> None:
         """Count shadow-sampled rows and how many the edge got right."""
-        self.shadow_rows.labels(task).inc(rows)
-        self.shadow_agree.labels(task).inc(agree)
+        self.shadow_rows[task] = self.shadow_rows.get(task, 0) + rows
+        self.shadow_agree[task] = self.shadow_agree.get(task, 0) + agree
+
+
+def _histogram_family(name: str, doc: str, data: dict[str, _Histogram]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=["task"])
+    for task, h in sorted(data.items()):
+        family.add_metric([task], h.buckets(), h.sum)
+    return family
+
+
+class _AgentCollector:
+    """Turns the agent's plain counters into Prometheus families at scrape time."""
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self._m = metrics
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator:
+        m = self._m
+        requests = CounterMetricFamily("edgecloud_agent_requests", "Inference requests answered",
+                                       labels=["task"])
+        for task, value in sorted(m.requests.items()):
+            requests.add_metric([task], value)
+        yield requests
+        rows = CounterMetricFamily("edgecloud_agent_rows", "Rows answered, by route and reason",
+                                   labels=["task", "route", "reason"])
+        for (task, route, reason), value in sorted(m.rows.items()):
+            rows.add_metric([task, str(route), str(reason)], value)
+        yield rows
+        yield _histogram_family("edgecloud_agent_latency_seconds",
+                                "Request latency at the agent", m.latency)
+        yield _histogram_family("edgecloud_agent_escalation_seconds",
+                                "Round trip of successful escalations", m.rtt)
+        failures = CounterMetricFamily("edgecloud_agent_escalation_failures",
+                                       "Escalations that failed, by error kind",
+                                       labels=["task", "kind"])
+        for (task, kind), value in sorted(m.cloud_failures.items()):
+            failures.add_metric([task, kind], value)
+        yield failures
+        for name, doc, data in (
+            ("edgecloud_agent_shadow_rows", "Shadow-sampled rows answered by the cloud",
+             m.shadow_rows),
+            ("edgecloud_agent_shadow_agree", "Shadow rows where edge and cloud agreed",
+             m.shadow_agree),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["task"])
+            for task, value in sorted(data.items()):
+                family.add_metric([task], value)
+            yield family
 
 
 class _DriftCollector:
@@ -95,10 +149,10 @@ class _DriftCollector:
     def __init__(self, service) -> None:
         self._service = service
 
-    def describe(self):
+    def describe(self) -> list:
         return []
 
-    def collect(self):
+    def collect(self) -> Iterator:
         psi = GaugeMetricFamily("edgecloud_agent_drift_psi",
                                 "Population stability index of recent scores", labels=["task"])
         pvalue = GaugeMetricFamily("edgecloud_agent_drift_ks_pvalue",

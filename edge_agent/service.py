@@ -11,6 +11,7 @@ imports grpc; the v2 servicer in ``core.v2_grpc`` calls :meth:`EdgeService.infer
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +65,8 @@ class TaskVersion:
     """sha256 of the model file, when known (fleet-delivered or hashed at start)."""
     policy_digest: str = ""
     """sha256 of the policy document, when fleet-delivered."""
+    output_names: tuple[str, ...] = ()
+    """The model's output names, in order."""
 
 
 def bind_policy(model: OnnxModel, policy: Policy, model_digest: str = "",
@@ -82,7 +85,8 @@ def bind_policy(model: OnnxModel, policy: Policy, model_digest: str = "",
             f"output {scores_output!r} of model {model.name!r} is {spec.datatype}"
             f"{list(spec.shape)}; class scores must be a float [N, classes] tensor"
         )
-    return TaskVersion(model, policy, scores_output, model_digest, policy_digest)
+    return TaskVersion(model, policy, scores_output, model_digest, policy_digest,
+                       tuple(names))
 
 
 _six_digits = "{:.6g}".format
@@ -161,6 +165,10 @@ _ROUTE_VALUES = frozenset(r.value for r in RouteOverride)
 def request_context(params: Mapping[str, ParamValue], time_left_s: float | None,
                     policy: Policy) -> RequestContext:
     """Read the request parameters the router understands; refuse bad values."""
+    if not params:
+        if time_left_s is None:
+            time_left_s = policy.latency.default_budget_ms / 1000.0
+        return RequestContext(time_left_s=time_left_s)
     route = params.get("route", "auto")
     if not isinstance(route, str) or route not in _ROUTE_VALUES:
         raise InvalidInput(f"parameter 'route' must be auto, edge or cloud (got {route!r})")
@@ -320,21 +328,21 @@ class EdgeService:
                 f"not {request.model_version!r}"
             )
         ctx = request_context(request.parameters, time_left_s, policy)
-        wanted = request.requested_outputs or tuple(s.name for s in model.outputs)
-        unknown = [w for w in wanted if w not in {s.name for s in model.outputs}]
-        if unknown:
-            raise InvalidInput(
-                f"requested output {unknown[0]!r} does not exist; task {task.name!r} has "
-                f"{', '.join(s.name for s in model.outputs)}"
-            )
+        wanted = request.requested_outputs or current.output_names
+        if request.requested_outputs:
+            unknown = [w for w in wanted if w not in current.output_names]
+            if unknown:
+                raise InvalidInput(
+                    f"requested output {unknown[0]!r} does not exist; task {task.name!r} has "
+                    f"{', '.join(current.output_names)}"
+                )
         deadline = started + ctx.time_left_s
         inputs = model.validate_inputs(request.inputs)
         outputs = await self._run_local(task, model, inputs)
         confidence, predicted = score_rows(policy, np.asarray(outputs[current.scores_output]))
         n = int(confidence.shape[0])
 
-        ctx = RequestContext(route=ctx.route, threshold_override=ctx.threshold_override,
-                             time_left_s=max(deadline - self._clock(), 0.0))
+        ctx = dataclasses.replace(ctx, time_left_s=max(deadline - self._clock(), 0.0))
         signals = task.state.signals(n, ctx.route)
         if self._cloud is None:
             signals = Signals(False, signals.cloud_rtt_s, signals.threshold_shift,

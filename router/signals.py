@@ -124,7 +124,10 @@ class EscalationBudget:
 
     def observe(self, escalated: bool | np.ndarray | Iterable[bool]) -> None:
         """Record one row (a bool) or several (an array of bools, in order)."""
-        flags = np.atleast_1d(np.asarray(escalated, dtype=bool)).ravel().tolist()
+        if isinstance(escalated, list):
+            flags = [bool(flag) for flag in escalated]
+        else:
+            flags = np.atleast_1d(np.asarray(escalated, dtype=bool)).ravel().tolist()
         recent = self._recent
         if len(flags) >= recent.maxlen:
             recent.clear()
@@ -328,4 +331,4 @@ class RouterState:
             if d.reason is not Reason.FORCED
         ]
         if flags:
-            self.budget.observe(np.array(flags, dtype=bool))
+            self.budget.observe(flags)

@@ -60,3 +60,19 @@ async def test_drift_shows_in_metrics(start_agent, tmp_path, digits_dir, digits_
     assert "edgecloud_agent_drift_psi" in text
     stable = 'edgecloud_agent_drift_status{status="stable",task="digits"} 1.0'
     assert stable not in text
+
+
+async def test_metrics_count_requests_rows_and_latency(start_agent, digits_test):
+    """The agent's Prometheus output counts requests, rows by route and reason, and
+    latency observations."""
+    agent = await start_agent(None)
+    x, _ = digits_test
+    await answer(agent, x[:10])
+    await answer(agent, x[10:11])
+    text = generate_latest(agent.metrics.registry).decode()
+    assert 'edgecloud_agent_requests_total{task="digits"} 2.0' in text
+    rows = [line for line in text.splitlines()
+            if line.startswith("edgecloud_agent_rows_total{")]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in rows) == 11.0
+    assert 'edgecloud_agent_latency_seconds_count{task="digits"} 2.0' in text
+    assert 'edgecloud_agent_latency_seconds_bucket{le="+Inf",task="digits"} 2.0' in text
