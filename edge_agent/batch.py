@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.datasets import read_npz
 from core.errors import InvalidInput
 from core.tensors import InferRequest
 from edge_agent.service import EdgeService
@@ -44,21 +45,7 @@ class BatchSummary:
 
 def read_inputs(path: Path, input_name: str) -> tuple[np.ndarray, np.ndarray | None]:
     """The input array (key ``X`` or the model input's name) and labels ``y`` if present."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = list(data.keys())
-            key = input_name if input_name in keys else "X" if "X" in keys else None
-            if key is None:
-                raise InvalidInput(
-                    f"{path} has no array named 'X' or {input_name!r} (it has {', '.join(keys)})"
-                )
-            x = data[key]
-            y = data["y"] if "y" in keys else None
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(f"cannot read {path} as .npz: {exc}") from None
-    if y is not None and (y.ndim != 1 or len(y) != len(x)):
-        raise InvalidInput(f"{path}: 'y' must be one label per row of {key!r}")
-    return x, y
+    return read_npz(path, "--input", x_keys=(input_name, "X"))
 
 
 async def run_batch(

@@ -56,7 +56,6 @@ import statistics
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +63,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.datasets import read_npz
 from core.errors import EdgecloudError, InvalidInput
 from core.model import OnnxModel
 
@@ -362,25 +362,10 @@ def _load(src: Path) -> OnnxModel:
 
 def _load_rows(path: Path, flag: str, model: OnnxModel) -> _Rows:
     """Read ``X`` (and ``y`` if present) from an ``.npz`` and check that ``X`` fits the model."""
-    if not path.exists():
-        raise _cli_error(f"{flag}: file {path} does not exist")
-    if not path.is_file():
-        raise _cli_error(f"{flag}: {path} is not a file")
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        raise _cli_error(f"{flag}: {path} is not an .npz archive") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise _cli_error(f"{flag}: {path} is a single .npy array, not an .npz archive with X")
-    with archive:
-        if "X" not in archive.files:
-            held = ", ".join(archive.files) or "nothing"
-            raise _cli_error(f"{flag}: {path} has no array X (it holds: {held})")
-        try:
-            X = archive["X"]
-            y = archive["y"] if "y" in archive.files else None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-            raise _cli_error(f"{flag}: {path} holds an unreadable or pickled array") from None
+        X, y = read_npz(path, flag)
+    except InvalidInput as exc:
+        raise _cli_error(exc.message) from None
     if X.ndim == 0 or len(X) == 0:
         raise _cli_error(f"{flag}: X in {path} has no rows (shape {list(X.shape)})")
     first, _ = next(_chunks(X, _chunk_rows(model, EVAL_CHUNK), _fixed_batch(model)))

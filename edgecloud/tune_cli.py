@@ -35,7 +35,6 @@ import math
 import os
 import sys
 import tempfile
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +43,9 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
+
+from core.datasets import read_npz
+from core.errors import InvalidInput
 
 if TYPE_CHECKING:
     from core.model import OnnxModel
@@ -275,39 +277,12 @@ def _read_policy(path: Path, flag: str) -> Policy:
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise _error(f"--data: file {path} does not exist")
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        raise _error(f"--data {path} is not a readable .npz archive") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise _error(f"--data {path} is a single array, not a .npz archive with X and y")
-    with archive:
-        missing = [key for key in ("X", "y") if key not in archive.files]
-        if missing:
-            have = ", ".join(archive.files) or "nothing"
-            raise _error(f"--data {path} has no array {missing[0]!r} (it has: {have}); "
-                         "it needs X (model input) and y (class indices)")
-        try:
-            x, y = archive["X"], archive["y"]
-        except ValueError:
-            raise _error(f"--data {path}: X and y must be plain numeric arrays") from None
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise _error(f"--data {path}: X has no rows (shape {x.shape})")
-    if x.dtype.kind not in "biuf":
-        raise _error(f"--data {path}: X must be numeric, got dtype {x.dtype}")
-    if y.ndim != 1:
-        raise _error(f"--data {path}: y must be one-dimensional, got shape {y.shape}")
-    if y.shape[0] != x.shape[0]:
-        raise _error(f"--data {path}: X has {x.shape[0]} rows but y has {y.shape[0]}")
-    if y.dtype.kind not in "iu":
-        if y.dtype.kind == "f" and np.isfinite(y).all() and (y % 1 == 0).all():
-            y = y.astype(np.int64)
-        else:
-            raise _error(f"--data {path}: y must hold integer class indices, got dtype {y.dtype}")
-    return x, y.astype(np.int64)
-
+        x, y = read_npz(path, "--data", require_y=True)
+    except InvalidInput as exc:
+        raise _error(exc.message) from None
+    assert y is not None
+    return x, y
 
 def _load_model(path: Path, role: str) -> OnnxModel:
     from core.model import OnnxModel

@@ -133,7 +133,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, Path]:
     [
         (["--data", "{tmp}/missing.npz"], "does not exist"),
         (["--data", "{no_y}"], "no array 'y'"),
-        (["--data", "{mismatch}"], "X has 4 rows but y has 5"),
+        (["--data", "{mismatch}"], "X has 4 rows; y has shape [5]"),
         (["--target-escalation", "1.5"], "--target-escalation must be between 0 and 1"),
         (["--target-escalation", "0.1", "--confidence", "0.9"], "--confidence certifies"),
         (["--target-gap", "0", "--confidence", "0.99"], "smallest gap this data can certify"),
