@@ -27,6 +27,24 @@ inp = grpcclient.InferInput("pixels", list(x.shape), "FP32")
 inp.set_data_from_numpy(x)
 result = client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput("probabilities")])
 meta = client.get_model_metadata(model, as_json=True)
+
+# The streaming API: one request per row, answers collected by the callback.
+import queue
+answers = queue.Queue()
+client.start_stream(callback=lambda result, error: answers.put((result, error)))
+for i in range(len(x)):
+    row = grpcclient.InferInput("pixels", [1, x.shape[1]], "FP32")
+    row.set_data_from_numpy(x[i:i + 1])
+    client.async_stream_infer(model, [row], request_id=str(i))
+client.stop_stream()
+streamed = {}
+while not answers.empty():
+    answer, error = answers.get()
+    assert error is None, error
+    reply = answer.get_response(as_json=True)
+    route = reply.get("parameters", {}).get("route", {}).get("string_param", "cloud")
+    streamed[int(reply["id"])] = (route, answer.as_numpy("probabilities")[0].tolist())
+
 response = result.get_response(as_json=True)
 print(json.dumps({
     "live": client.is_server_live(),
@@ -36,6 +54,7 @@ print(json.dumps({
     "metadata": meta,
     "outputs": result.as_numpy("probabilities").tolist(),
     "parameters": response.get("parameters", {}),
+    "streamed": [streamed[i] for i in range(len(x))],
 }))
 """
 
@@ -53,8 +72,9 @@ async def _run_client(address: str, x_path: Path) -> dict:
 @pytest.mark.e2e
 async def test_tritonclient_against_gateway_and_agent(start_gateway, start_agent, tmp_path,
                                                       digits_test, onnx_reference):
-    """Liveness, readiness, metadata and inference through tritonclient; outputs equal
-    running the ONNX files directly (gateway: cloud model; agent: per-row route)."""
+    """Liveness, readiness, metadata, inference and streaming through tritonclient;
+    outputs equal running the ONNX files directly (gateway: cloud model; agent: per-row
+    route)."""
     gateway = await start_gateway()
     agent = await start_agent(gateway.address)
     x, _ = digits_test
@@ -78,3 +98,9 @@ async def test_tritonclient_against_gateway_and_agent(start_gateway, start_agent
     expected = np.where(np.array(routes)[:, None] == "cloud",
                         onnx_reference("cloud", rows), onnx_reference("edge", rows))
     np.testing.assert_allclose(np.array(from_agent["outputs"]), expected, rtol=1e-5, atol=1e-6)
+    # Streamed rows are routed one by one, as the single call routed them.
+    assert [route for route, _ in from_agent["streamed"]] == routes
+    streamed = np.array([probs for _, probs in from_agent["streamed"]])
+    np.testing.assert_allclose(streamed, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array([p for _, p in from_gateway["streamed"]]),
+                               onnx_reference("cloud", rows), rtol=1e-5, atol=1e-6)
