@@ -37,6 +37,7 @@ import psutil
 from onnx import TensorProto, helper, numpy_helper
 
 from cloud_gateway.app import GatewayApp
+from cloud_gateway.grpc import fleet_servicer
 from cloud_gateway.settings import GatewaySettings
 from core.artifacts import build_model_manifest, build_policy_manifest
 from core.logging import configure_logging
@@ -47,7 +48,7 @@ from edgecloud.operator import GatewayOperator, RegistryOperator
 from protos.fleet.v1 import fleet_pb2 as pb
 from protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
 
-CHUNK = 1 << 20
+CHUNK = fleet_servicer.CHUNK_BYTES
 
 
 def big_model(path: Path, size_mb: float) -> Path:

@@ -230,7 +230,7 @@ class ModelManager:
                 outcomes.extend(outcome)
             self.applied_generation = assignment.generation
             self._state["generation"] = assignment.generation
-            self._save()
+            await self._save()
             self.outcomes.extend(outcomes)
             if outcomes:
                 self.last_outcome = outcomes[-1]
@@ -292,7 +292,8 @@ class ModelManager:
                     policy_digest=(policy_ref.digest if policy is not None and policy_ref
                                    else current.policy_digest if current else ""),
                 )
-                self._remember(name, model_ref, policy_ref if policy is not None else None)
+                await self._remember(name, model_ref,
+                                     policy_ref if policy is not None else None)
                 outcomes.append(self._ok(model_ref, "model"))
                 if policy is not None and policy_ref is not None:
                     outcomes.append(self._ok(policy_ref, "policy"))
@@ -311,7 +312,7 @@ class ModelManager:
             except FailedPrecondition as exc:
                 outcomes.append(self._fail(policy_ref, "policy", exc.message))
                 return outcomes
-            self._remember(name, None, policy_ref)
+            await self._remember(name, None, policy_ref)
             outcomes.append(self._ok(policy_ref, "policy"))
         return outcomes
 
@@ -327,8 +328,8 @@ class ModelManager:
         log.error("swap_failed", kind=kind, task=ref.name, version=ref.version, reason=reason)
         return SwapOutcome(ref.name, ref.version, kind, False, reason, self._clock())
 
-    def _remember(self, name: str, model_ref: ArtifactRef | None,
-                  policy_ref: ArtifactRef | None) -> None:
+    async def _remember(self, name: str, model_ref: ArtifactRef | None,
+                        policy_ref: ArtifactRef | None) -> None:
         tasks = self._state.setdefault("tasks", {})
         entry = tasks.setdefault(name, {})
         if model_ref is not None:
@@ -337,16 +338,18 @@ class ModelManager:
             entry["model"] = _ref_record(model_ref)
         if policy_ref is not None:
             entry["policy"] = _ref_record(policy_ref)
-        self._save()
+        await self._save()
         keep = set()
         for item in tasks.values():
             for key in ("model", "previous_model", "policy"):
                 if key in item:
                     keep.add(item[key]["digest"])
-        self.store.keep_only(keep)
+        await asyncio.to_thread(self.store.keep_only, keep)
 
-    def _save(self) -> None:
-        self.store.save_state(self._state)
+    async def _save(self) -> None:
+        """Write the state off the event loop (a copy, so later edits cannot tear it)."""
+        snapshot = json.loads(json.dumps(self._state))
+        await asyncio.to_thread(self.store.save_state, snapshot)
 
     # -- steps -----------------------------------------------------------------------
 

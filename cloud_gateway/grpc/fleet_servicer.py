@@ -25,7 +25,9 @@ log = structlog.get_logger("edgecloud.gateway.fleet")
 
 FLEET_SERVICE = pb.DESCRIPTOR.services_by_name["FleetService"].full_name
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 3 << 20
+"""Bytes per FetchArtifact message: large enough to keep per-message overhead low, below
+gRPC's default 4 MiB receive limit."""
 MAX_PUBLISH_BYTES = 4 << 30
 
 
