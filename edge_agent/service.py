@@ -11,7 +11,6 @@ imports grpc; the v2 servicer in ``core.v2_grpc`` calls :meth:`EdgeService.infer
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -328,6 +327,7 @@ class EdgeService:
                 f"not {request.model_version!r}"
             )
         ctx = request_context(request.parameters, time_left_s, policy)
+        route, threshold = ctx.route, ctx.threshold_override
         wanted = request.requested_outputs or current.output_names
         if request.requested_outputs:
             unknown = [w for w in wanted if w not in current.output_names]
@@ -342,7 +342,7 @@ class EdgeService:
         confidence, predicted = score_rows(policy, np.asarray(outputs[current.scores_output]))
         n = int(confidence.shape[0])
 
-        ctx = dataclasses.replace(ctx, time_left_s=max(deadline - self._clock(), 0.0))
+        ctx = RequestContext(route, threshold, max(deadline - self._clock(), 0.0))
         signals = task.state.signals(n, ctx.route)
         if self._cloud is None:
             signals = Signals(False, signals.cloud_rtt_s, signals.threshold_shift,
@@ -354,7 +354,7 @@ class EdgeService:
             Decision(Route.EDGE, d.reason, d.score, d.threshold)
             if d.reason is Reason.SAMPLED else d
             for d in decided
-        ]
+        ] if policy.shadow_rate > 0.0 else list(decided)
         hard = [i for i, d in enumerate(decisions) if d.route is Route.CLOUD]
         cloud_version = ""
         edge_scores = outputs[current.scores_output]  # before cloud answers are spliced in
@@ -364,7 +364,8 @@ class EdgeService:
             if self._hard_examples is not None:
                 self._keep_hard_examples(task, current, inputs, edge_scores, outputs,
                                          decisions, hard)
-        self._shadow(task, current, inputs, outputs, decisions)
+        if policy.shadow_rate > 0.0:
+            self._shadow(task, current, inputs, outputs, decisions)
         self._metrics.observe(task.name, decisions, self._clock() - started)
         counters = task.counters
         counters.requests += 1
@@ -406,19 +407,16 @@ class EdgeService:
         woke up); anything slower runs on the worker threads so the loop keeps
         serving other requests.
         """
-        rows = next(iter(inputs.values())).shape[0] if inputs else 1
-        if task.run_seconds_per_row is not None and (
-            task.run_seconds_per_row * max(rows, 1) < self._inline_below_s
-        ):
-            started = time.perf_counter()
+        rows = max(next(iter(inputs.values())).shape[0] if inputs else 1, 1)
+        per_row = task.run_seconds_per_row
+        started = time.perf_counter()
+        if per_row is not None and per_row * rows < self._inline_below_s:
             outputs = model.run(inputs, validated=True)
         else:
-            started = time.perf_counter()
             outputs = await model.run_async(inputs, executor=self._executor, validated=True)
-        per_row = (time.perf_counter() - started) / max(rows, 1)
-        previous = task.run_seconds_per_row
-        task.run_seconds_per_row = per_row if previous is None else 0.9 * previous + 0.1 * per_row
-        return dict(outputs)
+        took = (time.perf_counter() - started) / rows
+        task.run_seconds_per_row = took if per_row is None else 0.9 * per_row + 0.1 * took
+        return outputs
 
     async def _check_cloud(self, task: Task, model: OnnxModel, timeout_s: float) -> None:
         """Refuse a cloud model whose signature does not match the task's (once)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -214,7 +213,7 @@ def test_decision_is_a_frozen_value() -> None:
     """Decisions compare by value and cannot be changed."""
     a = Decision(route=E, reason=R.CONFIDENT, score=0.9, threshold=0.5)
     assert a == Decision(route=E, reason=R.CONFIDENT, score=0.9, threshold=0.5)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         a.route = C  # type: ignore[misc]
 
 
