@@ -66,6 +66,7 @@ class GatewayService:
         self._metrics = metrics
         self._clock = clock
         self._models: dict[str, _Served] = {}
+        self._retiring: set[asyncio.Task] = set()
         self._ready = False
 
     @property
@@ -90,8 +91,10 @@ class GatewayService:
         log.info("model_serving", model=model.name, version=model.version,
                  batched=batcher is not None)
         if old is not None and old.batcher is not None:
+            # The old version finishes what it has queued, then stops.
             task = asyncio.get_running_loop().create_task(old.batcher.aclose())
-            task.add_done_callback(lambda _t: None)
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     def set_ready(self, ready: bool) -> None:
         """Readiness as reported by ServerReady (false while draining)."""
@@ -170,6 +173,7 @@ class GatewayService:
 
     async def aclose(self) -> None:
         """Stop every batcher and the worker threads."""
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for served in self._models.values():
             if served.batcher is not None:
                 await served.batcher.aclose()

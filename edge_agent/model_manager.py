@@ -37,6 +37,8 @@ from router import Policy, PolicyError, parse_policy
 log = structlog.get_logger("edgecloud.agent.models")
 
 FETCH_ATTEMPTS = 3
+MAX_UNREPORTED = 100
+"""Swap outcomes kept for the next status report."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +234,7 @@ class ModelManager:
             self._state["generation"] = assignment.generation
             await self._save()
             self.outcomes.extend(outcomes)
+            del self.outcomes[:-MAX_UNREPORTED]  # bounded while the gateway is unreachable
             if outcomes:
                 self.last_outcome = outcomes[-1]
             return outcomes
