@@ -9,6 +9,7 @@ dictionary updates instead of a lock per counter.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry
@@ -68,9 +69,13 @@ class AgentMetrics:
             histogram = self.latency[task] = _Histogram()
         histogram.observe(seconds)
         rows = self.rows
-        for d in decisions:
-            key = (task, d.route, d.reason)
+        if len(decisions) == 1:
+            key = (task, decisions[0].route, decisions[0].reason)
             rows[key] = rows.get(key, 0) + 1
+            return
+        for (route, reason), count in Counter((d.route, d.reason) for d in decisions).items():
+            key = (task, route, reason)
+            rows[key] = rows.get(key, 0) + count
 
     def watch_drift(self, service) -> None:
         """Expose each task's drift (PSI, KS p-value, status) at scrape time."""

@@ -254,3 +254,30 @@ def test_mismatched_shapes_are_refused() -> None:
         decide(POLICY, np.array([[0.5]]), np.array([[0]]))
     with pytest.raises(ValueError, match="sampled"):
         decide(POLICY, np.array([0.5]), np.array([0]), signals=Signals(sampled=np.ones(2)))
+
+
+@pytest.mark.parametrize("available", [True, False])
+@pytest.mark.parametrize("rtt", [None, 0.05, 5.0])
+@pytest.mark.parametrize("shift", [0.0, -0.2, 0.3])
+def test_many_rows_decide_like_one_row_at_a_time(available, rtt, shift) -> None:
+    """Large requests (array path) get exactly the decisions of the per-row path."""
+    rng = np.random.default_rng(5)
+    conf = rng.random(200)
+    conf[:5] = np.nan
+    predicted = rng.integers(0, 10, 200)
+    policy = Policy(name="t", threshold=0.5, class_thresholds={3: 0.8, 7: 0.2})
+    sampled = rng.random(200) < 0.3
+    signals = Signals(cloud_available=available, cloud_rtt_s=rtt, threshold_shift=shift,
+                      sampled=sampled)
+    ctx = RequestContext(time_left_s=1.0)
+    many = decide(policy, conf, predicted, ctx, signals)
+    one_by_one = [
+        decide(policy, conf[i:i + 1], predicted[i:i + 1], ctx,
+               Signals(cloud_available=available, cloud_rtt_s=rtt, threshold_shift=shift,
+                       sampled=sampled[i:i + 1]))[0]
+        for i in range(200)
+    ]
+    for got, want in zip(many, one_by_one, strict=True):
+        assert (got.route, got.reason, got.threshold) == (want.route, want.reason,
+                                                          want.threshold)
+        assert got.score == want.score or (np.isnan(got.score) and np.isnan(want.score))
