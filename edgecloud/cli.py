@@ -250,12 +250,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edgecloud`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
     from core.logging import configure_logging
 
     # Library warnings go to stderr, never into a command's output; servers
     # reconfigure with their own settings.
     configure_logging("auto", "warning")
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command: user errors become one line on stderr and exit code 2."""
+    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
     except (CliError, EdgecloudError) as exc:

@@ -18,13 +18,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from edgecloud.cli import CliError
+
 TARGET_HELP = "gateway admin address (HOST:PORT), or --data-dir for a registry directory"
-
-
-def _cli_error(message: str) -> Exception:
-    from edgecloud.cli import CliError
-
-    return CliError(message)
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
@@ -86,7 +82,7 @@ def cmd_models_publish(args: argparse.Namespace) -> int:
     from core.artifacts import build_model_manifest
 
     if not args.file.is_file():
-        raise _cli_error(f"model file {args.file} does not exist")
+        raise CliError(f"model file {args.file} does not exist")
     op = _operator(args)
     try:
         version = args.version or op.next_version("model", args.name, args.target)
@@ -122,7 +118,7 @@ def _rollout_line(record: dict) -> str:
 
 def cmd_models_rollout(args: argparse.Namespace) -> int:
     if not 0.0 <= args.percent <= 100.0:
-        raise _cli_error("--percent must be within 0 and 100")
+        raise CliError("--percent must be within 0 and 100")
     op = _operator(args)
     try:
         record = op.rollout("start", args.name, version=args.version, percent=args.percent,
@@ -184,13 +180,13 @@ def cmd_policy_publish(args: argparse.Namespace) -> int:
     try:
         document = args.file.read_bytes()
     except OSError as exc:
-        raise _cli_error(f"cannot read {args.file}: {exc.strerror}") from None
+        raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
     try:
         policy = parse_policy(document)
     except PolicyError as exc:
-        raise _cli_error(f"{args.file}: {exc}") from None
+        raise CliError(f"{args.file}: {exc}") from None
     if policy.name != args.name:
-        raise _cli_error(f"{args.file} is a policy for task {policy.name!r}, not {args.name!r}")
+        raise CliError(f"{args.file} is a policy for task {policy.name!r}, not {args.name!r}")
     manifest = build_policy_manifest(document, name=policy.name, version=policy.version)
     data = manifest.canonical()
     op = _operator(args)

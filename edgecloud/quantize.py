@@ -66,6 +66,7 @@ import numpy as np
 from core.datasets import read_npz
 from core.errors import EdgecloudError, InvalidInput
 from core.model import OnnxModel
+from edgecloud.cli import CliError
 
 if TYPE_CHECKING:
     import onnx
@@ -107,13 +108,6 @@ _ZERO_POINT_INPUTS: dict[str, frozenset[int]] = {
 _ML_DOMAIN = "ai.onnx.ml"
 _DEFAULT_OPSET = 13  # for graphs that import no default-domain opset: Softmax over one axis
 _POST_TRANSFORMS = {"NONE": None, "SOFTMAX": "Softmax", "LOGISTIC": "Sigmoid"}
-
-
-def _cli_error(message: str) -> Exception:
-    """A :class:`edgecloud.cli.CliError`; imported late, as ``edgecloud.cli`` imports us."""
-    from edgecloud.cli import CliError
-
-    return CliError(message)
 
 
 # --------------------------------------------------------------------------- report
@@ -206,11 +200,11 @@ def quantize_model(
     """
     src, out = Path(src), Path(out)
     if method not in METHODS:
-        raise _cli_error(f"--method must be one of {', '.join(METHODS)} (got {method!r})")
+        raise CliError(f"--method must be one of {', '.join(METHODS)} (got {method!r})")
     if method == "static" and calibration is None:
-        raise _cli_error("--method static needs --calibration DATA.npz to calibrate on")
+        raise CliError("--method static needs --calibration DATA.npz to calibrate on")
     if repeats < 1:
-        raise _cli_error("repeats must be at least 1")
+        raise CliError("repeats must be at least 1")
     _check_paths(src, out)
     onnx, quantization = _import_quantizer()
 
@@ -227,7 +221,7 @@ def quantize_model(
     try:
         source_proto = onnx.load(str(src))
     except Exception:
-        raise _cli_error(f"cannot read {src} as an ONNX model") from None
+        raise CliError(f"cannot read {src} as an ONNX model") from None
     prepared = onnx.ModelProto()
     prepared.CopyFrom(source_proto)
     notes = _merge_opset_imports(prepared)
@@ -260,18 +254,18 @@ def quantize_model(
             quantized_proto = onnx.load(str(quantized_path))
         except Exception as exc:
             reason = _first_line(exc)
-            raise _cli_error(
+            raise CliError(
                 f"ONNX Runtime could not quantize {src} ({method}): {reason}"
             ) from None
 
     tensors, values = _quantized_weights(prepared, quantized_proto)
     if tensors == 0:
-        raise _cli_error(_nothing_to_quantize(src, prepared, method))
+        raise CliError(_nothing_to_quantize(src, prepared, method))
 
     try:
         quantized = OnnxModel.from_bytes(blob, name=f"{src.stem}-int8")
     except EdgecloudError as exc:
-        raise _cli_error(
+        raise CliError(
             f"the quantized model does not load in OnnxModel ({exc.message}); nothing written"
         ) from None
     _check_signature(original, quantized)
@@ -324,7 +318,7 @@ def _import_quantizer():
         import onnx
         from onnxruntime import quantization
     except ImportError as exc:
-        raise _cli_error(
+        raise CliError(
             f"models quantize needs the '{exc.name}' package (pip install onnx)"
         ) from None
     return onnx, quantization
@@ -332,25 +326,25 @@ def _import_quantizer():
 
 def _check_paths(src: Path, out: Path) -> None:
     if not src.exists():
-        raise _cli_error(f"model file {src} does not exist")
+        raise CliError(f"model file {src} does not exist")
     if not src.is_file():
-        raise _cli_error(f"model {src} is not a file")
+        raise CliError(f"model {src} is not a file")
     if out.exists() and out.is_dir():
-        raise _cli_error(f"--out {out} is a directory; give a file name")
+        raise CliError(f"--out {out} is a directory; give a file name")
     if not out.parent.is_dir():
-        raise _cli_error(f"--out: folder {out.parent} does not exist")
+        raise CliError(f"--out: folder {out.parent} does not exist")
     if out.exists() and out.resolve() == src.resolve():
-        raise _cli_error("--out must not be the model being quantized")
+        raise CliError("--out must not be the model being quantized")
 
 
 def _load(src: Path) -> OnnxModel:
     try:
         model = OnnxModel.load(src, name=src.stem)
     except InvalidInput as exc:
-        raise _cli_error(exc.message) from None
+        raise CliError(exc.message) from None
     if len(model.inputs) != 1:
         names = ", ".join(spec.name for spec in model.inputs)
-        raise _cli_error(
+        raise CliError(
             f"{src} takes {len(model.inputs)} inputs ({names}); models quantize handles "
             f"models with exactly one input, which an .npz array X can feed"
         )
@@ -365,20 +359,20 @@ def _load_rows(path: Path, flag: str, model: OnnxModel) -> _Rows:
     try:
         X, y = read_npz(path, flag)
     except InvalidInput as exc:
-        raise _cli_error(exc.message) from None
+        raise CliError(exc.message) from None
     if X.ndim == 0 or len(X) == 0:
-        raise _cli_error(f"{flag}: X in {path} has no rows (shape {list(X.shape)})")
+        raise CliError(f"{flag}: X in {path} has no rows (shape {list(X.shape)})")
     first, _ = next(_chunks(X, _chunk_rows(model, EVAL_CHUNK), _fixed_batch(model)))
     try:
         model.validate_inputs({model.inputs[0].name: first})
     except InvalidInput as exc:
-        raise _cli_error(
+        raise CliError(
             f"{flag}: X in {path} (shape {list(X.shape)}, {X.dtype}) does not fit the model: "
             f"{exc.message}"
         ) from None
     if y is not None:
         if y.ndim != 1 or len(y) != len(X) or y.dtype.kind not in "iu":
-            raise _cli_error(
+            raise CliError(
                 f"{flag}: y in {path} must be integer labels, one per row of X "
                 f"(X has {len(X)} rows; y is {y.dtype} with shape {list(y.shape)})"
             )
@@ -392,7 +386,7 @@ def _random_rows(model: OnnxModel) -> _Rows:
     if not spec.shape or any(dim < 0 for dim in fixed) or spec.datatype not in (
         "FP16", "FP32", "FP64",
     ):
-        raise _cli_error(
+        raise CliError(
             f"cannot make sample rows for input '{spec.name}' ({spec.datatype} "
             f"{list(spec.shape)}); give rows to measure on with --eval or --calibration DATA.npz"
         )
@@ -432,7 +426,7 @@ def _run_rows(model: OnnxModel, X: np.ndarray) -> dict[str, np.ndarray]:
             for key, value in model.run({name: chunk}).items():
                 parts[key].append(value[:real] if value.ndim else value)
     except EdgecloudError as exc:
-        raise _cli_error(f"running {model.name} failed: {exc.message}") from None
+        raise CliError(f"running {model.name} failed: {exc.message}") from None
     return {key: np.concatenate(values) if values[0].ndim else values[0]
             for key, values in parts.items()}
 
@@ -504,7 +498,7 @@ def _latencies(
                     models[k].run(feed, validated=True)
                     samples[k].append((time.perf_counter_ns() - start) / 1000.0)
         except EdgecloudError as exc:
-            raise _cli_error(f"timing the models failed: {exc.message}") from None
+            raise CliError(f"timing the models failed: {exc.message}") from None
         figures[rows] = (statistics.median(samples[0]), statistics.median(samples[1]))
     return figures
 
@@ -571,7 +565,7 @@ def _check_signature(original: OnnxModel, quantized: OnnxModel) -> None:
         ("outputs", original.outputs, quantized.outputs),
     ):
         if before != after:
-            raise _cli_error(
+            raise CliError(
                 f"the quantized model's {what} differ from the original's "
                 f"({_describe(after)} instead of {_describe(before)}); nothing written"
             )
@@ -732,7 +726,7 @@ def _check_rewrite(original: OnnxModel, prepared: onnx.ModelProto, rows: _Rows, 
     try:
         rewritten = OnnxModel.from_bytes(prepared.SerializeToString(), name=f"{src.stem}-rewritten")
     except EdgecloudError as exc:
-        raise _cli_error(
+        raise CliError(
             f"rewriting {src} for quantization gave a model that does not load ({exc.message})"
         ) from None
     X = rows.X[:EVAL_CHUNK]
@@ -746,7 +740,7 @@ def _check_rewrite(original: OnnxModel, prepared: onnx.ModelProto, rows: _Rows, 
         else:
             same = got is not None and np.array_equal(got, value)
         if not same:
-            raise _cli_error(
+            raise CliError(
                 f"rewriting the LinearClassifier of {src} as MatMul changed output '{key}'; "
                 "this model cannot be quantized here"
             )
@@ -783,7 +777,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise _cli_error(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 # --------------------------------------------------------------------------- command
@@ -875,21 +869,13 @@ def register(models_subparsers) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``edgecloud models quantize ...`` on its own (``python -m edgecloud.quantize``)."""
-    from edgecloud.cli import EXIT_USAGE, CliError
+    from edgecloud.cli import run
 
     parser = argparse.ArgumentParser(prog="edgecloud")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     models = sub.add_parser("models", help="work with model files")
     register(models.add_subparsers(dest="models_command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except (CliError, EdgecloudError) as exc:
-        message = exc.message if isinstance(exc, EdgecloudError) else str(exc)
-        print(f"edgecloud: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ shadow samples an agent logged, one JSON object per line,
 field, so the cloud's answer stands in for the truth and "accuracy" means
 agreement with the cloud (see :func:`router.tuner.field_arrays`).
 
-:func:`register` adds the commands to the ``edgecloud`` parser; :func:`main`
+:func:`register_policy_commands` adds the commands under `edgecloud policy`; :func:`main`
 runs them on their own (``python -m edgecloud.tune_cli policy tune ...``).
 Bad input raises ``edgecloud.cli.CliError``, which the command prints as
 ``edgecloud: error: ...`` with exit code 2.
@@ -46,6 +46,7 @@ from rich.table import Table
 
 from core.datasets import read_npz
 from core.errors import InvalidInput
+from edgecloud.cli import CliError
 
 if TYPE_CHECKING:
     from core.model import OnnxModel
@@ -57,32 +58,7 @@ DEFAULT_TARGET_GAP = 0.005
 SCORE_CHOICES = ("margin", "max_prob", "entropy")
 
 
-def _error(message: str) -> Exception:
-    from edgecloud.cli import CliError
-
-    return CliError(message)
-
-
 # ----------------------------------------------------------------------------- parser
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``policy tune`` and ``policy show`` to the ``edgecloud`` subcommands.
-
-    When ``subparsers`` already has a ``policy`` command (another module adds
-    ``policy publish``), ``tune`` and ``show`` join its subcommands.
-    """
-    existing = subparsers.choices.get("policy")
-    if existing is None:
-        policy = subparsers.add_parser("policy", help="routing policies")
-        commands = policy.add_subparsers(dest="policy_command", required=True,
-                                         metavar="COMMAND")
-    else:
-        found = [a for a in existing._actions if isinstance(a, argparse._SubParsersAction)]
-        if not found:
-            raise ValueError("the existing 'policy' command has no subcommands to join")
-        commands = found[0]
-    register_policy_commands(commands)
 
 
 def register_policy_commands(commands: argparse._SubParsersAction) -> None:
@@ -137,18 +113,14 @@ def register_policy_commands(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``policy tune`` or ``policy show`` as the ``edgecloud`` command would."""
-    from core.errors import EdgecloudError
-    from edgecloud.cli import EXIT_USAGE, CliError
+    from edgecloud.cli import run
 
     parser = argparse.ArgumentParser(prog="edgecloud")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except (CliError, EdgecloudError) as exc:
-        message = exc.message if isinstance(exc, EdgecloudError) else str(exc)
-        print(f"edgecloud: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    policy = sub.add_parser("policy", help="routing policies")
+    register_policy_commands(policy.add_subparsers(dest="policy_command", required=True,
+                                                   metavar="COMMAND"))
+    return run(parser.parse_args(argv))
 
 
 # ----------------------------------------------------------------------------- tune
@@ -167,23 +139,23 @@ def cmd_policy_tune(args: argparse.Namespace) -> int:
 
     target_escalation, target_gap, confidence = _targets(args)
     if args.chunk_rows < 1:
-        raise _error("--chunk-rows must be at least 1")
+        raise CliError("--chunk-rows must be at least 1")
     if args.temperature is not None and not (
         math.isfinite(args.temperature) and args.temperature > 0
     ):
-        raise _error("--temperature must be a number > 0")
+        raise CliError("--temperature must be a number > 0")
     _check_output(args.out, "--out")
     if args.plot is not None:
         _check_output(args.plot, "--plot")
         if importlib.util.find_spec("matplotlib") is None:
-            raise _error("--plot needs matplotlib, which is not installed; "
+            raise CliError("--plot needs matplotlib, which is not installed; "
                          "install it with: pip install 'edgecloud[plot]'")
     base = None
     if args.base is not None:
         try:
             base = _read_policy(args.base, "--base")
         except PolicyError as exc:
-            raise _error(f"--base {args.base}: {exc}") from None
+            raise CliError(f"--base {args.base}: {exc}") from None
     kind = args.scores_kind or (base.scores_kind.value if base is not None else "probabilities")
     tuned_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     options: dict[str, Any] = {
@@ -201,7 +173,7 @@ def cmd_policy_tune(args: argparse.Namespace) -> int:
     try:
         if args.data is not None:
             if args.edge is None or args.cloud is None:
-                raise _error("--data needs both --edge and --cloud models")
+                raise CliError("--data needs both --edge and --cloud models")
             edge_scores, cloud_scores, y, output = _score_data(args, base, console)
             start = base if base is not None else Policy(name=args.name or "task", threshold=0.5)
             if base is None or base.scores_output is not None:
@@ -223,7 +195,7 @@ def cmd_policy_tune(args: argparse.Namespace) -> int:
             )
             policy, report = tune_from_field(records, **options)
     except ValueError as exc:  # TuningError included
-        raise _error(str(exc)) from None
+        raise CliError(str(exc)) from None
 
     _write_atomically(args.out, dump_policy(policy))
     if args.plot is not None:
@@ -241,38 +213,38 @@ def _targets(args: argparse.Namespace) -> tuple[float | None, float | None, floa
     rate, gap, confidence = args.target_escalation, args.target_gap, args.confidence
     if rate is not None:
         if not 0.0 < rate < 1.0:
-            raise _error(f"--target-escalation must be between 0 and 1 (exclusive), got {rate}")
+            raise CliError(f"--target-escalation must be between 0 and 1 (exclusive), got {rate}")
         if confidence is not None:
-            raise _error("--confidence certifies a --target-gap; it does not go with "
+            raise CliError("--confidence certifies a --target-gap; it does not go with "
                          "--target-escalation")
         return rate, None, None
     if gap is None:
         gap = DEFAULT_TARGET_GAP
     if not 0.0 <= gap < 1.0:
-        raise _error(f"--target-gap must be at least 0 and below 1, got {gap}")
+        raise CliError(f"--target-gap must be at least 0 and below 1, got {gap}")
     if confidence is not None and not 0.0 < confidence < 1.0:
-        raise _error(f"--confidence must be between 0 and 1 (exclusive), got {confidence}")
+        raise CliError(f"--confidence must be between 0 and 1 (exclusive), got {confidence}")
     return None, gap, confidence
 
 
 def _check_output(path: Path, flag: str) -> None:
     if path.is_dir():
-        raise _error(f"{flag} {path} is a directory; give a file name")
+        raise CliError(f"{flag} {path} is a directory; give a file name")
     if not path.parent.is_dir():
-        raise _error(f"{flag} {path}: folder {path.parent} does not exist")
+        raise CliError(f"{flag} {path}: folder {path.parent} does not exist")
 
 
 def _read_policy(path: Path, flag: str) -> Policy:
     from router import parse_policy
 
     if not path.exists():
-        raise _error(f"{flag}: file {path} does not exist")
+        raise CliError(f"{flag}: file {path} does not exist")
     if not path.is_file():
-        raise _error(f"{flag}: {path} is not a file")
+        raise CliError(f"{flag}: {path} is not a file")
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise _error(f"{flag}: cannot read {path}: {exc.strerror}") from None
+        raise CliError(f"{flag}: cannot read {path}: {exc.strerror}") from None
     return parse_policy(data)
 
 
@@ -280,7 +252,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         x, y = read_npz(path, "--data", require_y=True)
     except InvalidInput as exc:
-        raise _error(exc.message) from None
+        raise CliError(exc.message) from None
     assert y is not None
     return x, y
 
@@ -288,14 +260,14 @@ def _load_model(path: Path, role: str) -> OnnxModel:
     from core.model import OnnxModel
 
     if not path.is_file():
-        raise _error(f"--{role}: file {path} does not exist")
+        raise CliError(f"--{role}: file {path} does not exist")
     model = OnnxModel.load(path, name=role)
     if len(model.inputs) != 1:
         names = ", ".join(spec.name for spec in model.inputs)
-        raise _error(f"--{role} model {path} takes {len(model.inputs)} inputs ({names}); "
+        raise CliError(f"--{role} model {path} takes {len(model.inputs)} inputs ({names}); "
                      "the tuner feeds X to a model with exactly one input")
     if model.inputs[0].datatype == "BYTES":
-        raise _error(f"--{role} model {path} takes strings; the tuner feeds numeric X")
+        raise CliError(f"--{role} model {path} takes strings; the tuner feeds numeric X")
     return model
 
 
@@ -304,7 +276,7 @@ def _pick_output(model: OnnxModel, role: str, wanted: str | None) -> str:
     if wanted is None:
         return names[0]
     if wanted not in names:
-        raise _error(f"--{role} model has no output {wanted!r} (the base policy's "
+        raise CliError(f"--{role} model has no output {wanted!r} (the base policy's "
                      f"scores_output); its outputs are {', '.join(names)}")
     return wanted
 
@@ -336,10 +308,10 @@ def _score_data(
                 try:
                     out = model.run({spec.name: chunk}, [outputs[role]])[outputs[role]]
                 except EdgecloudError as exc:
-                    raise _error(f"the {role} model cannot run on {args.data}: "
+                    raise CliError(f"the {role} model cannot run on {args.data}: "
                                  f"{exc.message}") from None
                 if out.ndim != 2 or out.shape[0] != len(chunk) or out.dtype.kind not in "biuf":
-                    raise _error(
+                    raise CliError(
                         f"the {role} model's output {outputs[role]!r} has shape "
                         f"{list(out.shape)} ({out.dtype}); the tuner needs class scores [N, K]"
                     )
@@ -348,17 +320,17 @@ def _score_data(
     edge = np.concatenate(results["edge"])
     cloud = np.concatenate(results["cloud"])
     if edge.shape[1] != cloud.shape[1]:
-        raise _error(f"the edge model scores {edge.shape[1]} classes but the cloud model "
+        raise CliError(f"the edge model scores {edge.shape[1]} classes but the cloud model "
                      f"{cloud.shape[1]}; they must share the classes")
     if y.min() < 0 or y.max() >= edge.shape[1]:
-        raise _error(f"--data {args.data}: y holds classes {y.min()}..{y.max()}, but the "
+        raise CliError(f"--data {args.data}: y holds classes {y.min()}..{y.max()}, but the "
                      f"models score {edge.shape[1]} classes (0..{edge.shape[1] - 1})")
     return edge, cloud, y, outputs["edge"]
 
 
 def _read_field(path: Path) -> list[tuple[list[float], list[float]]]:
     if not path.is_file():
-        raise _error(f"--field: file {path} does not exist")
+        raise CliError(f"--field: file {path} does not exist")
     records: list[tuple[list[float], list[float]]] = []
     classes: int | None = None
     try:
@@ -370,9 +342,9 @@ def _read_field(path: Path) -> list[tuple[list[float], list[float]]]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise _error(f"{where}: not JSON ({exc.msg})") from None
+                    raise CliError(f"{where}: not JSON ({exc.msg})") from None
                 if not isinstance(record, dict) or "edge" not in record or "cloud" not in record:
-                    raise _error(f'{where}: expected an object with "edge" and "cloud" lists')
+                    raise CliError(f'{where}: expected an object with "edge" and "cloud" lists')
                 pair = []
                 for key in ("edge", "cloud"):
                     values = record[key]
@@ -383,23 +355,23 @@ def _read_field(path: Path) -> list[tuple[list[float], list[float]]]:
                             isinstance(v, int | float) and not isinstance(v, bool) for v in values
                         )
                     ):
-                        raise _error(f'{where}: "{key}" must be a non-empty list of numbers')
+                        raise CliError(f'{where}: "{key}" must be a non-empty list of numbers')
                     pair.append(values)
                 if len(pair[0]) != len(pair[1]):
-                    raise _error(f"{where}: edge has {len(pair[0])} scores but cloud has "
+                    raise CliError(f"{where}: edge has {len(pair[0])} scores but cloud has "
                                  f"{len(pair[1])}")
                 if classes is None:
                     classes = len(pair[0])
                 elif len(pair[0]) != classes:
-                    raise _error(f"{where}: {len(pair[0])} classes, but earlier lines have "
+                    raise CliError(f"{where}: {len(pair[0])} classes, but earlier lines have "
                                  f"{classes}")
                 records.append((pair[0], pair[1]))
     except UnicodeDecodeError:
-        raise _error(f"--field {path} is not UTF-8 text") from None
+        raise CliError(f"--field {path} is not UTF-8 text") from None
     except OSError as exc:
-        raise _error(f"--field: cannot read {path}: {exc.strerror}") from None
+        raise CliError(f"--field: cannot read {path}: {exc.strerror}") from None
     if not records:
-        raise _error(f"--field {path} holds no records")
+        raise CliError(f"--field {path} holds no records")
     return records
 
 
@@ -408,7 +380,7 @@ def _write_atomically(path: Path, text: str) -> None:
     try:
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise _error(f"cannot write {path}: {exc.strerror}") from None
+        raise CliError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
@@ -419,7 +391,7 @@ def _write_atomically(path: Path, text: str) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        raise _error(f"cannot write {path}: {exc.strerror}") from None
+        raise CliError(f"cannot write {path}: {exc.strerror}") from None
     # Make the rename itself durable; not every platform can open a directory.
     with contextlib.suppress(OSError):
         directory = os.open(path.parent, os.O_RDONLY)
@@ -485,7 +457,7 @@ def _plot(report: TuningReport, name: str, path: Path) -> None:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise _error("--plot needs matplotlib, which is not installed; "
+        raise CliError("--plot needs matplotlib, which is not installed; "
                      "install it with: pip install 'edgecloud[plot]'") from None
 
     figure = Figure(figsize=(7.5, 4.8), layout="constrained")
@@ -521,7 +493,7 @@ def _plot(report: TuningReport, name: str, path: Path) -> None:
     try:
         figure.savefig(path, format="png", dpi=120)
     except OSError as exc:
-        raise _error(f"cannot write the plot {path}: {exc.strerror}") from None
+        raise CliError(f"cannot write the plot {path}: {exc.strerror}") from None
 
 
 # ----------------------------------------------------------------------------- show
@@ -537,7 +509,7 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
     try:
         policy = _read_policy(args.file, "policy show")
     except PolicyError as exc:
-        raise _error(f"{args.file}: {exc}") from None
+        raise CliError(f"{args.file}: {exc}") from None
     console = Console()
     table = Table(title=f"policy {policy.name} version {policy.version} ({args.file})")
     table.add_column("field")

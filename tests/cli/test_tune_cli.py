@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from edgecloud.tune_cli import main, register
+from edgecloud.tune_cli import main
 from router import BudgetPolicy, Policy, dump_policy, parse_policy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -177,15 +176,3 @@ def test_plot_without_matplotlib_is_a_clear_error(digits_dir, tmp_path, monkeypa
     assert main(_tune_args(digits_dir, out, "--plot", str(tmp_path / "c.png"))) == 2
     assert "edgecloud[plot]" in capsys.readouterr().err
     assert not out.exists()
-
-
-def test_register_joins_an_existing_policy_command() -> None:
-    """When another module already added `policy`, tune and show join its subcommands."""
-    parser = argparse.ArgumentParser(prog="edgecloud")
-    sub = parser.add_subparsers(dest="command", required=True)
-    policy = sub.add_parser("policy")
-    policy.add_subparsers(dest="policy_command", required=True).add_parser("publish")
-    register(sub)
-    args = parser.parse_args(["policy", "show", "p.yaml"])
-    assert args.handler.__name__ == "cmd_policy_show"
-    assert parser.parse_args(["policy", "publish"]).policy_command == "publish"
