@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.errors import InvalidInput
+from core.errors import EdgecloudError, FailedPrecondition, InvalidInput
 from core.tensors import V2_TO_NUMPY, TensorSpec
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -198,3 +198,45 @@ def build_policy_manifest(document: bytes, *, name: str, version: str) -> Manife
                         digest=sha256_bytes(document), size=len(document), created=now_iso())
     except ValidationError as exc:
         raise InvalidInput(f"invalid policy name or version: {exc.errors()[0]['msg']}") from None
+
+
+def smoke_test(model, manifest: Manifest, *, require_sample: bool = True) -> None:
+    """Run the manifest's sample on a loaded model before it serves anything.
+
+    The outputs must be finite, have the shapes the manifest declares, and
+    match its expected outputs when it has them. Raises
+    :class:`~core.errors.FailedPrecondition` saying what failed. Without a
+    sample the check fails, or is skipped when ``require_sample`` is false.
+    """
+    if not manifest.sample_input:
+        if require_sample:
+            raise FailedPrecondition("manifest has no sample input for the smoke test")
+        return
+    try:
+        outputs = model.run({t.name: t.array() for t in manifest.sample_input})
+    except EdgecloudError as exc:
+        raise FailedPrecondition(
+            f"smoke test: the model failed to run ({exc.message})"
+        ) from None
+    declared = {t.name: t for t in manifest.outputs}
+    for spec in model.outputs:
+        value = np.asarray(outputs[spec.name])
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise FailedPrecondition(
+                f"smoke test: output {spec.name!r} has NaN or infinite values"
+            )
+        doc = declared.get(spec.name)
+        if doc is not None and (value.ndim != len(doc.shape) or any(
+                d >= 0 and d != g for d, g in zip(doc.shape, value.shape, strict=True))):
+            raise FailedPrecondition(
+                f"smoke test: output {spec.name!r} has shape {list(value.shape)}, "
+                f"manifest says {doc.shape}"
+            )
+    for expected in manifest.expected_output:
+        got = np.asarray(outputs.get(expected.name))
+        want = expected.array()
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-4):
+            raise FailedPrecondition(
+                f"smoke test: output {expected.name!r} differs from the manifest's "
+                "expected output"
+            )

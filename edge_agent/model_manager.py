@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import structlog
 
-from core.artifacts import Manifest, parse_manifest, sha256_file
+from core.artifacts import Manifest, parse_manifest, sha256_file, smoke_test
 from core.errors import EdgecloudError, FailedPrecondition, InvalidInput
 from core.model import OnnxModel
 from core.signing import verify
@@ -148,33 +147,6 @@ def _ref_from_record(record: dict) -> ArtifactRef:
                        base64.b64decode(record["manifest"]), base64.b64decode(record["signature"]))
 
 
-def smoke_test(model: OnnxModel, manifest: Manifest) -> None:
-    """The manifest's sample must run, give finite outputs of the promised shapes, and
-    match the expected outputs when the manifest has them."""
-    if not manifest.sample_input:
-        raise SwapFailed("manifest has no sample input for the smoke test")
-    try:
-        outputs = model.run({t.name: t.array() for t in manifest.sample_input})
-    except EdgecloudError as exc:
-        raise SwapFailed(f"smoke test: the model failed to run ({exc.message})") from None
-    declared = {t.name: t for t in manifest.outputs}
-    for spec in model.outputs:
-        value = np.asarray(outputs[spec.name])
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise SwapFailed(f"smoke test: output {spec.name!r} has NaN or infinite values")
-        doc = declared.get(spec.name)
-        if doc is not None and (value.ndim != len(doc.shape) or any(
-                d >= 0 and d != g for d, g in zip(doc.shape, value.shape, strict=True))):
-            raise SwapFailed(f"smoke test: output {spec.name!r} has shape {list(value.shape)}, "
-                             f"manifest says {doc.shape}")
-    for expected in manifest.expected_output:
-        got = np.asarray(outputs.get(expected.name))
-        want = expected.array()
-        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-4):
-            raise SwapFailed(f"smoke test: output {expected.name!r} differs from the "
-                             "manifest's expected output")
-
-
 class ModelManager:
     """Applies fleet assignments to the agent's :class:`EdgeService`."""
 
@@ -274,7 +246,10 @@ class ModelManager:
             try:
                 manifest = self._check_manifest(model_ref, "model")
                 model = await self._load_model(model_ref, manifest, fetch=True)
-                await asyncio.to_thread(smoke_test, model, manifest)
+                try:
+                    await asyncio.to_thread(smoke_test, model, manifest)
+                except FailedPrecondition as exc:
+                    raise SwapFailed(exc.message) from None
                 active_policy = policy if policy is not None else (
                     current.policy if current is not None else None)
                 if active_policy is None:
