@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.artifacts import NAME_RE, Manifest, now_iso, parse_manifest
 from core.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from core.files import atomic_write
 from core.signing import verify
 from router import PolicyError, parse_policy
 
@@ -91,13 +92,7 @@ class Snapshot:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data, make_parents=True)
 
 
 def _version_key(version: str) -> tuple:

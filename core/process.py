@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from pathlib import Path
 
 import structlog
 from prometheus_client import CollectorRegistry, start_http_server
 
+from core.files import atomic_write
 from core.grpc_server import split_host_port
 
 log = structlog.get_logger("edgecloud.process")
@@ -17,13 +17,7 @@ log = structlog.get_logger("edgecloud.process")
 
 def write_port_file(path: Path, host: str, port: int) -> None:
     """Write ``HOST:PORT`` atomically (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(f"{host}:{port}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, f"{host}:{port}\n".encode(), make_parents=True)
 
 
 def serve_metrics(address: str, registry: CollectorRegistry):

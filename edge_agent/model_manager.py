@@ -27,6 +27,7 @@ import structlog
 
 from core.artifacts import Manifest, parse_manifest, sha256_file, smoke_test
 from core.errors import EdgecloudError, FailedPrecondition, InvalidInput
+from core.files import atomic_write
 from core.model import OnnxModel
 from core.signing import verify
 from core.tensors import signature_mismatch
@@ -121,12 +122,7 @@ class ArtifactStore:
 
     def save_state(self, state: dict) -> None:
         """Write the state atomically (temp file, fsync, rename)."""
-        tmp = self.state_path.with_name(".state.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
+        atomic_write(self.state_path, json.dumps(state, indent=2, sort_keys=True).encode())
 
     def keep_only(self, digests: set[str]) -> None:
         """Delete verified artifacts that are neither current nor previous."""

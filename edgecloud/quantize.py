@@ -50,8 +50,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
-import secrets
 import statistics
 import sys
 import tempfile
@@ -65,6 +63,7 @@ import numpy as np
 
 from core.datasets import read_npz
 from core.errors import EdgecloudError, InvalidInput
+from core.files import atomic_write
 from core.model import OnnxModel
 from edgecloud.cli import CliError
 
@@ -767,16 +766,9 @@ def _first_line(exc: BaseException) -> str:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 

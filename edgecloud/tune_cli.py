@@ -26,15 +26,12 @@ Bad input raises ``edgecloud.cli.CliError``, which the command prints as
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import importlib.util
 import itertools
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +43,7 @@ from rich.table import Table
 
 from core.datasets import read_npz
 from core.errors import InvalidInput
+from core.files import atomic_write
 from edgecloud.cli import CliError
 
 if TYPE_CHECKING:
@@ -378,27 +376,9 @@ def _read_field(path: Path) -> list[tuple[list[float], list[float]]]:
 def _write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
     try:
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write(path, text.encode("utf-8"))
     except OSError as exc:
         raise CliError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise CliError(f"cannot write {path}: {exc.strerror}") from None
-    # Make the rename itself durable; not every platform can open a directory.
-    with contextlib.suppress(OSError):
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
 
 def gap_closed(hybrid: float, edge: float, cloud: float) -> float:
