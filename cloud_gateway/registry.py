@@ -495,14 +495,3 @@ def _read_envelope(path: Path) -> Envelope | None:
 def valid_name(name: str) -> bool:
     """True for a usable model or policy name."""
     return bool(re.match(NAME_RE, name or ""))
-
-
-def wait_for_generation(registry: Registry, after: int, timeout_s: float) -> int:
-    """Poll until the generation passes ``after`` (tests and tools)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        generation = registry.generation()
-        if generation > after:
-            return generation
-        time.sleep(0.02)
-    return registry.generation()

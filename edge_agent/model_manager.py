@@ -436,10 +436,6 @@ class ModelManager:
             raise SwapFailed(f"policy document is for task {policy.name!r}, not {ref.name!r}")
         return policy
 
-    def state_entry(self, name: str) -> dict:
-        """What is recorded for a task (for status reports)."""
-        return self._state.get("tasks", {}).get(name, {})
-
 
 def _append(f, hasher, chunk: bytes) -> None:
     f.write(chunk)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
@@ -128,7 +128,6 @@ class FleetClient:
         self.manager: ModelManager | None = None
         self._tasks: list[asyncio.Task] = []
         self.connected = asyncio.Event()
-        self.on_applied: Callable[[Assignment, list[SwapOutcome]], None] | None = None
 
     async def fetch(self, digest: str, offset: int) -> AsyncIterator[bytes]:
         """FetchArtifact from ``offset``; errors come back as domain errors."""
@@ -175,8 +174,6 @@ class FleetClient:
                     log.info("assignment_applied", generation=assignment.generation,
                              replica=assignment.replica, outcomes=len(outcomes))
                     await self.report()
-                    if self.on_applied is not None:
-                        self.on_applied(assignment, outcomes)
                 reason = "stream ended"
             except grpc.aio.AioRpcError as exc:
                 reason = f"{exc.code().name}: {exc.details()}"
