@@ -79,7 +79,9 @@ async def test_fleet_status_through_the_gateway(start_gateway, start_agent, tmp_
                             "edge", version="1")
     await asyncio.to_thread(publish_policy, registry, digits_dir / "policy.yaml")
     await wait_until(lambda: agent.service.task_names() == ["digits"], what="task")
-    await asyncio.sleep(0.5)
+    reported = registry / "agents" / "cam-7.json"
+    await wait_until(lambda: reported.exists() and '"policy_version": "1"' in
+                     reported.read_text(), what="status report")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "edgecloud", "fleet", "status", "--json", "--gateway",
         gateway.address, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

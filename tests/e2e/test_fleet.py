@@ -106,12 +106,13 @@ async def test_publish_swaps_every_agent_without_failed_requests(
             i += 1
 
     clients = [asyncio.create_task(client(a)) for a in agents]
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: len(answers) >= 30, what="answers from v1")
     # Version 2 is a different network with the same signature (the cloud model).
     await asyncio.to_thread(publish_model, registry, TASK, digits_dir / "cloud.onnx", "edge",
                             version="2", promote=True)
     await wait_until(lambda: all(running_version(a) == "2" for a in agents), what="v2")
-    await asyncio.sleep(0.3)
+    seen = len(answers)
+    await wait_until(lambda: len(answers) >= seen + 30, what="answers from v2")
     stop.set()
     await asyncio.gather(*clients)
     assert failures == []

@@ -17,13 +17,22 @@ class RecordingModel:
     def __init__(self, gate: asyncio.Event | None = None) -> None:
         self.batches: list[int] = []
         self.gate = gate
+        self.entered = asyncio.Event()
 
     async def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         x = inputs["x"]
         self.batches.append(int(x.shape[0]))
         return {"y": x * 2.0}
+
+
+async def wait_for_queue(batcher: DynamicBatcher, rows: int) -> None:
+    """Yield to the loop until ``rows`` rows wait in the batcher (no fixed sleeps)."""
+    # The batcher has no queue-change event to wait on; yielding once per turn is enough.
+    while batcher.queued_rows < rows:  # noqa: ASYNC110
+        await asyncio.sleep(0)
 
 
 async def test_concurrent_requests_share_a_batch_and_get_their_own_rows() -> None:
@@ -81,10 +90,10 @@ async def test_full_queue_sheds_with_overloaded() -> None:
     batcher.start()
     try:
         first = asyncio.create_task(batcher.submit({"x": np.ones((1, 1), np.float32)}))
-        await asyncio.sleep(0.01)  # the first is now running, held by the gate
+        await model.entered.wait()  # the first is now running, held by the gate
         queued = [asyncio.create_task(batcher.submit({"x": np.ones((1, 1), np.float32)}))
                   for _ in range(2)]
-        await asyncio.sleep(0.01)
+        await wait_for_queue(batcher, 2)
         with pytest.raises(Overloaded, match="queue is full"):
             await batcher.submit({"x": np.ones((1, 1), np.float32)})
         gate.set()
@@ -105,11 +114,11 @@ async def test_expired_deadline_is_dropped_before_compute() -> None:
     batcher.start()
     try:
         first = asyncio.create_task(batcher.submit({"x": np.ones((1, 1), np.float32)}))
-        await asyncio.sleep(0.01)
+        await model.entered.wait()
         late = asyncio.create_task(
             batcher.submit({"x": np.full((3, 1), 7.0, np.float32)}, deadline=101.0)
         )
-        await asyncio.sleep(0.01)
+        await wait_for_queue(batcher, 3)
         now[0] = 102.0  # the deadline passes while the first batch holds the worker
         gate.set()
         await first
