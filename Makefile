@@ -24,7 +24,7 @@ demo: $(VENV)/.installed-demo
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/pytest
 
 protos: $(VENV)/.installed-test
-	$(BIN)/python -m protos.generate
+	$(BIN)/python -P -m edgecloud.protos.generate

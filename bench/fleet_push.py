@@ -36,17 +36,17 @@ import onnx
 import psutil
 from onnx import TensorProto, helper, numpy_helper
 
-from cloud_gateway.app import GatewayApp
-from cloud_gateway.grpc import fleet_servicer
-from cloud_gateway.settings import GatewaySettings
-from core.artifacts import build_model_manifest, build_policy_manifest
-from core.logging import configure_logging
-from edge_agent.app import AgentApp
-from edge_agent.settings import AgentSettings
+from edgecloud.cloud_gateway.app import GatewayApp
+from edgecloud.cloud_gateway.grpc import fleet_servicer
+from edgecloud.cloud_gateway.settings import GatewaySettings
+from edgecloud.core.artifacts import build_model_manifest, build_policy_manifest
+from edgecloud.core.logging import configure_logging
+from edgecloud.edge_agent.app import AgentApp
+from edgecloud.edge_agent.settings import AgentSettings
 from edgecloud.examples.digits import write_example
 from edgecloud.operator import GatewayOperator, RegistryOperator
-from protos.fleet.v1 import fleet_pb2 as pb
-from protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
+from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
+from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
 
 CHUNK = fleet_servicer.CHUNK_BYTES
 

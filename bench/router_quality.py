@@ -55,8 +55,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from router import Policy, RequestContext, RouterState, decide, score_rows
-from router.tuner import TuningError, gap_closed, oracle_escalation, tune
+from edgecloud.router import Policy, RequestContext, RouterState, decide, score_rows
+from edgecloud.router.tuner import TuningError, gap_closed, oracle_escalation, tune
 
 Factory = Callable[[int], object]
 

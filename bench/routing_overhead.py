@@ -31,13 +31,13 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
-from core import codec
-from core.model import OnnxModel
-from core.tensors import InferRequest
+from edgecloud.core import codec
+from edgecloud.core.model import OnnxModel
+from edgecloud.core.tensors import InferRequest
 from edgecloud.examples.digits import write_example
-from protos.inference import grpc_predict_v2_pb2 as pb
-from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from router import RequestContext, RouterState, decide, parse_policy, score_rows
+from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
+from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from edgecloud.router import RequestContext, RouterState, decide, parse_policy, score_rows
 
 
 class BareServicer(pb_grpc.GRPCInferenceServiceServicer):

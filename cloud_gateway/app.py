@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import structlog
 
-from cloud_gateway.batching import BatchingConfig
-from cloud_gateway.fleet import FleetHub
-from cloud_gateway.grpc import fleet_servicer
-from cloud_gateway.metrics import GatewayMetrics
-from cloud_gateway.registry import Registry
-from cloud_gateway.serving import GatewayService
-from cloud_gateway.settings import GatewaySettings
-from core import v2_grpc
-from core.auth import AGENT, OPERATOR, AuthInterceptor, Tokens
-from core.errors import InvalidInput
-from core.grpc_server import ServerOptions, create_server
-from core.model import OnnxModel
-from core.process import ServingApp, run_until_signal
-from core.signing import load_public_key
-from core.tls import server_credentials
+from edgecloud.cloud_gateway.batching import BatchingConfig
+from edgecloud.cloud_gateway.fleet import FleetHub
+from edgecloud.cloud_gateway.grpc import fleet_servicer
+from edgecloud.cloud_gateway.metrics import GatewayMetrics
+from edgecloud.cloud_gateway.registry import Registry
+from edgecloud.cloud_gateway.serving import GatewayService
+from edgecloud.cloud_gateway.settings import GatewaySettings
+from edgecloud.core import v2_grpc
+from edgecloud.core.auth import AGENT, OPERATOR, AuthInterceptor, Tokens
+from edgecloud.core.errors import InvalidInput
+from edgecloud.core.grpc_server import ServerOptions, create_server
+from edgecloud.core.model import OnnxModel
+from edgecloud.core.process import ServingApp, run_until_signal
+from edgecloud.core.signing import load_public_key
+from edgecloud.core.tls import server_credentials
 
 log = structlog.get_logger("edgecloud.gateway")
 

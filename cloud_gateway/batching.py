@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from core.errors import DeadlineExceeded, Overloaded, Unavailable
+from edgecloud.core.errors import DeadlineExceeded, Overloaded, Unavailable
 
 log = structlog.get_logger("edgecloud.gateway.batching")
 

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import structlog
 
-from cloud_gateway.registry import Registry, Snapshot
-from cloud_gateway.rollouts import AgentAssignment, assignment_for, cloud_versions
-from cloud_gateway.serving import GatewayService
-from core.artifacts import smoke_test
-from core.errors import EdgecloudError, Unavailable
-from core.model import OnnxModel
+from edgecloud.cloud_gateway.registry import Registry, Snapshot
+from edgecloud.cloud_gateway.rollouts import AgentAssignment, assignment_for, cloud_versions
+from edgecloud.cloud_gateway.serving import GatewayService
+from edgecloud.core.artifacts import smoke_test
+from edgecloud.core.errors import EdgecloudError, Unavailable
+from edgecloud.core.model import OnnxModel
 
 log = structlog.get_logger("edgecloud.gateway.fleet")
 

@@ -33,11 +33,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.artifacts import NAME_RE, Manifest, now_iso, parse_manifest
-from core.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
-from core.files import atomic_write
-from core.signing import verify
-from router import PolicyError, parse_policy
+from edgecloud.core.artifacts import NAME_RE, Manifest, now_iso, parse_manifest
+from edgecloud.core.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from edgecloud.core.files import atomic_write
+from edgecloud.core.signing import verify
+from edgecloud.router import PolicyError, parse_policy
 
 RolloutState = Literal["none", "active", "paused", "halted", "promoted", "rolled_back"]
 _AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
@@ -467,7 +467,7 @@ class Registry:
 
 
 def _signature_problem(a: Manifest, b: Manifest) -> str | None:
-    from core.tensors import signature_mismatch
+    from edgecloud.core.tensors import signature_mismatch
 
     return signature_mismatch(
         tuple(t.spec() for t in a.inputs), tuple(t.spec() for t in a.outputs),

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cloud_gateway.registry import Envelope, Rollout, Snapshot
+from edgecloud.cloud_gateway.registry import Envelope, Rollout, Snapshot
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import structlog
 
-from cloud_gateway.batching import BatchingConfig, DynamicBatcher
-from cloud_gateway.metrics import GatewayMetrics
-from core import __version__
-from core.errors import InvalidInput, NotFound, Unavailable
-from core.model import OnnxModel
-from core.tensors import InferRequest, InferResponse, ModelInfo, TensorSpec
+from edgecloud.cloud_gateway.batching import BatchingConfig, DynamicBatcher
+from edgecloud.cloud_gateway.metrics import GatewayMetrics
+from edgecloud.core import __version__
+from edgecloud.core.errors import InvalidInput, NotFound, Unavailable
+from edgecloud.core.model import OnnxModel
+from edgecloud.core.tensors import InferRequest, InferResponse, ModelInfo, TensorSpec
 
 log = structlog.get_logger("edgecloud.gateway")
 

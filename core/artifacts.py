@@ -19,8 +19,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.errors import EdgecloudError, FailedPrecondition, InvalidInput
-from core.tensors import V2_TO_NUMPY, TensorSpec
+from edgecloud.core.errors import EdgecloudError, FailedPrecondition, InvalidInput
+from edgecloud.core.tensors import V2_TO_NUMPY, TensorSpec
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -173,7 +173,7 @@ def tensor_docs(specs: tuple[TensorSpec, ...]) -> list[TensorDoc]:
 def build_model_manifest(path: Path, *, name: str, version: str, target: str,
                          progress: Callable[[int], None] | None = None) -> Manifest:
     """Describe an ONNX file: digest, signature, a sample row and its expected output."""
-    from core.model import OnnxModel  # the ONNX Runtime import is only needed here
+    from edgecloud.core.model import OnnxModel  # the ONNX Runtime import is only needed here
 
     model = OnnxModel.load(path, name=name, version=version)
     digest, size = sha256_file(path, progress)

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import yaml
 
-from core.errors import InvalidInput
+from edgecloud.core.errors import InvalidInput
 
 OPERATOR = "operator"
 AGENT = "agent"

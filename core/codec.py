@@ -34,9 +34,9 @@ from collections.abc import Mapping, MutableMapping, Sequence
 
 import numpy as np
 
-from core.errors import InvalidInput
-from core.tensors import V2_TO_NUMPY, InferRequest, InferResponse, ParamValue, v2_datatype
-from protos.inference.grpc_predict_v2_pb2 import (
+from edgecloud.core.errors import InvalidInput
+from edgecloud.core.tensors import V2_TO_NUMPY, InferRequest, InferResponse, ParamValue, v2_datatype
+from edgecloud.protos.inference.grpc_predict_v2_pb2 import (
     InferParameter,
     InferTensorContents,
     ModelInferRequest,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import InvalidInput
+from edgecloud.core.errors import InvalidInput
 
 
 def read_npz(path: Path, what: str, *, x_keys: Sequence[str] = ("X",),

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from core import errors
-from core.errors import EdgecloudError, ErrorKind
-from core.logging import REQUEST_ID_KEY, bind_request_id, new_request_id
+from edgecloud.core import errors
+from edgecloud.core.errors import EdgecloudError, ErrorKind
+from edgecloud.core.logging import REQUEST_ID_KEY, bind_request_id, new_request_id
 
 log = structlog.get_logger("edgecloud.rpc")
 

@@ -15,7 +15,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core.errors import InvalidInput
+from edgecloud.core.errors import InvalidInput
 
 log = structlog.get_logger("edgecloud.server")
 

@@ -35,8 +35,8 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
-from core.errors import InvalidInput, ModelFailure
-from core.tensors import V2_TO_NUMPY, TensorSpec, v2_datatype
+from edgecloud.core.errors import InvalidInput, ModelFailure
+from edgecloud.core.tensors import V2_TO_NUMPY, TensorSpec, v2_datatype
 
 log = structlog.get_logger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import structlog
 from prometheus_client import CollectorRegistry, start_http_server
 
-from core.files import atomic_write
-from core.grpc_server import split_host_port
+from edgecloud.core.files import atomic_write
+from edgecloud.core.grpc_server import split_host_port
 
 log = structlog.get_logger("edgecloud.process")
 

@@ -19,7 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from core.errors import InvalidInput
+from edgecloud.core.errors import InvalidInput
 
 S = TypeVar("S", bound="EdgecloudSettings")
 

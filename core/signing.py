@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from core.errors import InvalidInput
+from edgecloud.core.errors import InvalidInput
 
 PRIVATE_KEY_FILE = "operator.key"
 PUBLIC_KEY_FILE = "operator.pub"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from core.errors import InvalidInput
+from edgecloud.core.errors import InvalidInput
 
 
 def _read(path: Path | None, what: str) -> bytes | None:

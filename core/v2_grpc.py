@@ -14,12 +14,12 @@ from typing import Protocol
 import grpc
 import structlog
 
-from core import codec
-from core.errors import EdgecloudError
-from core.grpc_errors import KIND_TO_CODE, rpc_boundary
-from core.tensors import InferRequest, InferResponse, ModelInfo
-from protos.inference import grpc_predict_v2_pb2 as pb
-from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from edgecloud.core import codec
+from edgecloud.core.errors import EdgecloudError
+from edgecloud.core.grpc_errors import KIND_TO_CODE, rpc_boundary
+from edgecloud.core.tensors import InferRequest, InferResponse, ModelInfo
+from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
+from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("edgecloud.v2")
 

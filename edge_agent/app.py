@@ -7,24 +7,24 @@ import dataclasses
 import numpy as np
 import structlog
 
-from core import v2_grpc
-from core.artifacts import sha256_file
-from core.auth import read_token
-from core.errors import InvalidInput
-from core.grpc_server import ServerOptions, create_server, split_host_port
-from core.process import ServingApp, run_until_signal
-from core.signing import load_public_key
-from core.tls import channel_credentials
-from edge_agent.grpc.cloud_client import GrpcCloudClient
-from edge_agent.grpc.fleet_client import FleetClient
-from edge_agent.hard_examples import HardExampleSpool
-from edge_agent.metrics import AgentMetrics
-from edge_agent.model_manager import ArtifactStore, ModelManager
-from edge_agent.policy_watch import PolicyWatcher
-from edge_agent.service import EdgeService
-from edge_agent.settings import AgentSettings
-from edge_agent.shadow_log import ShadowLog
-from edge_agent.tasks import load_tasks
+from edgecloud.core import v2_grpc
+from edgecloud.core.artifacts import sha256_file
+from edgecloud.core.auth import read_token
+from edgecloud.core.errors import InvalidInput
+from edgecloud.core.grpc_server import ServerOptions, create_server, split_host_port
+from edgecloud.core.process import ServingApp, run_until_signal
+from edgecloud.core.signing import load_public_key
+from edgecloud.core.tls import channel_credentials
+from edgecloud.edge_agent.grpc.cloud_client import GrpcCloudClient
+from edgecloud.edge_agent.grpc.fleet_client import FleetClient
+from edgecloud.edge_agent.hard_examples import HardExampleSpool
+from edgecloud.edge_agent.metrics import AgentMetrics
+from edgecloud.edge_agent.model_manager import ArtifactStore, ModelManager
+from edgecloud.edge_agent.policy_watch import PolicyWatcher
+from edgecloud.edge_agent.service import EdgeService
+from edgecloud.edge_agent.settings import AgentSettings
+from edgecloud.edge_agent.shadow_log import ShadowLog
+from edgecloud.edge_agent.tasks import load_tasks
 
 log = structlog.get_logger("edgecloud.agent")
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core.datasets import read_npz
-from core.errors import InvalidInput
-from core.tensors import InferRequest
-from edge_agent.service import EdgeService
-from router import Route
+from edgecloud.core.datasets import read_npz
+from edgecloud.core.errors import InvalidInput
+from edgecloud.core.tensors import InferRequest
+from edgecloud.edge_agent.service import EdgeService
+from edgecloud.router import Route
 
 CHUNK_TIME_BUDGET_S = 30.0
 """Deadline of one chunk (local run plus one escalation) in batch mode."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from core.tensors import InferRequest, InferResponse, ModelInfo
+from edgecloud.core.tensors import InferRequest, InferResponse, ModelInfo
 
 
 class CloudClient(Protocol):

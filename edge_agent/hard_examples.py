@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from core.tensors import v2_datatype
+from edgecloud.core.tensors import v2_datatype
 
 log = structlog.get_logger("edgecloud.agent.hard")
 

@@ -19,7 +19,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from router import Decision
+from edgecloud.router import Decision
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 

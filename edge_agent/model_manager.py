@@ -25,14 +25,14 @@ from typing import Protocol
 
 import structlog
 
-from core.artifacts import Manifest, parse_manifest, sha256_file, smoke_test
-from core.errors import EdgecloudError, FailedPrecondition, InvalidInput
-from core.files import atomic_write
-from core.model import OnnxModel
-from core.signing import verify
-from core.tensors import signature_mismatch
-from edge_agent.service import EdgeService, bind_policy
-from router import Policy, PolicyError, parse_policy
+from edgecloud.core.artifacts import Manifest, parse_manifest, sha256_file, smoke_test
+from edgecloud.core.errors import EdgecloudError, FailedPrecondition, InvalidInput
+from edgecloud.core.files import atomic_write
+from edgecloud.core.model import OnnxModel
+from edgecloud.core.signing import verify
+from edgecloud.core.tensors import signature_mismatch
+from edgecloud.edge_agent.service import EdgeService, bind_policy
+from edgecloud.router import Policy, PolicyError, parse_policy
 
 log = structlog.get_logger("edgecloud.agent.models")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import structlog
 
-from core.errors import EdgecloudError
-from edge_agent.service import EdgeService
-from edge_agent.tasks import read_policy_file
+from edgecloud.core.errors import EdgecloudError
+from edgecloud.edge_agent.service import EdgeService
+from edgecloud.edge_agent.tasks import read_policy_file
 
 log = structlog.get_logger("edgecloud.agent.policy")
 

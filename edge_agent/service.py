@@ -19,21 +19,27 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from core import __version__
-from core.errors import (
+from edgecloud.core import __version__
+from edgecloud.core.errors import (
     EdgecloudError,
     FailedPrecondition,
     InvalidInput,
     NotFound,
     Unavailable,
 )
-from core.model import OnnxModel
-from core.tensors import InferRequest, InferResponse, ModelInfo, ParamValue, signature_mismatch
-from edge_agent.escalation import CloudClient
-from edge_agent.hard_examples import HardExample, HardExampleSpool
-from edge_agent.metrics import AgentMetrics
-from edge_agent.shadow_log import ShadowLog
-from router import (
+from edgecloud.core.model import OnnxModel
+from edgecloud.core.tensors import (
+    InferRequest,
+    InferResponse,
+    ModelInfo,
+    ParamValue,
+    signature_mismatch,
+)
+from edgecloud.edge_agent.escalation import CloudClient
+from edgecloud.edge_agent.hard_examples import HardExample, HardExampleSpool
+from edgecloud.edge_agent.metrics import AgentMetrics
+from edgecloud.edge_agent.shadow_log import ShadowLog
+from edgecloud.router import (
     Decision,
     Policy,
     Reason,
@@ -44,8 +50,8 @@ from router import (
     decide,
     score_rows,
 )
-from router.drift import DriftMonitor
-from router.signals import RouterState
+from edgecloud.router.drift import DriftMonitor
+from edgecloud.router.signals import RouterState
 
 log = structlog.get_logger("edgecloud.agent")
 

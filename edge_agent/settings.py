@@ -8,8 +8,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from core.logging import LogFormat
-from core.settings import EdgecloudSettings
+from edgecloud.core.logging import LogFormat
+from edgecloud.core.settings import EdgecloudSettings
 
 
 class AgentSettings(EdgecloudSettings):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import structlog
 
-from core.errors import InvalidInput
-from core.model import OnnxModel
-from router import Policy, PolicyError, parse_policy
+from edgecloud.core.errors import InvalidInput
+from edgecloud.core.model import OnnxModel
+from edgecloud.router import Policy, PolicyError, parse_policy
 
 log = structlog.get_logger("edgecloud.agent")
 

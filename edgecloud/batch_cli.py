@@ -8,9 +8,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from edge_agent.app import build_service
-from edge_agent.batch import run_batch
-from edge_agent.settings import AgentSettings
+from edgecloud.edge_agent.app import build_service
+from edgecloud.edge_agent.batch import run_batch
+from edgecloud.edge_agent.settings import AgentSettings
 
 
 async def run_batch_command(settings: AgentSettings, input_path: Path, output_path: Path,

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from core.errors import EdgecloudError
+from edgecloud.core.errors import EdgecloudError
 
 EXIT_USAGE = 2
 
@@ -159,15 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(settings) -> None:
-    from core.logging import configure_logging
+    from edgecloud.core.logging import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
 
 
 def _cmd_gateway_serve(args: argparse.Namespace) -> int:
-    from cloud_gateway.app import run_gateway
-    from cloud_gateway.settings import GatewaySettings
-    from core.settings import load_settings
+    from edgecloud.cloud_gateway.app import run_gateway
+    from edgecloud.cloud_gateway.settings import GatewaySettings
+    from edgecloud.core.settings import load_settings
 
     settings = load_settings(
         GatewaySettings, args.config, listen=args.listen, data_dir=args.data_dir,
@@ -183,8 +183,8 @@ def _cmd_gateway_serve(args: argparse.Namespace) -> int:
 
 
 def _agent_settings(args: argparse.Namespace, **extra):
-    from core.settings import load_settings
-    from edge_agent.settings import AgentSettings
+    from edgecloud.core.settings import load_settings
+    from edgecloud.edge_agent.settings import AgentSettings
 
     for path in args.policy or ():
         if not path.is_file():
@@ -196,7 +196,7 @@ def _agent_settings(args: argparse.Namespace, **extra):
 
 
 def _cmd_agent_run(args: argparse.Namespace) -> int:
-    from edge_agent.app import run_agent
+    from edgecloud.edge_agent.app import run_agent
 
     settings = _agent_settings(
         args, listen=args.listen, data_dir=args.data_dir, agent_id=args.agent_id,
@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edgecloud`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from core.logging import configure_logging
+    from edgecloud.core.logging import configure_logging
 
     # Library warnings go to stderr, never into a command's output; servers
     # reconfigure with their own settings.

@@ -26,11 +26,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from core import codec
-from core.tensors import InferRequest
+from edgecloud.core import codec
+from edgecloud.core.tensors import InferRequest
 from edgecloud.examples.digits import write_example
-from protos.inference import grpc_predict_v2_pb2 as pb
-from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
+from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
 TASK = "digits"
 START_TIMEOUT_S = 60.0

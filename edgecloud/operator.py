@@ -13,13 +13,13 @@ from typing import Protocol
 
 import grpc
 
-from cloud_gateway.registry import Registry
-from core.auth import call_metadata
-from core.errors import EdgecloudError
-from core.grpc_errors import from_rpc_error
-from core.tls import open_channel
-from protos.fleet.v1 import fleet_pb2 as pb
-from protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
+from edgecloud.cloud_gateway.registry import Registry
+from edgecloud.core.auth import call_metadata
+from edgecloud.core.errors import EdgecloudError
+from edgecloud.core.grpc_errors import from_rpc_error
+from edgecloud.core.tls import open_channel
+from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
+from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
 
 UPLOAD_CHUNK = 1 << 20
 

@@ -39,8 +39,8 @@ def _operator(args: argparse.Namespace):
     from edgecloud.operator import GatewayOperator, RegistryOperator
 
     if args.gateway:
-        from core.auth import read_token
-        from core.tls import channel_credentials
+        from edgecloud.core.auth import read_token
+        from edgecloud.core.tls import channel_credentials
 
         token = read_token(args.token_file) or os.environ.get("EDGECLOUD_TOKEN") or None
         credentials = (channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
@@ -58,7 +58,7 @@ def _pairs(values, what: str) -> dict[str, str]:
 def _sign(manifest: bytes, key_path: Path | None) -> bytes:
     if key_path is None:
         return b""
-    from core.signing import load_private_key, sign
+    from edgecloud.core.signing import load_private_key, sign
 
     return sign(load_private_key(key_path), manifest)
 
@@ -67,7 +67,7 @@ def _sign(manifest: bytes, key_path: Path | None) -> bytes:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
-    from core.signing import generate_keypair
+    from edgecloud.core.signing import generate_keypair
 
     private, public = generate_keypair(args.out)
     print(f"private key: {private} (keep it with the operator; mode 0600)")
@@ -79,7 +79,7 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_models_publish(args: argparse.Namespace) -> int:
-    from core.artifacts import build_model_manifest
+    from edgecloud.core.artifacts import build_model_manifest
 
     if not args.file.is_file():
         raise CliError(f"model file {args.file} does not exist")
@@ -174,8 +174,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_publish(args: argparse.Namespace) -> int:
-    from core.artifacts import build_policy_manifest
-    from router import PolicyError, parse_policy
+    from edgecloud.core.artifacts import build_policy_manifest
+    from edgecloud.router import PolicyError, parse_policy
 
     try:
         document = args.file.read_bytes()

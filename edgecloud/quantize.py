@@ -61,11 +61,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.datasets import read_npz
-from core.errors import EdgecloudError, InvalidInput
-from core.files import atomic_write
-from core.model import OnnxModel
 from edgecloud.cli import CliError
+from edgecloud.core.datasets import read_npz
+from edgecloud.core.errors import EdgecloudError, InvalidInput
+from edgecloud.core.files import atomic_write
+from edgecloud.core.model import OnnxModel
 
 if TYPE_CHECKING:
     import onnx

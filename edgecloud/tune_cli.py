@@ -41,14 +41,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from core.datasets import read_npz
-from core.errors import InvalidInput
-from core.files import atomic_write
 from edgecloud.cli import CliError
+from edgecloud.core.datasets import read_npz
+from edgecloud.core.errors import InvalidInput
+from edgecloud.core.files import atomic_write
 
 if TYPE_CHECKING:
-    from core.model import OnnxModel
-    from router import Policy, TuningReport
+    from edgecloud.core.model import OnnxModel
+    from edgecloud.router import Policy, TuningReport
 
 DEFAULT_TARGET_GAP = 0.005
 """The target when none is given: within half a point of the cloud's accuracy."""
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_policy_tune(args: argparse.Namespace) -> int:
     """``edgecloud policy tune``."""
-    from router import (
+    from edgecloud.router import (
         Policy,
         PolicyError,
         Provenance,
@@ -233,7 +233,7 @@ def _check_output(path: Path, flag: str) -> None:
 
 
 def _read_policy(path: Path, flag: str) -> Policy:
-    from router import parse_policy
+    from edgecloud.router import parse_policy
 
     if not path.exists():
         raise CliError(f"{flag}: file {path} does not exist")
@@ -255,7 +255,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 def _load_model(path: Path, role: str) -> OnnxModel:
-    from core.model import OnnxModel
+    from edgecloud.core.model import OnnxModel
 
     if not path.is_file():
         raise CliError(f"--{role}: file {path} does not exist")
@@ -283,8 +283,8 @@ def _score_data(
     args: argparse.Namespace, base: Policy | None, console: Console
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Class scores of both models over the data, and the edge output used."""
-    from core.errors import EdgecloudError
-    from core.tensors import V2_TO_NUMPY
+    from edgecloud.core.errors import EdgecloudError
+    from edgecloud.core.tensors import V2_TO_NUMPY
 
     x, y = _load_npz(args.data)
     models = {"edge": _load_model(args.edge, "edge"), "cloud": _load_model(args.cloud, "cloud")}
@@ -382,7 +382,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def gap_closed(hybrid: float, edge: float, cloud: float) -> float:
-    from router.tuner import gap_closed as closed
+    from edgecloud.router.tuner import gap_closed as closed
 
     return closed(hybrid, edge, cloud)
 
@@ -484,7 +484,7 @@ _BAR = "█"
 
 def cmd_policy_show(args: argparse.Namespace) -> int:
     """``edgecloud policy show``: validate a policy and print it."""
-    from router import PolicyError
+    from edgecloud.router import PolicyError
 
     try:
         policy = _read_policy(args.file, "policy show")

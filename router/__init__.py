@@ -13,7 +13,7 @@ Policies are tuned offline with :func:`tune` (labelled data) or
 :func:`tune_from_field` (shadow samples, agreement with the cloud).
 """
 
-from router.decide import (
+from edgecloud.router.decide import (
     Decision,
     Reason,
     RequestContext,
@@ -24,7 +24,7 @@ from router.decide import (
     escalate_mask,
     route_rows,
 )
-from router.drift import (
+from edgecloud.router.drift import (
     DriftMonitor,
     DriftReport,
     DriftStatus,
@@ -37,7 +37,7 @@ from router.drift import (
     psi,
     psi_pvalue,
 )
-from router.policy import (
+from edgecloud.router.policy import (
     BreakerPolicy,
     BudgetPolicy,
     LatencyPolicy,
@@ -50,7 +50,7 @@ from router.policy import (
     dump_policy,
     parse_policy,
 )
-from router.scores import (
+from edgecloud.router.scores import (
     Entropy,
     Margin,
     MaxProb,
@@ -62,7 +62,7 @@ from router.scores import (
     select_class_scores,
     to_probabilities,
 )
-from router.signals import (
+from edgecloud.router.signals import (
     BreakerState,
     CircuitBreaker,
     EscalationBudget,
@@ -70,7 +70,7 @@ from router.signals import (
     RttEstimator,
     ShadowSampler,
 )
-from router.tuner import (
+from edgecloud.router.tuner import (
     Curve,
     OperatingPoint,
     ScoreReport,

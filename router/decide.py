@@ -33,8 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from router.policy import Policy
-from router.scores import score_rows
+from edgecloud.router.policy import Policy
+from edgecloud.router.scores import score_rows
 
 __all__ = [
     "Decision",

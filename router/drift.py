@@ -33,7 +33,7 @@ from typing import Literal
 
 import numpy as np
 
-from router.policy import ScoreHistogram
+from edgecloud.router.policy import ScoreHistogram
 
 __all__ = [
     "DriftMonitor",

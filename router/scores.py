@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from router.policy import Policy, ScoresKind
+from edgecloud.router.policy import Policy, ScoresKind
 
 __all__ = [
     "Entropy",

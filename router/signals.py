@@ -28,8 +28,8 @@ from enum import StrEnum
 
 import numpy as np
 
-from router.decide import Decision, Reason, Route, RouteOverride, Signals
-from router.policy import Policy
+from edgecloud.router.decide import Decision, Reason, Route, RouteOverride, Signals
+from edgecloud.router.policy import Policy
 
 __all__ = [
     "BreakerState",

@@ -36,9 +36,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from router.drift import calibration_histogram
-from router.policy import Policy, Provenance, ScoreName, ScoresKind
-from router.scores import score_rows
+from edgecloud.router.drift import calibration_histogram
+from edgecloud.router.policy import Policy, Provenance, ScoreName, ScoresKind
+from edgecloud.router.scores import score_rows
 
 __all__ = [
     "REPORT_ESCALATIONS",

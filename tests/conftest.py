@@ -10,12 +10,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cloud_gateway.app import GatewayApp
-from cloud_gateway.settings import GatewaySettings
-from edge_agent.app import AgentApp
-from edge_agent.settings import AgentSettings
+from edgecloud.cloud_gateway.app import GatewayApp
+from edgecloud.cloud_gateway.settings import GatewaySettings
+from edgecloud.edge_agent.app import AgentApp
+from edgecloud.edge_agent.settings import AgentSettings
 from edgecloud.examples.digits import write_example
-from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
 TASK = "digits"
 

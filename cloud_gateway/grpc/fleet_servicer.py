@@ -13,13 +13,13 @@ import grpc
 import structlog
 from google.protobuf.json_format import MessageToDict
 
-from cloud_gateway.fleet import FleetHub
-from cloud_gateway.rollouts import AgentAssignment
-from core.auth import AGENT, Tokens, principal_of
-from core.errors import InvalidInput, PermissionDenied
-from core.grpc_errors import rpc_boundary
-from protos.fleet.v1 import fleet_pb2 as pb
-from protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
+from edgecloud.cloud_gateway.fleet import FleetHub
+from edgecloud.cloud_gateway.rollouts import AgentAssignment
+from edgecloud.core.auth import AGENT, Tokens, principal_of
+from edgecloud.core.errors import InvalidInput, PermissionDenied
+from edgecloud.core.grpc_errors import rpc_boundary
+from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
+from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("edgecloud.gateway.fleet")
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import grpc
 
-from core import codec
-from core.auth import call_metadata
-from core.grpc_errors import from_rpc_error
-from core.logging import REQUEST_ID_KEY
-from core.tensors import InferRequest, InferResponse, ModelInfo, TensorSpec
-from core.tls import open_channel
-from protos.inference import grpc_predict_v2_pb2 as pb
-from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from edgecloud.core import codec
+from edgecloud.core.auth import call_metadata
+from edgecloud.core.grpc_errors import from_rpc_error
+from edgecloud.core.logging import REQUEST_ID_KEY
+from edgecloud.core.tensors import InferRequest, InferResponse, ModelInfo, TensorSpec
+from edgecloud.core.tls import open_channel
+from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
+from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
 
 class GrpcCloudClient:

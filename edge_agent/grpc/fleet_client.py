@@ -17,15 +17,15 @@ import grpc
 import numpy as np
 import structlog
 
-from core import __version__
-from core.auth import call_metadata
-from core.grpc_errors import from_rpc_error
-from core.tls import open_channel
-from edge_agent.hard_examples import HardExampleSpool
-from edge_agent.model_manager import ArtifactRef, Assignment, ModelManager, SwapOutcome
-from edge_agent.service import EdgeService
-from protos.fleet.v1 import fleet_pb2 as pb
-from protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
+from edgecloud.core import __version__
+from edgecloud.core.auth import call_metadata
+from edgecloud.core.grpc_errors import from_rpc_error
+from edgecloud.core.tls import open_channel
+from edgecloud.edge_agent.hard_examples import HardExampleSpool
+from edgecloud.edge_agent.model_manager import ArtifactRef, Assignment, ModelManager, SwapOutcome
+from edgecloud.edge_agent.service import EdgeService
+from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
+from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("edgecloud.agent.fleet")
 

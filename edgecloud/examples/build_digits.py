@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from router import Policy, Provenance, dump_policy, parse_policy, score_rows, tune
+from edgecloud.router import Policy, Provenance, dump_policy, parse_policy, score_rows, tune
 
 try:
     import onnx

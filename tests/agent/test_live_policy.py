@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import generate_latest
 
-from core.tensors import InferRequest
-from router import calibration_histogram, dump_policy, parse_policy, score_rows
+from edgecloud.core.tensors import InferRequest
+from edgecloud.router import calibration_histogram, dump_policy, parse_policy, score_rows
 
 
 async def answer(agent, x):

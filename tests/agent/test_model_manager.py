@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from core.artifacts import build_model_manifest, build_policy_manifest
-from core.errors import Unavailable
-from edge_agent.model_manager import ArtifactRef, ArtifactStore, Assignment, ModelManager
-from edge_agent.service import EdgeService
+from edgecloud.core.artifacts import build_model_manifest, build_policy_manifest
+from edgecloud.core.errors import Unavailable
+from edgecloud.edge_agent.model_manager import ArtifactRef, ArtifactStore, Assignment, ModelManager
+from edgecloud.edge_agent.service import EdgeService
 
 
 class DroppingFetcher:

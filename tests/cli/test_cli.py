@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router import RequestContext, decide, parse_policy, score_rows
+from edgecloud.router import RequestContext, decide, parse_policy, score_rows
 
 
 def edgecloud(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import yaml
 
-from cloud_gateway.settings import GatewaySettings
-from core.settings import load_settings
-from edge_agent.settings import AgentSettings
 from edgecloud.cli import build_parser
+from edgecloud.cloud_gateway.settings import GatewaySettings
+from edgecloud.core.settings import load_settings
+from edgecloud.edge_agent.settings import AgentSettings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -68,7 +68,7 @@ async def test_fleet_status_through_the_gateway(start_gateway, start_agent, tmp_
     last swap, traffic and drift fields."""
     import asyncio
 
-    from tests.e2e.fleet_helpers import publish_model, publish_policy, wait_until
+    from fleet_helpers import publish_model, publish_policy, wait_until
 
     registry = tmp_path / "registry"
     gateway = await start_gateway(models={}, registry_dir=registry, registry_poll_ms=50,

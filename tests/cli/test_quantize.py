@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.model import OnnxModel
+from edgecloud.core.model import OnnxModel
 from edgecloud.quantize import QuantizeReport, main, quantize_model
 
 

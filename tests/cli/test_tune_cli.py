@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from edgecloud.router import BudgetPolicy, Policy, dump_policy, parse_policy
 from edgecloud.tune_cli import main
-from router import BudgetPolicy, Policy, dump_policy, parse_policy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

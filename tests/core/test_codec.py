@@ -8,10 +8,10 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from core import codec
-from core.errors import InvalidInput
-from core.tensors import V2_TO_NUMPY, InferRequest, InferResponse
-from protos.inference.grpc_predict_v2_pb2 import (
+from edgecloud.core import codec
+from edgecloud.core.errors import InvalidInput
+from edgecloud.core.tensors import V2_TO_NUMPY, InferRequest, InferResponse
+from edgecloud.protos.inference.grpc_predict_v2_pb2 import (
     InferParameter,
     ModelInferRequest,
     ModelInferResponse,

@@ -12,10 +12,10 @@ import pytest
 import structlog
 from onnx import TensorProto, helper
 
-from core import codec
-from core.errors import InvalidInput, ModelFailure
-from core.model import OnnxModel, batch_size
-from core.tensors import InferRequest, TensorSpec
+from edgecloud.core import codec
+from edgecloud.core.errors import InvalidInput, ModelFailure
+from edgecloud.core.model import OnnxModel, batch_size
+from edgecloud.core.tensors import InferRequest, TensorSpec
 
 
 def _model_bytes(nodes, inputs, outputs, initializers=()) -> bytes:

@@ -7,14 +7,14 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
+from fleet_helpers import publish_model, publish_policy, running_version, wait_until
 
-from core import codec
-from core.auth import call_metadata
-from core.tensors import InferRequest
-from protos.fleet.v1 import fleet_pb2, fleet_pb2_grpc
-from protos.inference import grpc_predict_v2_pb2 as pb
-from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from tests.e2e.fleet_helpers import publish_model, publish_policy, running_version, wait_until
+from edgecloud.core import codec
+from edgecloud.core.auth import call_metadata
+from edgecloud.core.tensors import InferRequest
+from edgecloud.protos.fleet.v1 import fleet_pb2, fleet_pb2_grpc
+from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
+from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
 
 @pytest.mark.e2e

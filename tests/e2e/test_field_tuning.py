@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from fleet_helpers import wait_until
 
-from core.tensors import InferRequest
-from router import dump_policy, parse_policy
-from tests.e2e.fleet_helpers import wait_until
+from edgecloud.core.tensors import InferRequest
+from edgecloud.router import dump_policy, parse_policy
 
 
 @pytest.mark.e2e

@@ -8,20 +8,20 @@ import json
 import grpc
 import numpy as np
 import pytest
-
-from cloud_gateway.registry import Registry
-from cloud_gateway.rollouts import bucket
-from core import codec
-from core.errors import FailedPrecondition, InvalidInput, NotFound
-from core.signing import generate_keypair
-from core.tensors import InferRequest
-from tests.e2e.fleet_helpers import (
+from fleet_helpers import (
     digits_like_model,
     publish_model,
     publish_policy,
     running_version,
     wait_until,
 )
+
+from edgecloud.cloud_gateway.registry import Registry
+from edgecloud.cloud_gateway.rollouts import bucket
+from edgecloud.core import codec
+from edgecloud.core.errors import FailedPrecondition, InvalidInput, NotFound
+from edgecloud.core.signing import generate_keypair
+from edgecloud.core.tensors import InferRequest
 
 TASK = "digits"
 
@@ -243,7 +243,7 @@ async def test_failing_candidate_halts_rollout_by_itself(start_gateway, start_ag
     assert len(record.failures) >= 2
     assert all("NaN" in reason for reason in record.failures.values())
     assert all(running_version(a) == "1" for a in agents)
-    from cloud_gateway.rollouts import assignment_for
+    from edgecloud.cloud_gateway.rollouts import assignment_for
 
     snapshot = reg.snapshot()
     for i in range(3):
@@ -262,7 +262,7 @@ async def test_two_replicas_share_one_registry(start_gateway, start_agent, tmp_p
                                registry=registry, gateways=gateways)
     await seed(registry, digits_dir)
     await wait_until(lambda: all(running_version(a) == "1" for a in agents), what="v1")
-    from core.artifacts import build_model_manifest
+    from edgecloud.core.artifacts import build_model_manifest
     from edgecloud.operator import GatewayOperator
 
     manifest = build_model_manifest(digits_dir / "cloud.onnx", name=TASK, version="2",
@@ -299,7 +299,7 @@ async def test_agent_restarted_offline_serves_last_verified(start_gateway, start
     request = codec.encode_infer_request(
         InferRequest(model_name=TASK, inputs={"pixels": np.zeros((1, 64), np.float32)}))
     async with grpc.aio.insecure_channel(again.address) as channel:
-        from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+        from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
         reply = await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=5)
     assert codec.decode_infer_response(reply).parameters["model_version"] == "1"

@@ -8,8 +8,8 @@ import base64
 import numpy as np
 import pytest
 
-from cloud_gateway.registry import Registry
-from core.tensors import InferRequest
+from edgecloud.cloud_gateway.registry import Registry
+from edgecloud.core.tensors import InferRequest
 
 
 @pytest.mark.e2e

@@ -8,10 +8,17 @@ import grpc
 import numpy as np
 import pytest
 
-from core import codec
-from core.tensors import InferRequest, InferResponse
-from protos.inference import grpc_predict_v2_pb2 as pb
-from router import BreakerPolicy, RequestContext, decide, dump_policy, parse_policy, score_rows
+from edgecloud.core import codec
+from edgecloud.core.tensors import InferRequest, InferResponse
+from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
+from edgecloud.router import (
+    BreakerPolicy,
+    RequestContext,
+    decide,
+    dump_policy,
+    parse_policy,
+    score_rows,
+)
 
 TASK = "digits"
 

@@ -13,13 +13,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fleet_helpers import publish_model, publish_policy, running_version, wait_until
 
-from core.tensors import InferRequest
-from core.tls import channel_credentials
+from edgecloud.core.tensors import InferRequest
+from edgecloud.core.tls import channel_credentials
 from edgecloud.operator import GatewayOperator
-from protos.inference import grpc_predict_v2_pb2 as pb
-from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from tests.e2e.fleet_helpers import publish_model, publish_policy, running_version, wait_until
+from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
+from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
 
 def _name(common: str) -> x509.Name:

@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from cloud_gateway.batching import BatchingConfig, DynamicBatcher
-from core.errors import DeadlineExceeded, Overloaded, Unavailable
+from edgecloud.cloud_gateway.batching import BatchingConfig, DynamicBatcher
+from edgecloud.core.errors import DeadlineExceeded, Overloaded, Unavailable
 
 
 class RecordingModel:

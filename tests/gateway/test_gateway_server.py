@@ -10,9 +10,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from core import codec
-from core.tensors import InferRequest
-from protos.inference import grpc_predict_v2_pb2 as pb
+from edgecloud.core import codec
+from edgecloud.core.tensors import InferRequest
+from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
 
 
 def infer_request(x: np.ndarray, model: str = "digits") -> pb.ModelInferRequest:

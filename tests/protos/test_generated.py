@@ -7,19 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from protos.generate import PROTO_FILES, generate
+from edgecloud.protos.generate import PROTO_FILES, SUFFIXES, generate
 
 ROOT = Path(__file__).resolve().parents[2]
+PROTOS = ROOT / "protos"
 
 
 def test_generated_modules_are_fresh(tmp_path: Path) -> None:
     """Regenerating from the .proto files gives exactly the committed modules."""
-    generate(ROOT, tmp_path)
+    generate(PROTOS, tmp_path)
     for proto in PROTO_FILES:
         stem = proto.removesuffix(".proto")
-        for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
+        for suffix in SUFFIXES:
             fresh = (tmp_path / f"{stem}{suffix}").read_text()
-            committed = (ROOT / f"{stem}{suffix}").read_text()
+            committed = (PROTOS / f"{stem}{suffix}").read_text()
             assert fresh == committed, f"{stem}{suffix} is stale: run `make protos`"
 
 
@@ -28,7 +29,7 @@ import json, sys
 from google.protobuf import descriptor_pool
 names = json.loads(sys.argv[1])
 if sys.argv[2] == "ours":
-    import protos.inference.grpc_predict_v2_pb2  # noqa: F401
+    import edgecloud.protos.inference.grpc_predict_v2_pb2  # noqa: F401
 else:
     import tritonclient.grpc.service_pb2  # noqa: F401
 pool = descriptor_pool.Default()
@@ -53,7 +54,7 @@ MESSAGES = [
 
 def _fields(which: str) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", FIELDS_SCRIPT, json.dumps(MESSAGES), which],
+        [sys.executable, "-P", "-c", FIELDS_SCRIPT, json.dumps(MESSAGES), which],
         capture_output=True, text=True, cwd=ROOT, timeout=60, check=True,
     )
     return json.loads(result.stdout)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from router.decide import (
+from edgecloud.router.decide import (
     Decision,
     Reason,
     RequestContext,
@@ -18,7 +18,7 @@ from router.decide import (
     escalate_mask,
     route_rows,
 )
-from router.policy import LatencyPolicy, Policy
+from edgecloud.router.policy import LatencyPolicy, Policy
 
 # Global threshold 0.5, class 1 at 0.8; a default budget of 250 ms.
 POLICY = Policy(

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from router.drift import (
+from edgecloud.router.drift import (
     DriftMonitor,
     DriftStatus,
     calibration_histogram,
@@ -18,7 +18,7 @@ from router.drift import (
     ks_statistic,
     psi,
 )
-from router.policy import Policy, ScoreHistogram, dump_policy, parse_policy
+from edgecloud.router.policy import Policy, ScoreHistogram, dump_policy, parse_policy
 
 
 def test_histogram_bins_and_end_bins() -> None:

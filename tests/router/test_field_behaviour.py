@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edgecloud.examples.digits import load_split
-from router import (
+from edgecloud.router import (
     BudgetPolicy,
     DriftMonitor,
     DriftStatus,
@@ -32,7 +32,7 @@ from router import (
     psi_pvalue,
     score_rows,
 )
-from router.tuner import tune
+from edgecloud.router.tuner import tune
 
 Run = Callable[[str, np.ndarray], np.ndarray]
 

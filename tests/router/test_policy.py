@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from router.policy import (
+from edgecloud.router.policy import (
     BreakerPolicy,
     BudgetPolicy,
     LatencyPolicy,

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from router import scores
-from router.policy import Policy, ScoreName, ScoresKind
-from router.scores import (
+from edgecloud.router import scores
+from edgecloud.router.policy import Policy, ScoreName, ScoresKind
+from edgecloud.router.scores import (
     Entropy,
     Margin,
     MaxProb,
@@ -214,7 +214,7 @@ def test_select_class_scores() -> None:
 @pytest.mark.parametrize("score", ["max_prob", "margin", "entropy"])
 def test_fast_path_agrees_with_the_general_path(temperature, score):
     """score_rows on well-formed probabilities gives what the general conversion gives."""
-    from router import Policy, get_score, to_probabilities
+    from edgecloud.router import Policy, get_score, to_probabilities
 
     rng = np.random.default_rng(7)
     probs = rng.dirichlet(np.ones(10) * 0.3, size=200).astype(np.float32)
@@ -232,7 +232,7 @@ def test_fast_path_agrees_with_the_general_path(temperature, score):
 @pytest.mark.parametrize("score", ["max_prob", "margin", "entropy"])
 def test_single_row_path_agrees_with_batches(kind, temperature, score):
     """Scoring rows one at a time (the plain-Python path) gives what a batch gives."""
-    from router import Policy
+    from edgecloud.router import Policy
 
     rng = np.random.default_rng(11)
     if kind == "probabilities":

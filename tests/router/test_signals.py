@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.decide import Decision, Reason, RequestContext, Route, RouteOverride, decide
-from router.policy import BreakerPolicy, BudgetPolicy, LatencyPolicy, Policy
-from router.signals import (
+from edgecloud.router.decide import Decision, Reason, RequestContext, Route, RouteOverride, decide
+from edgecloud.router.policy import BreakerPolicy, BudgetPolicy, LatencyPolicy, Policy
+from edgecloud.router.signals import (
     BreakerState,
     CircuitBreaker,
     EscalationBudget,
@@ -322,7 +322,7 @@ def test_observe_decisions_counts_only_threshold_escalations() -> None:
 def test_realised_rate_matches_the_last_window_for_any_chunking():
     """Observing rows one by one or in chunks of any size gives the rate of the last
     `window` rows."""
-    from router.signals import EscalationBudget
+    from edgecloud.router.signals import EscalationBudget
 
     rng = np.random.default_rng(3)
     flags = rng.random(500) < 0.3

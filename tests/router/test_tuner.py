@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgecloud.examples.digits import load_split
-from router import (
+from edgecloud.router import (
     BudgetPolicy,
     Policy,
     Provenance,
@@ -19,7 +19,7 @@ from router import (
     parse_policy,
     score_rows,
 )
-from router.tuner import (
+from edgecloud.router.tuner import (
     REPORT_ESCALATIONS,
     TuningError,
     beta_quantile,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.fleet.v1 import fleet_pb2 as protos_dot_fleet_dot_v1_dot_fleet__pb2
+from edgecloud.protos.fleet.v1 import fleet_pb2 as edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/fleet/v1/fleet_pb2_grpc.py depends on'
+        + ' but the generated code in edgecloud/protos/fleet/v1/fleet_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,23 +36,23 @@ class FleetServiceStub:
         """
         self.WatchAssignments = channel.unary_stream(
                 '/edgecloud.fleet.v1.FleetService/WatchAssignments',
-                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentHello.SerializeToString,
-                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.Assignment.FromString,
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentHello.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.Assignment.FromString,
                 _registered_method=True)
         self.FetchArtifact = channel.unary_stream(
                 '/edgecloud.fleet.v1.FleetService/FetchArtifact',
-                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.FetchRequest.SerializeToString,
-                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.Chunk.FromString,
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FetchRequest.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.Chunk.FromString,
                 _registered_method=True)
         self.ReportStatus = channel.unary_unary(
                 '/edgecloud.fleet.v1.FleetService/ReportStatus',
-                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentStatus.SerializeToString,
-                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.StatusAck.FromString,
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentStatus.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.StatusAck.FromString,
                 _registered_method=True)
         self.UploadHardExamples = channel.stream_unary(
                 '/edgecloud.fleet.v1.FleetService/UploadHardExamples',
-                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.SerializeToString,
-                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExampleAck.FromString,
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExampleAck.FromString,
                 _registered_method=True)
 
 
@@ -93,23 +93,23 @@ def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'WatchAssignments': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAssignments,
-                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentHello.FromString,
-                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.Assignment.SerializeToString,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentHello.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.Assignment.SerializeToString,
             ),
             'FetchArtifact': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchArtifact,
-                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.FetchRequest.FromString,
-                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.Chunk.SerializeToString,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FetchRequest.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.Chunk.SerializeToString,
             ),
             'ReportStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportStatus,
-                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentStatus.FromString,
-                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.StatusAck.SerializeToString,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentStatus.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.StatusAck.SerializeToString,
             ),
             'UploadHardExamples': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadHardExamples,
-                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.FromString,
-                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExampleAck.SerializeToString,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExampleAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,8 +137,8 @@ class FleetService:
             request,
             target,
             '/edgecloud.fleet.v1.FleetService/WatchAssignments',
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentHello.SerializeToString,
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.Assignment.FromString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentHello.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.Assignment.FromString,
             options,
             channel_credentials,
             insecure,
@@ -164,8 +164,8 @@ class FleetService:
             request,
             target,
             '/edgecloud.fleet.v1.FleetService/FetchArtifact',
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.FetchRequest.SerializeToString,
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.Chunk.FromString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FetchRequest.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -191,8 +191,8 @@ class FleetService:
             request,
             target,
             '/edgecloud.fleet.v1.FleetService/ReportStatus',
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentStatus.SerializeToString,
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.StatusAck.FromString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.AgentStatus.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.StatusAck.FromString,
             options,
             channel_credentials,
             insecure,
@@ -218,8 +218,8 @@ class FleetService:
             request_iterator,
             target,
             '/edgecloud.fleet.v1.FleetService/UploadHardExamples',
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.SerializeToString,
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExampleAck.FromString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExampleAck.FromString,
             options,
             channel_credentials,
             insecure,
@@ -243,28 +243,28 @@ class AdminServiceStub:
         """
         self.PublishModel = channel.stream_unary(
                 '/edgecloud.fleet.v1.AdminService/PublishModel',
-                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishChunk.SerializeToString,
-                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishChunk.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
                 _registered_method=True)
         self.PublishPolicy = channel.unary_unary(
                 '/edgecloud.fleet.v1.AdminService/PublishPolicy',
-                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishPolicyRequest.SerializeToString,
-                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishPolicyRequest.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
                 _registered_method=True)
         self.SetRollout = channel.unary_unary(
                 '/edgecloud.fleet.v1.AdminService/SetRollout',
-                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRequest.SerializeToString,
-                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRecord.FromString,
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRecord.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/edgecloud.fleet.v1.AdminService/ListModels',
-                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsReply.FromString,
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsReply.FromString,
                 _registered_method=True)
         self.FleetStatus = channel.unary_unary(
                 '/edgecloud.fleet.v1.AdminService/FleetStatus',
-                request_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.SerializeToString,
-                response_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusReply.FromString,
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusReply.FromString,
                 _registered_method=True)
 
 
@@ -308,28 +308,28 @@ def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'PublishModel': grpc.stream_unary_rpc_method_handler(
                     servicer.PublishModel,
-                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishChunk.FromString,
-                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.SerializeToString,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishChunk.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.SerializeToString,
             ),
             'PublishPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishPolicy,
-                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishPolicyRequest.FromString,
-                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.SerializeToString,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishPolicyRequest.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.SerializeToString,
             ),
             'SetRollout': grpc.unary_unary_rpc_method_handler(
                     servicer.SetRollout,
-                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRequest.FromString,
-                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRecord.SerializeToString,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRequest.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRecord.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsRequest.FromString,
-                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsReply.SerializeToString,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsRequest.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsReply.SerializeToString,
             ),
             'FleetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.FleetStatus,
-                    request_deserializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.FromString,
-                    response_serializer=protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusReply.SerializeToString,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,8 +358,8 @@ class AdminService:
             request_iterator,
             target,
             '/edgecloud.fleet.v1.AdminService/PublishModel',
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishChunk.SerializeToString,
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishChunk.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -385,8 +385,8 @@ class AdminService:
             request,
             target,
             '/edgecloud.fleet.v1.AdminService/PublishPolicy',
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishPolicyRequest.SerializeToString,
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishPolicyRequest.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -412,8 +412,8 @@ class AdminService:
             request,
             target,
             '/edgecloud.fleet.v1.AdminService/SetRollout',
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRequest.SerializeToString,
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRecord.FromString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRequest.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.RolloutRecord.FromString,
             options,
             channel_credentials,
             insecure,
@@ -439,8 +439,8 @@ class AdminService:
             request,
             target,
             '/edgecloud.fleet.v1.AdminService/ListModels',
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsRequest.SerializeToString,
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsReply.FromString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsRequest.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -466,8 +466,8 @@ class AdminService:
             request,
             target,
             '/edgecloud.fleet.v1.AdminService/FleetStatus',
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.SerializeToString,
-            protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusReply.FromString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusReply.FromString,
             options,
             channel_credentials,
             insecure,

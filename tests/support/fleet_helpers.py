@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from core.artifacts import build_model_manifest, build_policy_manifest, sha256_file
-from core.signing import load_private_key, sign
+from edgecloud.core.artifacts import build_model_manifest, build_policy_manifest, sha256_file
+from edgecloud.core.signing import load_private_key, sign
 from edgecloud.operator import RegistryOperator
 
 
@@ -75,7 +75,7 @@ def publish_model(registry: Path, name: str, path: Path, target: str, *, version
 
 def publish_policy(registry: Path, path: Path, *, key: Path | None = None) -> dict:
     """Publish a policy file straight into a registry directory."""
-    from router import parse_policy
+    from edgecloud.router import parse_policy
 
     document = path.read_bytes()
     policy = parse_policy(document)
