@@ -1,35 +1,38 @@
 """Routing overhead at the edge: is the router invisible?
 
-Prints, side by side in one run:
+The agent answering confident rows at the edge (decode, run, score, plan,
+record, metrics, encode) against a bare grpc.aio v2 server that runs the same
+ONNX model inline and does nothing else. Each server runs in its own process;
+the same load generator drives both, alternating between them, so both see the
+same machine noise. Printed in one table, each figure beside its baseline:
 
-1. Over gRPC: the agent answering confident rows locally (scoring and
-   ``decide()`` included) against a bare grpc.aio v2 server that runs the
-   same ONNX model without routing. Each server runs in its own process (as
-   the agent does on a device); one client process makes sequential unary
-   calls, alternating between the two servers; p50, p99 and ratio.
-2. In process: ``OnnxModel.run`` + ``score_rows`` + ``decide()`` (with the
-   run-time signals) against a bare ``InferenceSession.run``.
+1. p50 latency, 1 row per request, one request in flight (sequential unary calls).
+2. Server CPU time per request, 1 row per request, 64 requests in flight
+   (grpc.aio client; CPU read from the server process).
+3. p50 latency, 64 rows per request, one request in flight.
+4. In process, 1 row: ``OnnxModel.run`` + ``score_rows`` + ``Router.plan`` +
+   ``Router.record`` against a bare ``InferenceSession.run``.
 
-Goal: ratio of p50 at most 1.10. The 64-row run shows how the fixed per-request
-cost amortises over rows.
+Goals: 1 ≤ 1.10×, 2 ≤ 1.20×, 3 ≤ 1.20×, 4 ≤ 2.0×.
 
-    python bench/routing_overhead.py [--calls 3000]
+    python bench/routing_overhead.py [--calls 3000] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import onnxruntime as ort
+import psutil
 
 from edgecloud.core import codec
 from edgecloud.core.model import OnnxModel
@@ -37,7 +40,7 @@ from edgecloud.core.tensors import InferRequest
 from edgecloud.examples.digits import write_example
 from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
 from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from edgecloud.router import RequestContext, RouterState, decide, parse_policy, score_rows
+from edgecloud.router import RequestContext, Router, parse_policy, score_rows
 
 
 class BareServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -59,19 +62,6 @@ class BareServicer(pb_grpc.GRPCInferenceServiceServicer):
         return out
 
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) * 1e6
-
-
-def time_calls(stub, requests: list[pb.ModelInferRequest]) -> list[float]:
-    out = []
-    for request in requests:
-        start = time.perf_counter()
-        stub.ModelInfer(request, timeout=5)
-        out.append(time.perf_counter() - start)
-    return out
-
-
 def serve_bare(model: Path, port_file: Path) -> None:
     """The baseline server process (``--serve-bare``)."""
 
@@ -86,58 +76,97 @@ def serve_bare(model: Path, port_file: Path) -> None:
     asyncio.run(run())
 
 
-def _start(args: list[str], port_file: Path) -> tuple[subprocess.Popen, str]:
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen
+    address: str
+
+    @property
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return times.user + times.system
+
+
+def _start(name: str, args: list[str], port_file: Path) -> Server:
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not port_file.exists() or not port_file.read_text().strip():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"server {args[:4]} did not start")
+            raise RuntimeError(f"server {name} did not start")
         time.sleep(0.05)
-    return proc, port_file.read_text().strip()
+    return Server(name, proc, port_file.read_text().strip())
 
 
-def grpc_comparison(files: Path, calls: int, rows: np.ndarray, per_call: int = 1) -> None:
-    """Each server in its own process, the client in this one, calls alternating."""
-    bare, bare_address = _start(
-        [sys.executable, __file__, "--serve-bare", str(files / "edge.onnx"),
-         str(files / "bare.port")], files / "bare.port")
-    agent, agent_address = _start(
-        [sys.executable, "-m", "edgecloud", "agent", "run", "--listen", "127.0.0.1:0",
-         "--data-dir", str(files / "agent"), "--model", f"digits={files / 'edge.onnx'}",
-         "--policy", str(files / "policy.yaml"), "--port-file", str(files / "agent.port"),
-         "--log-level", "warning"], files / "agent.port")
+def start_servers(files: Path) -> tuple[Server, Server]:
+    bare = _start("bare", [sys.executable, __file__, "--serve-bare", str(files / "edge.onnx"),
+                           str(files / "bare.port")], files / "bare.port")
+    agent = _start("agent", [
+        sys.executable, "-m", "edgecloud", "agent", "run", "--listen", "127.0.0.1:0",
+        "--data-dir", str(files / "agent"), "--model", f"digits={files / 'edge.onnx'}",
+        "--policy", str(files / "policy.yaml"), "--port-file", str(files / "agent.port"),
+        "--log-level", "warning"], files / "agent.port")
+    return bare, agent
+
+
+def requests_of(rows: np.ndarray, count: int, per_call: int) -> list[pb.ModelInferRequest]:
+    out = []
+    for i in range(count):
+        index = (np.arange(per_call) + i * per_call) % len(rows)
+        out.append(codec.encode_infer_request(
+            InferRequest(model_name="digits", inputs={"pixels": rows[index]})))
+    return out
+
+
+def sequential_p50(servers: tuple[Server, Server], requests: list) -> list[float]:
+    """p50 (µs) of sequential calls, alternating call by call between the servers."""
+    times: list[list[float]] = [[] for _ in servers]
+    channels = [grpc.insecure_channel(s.address) for s in servers]
     try:
-        def batch(i: int) -> np.ndarray:
-            index = (np.arange(per_call) + i * per_call) % len(rows)
-            return rows[index]
-
-        requests = [
-            codec.encode_infer_request(InferRequest(model_name="digits",
-                                                    inputs={"pixels": batch(i)}))
-            for i in range(calls)
-        ]
-        bare_times: list[float] = []
-        agent_times: list[float] = []
-        with grpc.insecure_channel(bare_address) as c1, grpc.insecure_channel(agent_address) as c2:
-            s1 = pb_grpc.GRPCInferenceServiceStub(c1)
-            s2 = pb_grpc.GRPCInferenceServiceStub(c2)
-            time_calls(s1, requests[:300])  # warm up both
-            time_calls(s2, requests[:300])
-            # Alternate call by call so both servers see the same machine noise.
-            for request in requests:
-                bare_times += time_calls(s1, [request])
-                agent_times += time_calls(s2, [request])
+        stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in channels]
+        for stub in stubs:  # warm up
+            for request in requests[:300]:
+                stub.ModelInfer(request, timeout=5)
+        for request in requests:
+            for i, stub in enumerate(stubs):
+                start = time.perf_counter()
+                stub.ModelInfer(request, timeout=5)
+                times[i].append(time.perf_counter() - start)
     finally:
-        for proc in (bare, agent):
-            proc.terminate()
-            proc.wait(10)
-        for name in ("bare.port", "agent.port"):
-            (files / name).unlink(missing_ok=True)
-    report(f"gRPC unary, {per_call} row(s) per call, confident (answered at the edge)",
-           "bare v2 server", bare_times, "edgecloud agent", agent_times)
+        for c in channels:
+            c.close()
+    return [float(np.percentile(t, 50)) * 1e6 for t in times]
 
 
-def in_process(files: Path, calls: int, rows: np.ndarray) -> None:
+async def _load(address: str, requests: list, in_flight: int) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        queue = iter(requests)
+
+        async def worker() -> None:
+            for request in queue:
+                await stub.ModelInfer(request, timeout=30)
+
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+
+
+def cpu_per_request(servers: tuple[Server, Server], requests: list, in_flight: int,
+                    rounds: int) -> list[float]:
+    """Server CPU µs per request with ``in_flight`` concurrent calls; rounds alternate."""
+    used = [0.0 for _ in servers]
+    count = [0 for _ in servers]
+    for server in servers:  # warm up
+        asyncio.run(_load(server.address, requests[:500], in_flight))
+    for _ in range(rounds):
+        for i, server in enumerate(servers):
+            before = server.cpu_seconds
+            asyncio.run(_load(server.address, requests, in_flight))
+            used[i] += server.cpu_seconds - before
+            count[i] += len(requests)
+    return [u / c * 1e6 for u, c in zip(used, count, strict=True)]
+
+
+def in_process(files: Path, calls: int, rows: np.ndarray) -> list[float]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
@@ -145,7 +174,7 @@ def in_process(files: Path, calls: int, rows: np.ndarray) -> None:
                                    providers=["CPUExecutionProvider"])
     model = OnnxModel.load(files / "edge.onnx", name="digits")
     policy = parse_policy((files / "policy.yaml").read_text())
-    state = RouterState.from_policy(policy, clock=time.monotonic, rng=np.random.default_rng(0))
+    router = Router(policy, clock=time.monotonic, rng=np.random.default_rng(0))
     ctx = RequestContext(time_left_s=0.25)
     bare_times, routed_times = [], []
     for i in range(calls):
@@ -154,24 +183,12 @@ def in_process(files: Path, calls: int, rows: np.ndarray) -> None:
         session.run(None, {"pixels": x})
         bare_times.append(time.perf_counter() - start)
         start = time.perf_counter()
-        outputs = model.run({"pixels": x})
+        outputs = model.run({"pixels": x}, validated=True)
         confidence, predicted = score_rows(policy, outputs["probabilities"])
-        decisions = decide(policy, confidence, predicted, ctx, state.signals(1))
-        state.observe_decisions(decisions)
+        plan = router.plan(confidence, predicted, ctx)
+        router.record(plan)
         routed_times.append(time.perf_counter() - start)
-    report("in process, 1 row", "InferenceSession.run", bare_times,
-           "model.run + score_rows + decide", routed_times)
-
-
-def report(title: str, base_name: str, base: list[float], name: str, ours: list[float]) -> None:
-    print(f"\n{title} ({len(base)} calls each)")
-    print(f"  {'':34} {'p50 µs':>10} {'p99 µs':>10} {'mean µs':>10}")
-    for label, values in ((base_name, base), (name, ours)):
-        print(f"  {label:34} {pct(values, 50):10.1f} {pct(values, 99):10.1f} "
-              f"{statistics.fmean(values) * 1e6:10.1f}")
-    print(f"  {'ratio (ours / baseline)':34} {pct(ours, 50) / pct(base, 50):10.2f} "
-          f"{pct(ours, 99) / pct(base, 99):10.2f} "
-          f"{statistics.fmean(ours) / statistics.fmean(base):10.2f}")
+    return [float(np.percentile(t, 50)) * 1e6 for t in (bare_times, routed_times)]
 
 
 def main() -> None:
@@ -179,7 +196,9 @@ def main() -> None:
         serve_bare(Path(sys.argv[2]), Path(sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--calls", type=int, default=3000, help="calls per measure (3000)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds of the 64-in-flight load (3)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         files = Path(tmp)
@@ -190,9 +209,28 @@ def main() -> None:
         model = OnnxModel.load(files / "edge.onnx", name="digits")
         confidence, _ = score_rows(policy, model.run({"pixels": x})["probabilities"])
         confident = x[confidence >= policy.threshold]
-        grpc_comparison(files, args.calls, confident)
-        grpc_comparison(files, args.calls // 3, confident, per_call=64)
-        in_process(files, args.calls * 5, confident)
+        single = requests_of(confident, args.calls, 1)
+        many = requests_of(confident, max(args.calls // 3, 100), 64)
+        servers = start_servers(files)
+        try:
+            rows = [
+                ("p50 µs, 1 row, 1 in flight", sequential_p50(servers, single), 1.10),
+                ("server CPU µs/request, 64 in flight",
+                 cpu_per_request(servers, single, 64, args.rounds), 1.20),
+                ("p50 µs, 64 rows, 1 in flight", sequential_p50(servers, many), 1.20),
+            ]
+        finally:
+            for server in servers:
+                server.proc.terminate()
+                server.proc.wait(10)
+        rows.append(("in process µs, 1 row (p50)", in_process(files, args.calls * 5, confident),
+                     2.0))
+    print("\nedge agent (answering at the edge) vs bare grpc.aio v2 server, same model")
+    print(f"  {'measure':40} {'bare':>10} {'agent':>10} {'ratio':>7} {'goal':>7}")
+    for label, (base, ours), goal in rows:
+        ratio = ours / base
+        mark = "ok" if ratio <= goal else "MISSED"
+        print(f"  {label:40} {base:10.1f} {ours:10.1f} {ratio:7.2f} {'≤' + str(goal):>7} {mark}")
 
 
 if __name__ == "__main__":

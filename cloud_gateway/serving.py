@@ -17,9 +17,14 @@ import structlog
 from edgecloud.cloud_gateway.batching import BatchingConfig, DynamicBatcher
 from edgecloud.cloud_gateway.metrics import GatewayMetrics
 from edgecloud.core import __version__
-from edgecloud.core.errors import InvalidInput, NotFound, Unavailable
+from edgecloud.core.errors import NotFound, Unavailable
 from edgecloud.core.model import OnnxModel
-from edgecloud.core.tensors import InferRequest, InferResponse, ModelInfo, TensorSpec
+from edgecloud.core.tensors import (
+    InferRequest,
+    InferResponse,
+    ModelInfo,
+    requested_outputs,
+)
 
 log = structlog.get_logger("edgecloud.gateway")
 
@@ -145,12 +150,13 @@ class GatewayService:
                          model.outputs)
 
     async def infer(
-        self, request: InferRequest, time_left_s: float | None = None
+        self, request: InferRequest, time_left_s: float | None = None, request_id: str = ""
     ) -> InferResponse:
         """Validate and run one request through the model's batcher.
 
         ``time_left_s`` is the caller's remaining deadline; a request still
-        queued when it runs out is dropped before compute.
+        queued when it runs out is dropped before compute. ``request_id`` is
+        the caller's id for logs.
         """
         deadline = None if time_left_s is None else self._clock() + time_left_s
         if not self._ready:
@@ -158,7 +164,8 @@ class GatewayService:
         served = self._served(request.model_name, request.model_version)
         model = served.model
         inputs = model.validate_inputs(request.inputs)
-        wanted = _requested_outputs(request.requested_outputs, model.outputs)
+        wanted = requested_outputs(request.requested_outputs,
+                                   [spec.name for spec in model.outputs], f"model {model.name!r}")
         started = self._clock()
         outputs = await served.run(inputs, deadline)
         if self._metrics is not None:
@@ -184,14 +191,3 @@ def _rows(inputs: Mapping[str, np.ndarray]) -> int:
     first = next(iter(inputs.values()), None)
     return int(first.shape[0]) if first is not None and first.ndim else 1
 
-
-def _requested_outputs(requested: tuple[str, ...], outputs: tuple[TensorSpec, ...]) -> list[str]:
-    names = [spec.name for spec in outputs]
-    if not requested:
-        return names
-    unknown = [name for name in requested if name not in names]
-    if unknown:
-        raise InvalidInput(
-            f"requested output {unknown[0]!r} does not exist; the model has {', '.join(names)}"
-        )
-    return list(dict.fromkeys(requested))

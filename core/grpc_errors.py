@@ -1,7 +1,9 @@
 """The one error map between domain errors and gRPC status codes.
 
-Servers wrap every servicer method with :func:`rpc_boundary`: it binds the
-request id (from ``x-request-id`` metadata, or a new one), maps
+Servers wrap every servicer method with :func:`rpc_boundary`: it takes the
+request id (from ``x-request-id`` metadata, or a new one), binds it to the
+call's log events, hands it to methods that take a ``request_id`` argument
+(so it travels on as a value), maps
 :class:`~core.errors.EdgecloudError` kinds to status codes, logs once, and
 turns anything unexpected into ``INTERNAL`` carrying the request id, never
 the exception text. Clients turn ``AioRpcError`` into domain errors with
@@ -72,8 +74,13 @@ def _status_for(exc: BaseException, method: str, request_id: str) -> tuple[grpc.
 
 
 def rpc_boundary(method: F) -> F:
-    """Wrap a grpc.aio servicer method (unary or streaming response)."""
+    """Wrap a grpc.aio servicer method (unary or streaming response).
+
+    A method whose signature has a ``request_id`` parameter gets the call's
+    request id as that keyword argument.
+    """
     name = method.__name__
+    wants_id = "request_id" in inspect.signature(method).parameters
 
     if inspect.isasyncgenfunction(method):
 
@@ -82,7 +89,9 @@ def rpc_boundary(method: F) -> F:
             request_id = request_id_from(context)
             bind_request_id(request_id)
             try:
-                async for item in method(self, request, context):
+                items = (method(self, request, context, request_id=request_id) if wants_id
+                         else method(self, request, context))
+                async for item in items:
                     yield item
             except grpc.aio.AbortError:
                 raise
@@ -97,6 +106,8 @@ def rpc_boundary(method: F) -> F:
         request_id = request_id_from(context)
         bind_request_id(request_id)
         try:
+            if wants_id:
+                return await method(self, request, context, request_id=request_id)
             return await method(self, request, context)
         except grpc.aio.AbortError:
             raise

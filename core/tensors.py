@@ -7,11 +7,13 @@ arrays.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
+
+from edgecloud.core.errors import InvalidInput
 
 ParamValue = bool | int | float | str
 
@@ -105,6 +107,24 @@ class ModelInfo:
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+
+
+def requested_outputs(requested: Sequence[str], available: Sequence[str],
+                      owner: str) -> tuple[str, ...]:
+    """The outputs a request asks for, in its order and without repeats; all when none.
+
+    Raises :class:`~core.errors.InvalidInput` naming the first unknown output
+    and what ``owner`` (for example ``"model 'digits'"``) has instead.
+    """
+    if not requested:
+        return tuple(available)
+    unknown = [name for name in requested if name not in available]
+    if unknown:
+        raise InvalidInput(
+            f"requested output {unknown[0]!r} does not exist; {owner} has "
+            f"{', '.join(available)}"
+        )
+    return tuple(dict.fromkeys(requested))
 
 
 def signature_mismatch(

@@ -42,7 +42,7 @@ class DataPlane(Protocol):
     def metadata(self, name: str, version: str = "") -> ModelInfo: ...
 
     async def infer(
-        self, request: InferRequest, time_left_s: float | None = None
+        self, request: InferRequest, time_left_s: float | None = None, request_id: str = ""
     ) -> InferResponse: ...
 
 
@@ -90,19 +90,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     @rpc_boundary
-    async def ModelInfer(self, request, context):
+    async def ModelInfer(self, request, context, request_id: str):
         decoded = codec.decode_infer_request(request, max_request_bytes=self._max_request_bytes)
-        answer = await self._plane.infer(decoded, context.time_remaining())
+        answer = await self._plane.infer(decoded, context.time_remaining(), request_id)
         return codec.encode_infer_response(answer)
 
-    async def _answer_one(self, request: pb.ModelInferRequest,
-                          time_left_s: float | None) -> pb.ModelStreamInferResponse:
+    async def _answer_one(self, request: pb.ModelInferRequest, time_left_s: float | None,
+                          request_id: str) -> pb.ModelStreamInferResponse:
         """One stream message: errors become ``error_message``, the stream goes on."""
         try:
             decoded = codec.decode_infer_request(
                 request, max_request_bytes=self._max_request_bytes
             )
-            answer = await self._plane.infer(decoded, time_left_s)
+            answer = await self._plane.infer(decoded, time_left_s,
+                                             f"{request_id}-{decoded.id}" if decoded.id
+                                             else request_id)
         except EdgecloudError as exc:
             code = KIND_TO_CODE[exc.kind]
             log.info("stream_request_refused", code=code.name, error=exc.message)
@@ -114,14 +116,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc_boundary
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context, request_id: str
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         pending: asyncio.Queue[asyncio.Task | None] = asyncio.Queue(STREAM_WINDOW)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    task = asyncio.create_task(self._answer_one(request, None))
+                    task = asyncio.create_task(self._answer_one(request, None, request_id))
                     await pending.put(task)
             finally:
                 await pending.put(None)

@@ -83,15 +83,18 @@ async def run_batch(
                 CHUNK_TIME_BUDGET_S,
             )
             predicted = np.argmax(answer.scores, axis=1)
-            for offset, decision in enumerate(answer.decisions):
+            routing = answer.routing
+            confidence = routing.confidence.tolist()
+            for offset, (route, reason) in enumerate(zip(routing.routes(), routing.reasons(),
+                                                         strict=True)):
                 row = start + offset
-                counts[decision.route] += 1
+                counts[route] += 1
                 record = {
                     "row": row,
                     "prediction": int(predicted[offset]),
-                    "route": decision.route.value,
-                    "reason": decision.reason.value,
-                    "confidence": round(float(decision.score), 6),
+                    "route": route.value,
+                    "reason": reason.value,
+                    "confidence": round(confidence[offset], 6),
                     "outputs": {k: v[offset].tolist() for k, v in answer.outputs.items()},
                 }
                 if y is not None:

@@ -9,9 +9,10 @@ dictionary updates instead of a lock per counter.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -19,7 +20,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from edgecloud.router import Decision
+from edgecloud.router import REASONS, ROUTES, Route, Routing
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -47,13 +48,40 @@ class _Histogram:
         return out
 
 
+_REASON_COUNT = len(REASONS)
+_CELLS = len(ROUTES) * _REASON_COUNT
+_ESCALATED = tuple(ROUTES.index(r) for r in (Route.CLOUD, Route.EDGE_FALLBACK))
+_FALLBACK = ROUTES.index(Route.EDGE_FALLBACK)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCounts:
+    """What one task has done since the agent started (for the fleet status report)."""
+
+    requests: int
+    rows: int
+    escalated_rows: int
+    """Rows sent to the cloud (answered there or not)."""
+    fallback_rows: int
+    errors: int
+    """Requests refused or failed."""
+    shadow_rows: int
+    shadow_agree: int
+
+
 class AgentMetrics:
-    """Requests, routes and reasons, latency, escalation round trips, shadow agreement."""
+    """Requests, routes and reasons, errors, latency, escalation round trips, shadow agreement.
+
+    The one place where the agent counts what it did: Prometheus and the
+    fleet status report (:meth:`task_counts`) both read these counters.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.requests: dict[str, int] = {}
-        self.rows: dict[tuple[str, str, str], int] = {}
+        self.rows: dict[str, np.ndarray] = {}
+        """Per task, rows by (route, reason) cell: ``route_code * len(REASONS) + reason_code``."""
+        self.errors: dict[tuple[str, str], int] = {}
         self.latency: dict[str, _Histogram] = {}
         self.rtt: dict[str, _Histogram] = {}
         self.cloud_failures: dict[tuple[str, str], int] = {}
@@ -61,21 +89,40 @@ class AgentMetrics:
         self.shadow_agree: dict[str, int] = {}
         self.registry.register(_AgentCollector(self))
 
-    def observe(self, task: str, decisions: Sequence[Decision], seconds: float) -> None:
+    def observe(self, task: str, routing: Routing, seconds: float) -> None:
         """Count one answered request and its rows."""
         self.requests[task] = self.requests.get(task, 0) + 1
         histogram = self.latency.get(task)
         if histogram is None:
             histogram = self.latency[task] = _Histogram()
+            self.rows[task] = np.zeros(_CELLS, dtype=np.int64)
         histogram.observe(seconds)
-        rows = self.rows
-        if len(decisions) == 1:
-            key = (task, decisions[0].route, decisions[0].reason)
-            rows[key] = rows.get(key, 0) + 1
-            return
-        for (route, reason), count in Counter((d.route, d.reason) for d in decisions).items():
-            key = (task, route, reason)
-            rows[key] = rows.get(key, 0) + count
+        counts = self.rows[task]
+        if routing.rows == 1:
+            counts[int(routing.route[0]) * _REASON_COUNT + int(routing.reason[0])] += 1
+        elif routing.rows:
+            cells = routing.route.astype(np.int64) * _REASON_COUNT + routing.reason
+            counts += np.bincount(cells, minlength=_CELLS)
+
+    def error(self, task: str, kind: str) -> None:
+        """Count a request of ``task`` refused or failed with error ``kind``."""
+        self.errors[(task, kind)] = self.errors.get((task, kind), 0) + 1
+
+    def task_counts(self, task: str) -> TaskCounts:
+        """Totals for one task since start."""
+        cells = self.rows.get(task)
+        by_route = (np.zeros((len(ROUTES), _REASON_COUNT), dtype=np.int64) if cells is None
+                    else cells.reshape(len(ROUTES), _REASON_COUNT))
+        per_route = by_route.sum(axis=1).tolist()
+        return TaskCounts(
+            requests=self.requests.get(task, 0),
+            rows=int(sum(per_route)),
+            escalated_rows=int(sum(per_route[i] for i in _ESCALATED)),
+            fallback_rows=int(per_route[_FALLBACK]),
+            errors=sum(v for (t, _), v in self.errors.items() if t == task),
+            shadow_rows=self.shadow_rows.get(task, 0),
+            shadow_agree=self.shadow_agree.get(task, 0),
+        )
 
     def watch_drift(self, service) -> None:
         """Expose each task's drift (PSI, KS p-value, status) at scrape time."""
@@ -123,9 +170,18 @@ class _AgentCollector:
         yield requests
         rows = CounterMetricFamily("edgecloud_agent_rows", "Rows answered, by route and reason",
                                    labels=["task", "route", "reason"])
-        for (task, route, reason), value in sorted(m.rows.items()):
-            rows.add_metric([task, str(route), str(reason)], value)
+        for task, cells in sorted(m.rows.items()):
+            for cell in np.flatnonzero(cells).tolist():
+                route, reason = divmod(cell, _REASON_COUNT)
+                rows.add_metric([task, ROUTES[route].value, REASONS[reason].value],
+                                int(cells[cell]))
         yield rows
+        errors = CounterMetricFamily("edgecloud_agent_errors",
+                                     "Requests refused or failed, by error kind",
+                                     labels=["task", "kind"])
+        for (task, kind), value in sorted(m.errors.items()):
+            errors.add_metric([task, kind], value)
+        yield errors
         yield _histogram_family("edgecloud_agent_latency_seconds",
                                 "Request latency at the agent", m.latency)
         yield _histogram_family("edgecloud_agent_escalation_seconds",
@@ -167,9 +223,10 @@ class _DriftCollector:
                                    "1 for the task's current drift status",
                                    labels=["task", "status"])
         for task in self._service.tasks():
-            if task.drift is None:
+            drift = task.router.drift
+            if drift is None:
                 continue
-            report = task.drift.report()
+            report = drift.report()
             psi.add_metric([task.name], report.psi)
             pvalue.add_metric([task.name], report.ks_pvalue)
             for name in ("stable", "warn", "alarm"):

@@ -1,11 +1,14 @@
 """The agent's data plane: local model, routing decision, escalation.
 
-For each request: run the task's edge model, score every row, ask
-``router.decide`` where each row is answered, send only the rows that need
-the cloud to the gateway (within the request's remaining deadline) and
-splice the cloud's answers back in. A failed escalation is a decision too:
-those rows keep the local answer with route ``edge_fallback``. Nothing here
-imports grpc; the v2 servicer in ``core.v2_grpc`` calls :meth:`EdgeService.infer`.
+For each request: run the task's edge model, score every row, ask the
+task's :class:`~router.runtime.Router` for a plan, carry it out (send only
+the plan's cloud rows to the gateway within the request's remaining
+deadline, start the shadow rows' cloud calls behind the answer), and hand
+the outcome back to the router, which says how each row was answered (a
+failed escalation keeps the local answer with route ``edge_fallback``).
+The router owns every routing decision; this module only carries plans out.
+Nothing here imports grpc; the v2 servicer in ``core.v2_grpc`` calls
+:meth:`EdgeService.infer`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from edgecloud.core.tensors import (
     InferResponse,
     ModelInfo,
     ParamValue,
+    requested_outputs,
     signature_mismatch,
 )
 from edgecloud.edge_agent.escalation import CloudClient
@@ -40,18 +44,17 @@ from edgecloud.edge_agent.hard_examples import HardExample, HardExampleSpool
 from edgecloud.edge_agent.metrics import AgentMetrics
 from edgecloud.edge_agent.shadow_log import ShadowLog
 from edgecloud.router import (
-    Decision,
+    REASONS,
+    ROUTES,
+    Escalation,
     Policy,
-    Reason,
     RequestContext,
     Route,
     RouteOverride,
-    Signals,
-    decide,
+    Router,
+    Routing,
     score_rows,
 )
-from edgecloud.router.drift import DriftMonitor
-from edgecloud.router.signals import RouterState
 
 log = structlog.get_logger("edgecloud.agent")
 
@@ -99,28 +102,30 @@ _six_digits = "{:.6g}".format
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """Outputs of one request and where each row was answered."""
+    """Outputs of one request and how each row was answered."""
 
     task: str
     outputs: dict[str, np.ndarray]
     scores: np.ndarray
-    decisions: tuple[Decision, ...]
+    routing: Routing
     model_version: str
     cloud_model_version: str = ""
 
     def parameters(self) -> dict[str, ParamValue]:
-        """Response parameters: one value per row, comma-separated for several rows."""
-        params: dict[str, ParamValue]
-        if len(self.decisions) == 1:
-            d = self.decisions[0]
-            params = {"route": d.route.value, "reason": d.reason.value,
-                      "confidence": float(d.score)}
+        """Response parameters: per-row values comma-separated, whatever the row count."""
+        routing = self.routing
+        if routing.rows == 1:
+            params: dict[str, ParamValue] = {
+                "route": ROUTES[routing.route[0]].value,
+                "reason": REASONS[routing.reason[0]].value,
+                "confidence": float(routing.confidence[0]),
+            }
         else:
             # Route and Reason are str enums: join them as they are (no .value lookups).
             params = {
-                "route": ",".join([d.route for d in self.decisions]),
-                "reason": ",".join([d.reason for d in self.decisions]),
-                "confidence": ",".join(map(_six_digits, [d.score for d in self.decisions])),
+                "route": ",".join([ROUTES[c] for c in routing.route.tolist()]),
+                "reason": ",".join([REASONS[c] for c in routing.reason.tolist()]),
+                "confidence": ",".join(map(_six_digits, routing.confidence.tolist())),
             }
         params["model_version"] = self.model_version
         if self.cloud_model_version:
@@ -129,51 +134,27 @@ class Answer:
 
 
 class Task:
-    """One named task: the current edge model and policy, and the routing state."""
+    """One named task: the current edge model and policy, and the router that routes it."""
 
     def __init__(self, name: str, version: TaskVersion, cloud_model: str,
-                 state: RouterState) -> None:
+                 router: Router) -> None:
         self.name = name
         self.current = version
         self.cloud_model = cloud_model
-        self.state = state
+        self.router = router
+        """Routing state for the current policy; replaced (fresh) when the policy changes."""
         self.cloud_checked: bool = False
         self.run_seconds_per_row: float | None = None
         """Recent edge-model run time per row (moving average), for inline runs."""
-        self.counters = TaskCounters()
-        self.drift = _drift_monitor(version.policy)
-
-
-@dataclass(slots=True)
-class TaskCounters:
-    """What a task has done since the agent started."""
-
-    requests: int = 0
-    rows: int = 0
-    escalated_rows: int = 0
-    """Rows sent to the cloud (answered there or not)."""
-    fallback_rows: int = 0
-    errors: int = 0
-    shadow_rows: int = 0
-    shadow_agree: int = 0
-
-
-def _drift_monitor(policy: Policy) -> DriftMonitor | None:
-    if policy.calibration_histogram is None:
-        return None
-    return DriftMonitor(policy.calibration_histogram)
 
 
 _ROUTE_VALUES = frozenset(r.value for r in RouteOverride)
 
 
-def request_context(params: Mapping[str, ParamValue], time_left_s: float | None,
-                    policy: Policy) -> RequestContext:
-    """Read the request parameters the router understands; refuse bad values."""
+def route_parameters(params: Mapping[str, ParamValue]) -> tuple[RouteOverride, float | None]:
+    """The request parameters the router understands (``route``, ``confidence_threshold``)."""
     if not params:
-        if time_left_s is None:
-            time_left_s = policy.latency.default_budget_ms / 1000.0
-        return RequestContext(time_left_s=time_left_s)
+        return RouteOverride.AUTO, None
     route = params.get("route", "auto")
     if not isinstance(route, str) or route not in _ROUTE_VALUES:
         raise InvalidInput(f"parameter 'route' must be auto, edge or cloud (got {route!r})")
@@ -186,10 +167,7 @@ def request_context(params: Mapping[str, ParamValue], time_left_s: float | None,
             raise InvalidInput(
                 f"parameter 'confidence_threshold' must be within [0, 1] (got {threshold})"
             )
-    if time_left_s is None:
-        time_left_s = policy.latency.default_budget_ms / 1000.0
-    return RequestContext(route=RouteOverride(route), threshold_override=threshold,
-                          time_left_s=time_left_s)
+    return RouteOverride(route), threshold
 
 
 class EdgeService:
@@ -229,8 +207,7 @@ class EdgeService:
     def add_task(self, model: OnnxModel, policy: Policy, cloud_model: str | None = None) -> Task:
         """Serve ``model`` as task ``model.name`` routed by ``policy``."""
         version = bind_policy(model, policy)
-        state = RouterState.from_policy(policy, clock=self._clock, rng=self._rng)
-        task = Task(model.name, version, cloud_model or model.name, state)
+        task = Task(model.name, version, cloud_model or model.name, self._router(policy))
         self._tasks[model.name] = task
         log.info("task_serving", task=task.name, model_version=model.version,
                  policy_version=policy.version, cloud_model=task.cloud_model)
@@ -265,14 +242,21 @@ class EdgeService:
                               policy_digest if policy is not None else old.policy_digest)
         if policy is not None and (policy_digest != old.policy_digest
                                    or policy.version != old.policy.version):
-            task.state = RouterState.from_policy(policy, clock=self._clock, rng=self._rng)
-            task.drift = _drift_monitor(policy)
+            task.router = self._router(policy)
         task.current = version
         if model is not old.model:
             task.run_seconds_per_row = None
         log.info("task_swapped", task=task.name, model_version=model.version,
                  policy_version=new_policy.version)
         return task
+
+    def _router(self, policy: Policy) -> Router:
+        return Router(policy, clock=self._clock, rng=self._rng, cloud=self._cloud is not None)
+
+    @property
+    def metrics(self) -> AgentMetrics:
+        """What the agent has done, per task (Prometheus and the fleet status read it)."""
+        return self._metrics
 
     @property
     def hard_examples(self) -> HardExampleSpool | None:
@@ -319,83 +303,72 @@ class EdgeService:
 
     # -- inference ---------------------------------------------------------
 
-    async def answer(self, request: InferRequest, time_left_s: float | None = None) -> Answer:
-        """Answer one request, row by row at the edge or in the cloud."""
+    async def answer(self, request: InferRequest, time_left_s: float | None = None,
+                     request_id: str = "") -> Answer:
+        """Answer one request, row by row at the edge or in the cloud.
+
+        ``time_left_s`` is the caller's deadline (the policy's default budget
+        when None); ``request_id`` travels with any escalation.
+        """
         started = self._clock()
         if not self._ready:
             raise Unavailable("agent is not ready (starting or draining)")
         task = self.task(request.model_name)
+        try:
+            return await self._answer(task, request, started, time_left_s, request_id)
+        except EdgecloudError as exc:
+            self._metrics.error(task.name, exc.kind.value)
+            raise
+
+    async def _answer(self, task: Task, request: InferRequest, started: float,
+                      time_left_s: float | None, request_id: str) -> Answer:
         current = task.current  # one snapshot: a swap mid-request does not affect it
+        router = task.router
         model, policy = current.model, current.policy
         if request.model_version and request.model_version != model.version:
             raise NotFound(
                 f"task {task.name!r} runs version {model.version!r}, "
                 f"not {request.model_version!r}"
             )
-        ctx = request_context(request.parameters, time_left_s, policy)
-        route, threshold = ctx.route, ctx.threshold_override
-        wanted = request.requested_outputs or current.output_names
-        if request.requested_outputs:
-            unknown = [w for w in wanted if w not in current.output_names]
-            if unknown:
-                raise InvalidInput(
-                    f"requested output {unknown[0]!r} does not exist; task {task.name!r} has "
-                    f"{', '.join(current.output_names)}"
-                )
-        deadline = started + ctx.time_left_s
+        route, threshold = route_parameters(request.parameters)
+        wanted = requested_outputs(request.requested_outputs, current.output_names,
+                                   f"task {task.name!r}")
+        if time_left_s is None:
+            time_left_s = policy.latency.default_budget_ms / 1000.0
+        deadline = started + time_left_s
         inputs = model.validate_inputs(request.inputs)
         outputs = await self._run_local(task, model, inputs)
-        confidence, predicted = score_rows(policy, np.asarray(outputs[current.scores_output]))
-        n = int(confidence.shape[0])
+        edge_scores = outputs[current.scores_output]
+        confidence, predicted = score_rows(policy, edge_scores)
 
         ctx = RequestContext(route, threshold, max(deadline - self._clock(), 0.0))
-        signals = task.state.signals(n, ctx.route)
-        if self._cloud is None:
-            signals = Signals(False, signals.cloud_rtt_s, signals.threshold_shift,
-                              signals.sampled)
-        decided = decide(policy, confidence, predicted, ctx, signals)
-        task.state.observe_decisions(decided)
-        # A shadow sample is answered at the edge at once; the cloud call runs behind it.
-        decisions = [
-            Decision(Route.EDGE, d.reason, d.score, d.threshold)
-            if d.reason is Reason.SAMPLED else d
-            for d in decided
-        ] if policy.shadow_rate > 0.0 else list(decided)
-        hard = [i for i, d in enumerate(decisions) if d.route is Route.CLOUD]
+        plan = router.plan(confidence, predicted, ctx)
+        escalation = None
         cloud_version = ""
-        edge_scores = outputs[current.scores_output]  # before cloud answers are spliced in
-        if hard:
-            cloud_version = await self._escalate(task, current, inputs, outputs, decisions,
-                                                 hard, deadline)
-            if self._hard_examples is not None:
-                self._keep_hard_examples(task, current, inputs, edge_scores, outputs,
-                                         decisions, hard)
-        if policy.shadow_rate > 0.0:
-            self._shadow(task, current, inputs, outputs, decisions)
-        self._metrics.observe(task.name, decisions, self._clock() - started)
-        counters = task.counters
-        counters.requests += 1
-        counters.rows += n
-        routes = [d.route for d in decisions]
-        fallbacks = routes.count(Route.EDGE_FALLBACK)
-        counters.escalated_rows += routes.count(Route.CLOUD) + fallbacks
-        counters.fallback_rows += fallbacks
-        if task.drift is not None:
-            task.drift.observe(confidence)
+        if plan.permit:
+            escalation, cloud_version = await self._escalate(
+                task, current, inputs, outputs, plan.cloud_rows, deadline, request_id)
+        routing = router.record(plan, escalation)
+        if plan.shadow_rows.size:
+            self._shadow(task, current, inputs, edge_scores, plan.shadow_rows)
+        if self._hard_examples is not None and plan.cloud_rows.size:
+            self._keep_hard_examples(task, current, inputs, edge_scores, outputs, routing,
+                                     plan.cloud_rows)
+        self._metrics.observe(task.name, routing, self._clock() - started)
         return Answer(
             task=task.name,
             outputs={name: outputs[name] for name in wanted},
-            scores=np.asarray(outputs[current.scores_output]),
-            decisions=tuple(decisions),
+            scores=outputs[current.scores_output],
+            routing=routing,
             model_version=model.version,
             cloud_model_version=cloud_version,
         )
 
     async def infer(
-        self, request: InferRequest, time_left_s: float | None = None
+        self, request: InferRequest, time_left_s: float | None = None, request_id: str = ""
     ) -> InferResponse:
         """The v2 data-plane call: :meth:`answer`, with routing in the parameters."""
-        answer = await self.answer(request, time_left_s)
+        answer = await self.answer(request, time_left_s, request_id)
         return InferResponse(
             model_name=answer.task,
             model_version=answer.model_version,
@@ -442,28 +415,23 @@ class EdgeService:
         current: TaskVersion,
         inputs: dict[str, np.ndarray],
         outputs: dict[str, np.ndarray],
-        decisions: list[Decision],
-        hard: list[int],
+        rows: np.ndarray,
         deadline: float,
-    ) -> str:
-        """Send the hard rows to the cloud; splice answers or fall back in place."""
+        request_id: str,
+    ) -> tuple[Escalation, str]:
+        """Send the plan's cloud rows to the gateway; splice the answers into ``outputs``.
+
+        Returns the outcome for the router and the cloud model's version. On
+        failure ``outputs`` keeps the edge's answers.
+        """
         model = current.model
-        rows = np.asarray(hard, dtype=np.int64)
-        all_rows = len(hard) == len(decisions)
+        all_rows = rows.shape[0] == next(iter(outputs.values())).shape[0]
         sub_inputs = {k: (v if all_rows else v[rows]) for k, v in inputs.items()}
-        request_id = structlog.contextvars.get_contextvars().get("request_id", "")
         sent = self._clock()
-        timeout = deadline - sent - self._reply_margin_s
-        if self._cloud is not None and timeout > 0 and not task.state.breaker.allow():
-            # Another request holds the breaker's single probe: answer locally.
-            for i in hard:
-                d = decisions[i]
-                decisions[i] = Decision(Route.EDGE, Reason.CLOUD_UNAVAILABLE, d.score,
-                                        d.threshold)
-            return ""
         try:
             if self._cloud is None:
                 raise Unavailable("no gateway configured")
+            timeout = deadline - sent - self._reply_margin_s
             if timeout <= 0:
                 raise Unavailable("no time left for the cloud")
             await self._check_cloud(task, model, min(timeout, METADATA_TIMEOUT_S))
@@ -475,20 +443,13 @@ class EdgeService:
                 timeout,
                 request_id,
             )
-            cloud_outputs = _map_cloud_outputs(model, reply, len(hard))
+            cloud_outputs = _map_cloud_outputs(model, reply, rows.shape[0])
         except EdgecloudError as exc:
-            task.state.breaker.record_failure()
             self._metrics.cloud_failure(task.name, exc.kind.value)
-            log.warning("escalation_failed", task=task.name, rows=len(hard),
-                        kind=exc.kind.value, error=exc.message)
-            for i in hard:
-                d = decisions[i]
-                decisions[i] = Decision(Route.EDGE_FALLBACK, Reason.CLOUD_FAILED, d.score,
-                                        d.threshold)
-            return ""
+            log.warning("escalation_failed", task=task.name, rows=int(rows.shape[0]),
+                        kind=exc.kind.value, error=exc.message, request_id=request_id)
+            return Escalation(ok=False), ""
         rtt = self._clock() - sent
-        task.state.breaker.record_success()
-        task.state.rtt.observe(rtt)
         self._metrics.cloud_rtt(task.name, rtt)
         for name, value in cloud_outputs.items():
             value = value.astype(outputs[name].dtype, copy=False)
@@ -498,39 +459,37 @@ class EdgeService:
                 merged = np.array(outputs[name], copy=True)
                 merged[rows] = value
                 outputs[name] = merged
-        return reply.model_version
+        return Escalation(ok=True, rtt_s=rtt), reply.model_version
 
     def _keep_hard_examples(self, task: Task, current: TaskVersion,
                             inputs: dict[str, np.ndarray], edge_scores: np.ndarray,
-                            outputs: dict[str, np.ndarray], decisions: list[Decision],
-                            hard: list[int]) -> None:
-        """Buffer the rows escalated for low confidence (no I/O here)."""
+                            outputs: dict[str, np.ndarray], routing: Routing,
+                            rows: np.ndarray) -> None:
+        """Buffer the escalated rows (no I/O here); each row is copied out of the request."""
         assert self._hard_examples is not None
         final = np.asarray(outputs[current.scores_output])
         now = time.time()
-        for i in hard:
-            d = decisions[i]
-            answered = d.route is Route.CLOUD
+        route_codes, reason_codes = routing.route.tolist(), routing.reason.tolist()
+        for i in rows.tolist():
+            route = ROUTES[route_codes[i]]
             self._hard_examples.add(HardExample(
                 task=task.name, model_version=current.model.version,
-                inputs={name: value[i:i + 1] for name, value in inputs.items()},
+                inputs={name: value[i:i + 1].copy() for name, value in inputs.items()},
                 edge_scores=np.asarray(edge_scores[i], dtype=np.float64).tolist(),
                 cloud_scores=np.asarray(final[i], dtype=np.float64).tolist()
-                if answered else None,
-                route=d.route.value, reason=d.reason.value, confidence=float(d.score), at=now,
+                if route is Route.CLOUD else None,
+                route=route.value, reason=REASONS[reason_codes[i]].value,
+                confidence=float(routing.confidence[i]), at=now,
             ))
 
     def _shadow(self, task: Task, current: TaskVersion, inputs: dict[str, np.ndarray],
-                outputs: dict[str, np.ndarray], decisions: list[Decision]) -> None:
-        """Start cloud calls for shadow-sampled rows without delaying the answer."""
-        sampled = [i for i, d in enumerate(decisions)
-                   if d.reason is Reason.SAMPLED and d.route is Route.EDGE]
-        if not sampled or self._cloud is None:
+                edge_scores: np.ndarray, rows: np.ndarray) -> None:
+        """Start the cloud call for the plan's shadow rows without delaying the answer."""
+        if self._cloud is None:
             return
-        rows = np.asarray(sampled, dtype=np.int64)
         sub_inputs = {k: v[rows] for k, v in inputs.items()}
-        edge_scores = np.asarray(outputs[current.scores_output])[rows]
-        job = asyncio.create_task(self._shadow_call(task, current, sub_inputs, edge_scores))
+        job = asyncio.create_task(self._shadow_call(task, current, sub_inputs,
+                                                    np.asarray(edge_scores)[rows]))
         self._background.add(job)
         job.add_done_callback(self._background.discard)
 
@@ -554,8 +513,6 @@ class EdgeService:
                                     cloud_scores, current.model.version)
         agree = int(np.sum(cloud_pred == edge_pred))
         self._metrics.shadow(task.name, len(edge_pred), agree)
-        task.counters.shadow_rows += len(edge_pred)
-        task.counters.shadow_agree += agree
         log.info("shadow_result", task=task.name, rows=len(edge_pred), agree=agree)
 
     async def aclose(self) -> None:

@@ -4,24 +4,26 @@ A pure library (numpy, pydantic, PyYAML for policy text): no I/O, no clock
 and no randomness of its own. The usual path through it::
 
     policy = parse_policy(text)
-    state = RouterState.from_policy(policy, clock=time.monotonic, rng=np.random.default_rng())
+    router = Router(policy, clock=time.monotonic, rng=np.random.default_rng())
     confidence, predicted = score_rows(policy, class_scores)
-    decisions = decide(policy, confidence, predicted, ctx, state.signals(len(confidence)))
-    state.observe_decisions(decisions)
+    plan = router.plan(confidence, predicted, ctx)         # per-row arrays: side, reason
+    routing = router.record(plan, Escalation(ok=True, rtt_s=0.012))  # or None: nothing escalated
 
 Policies are tuned offline with :func:`tune` (labelled data) or
 :func:`tune_from_field` (shadow samples, agreement with the cloud).
 """
 
 from edgecloud.router.decide import (
-    Decision,
+    REASONS,
+    ROUTES,
+    Plan,
     Reason,
     RequestContext,
     Route,
     RouteOverride,
+    Side,
     Signals,
     decide,
-    escalate_mask,
     route_rows,
 )
 from edgecloud.router.drift import (
@@ -50,6 +52,7 @@ from edgecloud.router.policy import (
     dump_policy,
     parse_policy,
 )
+from edgecloud.router.runtime import Escalation, Router, Routing
 from edgecloud.router.scores import (
     Entropy,
     Margin,
@@ -66,7 +69,6 @@ from edgecloud.router.signals import (
     BreakerState,
     CircuitBreaker,
     EscalationBudget,
-    RouterState,
     RttEstimator,
     ShadowSampler,
 )
@@ -84,21 +86,24 @@ from edgecloud.router.tuner import (
 )
 
 __all__ = [
+    "REASONS",
+    "ROUTES",
     "BreakerPolicy",
     "BreakerState",
     "BudgetPolicy",
     "CircuitBreaker",
     "Curve",
-    "Decision",
     "DriftMonitor",
     "DriftReport",
     "DriftStatus",
     "Entropy",
+    "Escalation",
     "EscalationBudget",
     "LatencyPolicy",
     "Margin",
     "MaxProb",
     "OperatingPoint",
+    "Plan",
     "Policy",
     "PolicyError",
     "Provenance",
@@ -106,7 +111,8 @@ __all__ = [
     "RequestContext",
     "Route",
     "RouteOverride",
-    "RouterState",
+    "Router",
+    "Routing",
     "RttEstimator",
     "Score",
     "ScoreHistogram",
@@ -114,6 +120,7 @@ __all__ = [
     "ScoreReport",
     "ScoresKind",
     "ShadowSampler",
+    "Side",
     "Signals",
     "TuningError",
     "TuningReport",
@@ -122,7 +129,6 @@ __all__ = [
     "classify",
     "decide",
     "dump_policy",
-    "escalate_mask",
     "field_arrays",
     "fit_temperature",
     "get_score",

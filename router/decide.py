@@ -1,22 +1,26 @@
-"""The routing decision: edge or cloud, and why.
+"""The routing rules: which rows the edge answers, which go to the cloud, and why.
 
 :func:`decide` is a pure function of the policy, the rows' confidences, the
-request's context and the run-time signals. It returns one frozen
-:class:`Decision` per row; falling back is a decision with a reason, never a
-side effect.
+request's context and the run-time signals. It returns one :class:`Plan` per
+request: per-row arrays of sides and reasons, never one object per row.
+Falling back is a decision with a reason, never a side effect.
+:class:`router.runtime.Router` wraps it with the run-time state (breaker,
+budget, round trips, sampling, drift) and takes the outcome back.
 
 Rules, per row, first match wins:
 
-1. ``route=edge`` or ``route=cloud`` in the request → that side, ``forced``.
+1. ``route=edge`` in the request → edge, ``forced``. ``route=cloud`` → cloud,
+   ``forced``, unless the breaker gives no permit → edge, ``cloud_unavailable``.
 2. Confidence at or above the base threshold (the request's override, else
-   the policy's per-class or global threshold) → ``edge``/``confident``,
-   unless the shadow sampler picked the row and the cloud is available with
-   time to spare → ``cloud``/``sampled``.
+   the policy's per-class or global threshold) → edge, ``confident``, unless
+   the shadow sampler picked the row and the cloud is available with time to
+   spare → shadow, ``sampled`` (answered at the edge at once, the cloud's
+   answer recorded when it arrives).
 3. Below the base threshold:
-   cloud unavailable (breaker open) → ``edge``/``cloud_unavailable``;
-   expected round trip longer than the time left → ``edge``/``no_time``;
-   at or above the budget-lowered threshold → ``edge``/``budget_exhausted``;
-   otherwise → ``cloud``/``low_confidence``.
+   cloud unavailable (no breaker permit) → edge, ``cloud_unavailable``;
+   expected round trip longer than the time left → edge, ``no_time``;
+   at or above the budget-lowered threshold → edge, ``budget_exhausted``;
+   otherwise → cloud, ``low_confidence``.
 
 The escalation budget may only lower the threshold here: a positive shift
 is unused credit in the tracker and never sends extra rows to the cloud, and
@@ -26,9 +30,8 @@ a request's own threshold override is never shifted.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import NamedTuple
 
 import numpy as np
@@ -37,20 +40,22 @@ from edgecloud.router.policy import Policy
 from edgecloud.router.scores import score_rows
 
 __all__ = [
-    "Decision",
+    "REASONS",
+    "ROUTES",
+    "Plan",
     "Reason",
     "RequestContext",
     "Route",
     "RouteOverride",
+    "Side",
     "Signals",
     "decide",
-    "escalate_mask",
     "route_rows",
 ]
 
 
 class Route(StrEnum):
-    """Which side answered."""
+    """Which side answered a row, as the app is told."""
 
     EDGE = "edge"
     CLOUD = "cloud"
@@ -69,7 +74,33 @@ class Reason(StrEnum):
     SAMPLED = "sampled"
     FORCED = "forced"
     CLOUD_FAILED = "cloud_failed"
-    """Set by the agent (with route ``edge_fallback``) when an escalation fails."""
+    """The row was escalated and the escalation failed (route ``edge_fallback``)."""
+
+
+ROUTES: tuple[Route, ...] = tuple(Route)
+"""Route codes: ``ROUTES[code]`` is the route an array of codes stands for."""
+REASONS: tuple[Reason, ...] = tuple(Reason)
+"""Reason codes: ``REASONS[code]`` is the reason an array of codes stands for."""
+REASON_CODE: dict[Reason, int] = {reason: code for code, reason in enumerate(REASONS)}
+
+_CONFIDENT = REASON_CODE[Reason.CONFIDENT]
+_LOW = REASON_CODE[Reason.LOW_CONFIDENCE]
+_NO_TIME = REASON_CODE[Reason.NO_TIME]
+_BUDGET = REASON_CODE[Reason.BUDGET_EXHAUSTED]
+_UNAVAILABLE = REASON_CODE[Reason.CLOUD_UNAVAILABLE]
+_SAMPLED = REASON_CODE[Reason.SAMPLED]
+_FORCED = REASON_CODE[Reason.FORCED]
+
+
+class Side(IntEnum):
+    """Where the plan sends a row."""
+
+    EDGE = 0
+    """Answered by the edge model."""
+    CLOUD = 1
+    """Escalated: the cloud's answer replaces the edge's (the edge's if the cloud fails)."""
+    SHADOW = 2
+    """Answered by the edge model; the cloud is asked too, and its answer only recorded."""
 
 
 class RouteOverride(StrEnum):
@@ -78,21 +109,6 @@ class RouteOverride(StrEnum):
     AUTO = "auto"
     EDGE = "edge"
     CLOUD = "cloud"
-
-
-class Decision(NamedTuple):
-    """Where one row goes and why: an immutable value.
-
-    A named tuple rather than a dataclass: one is made per row on the request
-    path, and a tuple costs a third of a frozen dataclass to build.
-    """
-
-    route: Route
-    reason: Reason
-    score: float
-    """The row's confidence."""
-    threshold: float
-    """The threshold the row's confidence was held against (after any budget shift)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +131,11 @@ class RequestContext:
             raise ValueError("time left must be a number, got NaN")
 
 
-@dataclass(frozen=True, slots=True)
-class Signals:
-    """Run-time signals the router takes into account (see :mod:`router.signals`)."""
+class Signals(NamedTuple):
+    """Run-time signals the rules take into account (see :mod:`router.signals`)."""
 
     cloud_available: bool = True
-    """False while the circuit breaker is open."""
+    """Whether the breaker gives a permit to escalate (false while it is open)."""
     cloud_rtt_s: float | None = None
     """Expected cloud round trip in seconds; None (unknown) is taken to fit any budget."""
     threshold_shift: float = 0.0
@@ -128,32 +143,70 @@ class Signals:
     sampled: np.ndarray | None = None
     """Per-row booleans from the shadow sampler; None means no row is sampled."""
 
-    def __post_init__(self) -> None:
-        if not math.isfinite(self.threshold_shift):
-            raise ValueError(f"threshold shift must be finite, got {self.threshold_shift}")
-        if self.cloud_rtt_s is not None and math.isnan(self.cloud_rtt_s):
-            raise ValueError("cloud round trip must be a number, got NaN")
-        if self.sampled is not None:
-            object.__setattr__(self, "sampled", np.asarray(self.sampled, dtype=bool))
+
+class Plan(NamedTuple):
+    """Where each row of one request goes, and why: per-row arrays.
+
+    A named tuple of arrays rather than an object per row: one plan is made
+    per request on the hot path. Treat the arrays as read-only.
+    """
+
+    side: np.ndarray
+    """``uint8 [N]``: a :class:`Side` per row."""
+    reason: np.ndarray
+    """``uint8 [N]``: a reason code per row (``REASONS[code]``)."""
+    confidence: np.ndarray
+    """``float64 [N]``: each row's confidence."""
+    threshold: np.ndarray
+    """``float64 [N]``: the threshold each confidence was held against (after any shift)."""
+    cloud_rows: np.ndarray
+    """``int64``: indices of the rows with side CLOUD."""
+    shadow_rows: np.ndarray
+    """``int64``: indices of the rows with side SHADOW."""
+    permit: bool
+    """True when the plan escalates rows, which then go out under the breaker's permit."""
+    forced: bool
+    """True when the request forced a side (its rows say nothing about the threshold)."""
+
+    @property
+    def rows(self) -> int:
+        """Rows in the request."""
+        return int(self.side.shape[0])
+
+    def reasons(self) -> list[Reason]:
+        """The reason of each row, as enum members."""
+        return [REASONS[code] for code in self.reason.tolist()]
 
 
-_DEFAULT_CONTEXT = RequestContext()
-_DEFAULT_SIGNALS = Signals()
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+_EMPTY_ROWS = _frozen(np.zeros(0, dtype=np.int64))
+_ROW_ZERO = _frozen(np.zeros(1, dtype=np.int64))
+_ONE_SIDE = tuple(_frozen(np.array([side], dtype=np.uint8)) for side in Side)
+_ONE_REASON = tuple(_frozen(np.array([code], dtype=np.uint8)) for code in range(len(REASONS)))
+_SIDE_OF_CODE = np.zeros(len(REASONS), dtype=np.uint8)
+_SIDE_OF_CODE[_LOW] = Side.CLOUD
+_SIDE_OF_CODE[_SAMPLED] = Side.SHADOW
 
 
 def decide(
     policy: Policy,
     confidence: np.ndarray,
     predicted: np.ndarray,
-    ctx: RequestContext = _DEFAULT_CONTEXT,
-    signals: Signals = _DEFAULT_SIGNALS,
-) -> tuple[Decision, ...]:
-    """Route each row; returns one :class:`Decision` per row (see the module rules).
+    ctx: RequestContext | None = None,
+    signals: Signals | None = None,
+) -> Plan:
+    """Plan every row of one request (see the module rules).
 
     ``confidence`` and ``predicted`` are the ``[N]`` arrays from
     :func:`router.scores.score_rows`. A NaN confidence counts as below any
     threshold, so the row escalates.
     """
+    ctx = ctx or _DEFAULT_CONTEXT
+    signals = signals or _DEFAULT_SIGNALS
     conf = np.asarray(confidence, dtype=np.float64)
     classes = np.asarray(predicted)
     if conf.ndim != 1:
@@ -163,112 +216,121 @@ def decide(
             f"predicted has shape {classes.shape} but confidence has shape {conf.shape}"
         )
     n = conf.shape[0]
-    if signals.sampled is None:
-        sampled = (False,) * n
-    else:
-        if signals.sampled.shape != (n,):
-            raise ValueError(
-                f"sampled has shape {signals.sampled.shape} but there are {n} rows"
-            )
-        sampled = signals.sampled.tolist()
-
-    # A per-row loop over Python floats: requests are a handful of rows, and
-    # for those it is several times cheaper than vectorised numpy calls.
-    scores = conf.tolist()
-    if ctx.threshold_override is not None:
-        bases = [float(ctx.threshold_override)] * n
-        shift = 0.0
-    else:
-        per_class = policy.class_thresholds
-        if per_class:
-            default = policy.threshold
-            bases = [per_class.get(c, default) for c in classes.tolist()]
-        else:
-            bases = [policy.threshold] * n
-        shift = min(signals.threshold_shift, 0.0)
-
-    if ctx.route is RouteOverride.EDGE or ctx.route is RouteOverride.CLOUD:
-        side = Route.EDGE if ctx.route is RouteOverride.EDGE else Route.CLOUD
-        return tuple(
-            Decision(side, Reason.FORCED, score, _clip01(base + shift))
-            for score, base in zip(scores, bases, strict=True)
-        )
+    sampled = signals.sampled
+    if sampled is not None:
+        sampled = np.asarray(sampled, dtype=bool)
+        if sampled.shape != (n,):
+            raise ValueError(f"sampled has shape {sampled.shape} but there are {n} rows")
 
     time_left = (
         ctx.time_left_s
         if ctx.time_left_s is not None
         else policy.latency.default_budget_ms / 1000.0
     )
+    available = bool(signals.cloud_available)
     fits = signals.cloud_rtt_s is None or signals.cloud_rtt_s <= time_left
-    available = signals.cloud_available
-    cloud_ok = available and fits
-    if n >= _VECTOR_ROWS:
-        return _decide_many(conf, np.asarray(bases, dtype=np.float64), shift,
-                            np.asarray(sampled, dtype=bool), available, fits)
-    out = []
-    for score, base, pick in zip(scores, bases, sampled, strict=True):
-        effective = _clip01(base + shift)
-        if score >= base:  # False for NaN
-            if pick and cloud_ok:
-                out.append(Decision(Route.CLOUD, Reason.SAMPLED, score, effective))
-            else:
-                out.append(Decision(Route.EDGE, Reason.CONFIDENT, score, effective))
-        elif not available:
-            out.append(Decision(Route.EDGE, Reason.CLOUD_UNAVAILABLE, score, effective))
-        elif not fits:
-            out.append(Decision(Route.EDGE, Reason.NO_TIME, score, effective))
-        elif score >= effective:
-            out.append(Decision(Route.EDGE, Reason.BUDGET_EXHAUSTED, score, effective))
-        else:
-            out.append(Decision(Route.CLOUD, Reason.LOW_CONFIDENCE, score, effective))
-    return tuple(out)
-
-
-_VECTOR_ROWS = 16
-"""From this many rows on, decisions are computed with array operations."""
-_REASONS = (Reason.SAMPLED, Reason.CONFIDENT, Reason.CLOUD_UNAVAILABLE, Reason.NO_TIME,
-            Reason.BUDGET_EXHAUSTED, Reason.LOW_CONFIDENCE)
-_ROUTE_OF = (Route.CLOUD, Route.EDGE, Route.EDGE, Route.EDGE, Route.EDGE, Route.CLOUD)
-
-
-def _decide_many(conf: np.ndarray, bases: np.ndarray, shift: float, sampled: np.ndarray,
-                 available: bool, fits: bool) -> tuple[Decision, ...]:
-    """The same rules as the per-row loop, for many rows at once."""
+    if ctx.threshold_override is not None:
+        shift = 0.0
+    else:
+        shift = min(float(signals.threshold_shift), 0.0)
+        if not math.isfinite(shift):
+            raise ValueError(f"threshold shift must be finite, got {signals.threshold_shift}")
+    if n == 1:
+        return _decide_one(policy, conf, classes, ctx, shift, sampled, available, fits)
+    bases = _bases(policy, classes, ctx, n)
     effective = np.clip(bases + shift, 0.0, 1.0)
+    if ctx.route is RouteOverride.EDGE or ctx.route is RouteOverride.CLOUD:
+        to_cloud = ctx.route is RouteOverride.CLOUD and available
+        code = _FORCED if ctx.route is RouteOverride.EDGE or available else _UNAVAILABLE
+        side = np.full(n, Side.CLOUD if to_cloud else Side.EDGE, dtype=np.uint8)
+        reason = np.full(n, code, dtype=np.uint8)
+        cloud_rows = np.arange(n, dtype=np.int64) if to_cloud and n else _EMPTY_ROWS
+        return Plan(side, reason, conf, effective, cloud_rows, _EMPTY_ROWS,
+                    bool(cloud_rows.size), True)
     confident = conf >= bases  # False for NaN
-    code = np.full(conf.shape[0], 5, dtype=np.int64)  # low_confidence
+    reason = np.full(n, _LOW, dtype=np.uint8)
     below = ~confident
     if not available:
-        code[below] = 2
+        reason[below] = _UNAVAILABLE
     elif not fits:
-        code[below] = 3
+        reason[below] = _NO_TIME
     else:
-        code[below & (conf >= effective)] = 4
-    code[confident] = 1
-    if available and fits:
-        code[confident & sampled] = 0
-    reasons = [_REASONS[c] for c in code.tolist()]
-    routes = [_ROUTE_OF[c] for c in code.tolist()]
-    return tuple(map(Decision, routes, reasons, conf.tolist(), effective.tolist()))
+        reason[below & (conf >= effective)] = _BUDGET
+    reason[confident] = _CONFIDENT
+    if available and fits and sampled is not None:
+        reason[confident & sampled] = _SAMPLED
+    side = _SIDE_OF_CODE[reason]
+    cloud_rows = np.flatnonzero(side == Side.CLOUD)
+    shadow_rows = np.flatnonzero(side == Side.SHADOW)
+    return Plan(side, reason, conf, effective, cloud_rows, shadow_rows,
+                bool(cloud_rows.size), False)
 
 
-def _clip01(value: float) -> float:
-    return 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
+def _bases(policy: Policy, classes: np.ndarray, ctx: RequestContext, n: int) -> np.ndarray:
+    """The base threshold of each row: the request's, a per-class one, or the global one."""
+    if ctx.threshold_override is not None:
+        return np.full(n, float(ctx.threshold_override))
+    per_class = policy.class_thresholds
+    if not per_class:
+        return np.full(n, policy.threshold)
+    default = policy.threshold
+    return np.fromiter((per_class.get(c, default) for c in classes.tolist()),
+                       dtype=np.float64, count=n)
 
 
-def escalate_mask(decisions: Sequence[Decision]) -> np.ndarray:
-    """Boolean ``[N]``: which rows the decisions send to the cloud."""
-    return np.fromiter(
-        (d.route is Route.CLOUD for d in decisions), dtype=bool, count=len(decisions)
+def _decide_one(policy: Policy, conf: np.ndarray, classes: np.ndarray, ctx: RequestContext,
+                shift: float, sampled: np.ndarray | None, available: bool,
+                fits: bool) -> Plan:
+    """The same rules for a one-row request, in plain Python (several times cheaper)."""
+    score = float(conf[0])
+    if ctx.threshold_override is not None:
+        base = float(ctx.threshold_override)
+    elif policy.class_thresholds:
+        base = policy.class_thresholds.get(int(classes[0]), policy.threshold)
+    else:
+        base = policy.threshold
+    effective = base + shift
+    effective = 0.0 if effective < 0.0 else 1.0 if effective > 1.0 else effective
+    forced = ctx.route is not RouteOverride.AUTO
+    if forced:
+        if ctx.route is RouteOverride.EDGE:
+            side, code = Side.EDGE, _FORCED
+        elif available:
+            side, code = Side.CLOUD, _FORCED
+        else:
+            side, code = Side.EDGE, _UNAVAILABLE
+    elif score >= base:  # False for NaN
+        if sampled is not None and sampled[0] and available and fits:
+            side, code = Side.SHADOW, _SAMPLED
+        else:
+            side, code = Side.EDGE, _CONFIDENT
+    elif not available:
+        side, code = Side.EDGE, _UNAVAILABLE
+    elif not fits:
+        side, code = Side.EDGE, _NO_TIME
+    elif score >= effective:
+        side, code = Side.EDGE, _BUDGET
+    else:
+        side, code = Side.CLOUD, _LOW
+    cloud = side is Side.CLOUD
+    return Plan(
+        _ONE_SIDE[side], _ONE_REASON[code], conf, np.array([effective]),
+        _ROW_ZERO if cloud else _EMPTY_ROWS,
+        _ROW_ZERO if side is Side.SHADOW else _EMPTY_ROWS,
+        cloud, forced,
     )
+
+
+_DEFAULT_CONTEXT = RequestContext()
+_DEFAULT_SIGNALS = Signals()
 
 
 def route_rows(
     policy: Policy,
     class_scores: np.ndarray,
-    ctx: RequestContext = _DEFAULT_CONTEXT,
-    signals: Signals = _DEFAULT_SIGNALS,
-) -> tuple[Decision, ...]:
-    """Score the rows and decide them in one call (:func:`score_rows` then :func:`decide`)."""
+    ctx: RequestContext | None = None,
+    signals: Signals | None = None,
+) -> Plan:
+    """Score the rows and plan them in one call (:func:`score_rows` then :func:`decide`)."""
     confidence, predicted = score_rows(policy, class_scores)
     return decide(policy, confidence, predicted, ctx, signals)

@@ -11,8 +11,8 @@ generator it is given:
   probes the cloud again after a while.
 - :class:`ShadowSampler`: picks a random fraction of rows to escalate anyway.
 
-:class:`RouterState` bundles the four for one policy and turns them into the
-:class:`router.decide.Signals` that :func:`router.decide.decide` takes.
+:class:`router.runtime.Router` keeps the four for one policy and turns them
+into the :class:`router.decide.Signals` that :func:`router.decide.decide` takes.
 
 None of these objects locks; an asyncio caller uses them from one event loop,
 a threaded caller guards them with its own lock.
@@ -28,14 +28,10 @@ from enum import StrEnum
 
 import numpy as np
 
-from edgecloud.router.decide import Decision, Reason, Route, RouteOverride, Signals
-from edgecloud.router.policy import Policy
-
 __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "EscalationBudget",
-    "RouterState",
     "RttEstimator",
     "ShadowSampler",
 ]
@@ -252,83 +248,3 @@ class ShadowSampler:
         if self.rate == 1.0:
             return np.ones(n, dtype=bool)
         return self._rng.random(n) < self.rate
-
-
-class RouterState:
-    """The run-time signals for one policy, in one place.
-
-    Per request: ``signals(n)`` → :func:`router.decide.decide` →
-    ``observe_decisions(decisions)``; per escalation: ``breaker.allow()``,
-    then ``rtt.observe(seconds)`` and ``breaker.record_success()``, or
-    ``breaker.record_failure()``.
-    """
-
-    def __init__(
-        self,
-        rtt: RttEstimator,
-        budget: EscalationBudget,
-        breaker: CircuitBreaker,
-        sampler: ShadowSampler,
-    ) -> None:
-        self.rtt = rtt
-        """Cloud round-trip estimate."""
-        self.budget = budget
-        """Escalation-rate budget."""
-        self.breaker = breaker
-        """Circuit breaker on the escalation path."""
-        self.sampler = sampler
-        """Shadow sampler."""
-
-    @classmethod
-    def from_policy(cls, policy: Policy, clock: Clock, rng: np.random.Generator) -> RouterState:
-        """Fresh signals configured from a policy."""
-        return cls(
-            rtt=RttEstimator(policy.latency.rtt_quantile, policy.latency.rtt_window),
-            budget=EscalationBudget(
-                policy.budget.target_rate,
-                step=policy.budget.step,
-                max_shift=policy.budget.max_shift,
-                window=policy.budget.window,
-            ),
-            breaker=CircuitBreaker(
-                policy.breaker.failures_to_open,
-                policy.breaker.half_open_after_s,
-                clock,
-            ),
-            sampler=ShadowSampler(policy.shadow_rate, rng),
-        )
-
-    def signals(self, n_rows: int, route: RouteOverride = RouteOverride.AUTO) -> Signals:
-        """The signals for a request of ``n_rows`` rows.
-
-        A forced request draws no shadow samples, so forcing does not disturb
-        the sampler's sequence.
-        """
-        sampled = (
-            self.sampler.sample(n_rows)
-            if route is RouteOverride.AUTO
-            else np.zeros(n_rows, dtype=bool)
-        )
-        return Signals(
-            cloud_available=self.breaker.available(),
-            cloud_rtt_s=self.rtt.estimate(),
-            threshold_shift=self.budget.shift,
-            sampled=sampled,
-        )
-
-    def observe_decisions(self, decisions: Iterable[Decision]) -> None:
-        """Feed the budget tracker with the rows the threshold decided.
-
-        Pass the decisions as :func:`router.decide.decide` made them (a
-        ``cloud_failed`` fallback still counts as escalated). Forced rows say
-        nothing about the threshold and are skipped; a shadow sample counts as
-        not escalated, since the sampler, not the threshold, sent it.
-        """
-        flags = [
-            d.reason is Reason.CLOUD_FAILED
-            or (d.route is Route.CLOUD and d.reason is Reason.LOW_CONFIDENCE)
-            for d in decisions
-            if d.reason is not Reason.FORCED
-        ]
-        if flags:
-            self.budget.observe(flags)

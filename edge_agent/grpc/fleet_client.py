@@ -64,21 +64,22 @@ def build_status(agent_id: str, labels: dict[str, str], service: EdgeService,
     """What the agent runs and how it is doing, for ReportStatus."""
     tasks = []
     for task in service.tasks():
-        c = task.counters
+        c = service.metrics.task_counts(task.name)
         entry = pb.TaskCounters(
             name=task.name, model_version=task.current.model.version,
             policy_version=task.current.policy.version, requests=c.requests, rows=c.rows,
             escalated_rows=c.escalated_rows, fallback_rows=c.fallback_rows, errors=c.errors,
             shadow_rows=c.shadow_rows, shadow_agree=c.shadow_agree,
         )
-        if task.drift is not None:
-            report = task.drift.report()
+        drift = task.router.drift
+        if drift is not None:
+            report = drift.report()
             entry.drift_psi = report.psi
             entry.drift_ks = report.ks
             entry.drift_ks_pvalue = report.ks_pvalue
             entry.drift_status = report.status.value if report.n else ""
-            entry.score_histogram.extend(int(v) for v in task.drift.observed_counts())
-            entry.score_bin_edges.extend(task.drift.reference.edges)
+            entry.score_histogram.extend(int(v) for v in drift.observed_counts())
+            entry.score_bin_edges.extend(drift.reference.edges)
         tasks.append(entry)
     status = pb.AgentStatus(agent_id=agent_id, labels=labels, agent_version=__version__,
                             tasks=tasks, sent_at=time.time(),

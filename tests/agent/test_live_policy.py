@@ -23,14 +23,14 @@ async def test_edited_policy_file_takes_effect_without_restart(start_agent, tmp_
     agent = await start_agent(None, policies=[policy_file], policy_poll_s=3600)
     x, _ = digits_test
     before = await answer(agent, x[:50])
-    assert {d.reason.value for d in before.decisions} >= {"confident"}
+    assert {r.value for r in before.routing.reasons()} >= {"confident"}
 
     policy = parse_policy(policy_file.read_text())
     policy_file.write_text(dump_policy(policy.model_copy(update={"threshold": 1.0,
                                                                  "version": "2"})))
     await agent.policy_watcher.check()
     after = await answer(agent, x[:50])
-    assert {d.reason.value for d in after.decisions} == {"cloud_unavailable"}
+    assert {r.value for r in after.routing.reasons()} == {"cloud_unavailable"}
     assert agent.service.task("digits").current.policy.version == "2"
 
     policy_file.write_text("name: digits\nthreshold: 7\n")

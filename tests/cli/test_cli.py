@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecloud.router import RequestContext, decide, parse_policy, score_rows
+from edgecloud.router import RequestContext, Side, decide, parse_policy, score_rows
 
 
 def edgecloud(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -117,8 +117,8 @@ async def test_agent_batch_routes_a_whole_file(start_gateway, tmp_path, digits_d
     assert [r["row"] for r in lines] == list(range(len(x)))
     policy = parse_policy((digits_dir / "policy.yaml").read_text())
     confidence, predicted = score_rows(policy, onnx_reference("edge", x))
-    expected = [d.route.value for d in decide(policy, confidence, predicted,
-                                               RequestContext(time_left_s=30.0))]
+    plan = decide(policy, confidence, predicted, RequestContext(time_left_s=30.0))
+    expected = ["cloud" if side == Side.CLOUD else "edge" for side in plan.side.tolist()]
     assert [r["route"] for r in lines] == expected
     cloud_pred = np.argmax(onnx_reference("cloud", x), axis=1)
     for r in lines:

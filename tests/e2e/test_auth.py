@@ -62,4 +62,4 @@ async def test_roles_and_identity_are_enforced(start_gateway, start_agent, tmp_p
     x, _ = digits_test
     answer = await agent.service.answer(InferRequest(model_name="digits", inputs={
         "pixels": x[:5]}, parameters={"route": "cloud"}), 5.0)
-    assert {d.route.value for d in answer.decisions} == {"cloud"}
+    assert {r.value for r in answer.routing.routes()} == {"cloud"}

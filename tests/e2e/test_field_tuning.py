@@ -27,16 +27,19 @@ async def test_shadow_samples_are_logged_and_tune_a_policy(start_gateway, start_
     x, _ = digits_test
     answer = await agent.service.answer(
         InferRequest(model_name="digits", inputs={"pixels": x[:200]}), 5.0)
-    reasons = {d.reason.value for d in answer.decisions}
+    reasons = {r.value for r in answer.routing.reasons()}
     assert "sampled" in reasons
-    assert all(d.route.value != "cloud" for d in answer.decisions if d.reason.value == "sampled")
+    routes, reasons_by_row = answer.routing.routes(), answer.routing.reasons()
+    assert all(route.value != "cloud"
+               for route, reason in zip(routes, reasons_by_row, strict=True)
+               if reason.value == "sampled")
     log_file = agent.settings.data_dir / "shadow" / "digits.jsonl"
-    sampled = sum(d.reason.value == "sampled" for d in answer.decisions)
+    sampled = sum(reason.value == "sampled" for reason in reasons_by_row)
     await wait_until(lambda: log_file.exists()
                      and len(log_file.read_text().splitlines()) == sampled, what="shadow log")
     record = json.loads(log_file.read_text().splitlines()[0])
     assert len(record["edge"]) == len(record["cloud"]) == 10
-    assert agent.service.task("digits").counters.shadow_rows == sampled
+    assert agent.service.metrics.task_counts("digits").shadow_rows == sampled
     out = tmp_path / "field.yaml"
     result = await asyncio.to_thread(
         subprocess.run,

@@ -24,7 +24,7 @@ async def test_escalated_rows_are_uploaded_with_both_answers(start_gateway, star
     x, _ = digits_test
     answer = await agent.service.answer(InferRequest(model_name="digits",
                                                      inputs={"pixels": x[:120]}), 5.0)
-    hard = [i for i, d in enumerate(answer.decisions) if d.route.value == "cloud"]
+    hard = [i for i, route in enumerate(answer.routing.routes()) if route.value == "cloud"]
     assert hard
     sent = await agent.fleet.upload_hard_examples()
     assert sent == len(hard)
@@ -55,7 +55,7 @@ async def test_failed_upload_keeps_the_batch(start_gateway, start_agent, tmp_pat
     x, _ = digits_test
     answer = await agent.service.answer(InferRequest(model_name="digits",
                                                      inputs={"pixels": x[:120]}), 5.0)
-    hard = sum(d.route.value == "cloud" for d in answer.decisions)
+    hard = sum(route.value == "cloud" for route in answer.routing.routes())
     await gateway.stop(0.1)
     assert await agent.fleet.upload_hard_examples() == 0
     assert list((agent.settings.data_dir / "hard").glob("uploading-*.jsonl"))

@@ -14,6 +14,7 @@ from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
 from edgecloud.router import (
     BreakerPolicy,
     RequestContext,
+    Side,
     decide,
     dump_policy,
     parse_policy,
@@ -34,8 +35,8 @@ async def call(stub, x: np.ndarray, deadline_s: float = 5.0, **params) -> InferR
 def expected_routes(digits_dir, onnx_reference, x: np.ndarray) -> list[str]:
     policy = parse_policy((digits_dir / "policy.yaml").read_text())
     confidence, predicted = score_rows(policy, onnx_reference("edge", x))
-    decisions = decide(policy, confidence, predicted, RequestContext(time_left_s=5.0))
-    return [d.route.value for d in decisions]
+    plan = decide(policy, confidence, predicted, RequestContext(time_left_s=5.0))
+    return ["cloud" if side == Side.CLOUD else "edge" for side in plan.side.tolist()]
 
 
 @pytest.mark.e2e
@@ -211,7 +212,7 @@ async def test_stream_routes_each_message(start_gateway, start_agent, channels, 
 @pytest.mark.e2e
 async def test_edge_only_agent_answers_everything_locally(start_agent, channels, digits_test):
     """An agent without a gateway answers every row at the edge; hard rows say
-    cloud_unavailable, and a forced cloud request falls back to the local answer."""
+    cloud_unavailable, and so does a request that forces the cloud."""
     agent = await start_agent(None)
     stub = channels(agent.address)
     x, _ = digits_test
@@ -219,4 +220,5 @@ async def test_edge_only_agent_answers_everything_locally(start_agent, channels,
     assert set(answer.parameters["route"].split(",")) == {"edge"}
     assert "cloud_unavailable" in answer.parameters["reason"].split(",")
     forced = await call(stub, x[:3], route="cloud")
-    assert forced.parameters["route"].split(",") == ["edge_fallback"] * 3
+    assert forced.parameters["route"].split(",") == ["edge"] * 3
+    assert forced.parameters["reason"].split(",") == ["cloud_unavailable"] * 3

@@ -84,7 +84,7 @@ async def test_mutual_tls_fleet_and_escalation(start_gateway, start_agent, tmp_p
     x, _ = digits_test
     answer = await agent.service.answer(InferRequest(
         model_name="digits", inputs={"pixels": x[:4]}, parameters={"route": "cloud"}), 5.0)
-    assert {d.route.value for d in answer.decisions} == {"cloud"}
+    assert {r.value for r in answer.routing.routes()} == {"cloud"}
 
     async with grpc.aio.insecure_channel(gateway.address) as plain:
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -1,4 +1,4 @@
-"""Tests for the routing decision: every reason, and the order the rules apply in."""
+"""Tests for the routing rules: every reason, and the order the rules apply in."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 
 from edgecloud.router.decide import (
-    Decision,
+    REASONS,
+    Plan,
     Reason,
     RequestContext,
     Route,
     RouteOverride,
+    Side,
     Signals,
     decide,
-    escalate_mask,
     route_rows,
 )
 from edgecloud.router.policy import LatencyPolicy, Policy
@@ -34,7 +35,7 @@ DOWN = Signals(cloud_available=False)
 SLOW = Signals(cloud_rtt_s=0.3)  # longer than the 0.25 s default budget
 SAMPLED = Signals(sampled=np.array([True]))
 
-E, C = Route.EDGE, Route.CLOUD
+E, C, S = Side.EDGE, Side.CLOUD, Side.SHADOW
 R = Reason
 
 
@@ -59,8 +60,8 @@ CASES = [
         id="forced-cloud",
     ),
     pytest.param(
-        0.1, 0, RequestContext(route=RouteOverride.CLOUD), DOWN, C, R.FORCED, 0.5,
-        id="forced-cloud-beats-breaker",
+        0.1, 0, RequestContext(route=RouteOverride.CLOUD), DOWN, E, R.CLOUD_UNAVAILABLE, 0.5,
+        id="forced-cloud-needs-a-permit",
     ),
     pytest.param(
         0.9, 0, RequestContext(route=RouteOverride.EDGE), SAMPLED, E, R.FORCED, 0.5,
@@ -135,7 +136,7 @@ CASES = [
         id="positive-shift-keeps-base",
     ),
     # Shadow sampling: only confident rows, only when the cloud can take them.
-    pytest.param(0.9, 0, AUTO, SAMPLED, C, R.SAMPLED, 0.5, id="sampled"),
+    pytest.param(0.9, 0, AUTO, SAMPLED, S, R.SAMPLED, 0.5, id="sampled"),
     pytest.param(
         0.9, 0, AUTO, Signals(cloud_available=False, sampled=np.array([True])),
         E, R.CONFIDENT, 0.5,
@@ -159,62 +160,73 @@ CASES = [
 
 
 @pytest.mark.parametrize(
-    ("confidence", "predicted", "ctx", "signals", "route", "reason", "threshold"), CASES
+    ("confidence", "predicted", "ctx", "signals", "side", "reason", "threshold"), CASES
 )
 def test_decision_table(
     confidence: float,
     predicted: int,
     ctx: RequestContext,
     signals: Signals,
-    route: Route,
+    side: Side,
     reason: Reason,
     threshold: float,
 ) -> None:
-    """Each row of the table pins the route, reason and threshold for one situation."""
-    (decision,) = decide(POLICY, np.array([confidence]), np.array([predicted]), ctx, signals)
-    assert decision.route is route
-    assert decision.reason is reason
-    assert decision.threshold == pytest.approx(threshold)
+    """Each row of the table pins the side, reason and threshold for one situation."""
+    plan = decide(POLICY, np.array([confidence]), np.array([predicted]), ctx, signals)
+    assert plan.rows == 1
+    assert plan.side[0] == side
+    assert REASONS[plan.reason[0]] is reason
+    assert plan.threshold[0] == pytest.approx(threshold)
     if math.isnan(confidence):
-        assert math.isnan(decision.score)
+        assert math.isnan(plan.confidence[0])
     else:
-        assert decision.score == confidence
+        assert plan.confidence[0] == confidence
+    assert plan.cloud_rows.tolist() == ([0] if side is C else [])
+    assert plan.shadow_rows.tolist() == ([0] if side is S else [])
+    assert plan.permit is (side is C)
+    assert plan.forced is (ctx.route is not RouteOverride.AUTO)
 
 
-def test_batch_decides_each_row() -> None:
-    """A batch gets one decision per row, in order, and the escalation mask matches."""
+def test_batch_plans_each_row() -> None:
+    """A batch gets one side and reason per row, in order, and the row lists match."""
     signals = Signals(threshold_shift=-0.05, sampled=np.array([False, True, False, False]))
-    decisions = decide(
+    plan = decide(
         POLICY, np.array([0.9, 0.95, 0.2, 0.47]), np.array([0, 0, 0, 0]), signals=signals
     )
-    assert [(d.route, d.reason) for d in decisions] == [
+    assert list(zip(plan.side.tolist(), plan.reasons(), strict=True)) == [
         (E, R.CONFIDENT),
-        (C, R.SAMPLED),
+        (S, R.SAMPLED),
         (C, R.LOW_CONFIDENCE),
         (E, R.BUDGET_EXHAUSTED),
     ]
-    np.testing.assert_array_equal(escalate_mask(decisions), [False, True, True, False])
-    assert escalate_mask(()).shape == (0,)
+    assert plan.cloud_rows.tolist() == [2]
+    assert plan.shadow_rows.tolist() == [1]
+    assert plan.permit
 
 
 def test_empty_batch() -> None:
-    """Zero rows give zero decisions."""
-    assert decide(POLICY, np.zeros(0), np.zeros(0, dtype=np.int64)) == ()
+    """Zero rows give an empty plan that escalates nothing."""
+    plan = decide(POLICY, np.zeros(0), np.zeros(0, dtype=np.int64))
+    assert plan.rows == 0
+    assert plan.cloud_rows.size == 0
+    assert not plan.permit
 
 
 def test_route_rows_scores_then_decides() -> None:
     """route_rows is score_rows followed by decide."""
-    decisions = route_rows(POLICY, np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25]]))
-    assert [d.reason for d in decisions] == [R.CONFIDENT, R.LOW_CONFIDENCE]
-    assert decisions[0].score == pytest.approx(0.85)
+    plan = route_rows(POLICY, np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25]]))
+    assert plan.reasons() == [R.CONFIDENT, R.LOW_CONFIDENCE]
+    assert plan.confidence[0] == pytest.approx(0.85)
 
 
-def test_decision_is_a_frozen_value() -> None:
-    """Decisions compare by value and cannot be changed."""
-    a = Decision(route=E, reason=R.CONFIDENT, score=0.9, threshold=0.5)
-    assert a == Decision(route=E, reason=R.CONFIDENT, score=0.9, threshold=0.5)
+def test_plan_is_an_immutable_value() -> None:
+    """A plan's fields cannot be reassigned, and a one-row plan's shared arrays are read-only."""
+    plan = decide(POLICY, np.array([0.9]), np.array([0]))
+    assert isinstance(plan, Plan)
     with pytest.raises(AttributeError):
-        a.route = C  # type: ignore[misc]
+        plan.permit = True  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        plan.side[0] = Side.CLOUD
 
 
 def test_wire_strings() -> None:
@@ -254,13 +266,17 @@ def test_mismatched_shapes_are_refused() -> None:
         decide(POLICY, np.array([[0.5]]), np.array([[0]]))
     with pytest.raises(ValueError, match="sampled"):
         decide(POLICY, np.array([0.5]), np.array([0]), signals=Signals(sampled=np.ones(2)))
+    with pytest.raises(ValueError, match="shift"):
+        decide(POLICY, np.array([0.5]), np.array([0]),
+               signals=Signals(threshold_shift=-math.inf))
 
 
 @pytest.mark.parametrize("available", [True, False])
 @pytest.mark.parametrize("rtt", [None, 0.05, 5.0])
 @pytest.mark.parametrize("shift", [0.0, -0.2, 0.3])
-def test_many_rows_decide_like_one_row_at_a_time(available, rtt, shift) -> None:
-    """Large requests (array path) get exactly the decisions of the per-row path."""
+@pytest.mark.parametrize("route", list(RouteOverride))
+def test_many_rows_decide_like_one_row_at_a_time(available, rtt, shift, route) -> None:
+    """Requests of many rows (array path) get exactly the plan of the one-row path."""
     rng = np.random.default_rng(5)
     conf = rng.random(200)
     conf[:5] = np.nan
@@ -269,15 +285,18 @@ def test_many_rows_decide_like_one_row_at_a_time(available, rtt, shift) -> None:
     sampled = rng.random(200) < 0.3
     signals = Signals(cloud_available=available, cloud_rtt_s=rtt, threshold_shift=shift,
                       sampled=sampled)
-    ctx = RequestContext(time_left_s=1.0)
+    ctx = RequestContext(route=route, time_left_s=1.0)
     many = decide(policy, conf, predicted, ctx, signals)
     one_by_one = [
         decide(policy, conf[i:i + 1], predicted[i:i + 1], ctx,
                Signals(cloud_available=available, cloud_rtt_s=rtt, threshold_shift=shift,
-                       sampled=sampled[i:i + 1]))[0]
+                       sampled=sampled[i:i + 1]))
         for i in range(200)
     ]
-    for got, want in zip(many, one_by_one, strict=True):
-        assert (got.route, got.reason, got.threshold) == (want.route, want.reason,
-                                                          want.threshold)
-        assert got.score == want.score or (np.isnan(got.score) and np.isnan(want.score))
+    assert many.side.tolist() == [p.side[0] for p in one_by_one]
+    assert many.reason.tolist() == [p.reason[0] for p in one_by_one]
+    np.testing.assert_array_equal(many.threshold, [p.threshold[0] for p in one_by_one])
+    np.testing.assert_array_equal(many.confidence, conf)
+    assert many.cloud_rows.tolist() == [i for i, p in enumerate(one_by_one) if p.permit]
+    assert many.shadow_rows.tolist() == [i for i, p in enumerate(one_by_one)
+                                         if p.shadow_rows.size]

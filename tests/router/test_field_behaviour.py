@@ -19,14 +19,14 @@ from edgecloud.router import (
     BudgetPolicy,
     DriftMonitor,
     DriftStatus,
+    Escalation,
     Policy,
     RequestContext,
-    RouterState,
+    Router,
+    Side,
     calibration_histogram,
     classify,
-    decide,
     dump_policy,
-    escalate_mask,
     parse_policy,
     psi,
     psi_pvalue,
@@ -74,20 +74,17 @@ def test_budget_holds_the_rate_when_inputs_drift(policy: Policy, onnx_reference:
     budgeted = policy.model_copy(
         update={"budget": BudgetPolicy(target_rate=TARGET, step=0.01, max_shift=0.5)}
     )
-    state = RouterState.from_policy(budgeted, clock=lambda: 0.0, rng=np.random.default_rng(0))
+    router = Router(budgeted, clock=lambda: 0.0, rng=np.random.default_rng(0))
     escalated = []
     for start in range(0, STREAM_ROWS, BATCH):
         rows = slice(start, start + BATCH)
-        n = len(confidence[rows])
-        decisions = decide(
-            budgeted, confidence[rows], predicted[rows], RequestContext(), state.signals(n)
-        )
-        state.observe_decisions(decisions)
-        escalated.append(escalate_mask(decisions))
+        plan = router.plan(confidence[rows], predicted[rows], RequestContext())
+        router.record(plan, Escalation(ok=True) if plan.permit else None)
+        escalated.append(plan.side == Side.CLOUD)
     realised = np.concatenate(escalated)
     assert realised[:half].mean() == pytest.approx(TARGET, abs=0.05)
     assert realised[half:].mean() == pytest.approx(TARGET, abs=0.05)
-    assert state.budget.shift < -0.2
+    assert router.budget.shift < -0.2
 
 
 def _window_statuses(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecloud.router.decide import Decision, Reason, RequestContext, Route, RouteOverride, decide
-from edgecloud.router.policy import BreakerPolicy, BudgetPolicy, LatencyPolicy, Policy
+from edgecloud.router.decide import RequestContext
+from edgecloud.router.policy import BudgetPolicy, Policy
+from edgecloud.router.runtime import Escalation, Router
 from edgecloud.router.signals import (
     BreakerState,
     CircuitBreaker,
     EscalationBudget,
-    RouterState,
     RttEstimator,
     ShadowSampler,
 )
@@ -95,17 +95,15 @@ def test_budget_inert_without_target() -> None:
     assert budget.realised_rate == pytest.approx(0.5)  # last four: T, F, F, T
 
 
-def _run_stream(policy: Policy, n_batches: int, seed: int) -> RouterState:
-    """Route a stream of uniform confidences through decide, feeding the budget back."""
+def _run_stream(policy: Policy, n_batches: int, seed: int) -> Router:
+    """Route a stream of uniform confidences through a router, feeding the outcome back."""
     rng = np.random.default_rng(seed)
-    state = RouterState.from_policy(policy, clock=FakeClock(), rng=np.random.default_rng(0))
+    router = Router(policy, clock=FakeClock(), rng=np.random.default_rng(0))
     for _ in range(n_batches):
         confidence = rng.random(4)
-        decisions = decide(
-            policy, confidence, np.zeros(4, dtype=np.int64), RequestContext(), state.signals(4)
-        )
-        state.observe_decisions(decisions)
-    return state
+        plan = router.plan(confidence, np.zeros(4, dtype=np.int64), RequestContext())
+        router.record(plan, Escalation(ok=True) if plan.permit else None)
+    return router
 
 
 def test_budget_holds_rate_near_target() -> None:
@@ -248,75 +246,6 @@ def test_sampler_extremes_draw_nothing(rate: float, value: bool) -> None:
     picks = ShadowSampler(rate, rng).sample(5)
     np.testing.assert_array_equal(picks, [value] * 5)
     assert rng.bit_generator.state == before
-
-
-# RouterState
-
-
-def test_router_state_from_policy() -> None:
-    """RouterState builds every signal from the policy's sections."""
-    policy = Policy(
-        name="t",
-        threshold=0.5,
-        latency=LatencyPolicy(rtt_quantile=0.5, rtt_window=7),
-        budget=BudgetPolicy(target_rate=0.1, step=0.03, max_shift=0.05, window=9),
-        breaker=BreakerPolicy(failures_to_open=2, half_open_after_s=4.0),
-        shadow_rate=0.25,
-    )
-    state = RouterState.from_policy(policy, clock=FakeClock(), rng=np.random.default_rng(0))
-    assert state.rtt.quantile == 0.5
-    assert (state.budget.target_rate, state.budget.step, state.budget.max_shift) == (
-        0.1,
-        0.03,
-        0.05,
-    )
-    assert (state.breaker.failures_to_open, state.breaker.half_open_after_s) == (2, 4.0)
-    assert state.sampler.rate == 0.25
-
-
-def test_router_state_signals_reflect_the_parts() -> None:
-    """signals() reports the breaker, the round-trip estimate, the shift and the samples."""
-    clock = FakeClock()
-    policy = Policy(
-        name="t",
-        threshold=0.5,
-        shadow_rate=0.5,
-        breaker=BreakerPolicy(failures_to_open=1, half_open_after_s=3.0),
-    )
-    state = RouterState.from_policy(policy, clock=clock, rng=np.random.default_rng(0))
-    first = state.signals(6)
-    assert first.cloud_available
-    assert first.cloud_rtt_s is None
-    assert first.threshold_shift == 0.0
-    assert first.sampled is not None and first.sampled.shape == (6,)
-    state.rtt.observe(0.05)
-    state.breaker.record_failure()
-    later = state.signals(1)
-    assert not later.cloud_available
-    assert later.cloud_rtt_s == pytest.approx(0.05)
-    forced = state.signals(3, route=RouteOverride.EDGE)
-    assert forced.sampled is not None and not forced.sampled.any()
-
-
-def test_observe_decisions_counts_only_threshold_escalations() -> None:
-    """Forced rows are skipped; shadow samples and fallbacks count by what the threshold did."""
-    policy = Policy(name="t", threshold=0.5, budget=BudgetPolicy(target_rate=0.5, window=10))
-    state = RouterState.from_policy(policy, clock=FakeClock(), rng=np.random.default_rng(0))
-
-    def d(route: Route, reason: Reason) -> Decision:
-        return Decision(route=route, reason=reason, score=0.0, threshold=0.5)
-
-    state.observe_decisions(
-        [
-            d(Route.CLOUD, Reason.FORCED),
-            d(Route.EDGE, Reason.FORCED),
-            d(Route.CLOUD, Reason.LOW_CONFIDENCE),
-            d(Route.EDGE_FALLBACK, Reason.CLOUD_FAILED),
-            d(Route.CLOUD, Reason.SAMPLED),
-            d(Route.EDGE, Reason.NO_TIME),
-        ]
-    )
-    assert state.budget.realised_rate == pytest.approx(0.5)  # 2 of 4 counted rows
 
 
 def test_realised_rate_matches_the_last_window_for_any_chunking():

@@ -1,0 +1,196 @@
+"""The router at run time: one plan per request, and the outcome taken back.
+
+:class:`Router` owns the whole per-request decision for one policy. Per
+request the caller does::
+
+    plan = router.plan(confidence, predicted, ctx)   # sampling, breaker permit, budget, time
+    ... carry the plan out: escalate plan.cloud_rows, shadow plan.shadow_rows ...
+    routing = router.record(plan, escalation)        # RTT, breaker, budget, drift
+
+and answers each row as ``routing`` says. Everything here is pure apart from
+the injected clock and random generator, so the per-request behaviour is
+tested without servers or sleeps.
+
+None of this locks; an asyncio caller uses a router from one event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from edgecloud.router.decide import (
+    REASON_CODE,
+    REASONS,
+    ROUTES,
+    Plan,
+    Reason,
+    RequestContext,
+    Route,
+    RouteOverride,
+    Signals,
+    decide,
+)
+from edgecloud.router.drift import DriftMonitor
+from edgecloud.router.policy import Policy
+from edgecloud.router.signals import (
+    BreakerState,
+    CircuitBreaker,
+    EscalationBudget,
+    RttEstimator,
+    ShadowSampler,
+)
+
+__all__ = ["Escalation", "Router", "Routing"]
+
+Clock = Callable[[], float]
+
+_LOW = REASON_CODE[Reason.LOW_CONFIDENCE]
+_FAILED = REASON_CODE[Reason.CLOUD_FAILED]
+_EDGE_CODE = ROUTES.index(Route.EDGE)
+_CLOUD_CODE = ROUTES.index(Route.CLOUD)
+_FALLBACK_CODE = ROUTES.index(Route.EDGE_FALLBACK)
+_ROUTE_OF_SIDE = np.array([_EDGE_CODE, _CLOUD_CODE, _EDGE_CODE], dtype=np.uint8)
+"""Without an escalation outcome: edge → edge, cloud → cloud, shadow → edge."""
+
+
+class Escalation(NamedTuple):
+    """What became of a plan's escalation."""
+
+    ok: bool
+    """The cloud answered every escalated row."""
+    rtt_s: float | None = None
+    """The round trip, when the cloud answered."""
+
+
+class Routing(NamedTuple):
+    """How each row of a request was finally answered: per-row arrays."""
+
+    route: np.ndarray
+    """``uint8 [N]``: a route code per row (``ROUTES[code]``)."""
+    reason: np.ndarray
+    """``uint8 [N]``: a reason code per row (``REASONS[code]``)."""
+    confidence: np.ndarray
+    """``float64 [N]``: each row's edge confidence."""
+
+    @property
+    def rows(self) -> int:
+        """Rows in the request."""
+        return int(self.route.shape[0])
+
+    def routes(self) -> list[Route]:
+        """The route of each row, as enum members."""
+        return [ROUTES[code] for code in self.route.tolist()]
+
+    def reasons(self) -> list[Reason]:
+        """The reason of each row, as enum members."""
+        return [REASONS[code] for code in self.reason.tolist()]
+
+
+_ONE_ROUTE = tuple(np.array([code], dtype=np.uint8) for code in range(len(ROUTES)))
+for _array in _ONE_ROUTE:
+    _array.flags.writeable = False
+
+
+class Router:
+    """Routing for one policy: the rules of :func:`decide` plus the run-time signals.
+
+    The signals (:mod:`router.signals`) are built from the policy's sections
+    and kept here: the round-trip estimate, the escalation budget, the
+    circuit breaker, the shadow sampler, and the drift monitor against the
+    policy's calibration histogram (when it has one).
+    """
+
+    def __init__(self, policy: Policy, *, clock: Clock, rng: np.random.Generator,
+                 cloud: bool = True) -> None:
+        self.policy = policy
+        """The policy the rules and signals come from."""
+        self.cloud = cloud
+        """False when there is no cloud to escalate to: every row is answered at the edge."""
+        self.rtt = RttEstimator(policy.latency.rtt_quantile, policy.latency.rtt_window)
+        """Cloud round-trip estimate."""
+        self.budget = EscalationBudget(
+            policy.budget.target_rate,
+            step=policy.budget.step,
+            max_shift=policy.budget.max_shift,
+            window=policy.budget.window,
+        )
+        """Escalation-rate budget."""
+        self.breaker = CircuitBreaker(
+            policy.breaker.failures_to_open, policy.breaker.half_open_after_s, clock
+        )
+        """Circuit breaker on the escalation path."""
+        self.sampler = ShadowSampler(policy.shadow_rate, rng)
+        """Shadow sampler."""
+        self.drift = (
+            DriftMonitor(policy.calibration_histogram)
+            if policy.calibration_histogram is not None
+            else None
+        )
+        """Drift of the observed confidences against the calibration histogram, if any."""
+
+    def signals(self, n_rows: int, route: RouteOverride = RouteOverride.AUTO) -> Signals:
+        """The signals for a request of ``n_rows`` rows (draws the shadow samples).
+
+        A forced request draws no shadow samples, so forcing does not disturb
+        the sampler's sequence.
+        """
+        sampled = (
+            self.sampler.sample(n_rows)
+            if route is RouteOverride.AUTO and self.sampler.rate > 0.0
+            else None
+        )
+        return Signals(
+            cloud_available=self.cloud and self.breaker.available(),
+            cloud_rtt_s=self.rtt.estimate(),
+            threshold_shift=self.budget.shift,
+            sampled=sampled,
+        )
+
+    def plan(self, confidence: np.ndarray, predicted: np.ndarray,
+             ctx: RequestContext) -> Plan:
+        """Plan one request; takes the breaker's permit when the plan escalates rows."""
+        plan = decide(self.policy, confidence, predicted, ctx,
+                      self.signals(confidence.shape[0], ctx.route))
+        if plan.permit and self.breaker.state is not BreakerState.CLOSED:
+            # available() said yes and nothing ran since, so this takes the probe slot.
+            self.breaker.allow()
+        return plan
+
+    def record(self, plan: Plan, escalation: Escalation | None = None) -> Routing:
+        """Take a plan's outcome back; returns how each row was finally answered.
+
+        ``escalation`` is None when the plan escalated nothing. A failed
+        escalation answers its rows at the edge (``edge_fallback``,
+        ``cloud_failed``) and counts against the breaker; a successful one
+        feeds the round-trip estimate and closes a half-open breaker. The
+        budget tracker sees every row the threshold decided (a failed
+        escalation still counts as escalated; forced and sampled rows do not),
+        and the drift monitor sees every confidence.
+        """
+        if plan.rows == 1:
+            route = _ONE_ROUTE[_ROUTE_OF_SIDE[plan.side[0]]]
+        else:
+            route = _ROUTE_OF_SIDE[plan.side]
+        reason = plan.reason
+        if plan.permit:
+            if escalation is None:
+                raise ValueError("a plan that escalates rows needs its escalation outcome")
+            if escalation.ok:
+                self.breaker.record_success()
+                if escalation.rtt_s is not None:
+                    self.rtt.observe(escalation.rtt_s)
+            else:
+                self.breaker.record_failure()
+                route = route.copy()
+                reason = reason.copy()
+                route[plan.cloud_rows] = _FALLBACK_CODE
+                reason[plan.cloud_rows] = _FAILED
+        if not plan.forced:
+            self.budget.observe(plan.reason == _LOW)
+        if self.drift is not None:
+            self.drift.observe(plan.confidence)
+        return Routing(route, reason, plan.confidence)
+
