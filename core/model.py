@@ -130,6 +130,17 @@ class OnnxModel:
         if not outputs:
             raise InvalidInput(f"{self._describe()} has no tensor outputs that v2 can carry")
         self.outputs: tuple[TensorSpec, ...] = tuple(outputs)
+        self._output_list = [spec.name for spec in self.outputs]
+        self._numeric_outputs = all(spec.datatype != "BYTES" for spec in self.outputs)
+        self._input_names = frozenset(spec.name for spec in self.inputs)
+        # Per input: the one form that needs no conversion (native dtype, rank, fixed
+        # dimensions), so a well-formed request is checked in a few comparisons.
+        self._accepts = tuple(
+            (spec.name, V2_TO_NUMPY[spec.datatype].newbyteorder("="), len(spec.shape),
+             tuple((axis, dim) for axis, dim in enumerate(spec.shape) if dim >= 0))
+            for spec in self.inputs
+            if spec.datatype != "BYTES" and spec.shape
+        ) if all(spec.datatype != "BYTES" and spec.shape for spec in self.inputs) else None
 
     # ----------------------------------------------------------------- loading
 
@@ -203,6 +214,18 @@ class OnnxModel:
         ``str``, the form ONNX Runtime takes, and an element that is not UTF-8
         raises :class:`~core.errors.InvalidInput`.
         """
+        accepts = self._accepts
+        if accepts is not None and len(inputs) == len(accepts):
+            feed = {}
+            for name, native, rank, fixed in accepts:
+                array = inputs.get(name)
+                if (type(array) is not np.ndarray or array.dtype != native
+                        or array.ndim != rank
+                        or any(array.shape[axis] != dim for axis, dim in fixed)):
+                    break
+                feed[name] = array
+            else:
+                return feed
         expected = [spec.name for spec in self.inputs]
         unknown = [name for name in inputs if name not in expected]
         if unknown:
@@ -235,8 +258,8 @@ class OnnxModel:
         ``validated=True`` skips the checks for inputs that already came out
         of :meth:`validate_inputs`.
         """
-        feed = dict(inputs) if validated else self.validate_inputs(inputs)
-        names = self._output_names(output_names)
+        feed = inputs if validated else self.validate_inputs(inputs)
+        names = self._output_list if output_names is None else self._output_names(output_names)
         try:
             results = self._session.run(names, feed)
         except Exception as exc:
@@ -249,6 +272,8 @@ class OnnxModel:
                 input_shapes={name: list(array.shape) for name, array in feed.items()},
             )
             raise ModelFailure(f"{self._describe()} failed to run") from exc
+        if self._numeric_outputs:  # ONNX Runtime returns numeric tensors as numpy arrays
+            return dict(zip(names, results, strict=True))
         return {name: _from_ort(value) for name, value in zip(names, results, strict=True)}
 
     async def run_async(

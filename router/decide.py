@@ -50,6 +50,7 @@ __all__ = [
     "Side",
     "Signals",
     "decide",
+    "plan_rows",
     "route_rows",
 ]
 
@@ -187,6 +188,8 @@ _EMPTY_ROWS = _frozen(np.zeros(0, dtype=np.int64))
 _ROW_ZERO = _frozen(np.zeros(1, dtype=np.int64))
 _ONE_SIDE = tuple(_frozen(np.array([side], dtype=np.uint8)) for side in Side)
 _ONE_REASON = tuple(_frozen(np.array([code], dtype=np.uint8)) for code in range(len(REASONS)))
+_ONE_THRESHOLD: dict[float, np.ndarray] = {}
+"""One-row threshold arrays by value: a request usually meets one of a few thresholds."""
 _SIDE_OF_CODE = np.zeros(len(REASONS), dtype=np.uint8)
 _SIDE_OF_CODE[_LOW] = Side.CLOUD
 _SIDE_OF_CODE[_SAMPLED] = Side.SHADOW
@@ -221,20 +224,28 @@ def decide(
         sampled = np.asarray(sampled, dtype=bool)
         if sampled.shape != (n,):
             raise ValueError(f"sampled has shape {sampled.shape} but there are {n} rows")
+    if not math.isfinite(signals.threshold_shift):
+        raise ValueError(f"threshold shift must be finite, got {signals.threshold_shift}")
+    return plan_rows(policy, conf, classes, ctx, bool(signals.cloud_available),
+                     signals.cloud_rtt_s, float(signals.threshold_shift), sampled)
 
+
+def plan_rows(policy: Policy, conf: np.ndarray, classes: np.ndarray, ctx: RequestContext,
+              available: bool, rtt_s: float | None, shift: float,
+              sampled: np.ndarray | None) -> Plan:
+    """:func:`decide` for arguments already checked (the run-time router's hot path).
+
+    ``conf`` is float64 ``[N]``, ``classes`` ``[N]``, ``sampled`` bool ``[N]`` or None,
+    ``shift`` finite.
+    """
+    n = conf.shape[0]
     time_left = (
         ctx.time_left_s
         if ctx.time_left_s is not None
         else policy.latency.default_budget_ms / 1000.0
     )
-    available = bool(signals.cloud_available)
-    fits = signals.cloud_rtt_s is None or signals.cloud_rtt_s <= time_left
-    if ctx.threshold_override is not None:
-        shift = 0.0
-    else:
-        shift = min(float(signals.threshold_shift), 0.0)
-        if not math.isfinite(shift):
-            raise ValueError(f"threshold shift must be finite, got {signals.threshold_shift}")
+    fits = rtt_s is None or rtt_s <= time_left
+    shift = 0.0 if ctx.threshold_override is not None or shift > 0.0 else shift
     if n == 1:
         return _decide_one(policy, conf, classes, ctx, shift, sampled, available, fits)
     bases = _bases(policy, classes, ctx, n)
@@ -313,8 +324,13 @@ def _decide_one(policy: Policy, conf: np.ndarray, classes: np.ndarray, ctx: Requ
     else:
         side, code = Side.CLOUD, _LOW
     cloud = side is Side.CLOUD
+    threshold = _ONE_THRESHOLD.get(effective)
+    if threshold is None:
+        if len(_ONE_THRESHOLD) >= 1024:
+            _ONE_THRESHOLD.clear()
+        threshold = _ONE_THRESHOLD[effective] = _frozen(np.array([effective]))
     return Plan(
-        _ONE_SIDE[side], _ONE_REASON[code], conf, np.array([effective]),
+        _ONE_SIDE[side], _ONE_REASON[code], conf, threshold,
         _ROW_ZERO if cloud else _EMPTY_ROWS,
         _ROW_ZERO if side is Side.SHADOW else _EMPTY_ROWS,
         cloud, forced,

@@ -285,7 +285,10 @@ class DriftMonitor:
         in one go when the window is next read (or when a window's worth is
         waiting).
         """
-        s = np.atleast_1d(np.asarray(scores, dtype=np.float64)).ravel()
+        if type(scores) is np.ndarray and scores.ndim == 1 and scores.dtype == np.float64:
+            s = scores  # the usual case: the router's confidence array, kept as it is
+        else:
+            s = np.atleast_1d(np.asarray(scores, dtype=np.float64)).ravel()
         self._pending.append(s)
         self._pending_rows += s.shape[0]
         if self._pending_rows >= self._window:

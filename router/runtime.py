@@ -30,8 +30,7 @@ from edgecloud.router.decide import (
     RequestContext,
     Route,
     RouteOverride,
-    Signals,
-    decide,
+    plan_rows,
 )
 from edgecloud.router.drift import DriftMonitor
 from edgecloud.router.policy import Policy
@@ -54,6 +53,7 @@ _CLOUD_CODE = ROUTES.index(Route.CLOUD)
 _FALLBACK_CODE = ROUTES.index(Route.EDGE_FALLBACK)
 _ROUTE_OF_SIDE = np.array([_EDGE_CODE, _CLOUD_CODE, _EDGE_CODE], dtype=np.uint8)
 """Without an escalation outcome: edge → edge, cloud → cloud, shadow → edge."""
+_ROUTE_OF_ONE_SIDE = tuple(_ROUTE_OF_SIDE.tolist())
 
 
 class Escalation(NamedTuple):
@@ -131,30 +131,27 @@ class Router:
         )
         """Drift of the observed confidences against the calibration histogram, if any."""
 
-    def signals(self, n_rows: int, route: RouteOverride = RouteOverride.AUTO) -> Signals:
-        """The signals for a request of ``n_rows`` rows (draws the shadow samples).
-
-        A forced request draws no shadow samples, so forcing does not disturb
-        the sampler's sequence.
-        """
-        sampled = (
-            self.sampler.sample(n_rows)
-            if route is RouteOverride.AUTO and self.sampler.rate > 0.0
-            else None
-        )
-        return Signals(
-            cloud_available=self.cloud and self.breaker.available(),
-            cloud_rtt_s=self.rtt.estimate(),
-            threshold_shift=self.budget.shift,
-            sampled=sampled,
-        )
-
     def plan(self, confidence: np.ndarray, predicted: np.ndarray,
              ctx: RequestContext) -> Plan:
-        """Plan one request; takes the breaker's permit when the plan escalates rows."""
-        plan = decide(self.policy, confidence, predicted, ctx,
-                      self.signals(confidence.shape[0], ctx.route))
-        if plan.permit and self.breaker.state is not BreakerState.CLOSED:
+        """Plan one request (:func:`decide` with this router's signals).
+
+        ``confidence`` and ``predicted`` are :func:`router.scores.score_rows`'s
+        arrays. Takes the breaker's permit when the plan escalates rows.
+        """
+        n = confidence.shape[0]
+        if confidence.ndim != 1 or predicted.shape != confidence.shape:
+            raise ValueError(f"confidence {confidence.shape} and predicted {predicted.shape} "
+                             "must both have one entry per row")
+        if confidence.dtype != np.float64:
+            confidence = confidence.astype(np.float64)
+        sampler = self.sampler
+        sampled = (sampler.sample(n)
+                   if ctx.route is RouteOverride.AUTO and sampler.rate > 0.0 else None)
+        breaker = self.breaker
+        available = self.cloud and (breaker.state is BreakerState.CLOSED or breaker.available())
+        plan = plan_rows(self.policy, confidence, predicted, ctx, available,
+                         self.rtt.estimate(), self.budget.shift, sampled)
+        if plan.permit and breaker.state is not BreakerState.CLOSED:
             # available() said yes and nothing ran since, so this takes the probe slot.
             self.breaker.allow()
         return plan
@@ -171,7 +168,7 @@ class Router:
         and the drift monitor sees every confidence.
         """
         if plan.rows == 1:
-            route = _ONE_ROUTE[_ROUTE_OF_SIDE[plan.side[0]]]
+            route = _ONE_ROUTE[_ROUTE_OF_ONE_SIDE[plan.side[0]]]
         else:
             route = _ROUTE_OF_SIDE[plan.side]
         reason = plan.reason
@@ -188,7 +185,11 @@ class Router:
                 reason = reason.copy()
                 route[plan.cloud_rows] = _FALLBACK_CODE
                 reason[plan.cloud_rows] = _FAILED
-        if not plan.forced:
+        if plan.forced:
+            pass
+        elif plan.rows == 1:
+            self.budget.observe_one(plan.reason[0] == _LOW)
+        else:
             self.budget.observe(plan.reason == _LOW)
         if self.drift is not None:
             self.drift.observe(plan.confidence)

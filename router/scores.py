@@ -57,6 +57,15 @@ class Score(ABC):
         """
         return float(self.confidence(np.asarray([probs], dtype=np.float64))[0])
 
+    def confidence_of_weights(self, weights: list[float], total: float) -> float:
+        """:meth:`confidence_one` of ``[w / total for w in weights]`` (``total > 0``).
+
+        The single-row path has unnormalised weights in hand; scores that
+        can answer from them directly (the top one or two) skip the division.
+        """
+        scale = 1.0 / total
+        return self.confidence_one([w * scale for w in weights])
+
 
 def _finish(confidence: np.ndarray) -> np.ndarray:
     """Clip into [0, 1] and turn anything non-finite into 0."""
@@ -79,6 +88,9 @@ class MaxProb(Score):
     def confidence_one(self, probs: list[float]) -> float:
         return max(probs)
 
+    def confidence_of_weights(self, weights: list[float], total: float) -> float:
+        return max(weights) / total
+
 
 class Margin(Score):
     """Top-1 probability minus top-2 probability (top-1 alone when there is one class)."""
@@ -91,6 +103,12 @@ class Margin(Score):
             return _finish(probs[:, 0])
         top_two = np.partition(probs, k - 2, axis=1)[:, k - 2 :]
         return _finish(top_two[:, 1] - top_two[:, 0])
+
+    def confidence_of_weights(self, weights: list[float], total: float) -> float:
+        if len(weights) == 1:
+            return weights[0] / total
+        ranked = sorted(weights)
+        return (ranked[-1] - ranked[-2]) / total
 
     def confidence_one(self, probs: list[float]) -> float:
         if len(probs) == 1:
@@ -226,30 +244,34 @@ def select_class_scores(policy: Policy, outputs: Mapping[str, np.ndarray]) -> np
 
 def _score_one(policy: Policy, row: list[float]) -> tuple[float, int] | None:
     """Confidence and class of one row, or None when it needs the careful path."""
+    top = max(row)
     try:
+        inv = 1.0 / policy.temperature
         if policy.scores_kind is ScoresKind.LOGITS:
-            top = max(row)
             if not math.isfinite(top):
                 return None
-            inv = 1.0 / policy.temperature
-            weights = [math.exp((v - top) * inv) for v in row]
+            exp = math.exp
+            weights = [exp((v - top) * inv) for v in row]
         else:
-            low, top = min(row), max(row)
-            if not (low >= 0.0 and 0.0 < top and math.isfinite(top)):
+            if not (min(row) >= 0.0 and 0.0 < top and math.isfinite(top)):
                 return None
-            inv = 1.0 / policy.temperature
             weights = row if inv == 1.0 else [(v / top) ** inv for v in row]
         total = math.fsum(weights)
         if not (total > 0.0 and math.isfinite(total)):
             return None
     except (OverflowError, ValueError):
         return None
-    probs = [w / total for w in weights]
-    value = get_score(policy.score).confidence_one(probs)
+    value = _score_of(policy).confidence_of_weights(weights, total)
     if not math.isfinite(value):
         return None
     value = 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
-    return value, max(range(len(probs)), key=probs.__getitem__)
+    # Each weight grows with its value, so the top value is the top probability.
+    return value, row.index(top)
+
+
+def _score_of(policy: Policy) -> Score:
+    score = _REGISTRY.get(policy.score)
+    return score if score is not None else get_score(policy.score)
 
 
 def score_rows(policy: Policy, class_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -261,6 +283,12 @@ def score_rows(policy: Policy, class_scores: np.ndarray) -> tuple[np.ndarray, np
     gets confidence 0 and predicted class -1.
     """
     values = np.asarray(class_scores)
+    shape = values.shape
+    if len(shape) == 2 and shape[0] == 1 and shape[1] > 1:
+        # One row (the usual device request): plain Python beats numpy here.
+        one = _score_one(policy, values[0].tolist())
+        if one is not None:
+            return np.array([one[0]]), np.array([one[1]], dtype=np.int64)
     if values.ndim == 1:
         values = values[np.newaxis, :]
     if values.ndim != 2:
@@ -269,13 +297,6 @@ def score_rows(policy: Policy, class_scores: np.ndarray) -> tuple[np.ndarray, np
         )
     if values.shape[1] == 0:
         raise ValueError("class scores have no classes (K = 0)")
-    if values.shape[0] == 1 and values.shape[1] > 1:
-        # One row (the usual device request): plain Python beats numpy here.
-        one = _score_one(policy, values[0].tolist())
-        if one is not None:
-            confidence, predicted = one
-            return (np.array([confidence], dtype=np.float64),
-                    np.array([predicted], dtype=np.int64))
     if policy.scores_kind is ScoresKind.PROBABILITIES and values.shape[1] > 1:
         # Fast path for the usual case (well-formed probabilities): no error
         # states to silence, nothing to mask. With a temperature, p**(1/T)

@@ -118,6 +118,19 @@ class EscalationBudget:
             return None
         return self._recent_escalated / len(self._recent)
 
+    def observe_one(self, escalated: bool) -> None:
+        """Record one row (the single-row request's fast path of :meth:`observe`)."""
+        recent = self._recent
+        if len(recent) == recent.maxlen:
+            self._recent_escalated -= recent[0]
+        flag = bool(escalated)
+        recent.append(flag)
+        self._recent_escalated += flag
+        target = self.target_rate
+        if target is not None:
+            bound = self.max_shift
+            self._shift = min(max(self._shift - self.step * (flag - target), -bound), bound)
+
     def observe(self, escalated: bool | np.ndarray | Iterable[bool]) -> None:
         """Record one row (a bool) or several (an array of bools, in order)."""
         if isinstance(escalated, list):
