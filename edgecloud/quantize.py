@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgecloud.cli import CliError
+from edgecloud.common_cli import CliError
 from edgecloud.core.datasets import read_npz
 from edgecloud.core.errors import EdgecloudError, InvalidInput
 from edgecloud.core.files import atomic_write
@@ -861,7 +861,7 @@ def register(models_subparsers) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``edgecloud models quantize ...`` on its own (``python -m edgecloud.quantize``)."""
-    from edgecloud.cli import run
+    from edgecloud.common_cli import run
 
     parser = argparse.ArgumentParser(prog="edgecloud")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

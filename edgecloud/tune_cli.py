@@ -19,7 +19,7 @@ agreement with the cloud (see :func:`router.tuner.field_arrays`).
 
 :func:`register_policy_commands` adds the commands under `edgecloud policy`; :func:`main`
 runs them on their own (``python -m edgecloud.tune_cli policy tune ...``).
-Bad input raises ``edgecloud.cli.CliError``, which the command prints as
+Bad input raises ``edgecloud.common_cli.CliError``, which the command prints as
 ``edgecloud: error: ...`` with exit code 2.
 """
 
@@ -41,7 +41,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from edgecloud.cli import CliError
+from edgecloud.common_cli import CliError
 from edgecloud.core.datasets import read_npz
 from edgecloud.core.errors import InvalidInput
 from edgecloud.core.files import atomic_write
@@ -111,7 +111,7 @@ def register_policy_commands(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``policy tune`` or ``policy show`` as the ``edgecloud`` command would."""
-    from edgecloud.cli import run
+    from edgecloud.common_cli import run
 
     parser = argparse.ArgumentParser(prog="edgecloud")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
