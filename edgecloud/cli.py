@@ -127,11 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging_flags(batch)
     batch.set_defaults(handler=_cmd_agent_batch)
 
-    from edgecloud import ops_cli, quantize, tune_cli
+    from edgecloud import ops_cli, quantize_cli, tune_cli
 
     groups = ops_cli.register(sub)
 
-    quantize.register(groups["models"])
+    quantize_cli.register(groups["models"])
     tune_cli.register_policy_commands(groups["policy"])
     return parser
 
