@@ -33,8 +33,9 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
@@ -130,6 +131,7 @@ def cmd_policy_tune(args: argparse.Namespace) -> int:
         Policy,
         PolicyError,
         Provenance,
+        TuningTarget,
         dump_policy,
         tune,
         tune_from_field,
@@ -156,19 +158,14 @@ def cmd_policy_tune(args: argparse.Namespace) -> int:
             raise CliError(f"--base {args.base}: {exc}") from None
     kind = args.scores_kind or (base.scores_kind.value if base is not None else "probabilities")
     tuned_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    options: dict[str, Any] = {
-        "kind": kind,
-        "target_escalation": target_escalation,
-        "target_gap": target_gap,
-        "confidence": confidence,
-        "base_policy": base,
-        "name": args.name,
-        "temperature": args.temperature,
-        "scores": args.score,
-    }
 
     console = Console()
     try:
+        target = TuningTarget(
+            kind=kind, target_escalation=target_escalation, target_gap=target_gap,
+            confidence=confidence, base_policy=base, name=args.name,
+            temperature=args.temperature, scores=args.score,
+        )
         if args.data is not None:
             if args.edge is None or args.cloud is None:
                 raise CliError("--data needs both --edge and --cloud models")
@@ -176,23 +173,24 @@ def cmd_policy_tune(args: argparse.Namespace) -> int:
             start = base if base is not None else Policy(name=args.name or "task", threshold=0.5)
             if base is None or base.scores_output is not None:
                 start = start.model_copy(update={"scores_output": output})
-            options["base_policy"] = start  # a base's "first output" (None) stays as it was
-            options["provenance"] = Provenance(
+            provenance = Provenance(
                 edge_model=args.edge.name, cloud_model=args.cloud.name,
                 data=f"{args.data.name} (n={len(y)})", tuned_at=tuned_at,
             )
-            policy, report = tune(edge_scores, cloud_scores, y, **options)
+            # A base's "first output" (None) stays as it was.
+            target = replace(target, base_policy=start, provenance=provenance)
+            policy, report = tune(edge_scores, cloud_scores, y, target)
         else:
             records = _read_field(args.field)
-            options["provenance"] = Provenance(
+            provenance = Provenance(
                 edge_model=args.edge.name if args.edge else "",
                 cloud_model=args.cloud.name if args.cloud else "",
                 data=f"field records {args.field.name} (n={len(records)}; labels are the "
                 "cloud's answers)",
                 tuned_at=tuned_at,
             )
-            policy, report = tune_from_field(records, **options)
-    except ValueError as exc:  # TuningError included
+            policy, report = tune_from_field(records, replace(target, provenance=provenance))
+    except ValueError as exc:  # TuningTarget's checks and TuningError included
         raise CliError(str(exc)) from None
 
     _write_atomically(args.out, dump_policy(policy))
@@ -381,12 +379,6 @@ def _write_atomically(path: Path, text: str) -> None:
         raise CliError(f"cannot write {path}: {exc.strerror}") from None
 
 
-def gap_closed(hybrid: float, edge: float, cloud: float) -> float:
-    from edgecloud.router.tuner import gap_closed as closed
-
-    return closed(hybrid, edge, cloud)
-
-
 def _pct(value: float, digits: int = 1) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}%}"
 
@@ -400,6 +392,8 @@ def _points(value: float) -> str:
 
 
 def _table(report: TuningReport, name: str) -> Table:
+    from edgecloud.router.curves import gap_closed
+
     what = "agreement" if report.label_source == "cloud" else "accuracy"
     table = Table(title=f"{name}: operating points on {report.n} rows "
                   f"(temperature {report.temperature:.3g})",
