@@ -1,6 +1,6 @@
 """int8 quantization of small edge models: what it saves and what it costs.
 
-Runs ``edgecloud.quantize.quantize_model`` on the bundled digits models and on a small
+Runs ``edgecloud.optimize.quantize_model`` on the bundled digits models and on a small
 scikit-learn MLP (64 -> 64 -> 10, trained on the calibration split; needs the ``examples``
 extra), with dynamic, static and static per-channel quantization, calibrating on the
 calibration split and comparing on the test split. Prints one summary table: size, median
@@ -23,9 +23,9 @@ import onnxruntime
 from rich.console import Console
 from rich.table import Table
 
-from edgecloud.cli import CliError
+from edgecloud.core.errors import EdgecloudError
 from edgecloud.examples.digits import write_example
-from edgecloud.quantize import QuantizeReport, quantize_model
+from edgecloud.optimize import QuantizeReport, quantize_model, read_rows
 
 VARIANTS = (("dynamic", False), ("static", False), ("static", True))
 
@@ -95,17 +95,19 @@ def main() -> int:
         else:
             models["mlp"] = mlp
         notes: dict[str, tuple[str, ...]] = {}
+        calibration = read_rows(data / "calibration.npz", "calibration")
+        evaluation = read_rows(data / "test.npz", "evaluation")
         for name, path in models.items():
             for k, (method, per_channel) in enumerate(VARIANTS):
                 out = work / f"{name}-{method}-{int(per_channel)}.onnx"
                 try:
                     report = quantize_model(
-                        path, out, calibration=data / "calibration.npz", method=method,
-                        per_channel=per_channel, evaluation=data / "test.npz",
+                        path, out, calibration=calibration, method=method,
+                        per_channel=per_channel, evaluation=evaluation,
                         repeats=args.repeats,
                     )
-                except CliError as exc:
-                    console.print(f"{name} ({method}): {exc}", highlight=False)
+                except EdgecloudError as exc:
+                    console.print(f"{name} ({method}): {exc.message}", highlight=False)
                     break
                 for cells in rows(name, report, first=k == 0):
                     table.add_row(*cells)

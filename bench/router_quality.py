@@ -55,8 +55,17 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from edgecloud.router import Policy, RequestContext, RouterState, decide, score_rows
-from edgecloud.router.tuner import TuningError, gap_closed, oracle_escalation, tune
+from edgecloud.router import (
+    Policy,
+    RequestContext,
+    RouterState,
+    TuningError,
+    TuningTarget,
+    decide,
+    score_rows,
+    tune,
+)
+from edgecloud.router.curves import gap_closed, oracle_escalation
 
 Factory = Callable[[int], object]
 
@@ -145,15 +154,16 @@ def run_split(pair: Pair, x: np.ndarray, y: np.ndarray, seed: int) -> SplitResul
     edge_acc = float((edge_test.argmax(axis=1) == y_test).mean())
     cloud_acc = float((cloud_test.argmax(axis=1) == y_test).mean())
 
-    at_15, _ = tune(*cal, kind="probabilities", target_escalation=0.15)
+    at_15, _ = tune(*cal, TuningTarget(kind="probabilities", target_escalation=0.15))
     escalation, hybrid = _hybrid(at_15, edge_test, cloud_test, y_test)
     closed = gap_closed(hybrid, edge_acc, cloud_acc)
 
-    within, _ = tune(*cal, kind="probabilities", target_gap=0.005)
+    within, _ = tune(*cal, TuningTarget(kind="probabilities", target_gap=0.005))
     gap_escalation, gap_hybrid = _hybrid(within, edge_test, cloud_test, y_test)
 
     try:
-        certified, _ = tune(*cal, kind="probabilities", target_gap=0.01, confidence=0.9)
+        certified, _ = tune(*cal, TuningTarget(kind="probabilities", target_gap=0.01,
+                                                   confidence=0.9))
     except TuningError:
         certified_escalation, certified_met = math.nan, False
     else:
@@ -239,8 +249,8 @@ def cost() -> None:
     edge = LogisticRegression(C=0.05, max_iter=2000).fit(x_train, y_train)
     cloud = _svc(10.0, 0).fit(x_train, y_train)
     probs = edge.predict_proba(x_rest)
-    policy, _ = tune(probs, cloud.predict_proba(x_rest), y_rest, kind="probabilities",
-                     target_escalation=0.15, name="digits")
+    policy, _ = tune(probs, cloud.predict_proba(x_rest), y_rest,
+                     TuningTarget(kind="probabilities", target_escalation=0.15, name="digits"))
     untempered = policy.model_copy(update={"temperature": 1.0})
     state = RouterState.from_policy(policy, clock=time.monotonic, rng=np.random.default_rng(0))
     ctx = RequestContext()

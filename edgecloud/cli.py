@@ -8,32 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from edgecloud.core.errors import EdgecloudError
-
-EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A problem with what the user asked for; printed without a traceback."""
-
-
-def _pairs(values: Sequence[str] | None, what: str) -> dict[str, str] | None:
-    """Parse repeated ``KEY=VALUE`` flags."""
-    if not values:
-        return None
-    out: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise CliError(f"{what} must be KEY=VALUE (got {item!r})")
-        if key in out:
-            raise CliError(f"{what} {key!r} given twice")
-        out[key] = value
-    return out
+from edgecloud.common_cli import CliError, run
+from edgecloud.common_cli import pairs as _pairs
 
 
 def _model_paths(values: Sequence[str] | None) -> dict[str, Path] | None:
@@ -148,12 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging_flags(batch)
     batch.set_defaults(handler=_cmd_agent_batch)
 
-    from edgecloud import ops_cli
+    from edgecloud import ops_cli, quantize_cli, tune_cli
 
     groups = ops_cli.register(sub)
-    from edgecloud import quantize, tune_cli
 
-    quantize.register(groups["models"])
+    quantize_cli.register(groups["models"])
     tune_cli.register_policy_commands(groups["policy"])
     return parser
 
@@ -257,15 +235,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("auto", "warning")
     return run(args)
 
-
-def run(args: argparse.Namespace) -> int:
-    """Run a parsed command: user errors become one line on stderr and exit code 2."""
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
-    except (CliError, EdgecloudError) as exc:
-        message = exc.message if isinstance(exc, EdgecloudError) else str(exc)
-        print(f"edgecloud: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130

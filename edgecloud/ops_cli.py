@@ -18,7 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from edgecloud.cli import CliError
+from edgecloud.common_cli import CliError
 
 TARGET_HELP = "gateway admin address (HOST:PORT), or --data-dir for a registry directory"
 
@@ -50,7 +50,7 @@ def _operator(args: argparse.Namespace):
 
 
 def _pairs(values, what: str) -> dict[str, str]:
-    from edgecloud.cli import _pairs as parse
+    from edgecloud.common_cli import pairs as parse
 
     return parse(values, what) or {}
 

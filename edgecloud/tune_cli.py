@@ -8,8 +8,9 @@
     edgecloud policy tune --field shadow.jsonl --out policy.yaml ...
     edgecloud policy show policy.yaml
 
-``tune`` runs both ONNX models over a labelled ``.npz`` (``X`` and ``y``),
-hands their class scores to :func:`router.tuner.tune`, writes the policy
+``tune`` runs both ONNX models over a labelled ``.npz`` (``X`` and ``y``)
+with :mod:`edgecloud.tuning_data`, hands their class scores and a
+:class:`router.TuningTarget` to :func:`router.tune`, writes the policy
 atomically, and prints the operating points of every confidence score next
 to edge-only, cloud-only and the oracle. With ``--field`` it tunes from
 shadow samples an agent logged, one JSON object per line,
@@ -19,8 +20,9 @@ agreement with the cloud (see :func:`router.tuner.field_arrays`).
 
 :func:`register_policy_commands` adds the commands under `edgecloud policy`; :func:`main`
 runs them on their own (``python -m edgecloud.tune_cli policy tune ...``).
-Bad input raises ``edgecloud.cli.CliError``, which the command prints as
-``edgecloud: error: ...`` with exit code 2.
+Bad flags raise ``edgecloud.common_cli.CliError`` and the libraries raise
+domain errors (``EdgecloudError``, and ``ValueError`` from the router, mapped
+here); the command prints either as ``edgecloud: error: ...`` with exit code 2.
 """
 
 from __future__ import annotations
@@ -29,26 +31,24 @@ import argparse
 import datetime as dt
 import importlib.util
 import itertools
-import json
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from edgecloud.cli import CliError
+from edgecloud.common_cli import CliError, run
 from edgecloud.core.datasets import read_npz
-from edgecloud.core.errors import InvalidInput
 from edgecloud.core.files import atomic_write
 
 if TYPE_CHECKING:
-    from edgecloud.core.model import OnnxModel
-    from edgecloud.router import Policy, TuningReport
+    from edgecloud.router import Policy, TuningReport, TuningTarget
 
 DEFAULT_TARGET_GAP = 0.005
 """The target when none is given: within half a point of the cloud's accuracy."""
@@ -111,8 +111,6 @@ def register_policy_commands(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``policy tune`` or ``policy show`` as the ``edgecloud`` command would."""
-    from edgecloud.cli import run
-
     parser = argparse.ArgumentParser(prog="edgecloud")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     policy = sub.add_parser("policy", help="routing policies")
@@ -126,14 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_policy_tune(args: argparse.Namespace) -> int:
     """``edgecloud policy tune``."""
-    from edgecloud.router import (
-        Policy,
-        PolicyError,
-        Provenance,
-        dump_policy,
-        tune,
-        tune_from_field,
-    )
+    from edgecloud.router import PolicyError, TuningTarget, dump_policy
 
     target_escalation, target_gap, confidence = _targets(args)
     if args.chunk_rows < 1:
@@ -156,43 +147,19 @@ def cmd_policy_tune(args: argparse.Namespace) -> int:
             raise CliError(f"--base {args.base}: {exc}") from None
     kind = args.scores_kind or (base.scores_kind.value if base is not None else "probabilities")
     tuned_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    options: dict[str, Any] = {
-        "kind": kind,
-        "target_escalation": target_escalation,
-        "target_gap": target_gap,
-        "confidence": confidence,
-        "base_policy": base,
-        "name": args.name,
-        "temperature": args.temperature,
-        "scores": args.score,
-    }
 
     console = Console()
     try:
+        target = TuningTarget(
+            kind=kind, target_escalation=target_escalation, target_gap=target_gap,
+            confidence=confidence, base_policy=base, name=args.name,
+            temperature=args.temperature, scores=args.score,
+        )
         if args.data is not None:
-            if args.edge is None or args.cloud is None:
-                raise CliError("--data needs both --edge and --cloud models")
-            edge_scores, cloud_scores, y, output = _score_data(args, base, console)
-            start = base if base is not None else Policy(name=args.name or "task", threshold=0.5)
-            if base is None or base.scores_output is not None:
-                start = start.model_copy(update={"scores_output": output})
-            options["base_policy"] = start  # a base's "first output" (None) stays as it was
-            options["provenance"] = Provenance(
-                edge_model=args.edge.name, cloud_model=args.cloud.name,
-                data=f"{args.data.name} (n={len(y)})", tuned_at=tuned_at,
-            )
-            policy, report = tune(edge_scores, cloud_scores, y, **options)
+            policy, report = _tune_on_data(args, target, console, tuned_at)
         else:
-            records = _read_field(args.field)
-            options["provenance"] = Provenance(
-                edge_model=args.edge.name if args.edge else "",
-                cloud_model=args.cloud.name if args.cloud else "",
-                data=f"field records {args.field.name} (n={len(records)}; labels are the "
-                "cloud's answers)",
-                tuned_at=tuned_at,
-            )
-            policy, report = tune_from_field(records, **options)
-    except ValueError as exc:  # TuningError included
+            policy, report = _tune_on_field(args, target, tuned_at)
+    except ValueError as exc:  # TuningTarget's checks and TuningError included
         raise CliError(str(exc)) from None
 
     _write_atomically(args.out, dump_policy(policy))
@@ -205,6 +172,43 @@ def cmd_policy_tune(args: argparse.Namespace) -> int:
     console.print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""),
                   highlight=False)
     return 0
+
+
+def _tune_on_data(
+    args: argparse.Namespace, target: TuningTarget, console: Console, tuned_at: str
+) -> tuple[Policy, TuningReport]:
+    from edgecloud.router import Policy, Provenance, tune
+
+    if args.edge is None or args.cloud is None:
+        raise CliError("--data needs both --edge and --cloud models")
+    base = target.base_policy
+    edge_scores, cloud_scores, y, output = _score_data(args, base, console)
+    start = base if base is not None else Policy(name=args.name or "task", threshold=0.5)
+    if base is None or base.scores_output is not None:  # a base's "first output" (None) stays
+        start = start.model_copy(update={"scores_output": output})
+    provenance = Provenance(
+        edge_model=args.edge.name, cloud_model=args.cloud.name,
+        data=f"{args.data.name} (n={len(y)})", tuned_at=tuned_at,
+    )
+    return tune(edge_scores, cloud_scores, y,
+                replace(target, base_policy=start, provenance=provenance))
+
+
+def _tune_on_field(
+    args: argparse.Namespace, target: TuningTarget, tuned_at: str
+) -> tuple[Policy, TuningReport]:
+    from edgecloud.router import Provenance, tune_from_field
+    from edgecloud.tuning_data import read_field_records
+
+    records = read_field_records(args.field, "--field")
+    provenance = Provenance(
+        edge_model=args.edge.name if args.edge else "",
+        cloud_model=args.cloud.name if args.cloud else "",
+        data=f"field records {args.field.name} (n={len(records)}; labels are the "
+        "cloud's answers)",
+        tuned_at=tuned_at,
+    )
+    return tune_from_field(records, replace(target, provenance=provenance))
 
 
 def _targets(args: argparse.Namespace) -> tuple[float | None, float | None, float | None]:
@@ -247,130 +251,44 @@ def _read_policy(path: Path, flag: str) -> Policy:
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        x, y = read_npz(path, "--data", require_y=True)
-    except InvalidInput as exc:
-        raise CliError(exc.message) from None
+    x, y = read_npz(path, "--data", require_y=True)
     assert y is not None
     return x, y
-
-def _load_model(path: Path, role: str) -> OnnxModel:
-    from edgecloud.core.model import OnnxModel
-
-    if not path.is_file():
-        raise CliError(f"--{role}: file {path} does not exist")
-    model = OnnxModel.load(path, name=role)
-    if len(model.inputs) != 1:
-        names = ", ".join(spec.name for spec in model.inputs)
-        raise CliError(f"--{role} model {path} takes {len(model.inputs)} inputs ({names}); "
-                     "the tuner feeds X to a model with exactly one input")
-    if model.inputs[0].datatype == "BYTES":
-        raise CliError(f"--{role} model {path} takes strings; the tuner feeds numeric X")
-    return model
-
-
-def _pick_output(model: OnnxModel, role: str, wanted: str | None) -> str:
-    names = [spec.name for spec in model.outputs]
-    if wanted is None:
-        return names[0]
-    if wanted not in names:
-        raise CliError(f"--{role} model has no output {wanted!r} (the base policy's "
-                     f"scores_output); its outputs are {', '.join(names)}")
-    return wanted
 
 
 def _score_data(
     args: argparse.Namespace, base: Policy | None, console: Console
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Class scores of both models over the data, and the edge output used."""
-    from edgecloud.core.errors import EdgecloudError
-    from edgecloud.core.tensors import V2_TO_NUMPY
+    from edgecloud.tuning_data import (
+        check_classes,
+        class_scores,
+        load_scoring_model,
+        scores_output,
+    )
 
     x, y = _load_npz(args.data)
-    models = {"edge": _load_model(args.edge, "edge"), "cloud": _load_model(args.cloud, "cloud")}
-    outputs = {
-        "edge": _pick_output(models["edge"], "edge", base.scores_output if base else None),
-        "cloud": _pick_output(models["cloud"], "cloud", None),
+    models = {
+        "edge": load_scoring_model(args.edge, "edge", "--edge"),
+        "cloud": load_scoring_model(args.cloud, "cloud", "--cloud"),
     }
-    n = x.shape[0]
-    results: dict[str, list[np.ndarray]] = {"edge": [], "cloud": []}
+    outputs = {
+        "edge": scores_output(models["edge"], "--edge", base.scores_output if base else None),
+        "cloud": scores_output(models["cloud"], "--cloud", None),
+    }
+    scores: dict[str, np.ndarray] = {}
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True,
                   disable=not console.is_terminal) as progress:
         for role, model in models.items():
-            spec = model.inputs[0]
-            feed = x.astype(V2_TO_NUMPY[spec.datatype], copy=False)
-            bar = progress.add_task(f"running the {role} model", total=n)
-            for start in range(0, n, args.chunk_rows):
-                chunk = feed[start:start + args.chunk_rows]
-                try:
-                    out = model.run({spec.name: chunk}, [outputs[role]])[outputs[role]]
-                except EdgecloudError as exc:
-                    raise CliError(f"the {role} model cannot run on {args.data}: "
-                                 f"{exc.message}") from None
-                if out.ndim != 2 or out.shape[0] != len(chunk) or out.dtype.kind not in "biuf":
-                    raise CliError(
-                        f"the {role} model's output {outputs[role]!r} has shape "
-                        f"{list(out.shape)} ({out.dtype}); the tuner needs class scores [N, K]"
-                    )
-                results[role].append(out)
-                progress.advance(bar, len(chunk))
-    edge = np.concatenate(results["edge"])
-    cloud = np.concatenate(results["cloud"])
-    if edge.shape[1] != cloud.shape[1]:
-        raise CliError(f"the edge model scores {edge.shape[1]} classes but the cloud model "
-                     f"{cloud.shape[1]}; they must share the classes")
-    if y.min() < 0 or y.max() >= edge.shape[1]:
-        raise CliError(f"--data {args.data}: y holds classes {y.min()}..{y.max()}, but the "
-                     f"models score {edge.shape[1]} classes (0..{edge.shape[1] - 1})")
-    return edge, cloud, y, outputs["edge"]
-
-
-def _read_field(path: Path) -> list[tuple[list[float], list[float]]]:
-    if not path.is_file():
-        raise CliError(f"--field: file {path} does not exist")
-    records: list[tuple[list[float], list[float]]] = []
-    classes: int | None = None
-    try:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                where = f"--field {path} line {number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise CliError(f"{where}: not JSON ({exc.msg})") from None
-                if not isinstance(record, dict) or "edge" not in record or "cloud" not in record:
-                    raise CliError(f'{where}: expected an object with "edge" and "cloud" lists')
-                pair = []
-                for key in ("edge", "cloud"):
-                    values = record[key]
-                    if (
-                        not isinstance(values, list)
-                        or not values
-                        or not all(
-                            isinstance(v, int | float) and not isinstance(v, bool) for v in values
-                        )
-                    ):
-                        raise CliError(f'{where}: "{key}" must be a non-empty list of numbers')
-                    pair.append(values)
-                if len(pair[0]) != len(pair[1]):
-                    raise CliError(f"{where}: edge has {len(pair[0])} scores but cloud has "
-                                 f"{len(pair[1])}")
-                if classes is None:
-                    classes = len(pair[0])
-                elif len(pair[0]) != classes:
-                    raise CliError(f"{where}: {len(pair[0])} classes, but earlier lines have "
-                                 f"{classes}")
-                records.append((pair[0], pair[1]))
-    except UnicodeDecodeError:
-        raise CliError(f"--field {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise CliError(f"--field: cannot read {path}: {exc.strerror}") from None
-    if not records:
-        raise CliError(f"--field {path} holds no records")
-    return records
+            bar = progress.add_task(f"running the {role} model", total=x.shape[0])
+            scores[role] = class_scores(
+                model, x, outputs[role], role=role, source=str(args.data),
+                chunk_rows=args.chunk_rows,
+                advance=lambda rows, bar=bar: progress.advance(bar, rows),
+            )
+    check_classes(scores["edge"], scores["cloud"], y, f"--data {args.data}")
+    return scores["edge"], scores["cloud"], y, outputs["edge"]
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -379,12 +297,6 @@ def _write_atomically(path: Path, text: str) -> None:
         atomic_write(path, text.encode("utf-8"))
     except OSError as exc:
         raise CliError(f"cannot write {path}: {exc.strerror}") from None
-
-
-def gap_closed(hybrid: float, edge: float, cloud: float) -> float:
-    from edgecloud.router.tuner import gap_closed as closed
-
-    return closed(hybrid, edge, cloud)
 
 
 def _pct(value: float, digits: int = 1) -> str:
@@ -400,6 +312,8 @@ def _points(value: float) -> str:
 
 
 def _table(report: TuningReport, name: str) -> Table:
+    from edgecloud.router.curves import gap_closed
+
     what = "agreement" if report.label_source == "cloud" else "accuracy"
     table = Table(title=f"{name}: operating points on {report.n} rows "
                   f"(temperature {report.temperature:.3g})",

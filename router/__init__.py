@@ -10,9 +10,11 @@ and no randomness of its own. The usual path through it::
     routing = router.record(plan, Escalation(ok=True, rtt_s=0.012))  # or None: nothing escalated
 
 Policies are tuned offline with :func:`tune` (labelled data) or
-:func:`tune_from_field` (shadow samples, agreement with the cloud).
+:func:`tune_from_field` (shadow samples, agreement with the cloud), both aiming
+at a :class:`TuningTarget`.
 """
 
+from edgecloud.router.curves import Curve, fit_temperature, operating_curve
 from edgecloud.router.decide import (
     REASONS,
     ROUTES,
@@ -65,6 +67,7 @@ from edgecloud.router.scores import (
     select_class_scores,
     to_probabilities,
 )
+from edgecloud.router.selection import TuningError
 from edgecloud.router.signals import (
     BreakerState,
     CircuitBreaker,
@@ -73,14 +76,11 @@ from edgecloud.router.signals import (
     ShadowSampler,
 )
 from edgecloud.router.tuner import (
-    Curve,
     OperatingPoint,
     ScoreReport,
-    TuningError,
     TuningReport,
+    TuningTarget,
     field_arrays,
-    fit_temperature,
-    operating_curve,
     tune,
     tune_from_field,
 )
@@ -124,6 +124,7 @@ __all__ = [
     "Signals",
     "TuningError",
     "TuningReport",
+    "TuningTarget",
     "available_scores",
     "calibration_histogram",
     "classify",

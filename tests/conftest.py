@@ -1,7 +1,8 @@
-"""Shared fixtures: the bundled digits files and real servers on loopback."""
+"""Shared fixtures: the bundled digits files, a small trained MLP, real servers on loopback."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -33,6 +34,32 @@ def digits_test(digits_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """The digits test split (X float32 [n, 64], y int64 [n])."""
     with np.load(digits_dir / "test.npz") as data:
         return data["X"], data["y"]
+
+
+@pytest.fixture(scope="session")
+def mlp(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scikit-learn MLP (MatMul-based once converted) trained on the calibration split."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("skl2onnx")
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.neural_network import MLPClassifier
+
+    with np.load(digits_dir / "calibration.npz") as data:
+        X, y = data["X"], data["y"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        classifier = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0)
+        classifier.fit(X, y)
+        model = convert_sklearn(
+            classifier,
+            initial_types=[("pixels", FloatTensorType([None, 64]))],
+            options={id(classifier): {"zipmap": False}},
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        )
+    path = tmp_path_factory.mktemp("mlp") / "mlp.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
 
 
 @pytest.fixture(scope="session")

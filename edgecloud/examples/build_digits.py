@@ -58,7 +58,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgecloud.router import Policy, Provenance, dump_policy, parse_policy, score_rows, tune
+from edgecloud.router import (
+    Policy,
+    Provenance,
+    TuningTarget,
+    dump_policy,
+    parse_policy,
+    score_rows,
+    tune,
+)
 
 try:
     import onnx
@@ -328,15 +336,15 @@ def _pct(x: float) -> str:
 
 def tuned_policy(edge_cal: np.ndarray, cloud_cal: np.ndarray, y: np.ndarray) -> Policy:
     """The default policy: the tuner's margin policy within 0.3 points of cloud-only."""
-    policy, _report = tune(
-        edge_cal, cloud_cal, y, kind="probabilities", target_gap=POLICY_TARGET_GAP,
-        scores=["margin"], name="digits",
+    target = TuningTarget(
+        kind="probabilities", target_gap=POLICY_TARGET_GAP, scores=("margin",), name="digits",
         provenance=Provenance(
             edge_model=EDGE_NAME, cloud_model=CLOUD_NAME,
             data=f"digits calibration split (n={len(y)})", tuned_at="build_digits",
             notes=f"router.tune, target gap {POLICY_TARGET_GAP}, margin score",
         ),
     )
+    policy, _report = tune(edge_cal, cloud_cal, y, target)
     rounded = round(policy.threshold, THRESHOLD_DECIMALS)
     return policy.model_copy(update={"threshold": rounded,
                                      "temperature": round(policy.temperature, 4)})

@@ -24,6 +24,7 @@ from edgecloud.router import (
     RequestContext,
     Router,
     Side,
+    TuningTarget,
     calibration_histogram,
     classify,
     dump_policy,
@@ -31,8 +32,8 @@ from edgecloud.router import (
     psi,
     psi_pvalue,
     score_rows,
+    tune,
 )
-from edgecloud.router.tuner import tune
 
 Run = Callable[[str, np.ndarray], np.ndarray]
 
@@ -51,7 +52,7 @@ def policy(onnx_reference: Run) -> Policy:
     x, y = load_split("calibration")
     tuned, _ = tune(
         onnx_reference("edge", x), onnx_reference("cloud", x), y,
-        kind="probabilities", target_escalation=TARGET, name="digits",
+        TuningTarget(kind="probabilities", target_escalation=TARGET, name="digits"),
     )
     return tuned
 

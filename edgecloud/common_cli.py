@@ -1,0 +1,50 @@
+"""What every command module shares: the user-error type, running a command, flag parsing.
+
+Command modules (``cli``, ``*_cli``) import this module, never each other's
+entry point, so the ``edgecloud`` command can import them without a circle.
+Library errors (:class:`~edgecloud.core.errors.EdgecloudError`) are mapped to
+the command's exit code here, in :func:`run`, and nowhere below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from edgecloud.core.errors import EdgecloudError
+
+EXIT_USAGE = 2
+"""Exit code of a command the user asked for wrongly."""
+
+
+class CliError(Exception):
+    """A problem with what the user asked for; printed without a traceback."""
+
+
+def pairs(values: Sequence[str] | None, what: str) -> dict[str, str] | None:
+    """Parse repeated ``KEY=VALUE`` flags."""
+    if not values:
+        return None
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise CliError(f"{what} must be KEY=VALUE (got {item!r})")
+        if key in out:
+            raise CliError(f"{what} {key!r} given twice")
+        out[key] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command: user errors become one line on stderr and exit code 2."""
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except (CliError, EdgecloudError) as exc:
+        message = exc.message if isinstance(exc, EdgecloudError) else str(exc)
+        print(f"edgecloud: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

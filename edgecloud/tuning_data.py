@@ -1,0 +1,155 @@
+"""The tuner's data: class scores of the edge and cloud models, and shadow samples from the field.
+
+:func:`edgecloud.router.tune` works on ``[N, K]`` class scores; this module
+makes them. :func:`load_scoring_model` opens a model that takes one numeric
+input, :func:`class_scores` runs it over the rows in chunks, and
+:func:`check_classes` checks that both models score the same classes and
+that the labels are among them. :func:`read_field_records` reads the shadow
+samples an agent logged (``edge_agent.shadow_log``), one JSON object
+``{"edge": [K scores], "cloud": [K scores]}`` per line, for
+:func:`edgecloud.router.tune_from_field`.
+
+Like :func:`core.datasets.read_npz`, the functions take ``what``, the name of
+the source in messages (a flag such as ``--edge``). Every problem with the
+files or the models is a :class:`~core.errors.InvalidInput`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edgecloud.core.errors import EdgecloudError, InvalidInput
+from edgecloud.core.model import OnnxModel
+from edgecloud.core.tensors import V2_TO_NUMPY
+
+FieldRecord = tuple[list[float], list[float]]
+"""One shadow sample: the edge's class scores and the cloud's."""
+
+
+def load_scoring_model(path: Path, role: str, what: str) -> OnnxModel:
+    """The ``role`` model (``edge`` or ``cloud``) at ``path``; it must take one numeric input."""
+    if not path.is_file():
+        raise InvalidInput(f"{what}: file {path} does not exist")
+    model = OnnxModel.load(path, name=role)
+    if len(model.inputs) != 1:
+        names = ", ".join(spec.name for spec in model.inputs)
+        raise InvalidInput(f"{what} model {path} takes {len(model.inputs)} inputs ({names}); "
+                           "the tuner feeds X to a model with exactly one input")
+    if model.inputs[0].datatype == "BYTES":
+        raise InvalidInput(f"{what} model {path} takes strings; the tuner feeds numeric X")
+    return model
+
+
+def scores_output(model: OnnxModel, what: str, wanted: str | None) -> str:
+    """The output holding class scores: ``wanted`` (a policy's ``scores_output``) or the first."""
+    names = [spec.name for spec in model.outputs]
+    if wanted is None:
+        return names[0]
+    if wanted not in names:
+        raise InvalidInput(f"{what} model has no output {wanted!r} (the base policy's "
+                           f"scores_output); its outputs are {', '.join(names)}")
+    return wanted
+
+
+def class_scores(
+    model: OnnxModel,
+    x: np.ndarray,
+    output: str,
+    *,
+    role: str,
+    source: str,
+    chunk_rows: int,
+    advance: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """``[N, K]`` class scores of ``model``'s ``output`` over the rows of ``x``.
+
+    The rows go in chunks of ``chunk_rows``; ``advance`` hears how many rows
+    each chunk held. ``role`` (``edge`` or ``cloud``) and ``source`` (where
+    ``x`` came from) name the model and the data in messages.
+    """
+    spec = model.inputs[0]
+    feed = x.astype(V2_TO_NUMPY[spec.datatype], copy=False)
+    parts: list[np.ndarray] = []
+    for start in range(0, x.shape[0], chunk_rows):
+        chunk = feed[start:start + chunk_rows]
+        try:
+            out = model.run({spec.name: chunk}, [output])[output]
+        except EdgecloudError as exc:
+            raise InvalidInput(f"the {role} model cannot run on {source}: "
+                               f"{exc.message}") from None
+        if out.ndim != 2 or out.shape[0] != len(chunk) or out.dtype.kind not in "biuf":
+            raise InvalidInput(
+                f"the {role} model's output {output!r} has shape "
+                f"{list(out.shape)} ({out.dtype}); the tuner needs class scores [N, K]"
+            )
+        parts.append(out)
+        if advance is not None:
+            advance(len(chunk))
+    return np.concatenate(parts)
+
+
+def check_classes(edge: np.ndarray, cloud: np.ndarray, y: np.ndarray, what: str) -> None:
+    """Both models score the same classes, and the labels ``y`` (from ``what``) are among them."""
+    if edge.shape[1] != cloud.shape[1]:
+        raise InvalidInput(f"the edge model scores {edge.shape[1]} classes but the cloud model "
+                           f"{cloud.shape[1]}; they must share the classes")
+    if y.min() < 0 or y.max() >= edge.shape[1]:
+        raise InvalidInput(f"{what}: y holds classes {y.min()}..{y.max()}, but the "
+                           f"models score {edge.shape[1]} classes (0..{edge.shape[1] - 1})")
+
+
+def read_field_records(path: Path, what: str) -> list[FieldRecord]:
+    """The shadow samples in ``path``, one ``{"edge": [...], "cloud": [...]}`` per line.
+
+    Blank lines are skipped; every record must hold the same number of
+    classes on both sides, and the file at least one record.
+    """
+    if not path.is_file():
+        raise InvalidInput(f"{what}: file {path} does not exist")
+    records: list[FieldRecord] = []
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    record = _field_record(line, f"{what} {path} line {number}")
+                    if records and len(record[0]) != len(records[0][0]):
+                        raise InvalidInput(
+                            f"{what} {path} line {number}: {len(record[0])} classes, but "
+                            f"earlier lines have {len(records[0][0])}"
+                        )
+                    records.append(record)
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{what} {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidInput(f"{what}: cannot read {path}: {exc.strerror}") from None
+    if not records:
+        raise InvalidInput(f"{what} {path} holds no records")
+    return records
+
+
+def _field_record(line: str, where: str) -> FieldRecord:
+    """One line of a shadow log as ``(edge scores, cloud scores)``."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{where}: not JSON ({exc.msg})") from None
+    if not isinstance(record, dict) or "edge" not in record or "cloud" not in record:
+        raise InvalidInput(f'{where}: expected an object with "edge" and "cloud" lists')
+    pair = []
+    for key in ("edge", "cloud"):
+        values = record[key]
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        ):
+            raise InvalidInput(f'{where}: "{key}" must be a non-empty list of numbers')
+        pair.append(values)
+    if len(pair[0]) != len(pair[1]):
+        raise InvalidInput(f"{where}: edge has {len(pair[0])} scores but cloud has "
+                           f"{len(pair[1])}")
+    return pair[0], pair[1]
