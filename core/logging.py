@@ -8,6 +8,7 @@ names with key-value data; the request id is bound with contextvars
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -50,16 +51,19 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(name)s %(message)s")
 
 
+_ID_PREFIX = os.urandom(4).hex()
+_ID_COUNTER = itertools.count(1)
+
+
 def new_request_id() -> str:
-    """A fresh request id (hex, 16 characters)."""
-    return os.urandom(8).hex()
+    """A fresh request id: a random per-process prefix and a counter (hex, 16 characters).
+
+    Unique within the process, and across processes but for a 2**-32 chance;
+    cheaper than random bytes per request (no system call).
+    """
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFF:08x}"
 
 
 def bind_request_id(request_id: str) -> None:
     """Bind the request id to every log event of the current task."""
     structlog.contextvars.bind_contextvars(request_id=request_id)
-
-
-def clear_request_id() -> None:
-    """Remove the request id from the current task's log context."""
-    structlog.contextvars.unbind_contextvars("request_id")

@@ -79,7 +79,7 @@ class AgentMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.requests: dict[str, int] = {}
-        self.rows: dict[str, np.ndarray] = {}
+        self.rows: dict[str, list[int]] = {}
         """Per task, rows by (route, reason) cell: ``route_code * len(REASONS) + reason_code``."""
         self.errors: dict[tuple[str, str], int] = {}
         self.latency: dict[str, _Histogram] = {}
@@ -95,14 +95,17 @@ class AgentMetrics:
         histogram = self.latency.get(task)
         if histogram is None:
             histogram = self.latency[task] = _Histogram()
-            self.rows[task] = np.zeros(_CELLS, dtype=np.int64)
+            self.rows[task] = [0] * _CELLS
         histogram.observe(seconds)
         counts = self.rows[task]
-        if routing.rows == 1:
-            counts[int(routing.route[0]) * _REASON_COUNT + int(routing.reason[0])] += 1
-        elif routing.rows:
-            cells = routing.route.astype(np.int64) * _REASON_COUNT + routing.reason
-            counts += np.bincount(cells, minlength=_CELLS)
+        route = routing.route
+        if route.shape[0] == 1:
+            counts[int(route[0]) * _REASON_COUNT + int(routing.reason[0])] += 1
+        elif route.shape[0]:
+            cells = np.bincount(route.astype(np.int64) * _REASON_COUNT + routing.reason,
+                                minlength=_CELLS)
+            for cell in np.flatnonzero(cells).tolist():
+                counts[cell] += int(cells[cell])
 
     def error(self, task: str, kind: str) -> None:
         """Count a request of ``task`` refused or failed with error ``kind``."""
@@ -110,10 +113,9 @@ class AgentMetrics:
 
     def task_counts(self, task: str) -> TaskCounts:
         """Totals for one task since start."""
-        cells = self.rows.get(task)
-        by_route = (np.zeros((len(ROUTES), _REASON_COUNT), dtype=np.int64) if cells is None
-                    else cells.reshape(len(ROUTES), _REASON_COUNT))
-        per_route = by_route.sum(axis=1).tolist()
+        cells = self.rows.get(task) or [0] * _CELLS
+        per_route = [sum(cells[r * _REASON_COUNT:(r + 1) * _REASON_COUNT])
+                     for r in range(len(ROUTES))]
         return TaskCounts(
             requests=self.requests.get(task, 0),
             rows=int(sum(per_route)),
@@ -171,10 +173,10 @@ class _AgentCollector:
         rows = CounterMetricFamily("edgecloud_agent_rows", "Rows answered, by route and reason",
                                    labels=["task", "route", "reason"])
         for task, cells in sorted(m.rows.items()):
-            for cell in np.flatnonzero(cells).tolist():
-                route, reason = divmod(cell, _REASON_COUNT)
-                rows.add_metric([task, ROUTES[route].value, REASONS[reason].value],
-                                int(cells[cell]))
+            for cell, value in enumerate(cells):
+                if value:
+                    route, reason = divmod(cell, _REASON_COUNT)
+                    rows.add_metric([task, ROUTES[route].value, REASONS[reason].value], value)
         yield rows
         errors = CounterMetricFamily("edgecloud_agent_errors",
                                      "Requests refused or failed, by error kind",

@@ -30,7 +30,6 @@ a request's own threshold override is never shifted.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import NamedTuple
 
@@ -112,24 +111,34 @@ class RouteOverride(StrEnum):
     CLOUD = "cloud"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """What the request itself says about routing."""
+class _Context(NamedTuple):
+    route: RouteOverride
+    threshold_override: float | None
+    time_left_s: float | None
 
-    route: RouteOverride = RouteOverride.AUTO
-    """Force a side, or let the router choose."""
-    threshold_override: float | None = None
-    """The request's ``confidence_threshold``: replaces the policy's thresholds for it."""
-    time_left_s: float | None = None
-    """Seconds left before the request's deadline; None means the policy's default budget."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "route", RouteOverride(self.route))
-        override = self.threshold_override
-        if override is not None and not (math.isfinite(override) and 0.0 <= override <= 1.0):
-            raise ValueError(f"confidence threshold must be in [0, 1], got {override}")
-        if self.time_left_s is not None and math.isnan(self.time_left_s):
+class RequestContext(_Context):
+    """What the request itself says about routing: an immutable value.
+
+    Fields: ``route`` (force a side, or let the router choose),
+    ``threshold_override`` (the request's ``confidence_threshold``, replacing
+    the policy's thresholds for it), ``time_left_s`` (seconds left before the
+    request's deadline; None means the policy's default budget). A named tuple
+    checked when made: one is made per request on the hot path.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, route: RouteOverride | str = RouteOverride.AUTO,
+                threshold_override: float | None = None,
+                time_left_s: float | None = None) -> RequestContext:
+        if route.__class__ is not RouteOverride:
+            route = RouteOverride(route)
+        if threshold_override is not None and not 0.0 <= threshold_override <= 1.0:
+            raise ValueError(f"confidence threshold must be in [0, 1], got {threshold_override}")
+        if time_left_s is not None and time_left_s != time_left_s:
             raise ValueError("time left must be a number, got NaN")
+        return tuple.__new__(cls, (route, threshold_override, time_left_s))
 
 
 class Signals(NamedTuple):
