@@ -44,7 +44,7 @@ from edgecloud.core.logging import configure_logging
 from edgecloud.edge_agent.app import AgentApp
 from edgecloud.edge_agent.settings import AgentSettings
 from edgecloud.examples.digits import write_example
-from edgecloud.operator import GatewayOperator, RegistryOperator
+from edgecloud.operations import GatewayOperator, RegistryOperator
 from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
 

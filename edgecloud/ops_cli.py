@@ -36,7 +36,7 @@ def _add_target(p: argparse.ArgumentParser) -> None:
 
 
 def _operator(args: argparse.Namespace):
-    from edgecloud.operator import GatewayOperator, RegistryOperator
+    from edgecloud.operations import GatewayOperator, RegistryOperator
 
     if args.gateway:
         from edgecloud.core.auth import read_token

@@ -263,7 +263,7 @@ async def test_two_replicas_share_one_registry(start_gateway, start_agent, tmp_p
     await seed(registry, digits_dir)
     await wait_until(lambda: all(running_version(a) == "1" for a in agents), what="v1")
     from edgecloud.core.artifacts import build_model_manifest
-    from edgecloud.operator import GatewayOperator
+    from edgecloud.operations import GatewayOperator
 
     manifest = build_model_manifest(digits_dir / "cloud.onnx", name=TASK, version="2",
                                     target="edge").canonical()

@@ -17,7 +17,7 @@ from fleet_helpers import publish_model, publish_policy, running_version, wait_u
 
 from edgecloud.core.tensors import InferRequest
 from edgecloud.core.tls import channel_credentials
-from edgecloud.operator import GatewayOperator
+from edgecloud.operations import GatewayOperator
 from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
 from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgecloud.core.artifacts import build_model_manifest, build_policy_manifest, sha256_file
 from edgecloud.core.signing import load_private_key, sign
-from edgecloud.operator import RegistryOperator
+from edgecloud.operations import RegistryOperator
 
 
 def digits_like_model(path: Path, kind: str, seed: int = 0, inputs: int = 64) -> Path:
