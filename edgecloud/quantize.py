@@ -285,7 +285,7 @@ def quantize_model(
             "the quantized file is not smaller than the original: its few weights save less "
             "than the quantization parameters and nodes cost"
         )
-    _write_atomically(out, blob)
+    atomic_write(out, blob)
     return QuantizeReport(
         source=src,
         output=out,
@@ -762,14 +762,6 @@ def _quiet_quantizer() -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    try:
-        atomic_write(path, data)
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 # --------------------------------------------------------------------------- command

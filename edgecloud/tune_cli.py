@@ -195,7 +195,7 @@ def cmd_policy_tune(args: argparse.Namespace) -> int:
     except ValueError as exc:  # TuningError included
         raise CliError(str(exc)) from None
 
-    _write_atomically(args.out, dump_policy(policy))
+    atomic_write(args.out, dump_policy(policy).encode("utf-8"))
     if args.plot is not None:
         _plot(report, policy.name, args.plot)
     console.print(_table(report, policy.name))
@@ -371,14 +371,6 @@ def _read_field(path: Path) -> list[tuple[list[float], list[float]]]:
     if not records:
         raise CliError(f"--field {path} holds no records")
     return records
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    try:
-        atomic_write(path, text.encode("utf-8"))
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def gap_closed(hybrid: float, edge: float, cloud: float) -> float:

@@ -56,13 +56,16 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
           "--tls-cert", "{a_file}", "--tls-key", "{a_file}"], "not PEM"),
         (["agent", "batch", "--model", "digits={edge}", "--input", "{missing}",
           "--output", "{tmp}/out.jsonl"], "does not exist"),
+        (["agent", "batch", "--model", "digits={edge}", "--input", "{test_npz}",
+          "--output", "{a_file}/out.jsonl"], "a_file"),
         (["demo", "--agents", "0"], "--agents"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(args, fragment, bad_files, digits_dir, tmp_path):
     """Each mistake gets one line on stderr naming the problem, exit code 2, no traceback."""
     names = {**bad_files, "edge": digits_dir / "edge.onnx", "cloud": digits_dir / "cloud.onnx",
-             "missing": tmp_path / "missing.onnx", "tmp": tmp_path}
+             "missing": tmp_path / "missing.onnx", "tmp": tmp_path,
+             "test_npz": digits_dir / "test.npz"}
     result = edgecloud(*(a.format(**names) for a in args))
     assert result.returncode == 2, result.stderr
     assert fragment in result.stderr
