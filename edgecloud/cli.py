@@ -62,9 +62,20 @@ def _add_process_flags(p: argparse.ArgumentParser) -> None:
     _add_logging_flags(p)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Matches long flags exactly: a prefix (``--registry`` for ``--registry-dir``) is refused.
+
+    Subparsers are made of the parent's class, so every command inherits this.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgecloud",
         description="Hybrid edge-cloud inference: answer easy inputs on the device, "
         "escalate hard ones to the cloud.",

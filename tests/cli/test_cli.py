@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecloud.cli import build_parser
 from edgecloud.router import RequestContext, decide, parse_policy, score_rows
 
 
@@ -70,6 +72,24 @@ def test_bad_input_exits_2_with_a_message(args, fragment, bad_files, digits_dir,
     assert result.returncode == 2, result.stderr
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _parsers(child)
+
+
+def test_every_command_matches_flags_exactly(capsys) -> None:
+    """No parser or subparser accepts a prefix of a flag; a prefix exits with code 2."""
+    parser = build_parser()
+    assert all(not p.allow_abbrev for p in _parsers(parser))
+    with pytest.raises(SystemExit) as caught:
+        parser.parse_args(["gateway", "serve", "--lis", "127.0.0.1:0"])
+    assert caught.value.code == 2
+    assert "unrecognized arguments: --lis" in capsys.readouterr().err
 
 
 def test_gateway_drains_and_exits_on_sigterm(tmp_path, digits_dir):
