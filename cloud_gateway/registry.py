@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -147,11 +148,13 @@ class Registry:
 
     def _store_blob(self, chunks: Iterable[bytes], digest: str, size: int) -> None:
         final = self.root / "blobs" / "sha256" / digest.removeprefix("sha256:")
-        tmp = self.root / "blobs" / "tmp" / f"{digest.removeprefix('sha256:')}.{os.getpid()}"
+        # A name of its own: two publishers may upload the same bytes at once.
+        fd, name = tempfile.mkstemp(dir=self.root / "blobs" / "tmp", prefix=final.name + ".")
+        tmp = Path(name)
         hasher = hashlib.sha256()
         written = 0
         try:
-            with open(tmp, "wb") as f:
+            with os.fdopen(fd, "wb") as f:
                 for chunk in chunks:
                     written += len(chunk)
                     if written > size:
@@ -167,6 +170,7 @@ class Registry:
             got = "sha256:" + hasher.hexdigest()
             if got != digest:
                 raise InvalidInput(f"artifact digest {got} does not match the manifest {digest}")
+            os.chmod(tmp, 0o644)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
