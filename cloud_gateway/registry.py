@@ -6,6 +6,8 @@ Layout under the root::
     blobs/tmp/                        uploads in progress (never visible as versions)
     models/<name>/<target>/<version>.json  signed manifest envelope, immutable
                                       (target: edge or cloud; a task has both)
+    models/<name>/<target>/<version>.reserved  a version number handed to a publisher,
+                                      held until it publishes that version
     policies/<name>/<version>.json    signed manifest envelope, immutable
     rollouts/<name>.json              one rollout record per edge model
     agents/<agent id>.json            last status each agent reported
@@ -188,12 +190,25 @@ class Registry:
 
     def publish_model(self, manifest_bytes: bytes, signature: bytes, chunks: Iterable[bytes],
                       promote: bool = False) -> tuple[Manifest, int]:
-        """Store a model version; returns its manifest and the new generation."""
+        """Store a model version; returns its manifest and the new generation.
+
+        Whatever the outcome, a reservation of the version (see :meth:`reserve_version`)
+        ends here.
+        """
         manifest = parse_manifest(manifest_bytes)
         if manifest.kind != "model" or manifest.target is None:
             raise InvalidInput("a model manifest needs kind 'model' and a target")
-        self._check_signature(manifest_bytes, signature)
         path = self._envelope_path("model", manifest.name, manifest.version, manifest.target)
+        try:
+            return self._publish_model(manifest, manifest_bytes, signature, chunks, promote,
+                                        path)
+        finally:
+            path.with_suffix(".reserved").unlink(missing_ok=True)
+
+    def _publish_model(self, manifest: Manifest, manifest_bytes: bytes, signature: bytes,
+                       chunks: Iterable[bytes], promote: bool,
+                       path: Path) -> tuple[Manifest, int]:
+        self._check_signature(manifest_bytes, signature)
         if path.exists():
             raise FailedPrecondition(
                 f"{manifest.target} model {manifest.name} version {manifest.version} already "
@@ -284,12 +299,24 @@ class Registry:
         """Names with at least one policy version."""
         return sorted(p.name for p in (self.root / "policies").iterdir() if p.is_dir())
 
-    def next_version(self, kind: str, name: str, target: str = "edge") -> str:
-        """One more than the highest numeric version (``"1"`` for the first)."""
-        versions = (self.model_versions(name, target) if kind == "model"
-                    else self.policy_versions(name))
-        numbers = [int(v) for v in versions if v.isdigit()]
-        return str(max(numbers, default=0) + 1)
+    def reserve_version(self, name: str, target: str) -> str:
+        """The next numeric version of a model, never handed out twice.
+
+        Under the lock: one more than the highest version published or reserved
+        (``"1"`` for the first). The reservation holds until a publication of that
+        version ends; a publisher that never comes back leaves a gap in the numbers.
+        """
+        if not valid_name(name):
+            raise InvalidInput(f"model name {name!r} is not valid")
+        if target not in ("edge", "cloud"):
+            raise InvalidInput(f"target must be 'edge' or 'cloud' (got {target!r})")
+        base = self.root / "models" / name / target
+        with self._locked():
+            taken = [p.stem for pattern in ("*.json", "*.reserved") for p in base.glob(pattern)]
+            version = str(max((int(v) for v in taken if v.isdigit()), default=0) + 1)
+            base.mkdir(parents=True, exist_ok=True)
+            base.joinpath(f"{version}.reserved").touch()
+        return version
 
     def rollout(self, name: str) -> Rollout | None:
         """The model's rollout record, if it has one."""

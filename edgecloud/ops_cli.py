@@ -55,14 +55,6 @@ def _pairs(values, what: str) -> dict[str, str]:
     return parse(values, what) or {}
 
 
-def _sign(manifest: bytes, key_path: Path | None) -> bytes:
-    if key_path is None:
-        return b""
-    from edgecloud.core.signing import load_private_key, sign
-
-    return sign(load_private_key(key_path), manifest)
-
-
 # -- keys ---------------------------------------------------------------------------
 
 
@@ -79,28 +71,25 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_models_publish(args: argparse.Namespace) -> int:
-    from edgecloud.core.artifacts import build_model_manifest
+    from edgecloud.operations import publish_model_file
 
     if not args.file.is_file():
         raise CliError(f"model file {args.file} does not exist")
     op = _operator(args)
     try:
-        version = args.version or op.next_version("model", args.name, args.target)
-        manifest = build_model_manifest(args.file, name=args.name, version=version,
-                                        target=args.target)
-        data = manifest.canonical()
-        signature = _sign(data, args.key)
-        size = args.file.stat().st_size
         with Progress("[progress.description]{task.description}", BarColumn(),
                       DownloadColumn(), TransferSpeedColumn(), console=Console(stderr=True),
                       transient=True) as progress:
-            bar = progress.add_task(f"publishing {args.name} {version}", total=size)
-            reply = op.publish_model(data, signature, args.file, args.promote,
-                                     lambda n: progress.advance(bar, n))
+            bar = progress.add_task(f"publishing {args.name} ({args.target})",
+                                    total=args.file.stat().st_size)
+            reply = publish_model_file(op, args.file, name=args.name, target=args.target,
+                                       version=args.version, key=args.key,
+                                       promote=args.promote,
+                                       progress=lambda n: progress.advance(bar, n))
     finally:
         op.close()
     print(f"published {reply['name']} version {reply['version']} ({args.target}, "
-          f"{reply['digest'][:19]}…, {'signed' if signature else 'UNSIGNED'}); "
+          f"{reply['digest'][:19]}…, {'signed' if reply['signed'] else 'UNSIGNED'}); "
           f"generation {reply['generation']}")
     return 0
 
@@ -175,6 +164,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def cmd_policy_publish(args: argparse.Namespace) -> int:
     from edgecloud.core.artifacts import build_policy_manifest
+    from edgecloud.operations import sign_manifest
     from edgecloud.router import PolicyError, parse_policy
 
     try:
@@ -191,7 +181,7 @@ def cmd_policy_publish(args: argparse.Namespace) -> int:
     data = manifest.canonical()
     op = _operator(args)
     try:
-        reply = op.publish_policy(data, _sign(data, args.key), document)
+        reply = op.publish_policy(data, sign_manifest(data, args.key), document)
     finally:
         op.close()
     print(f"published policy {reply['name']} version {reply['version']}; "

@@ -94,3 +94,36 @@ async def test_fleet_status_through_the_gateway(start_gateway, start_agent, tmp_
     assert row["replica"] == "r1" and row["model_version"] == "1"
     assert row["policy_version"] == "1" and row["last_swap"]["ok"]
     assert {"requests", "escalation_rate", "fallbacks", "drift"} <= set(row)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("through", ["registry", "gateway"])
+async def test_concurrent_publishers_get_distinct_versions(through, start_gateway, tmp_path,
+                                                           digits_dir):
+    """Two publishers without a version, publishing at once, get different versions."""
+    import asyncio
+    import threading
+
+    from edgecloud.operations import GatewayOperator, RegistryOperator, publish_model_file
+
+    registry = tmp_path / "registry"
+    gateway = await start_gateway(models={}, registry_dir=registry)
+    both_chosen = threading.Barrier(2, timeout=60)
+
+    def publish() -> str:
+        op = (RegistryOperator(registry) if through == "registry"
+              else GatewayOperator(gateway.address))
+        waited = []
+
+        def progress(_: int) -> None:
+            if not waited:  # the version is chosen; upload only once the other has chosen
+                waited.append(both_chosen.wait())
+
+        try:
+            return publish_model_file(op, digits_dir / "edge.onnx", name="digits",
+                                      target="edge", progress=progress)["version"]
+        finally:
+            op.close()
+
+    versions = await asyncio.gather(*(asyncio.to_thread(publish) for _ in range(2)))
+    assert sorted(versions) == ["1", "2"]
