@@ -103,12 +103,40 @@ def _version_key(version: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
 
 
-class Registry:
-    """Versions, policies, rollouts and agent reports in one directory."""
+def registry_path(location: str | Path) -> Path:
+    """The directory a registry location names; InvalidInput for a URL (not supported yet)."""
+    text = str(location)
+    scheme, sep, _ = text.partition("://")
+    if sep:
+        raise InvalidInput(f"registry {text}: {scheme}:// registries are not supported yet; "
+                           "give a directory")
+    return Path(text)
 
-    def __init__(self, root: Path, trust_key=None) -> None:
+
+def is_registry(path: Path) -> bool:
+    """True when ``path`` holds a registry's layout."""
+    return (path / "models").is_dir() and (path / "blobs" / "sha256").is_dir()
+
+
+class Registry:
+    """Versions, policies, rollouts and agent reports in one directory.
+
+    With ``create`` false the directory must already hold a registry (NotFound
+    otherwise), so reading never leaves an empty registry behind. A gateway's
+    data directory (a folder holding ``registry/``) is refused with InvalidInput
+    naming the registry inside it.
+    """
+
+    def __init__(self, root: Path, trust_key=None, *, create: bool = True) -> None:
         self.root = Path(root)
         self.trust_key = trust_key
+        if not is_registry(self.root):
+            inner = self.root / "registry"
+            if is_registry(inner):
+                raise InvalidInput(f"{self.root} is a gateway data directory, not a registry: "
+                                   f"its registry is {inner}")
+            if not create:
+                raise NotFound(f"{self.root} holds no registry (nothing was published there)")
         for sub in ("blobs/sha256", "blobs/tmp", "models", "policies", "rollouts", "agents"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock_path = self.root / ".lock"

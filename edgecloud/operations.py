@@ -1,7 +1,7 @@
 """Operator actions, against a gateway's admin service or a registry directory.
 
 Both targets offer the same calls and return plain data, so every command
-works the same way with ``--gateway HOST:PORT`` or ``--data-dir DIR``.
+works the same way with ``--gateway HOST:PORT`` or a registry directory.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def publish_model_file(op: Operator, path: Path, *, name: str, target: str,
 class RegistryOperator:
     """Acts on a registry directory directly (the embedded default)."""
 
-    def __init__(self, root: Path) -> None:
-        self.registry = Registry(root)
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        self.registry = Registry(root, create=create)
 
     def publish_model(self, manifest, signature, path, promote, progress=None) -> dict:
         m, generation = self.registry.publish_model(manifest, signature,

@@ -20,14 +20,16 @@ from rich.table import Table
 
 from edgecloud.cli import CliError
 
-TARGET_HELP = "gateway admin address (HOST:PORT), or --data-dir for a registry directory"
-
 
 def _add_target(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--gateway", metavar="HOST:PORT", help=TARGET_HELP)
+    group.add_argument("--gateway", metavar="HOST:PORT", help="gateway admin address")
+    group.add_argument("--registry", metavar="DIR",
+                       help="act on a registry directly: the directory the gateway's "
+                       "--registry names")
     group.add_argument("--data-dir", type=Path, metavar="DIR",
-                       help="registry directory (the embedded default)")
+                       help="act on the registry of the gateway with this --data-dir "
+                       "(DIR/registry)")
     p.add_argument("--token-file", type=Path, default=None,
                    help="operator bearer token for the gateway (or EDGECLOUD_TOKEN)")
     p.add_argument("--tls-ca", type=Path, default=None, help="CA of the gateway's certificate")
@@ -35,7 +37,9 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", type=Path, default=None, help="client key (mTLS)")
 
 
-def _operator(args: argparse.Namespace):
+def _operator(args: argparse.Namespace, *, create: bool = False):
+    """The target the command acts on; only publishing may create a registry."""
+    from edgecloud.cloud_gateway.registry import is_registry, registry_path
     from edgecloud.operations import GatewayOperator, RegistryOperator
 
     if args.gateway:
@@ -46,7 +50,12 @@ def _operator(args: argparse.Namespace):
         credentials = (channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
                        if args.tls_ca or args.tls_cert else None)
         return GatewayOperator(args.gateway, token=token, credentials=credentials)
-    return RegistryOperator(args.data_dir)
+    if args.registry is not None:
+        return RegistryOperator(registry_path(args.registry), create=create)
+    if is_registry(args.data_dir):
+        raise CliError(f"{args.data_dir} is a registry, not a gateway data directory: "
+                       f"pass --registry {args.data_dir}")
+    return RegistryOperator(args.data_dir / "registry", create=create)
 
 
 def _pairs(values, what: str) -> dict[str, str]:
@@ -75,7 +84,7 @@ def cmd_models_publish(args: argparse.Namespace) -> int:
 
     if not args.file.is_file():
         raise CliError(f"model file {args.file} does not exist")
-    op = _operator(args)
+    op = _operator(args, create=True)
     try:
         with Progress("[progress.description]{task.description}", BarColumn(),
                       DownloadColumn(), TransferSpeedColumn(), console=Console(stderr=True),
@@ -179,7 +188,7 @@ def cmd_policy_publish(args: argparse.Namespace) -> int:
         raise CliError(f"{args.file} is a policy for task {policy.name!r}, not {args.name!r}")
     manifest = build_policy_manifest(document, name=policy.name, version=policy.version)
     data = manifest.canonical()
-    op = _operator(args)
+    op = _operator(args, create=True)
     try:
         reply = op.publish_policy(data, sign_manifest(data, args.key), document)
     finally:

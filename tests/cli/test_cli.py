@@ -61,6 +61,8 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
         (["agent", "batch", "--model", "digits={edge}", "--input", "{test_npz}",
           "--output", "{a_file}/out.jsonl"], "a_file"),
         (["demo", "--agents", "0"], "--agents"),
+        (["gateway", "serve", "--listen", "127.0.0.1:0", "--registry", "s3://bucket/x"],
+         "not supported yet"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(args, fragment, bad_files, digits_dir, tmp_path):
@@ -90,6 +92,13 @@ def test_every_command_matches_flags_exactly(capsys) -> None:
         parser.parse_args(["gateway", "serve", "--lis", "127.0.0.1:0"])
     assert caught.value.code == 2
     assert "unrecognized arguments: --lis" in capsys.readouterr().err
+
+
+def test_gateway_takes_registry_and_its_former_flag() -> None:
+    """`gateway serve` reads --registry, and --registry-dir still means the same."""
+    parser = build_parser()
+    for flag in ("--registry", "--registry-dir"):
+        assert parser.parse_args(["gateway", "serve", flag, "/shared"]).registry == "/shared"
 
 
 def test_gateway_drains_and_exits_on_sigterm(tmp_path, digits_dir):

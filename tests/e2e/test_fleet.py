@@ -38,7 +38,7 @@ async def fleet(start_gateway, start_agent, tmp_path, n_agents=3, *, labels=None
                 trust_key=None, registry=None, gateways=None):
     """A gateway on a registry and agents that take everything from the fleet."""
     registry = registry or tmp_path / "registry"
-    gateways = gateways or [await start_gateway(models={}, registry_dir=registry,
+    gateways = gateways or [await start_gateway(models={}, registry=registry,
                                                 registry_poll_ms=50)]
     agents = []
     for i in range(n_agents):
@@ -256,7 +256,7 @@ async def test_two_replicas_share_one_registry(start_gateway, start_agent, tmp_p
     """Agents split over two gateway replicas on one registry directory all receive a
     publication made through either replica's admin service."""
     registry = tmp_path / "registry"
-    gateways = [await start_gateway(models={}, registry_dir=registry, registry_poll_ms=50,
+    gateways = [await start_gateway(models={}, registry=registry, registry_poll_ms=50,
                                     replica=f"replica-{i}") for i in range(2)]
     _, _, agents = await fleet(start_gateway, start_agent, tmp_path, n_agents=4,
                                registry=registry, gateways=gateways)
