@@ -231,6 +231,7 @@ def fleet_rows(agents: list[dict]) -> list[dict]:
                 "task": task.get("name"),
                 "model_version": task.get("model_version"),
                 "policy_version": task.get("policy_version"),
+                "waiting_for": task.get("waiting_for", ""),
                 "requests": int(task.get("requests", 0) or 0),
                 "rows": rows_n,
                 "escalation_rate": escalated / rows_n if rows_n else 0.0,
@@ -266,10 +267,13 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         drift_text = drift["status"] or "-"
         if drift["status"]:
             drift_text += f" (psi {drift['psi']:.2f})"
+        versions = {kind: str(r[f"{kind}_version"] or "-") for kind in ("model", "policy")}
+        if r["waiting_for"] in versions:
+            versions[r["waiting_for"]] = f"[yellow]waiting for {r['waiting_for']}[/yellow]"
         table.add_row(
             str(r["agent_id"]), ",".join(f"{k}={v}" for k, v in r["labels"].items()),
             str(r["replica"]), _ago(r["last_seen"]), str(r["task"] or "-"),
-            str(r["model_version"] or "-"), str(r["policy_version"] or "-"), swap_text,
+            versions["model"], versions["policy"], swap_text,
             str(r["requests"]), f"{r['escalation_rate']:.1%}", str(r["fallbacks"]), drift_text,
         )
     Console().print(table)

@@ -179,3 +179,38 @@ def test_registry_locations_that_cannot_be_right_are_refused(tmp_path: Path, dig
         assert "Traceback" not in result.stderr
     assert not list(empty.iterdir()) and not missing.exists()
     assert sorted(p.name for p in data_dir.iterdir()) == ["registry"]
+
+
+@pytest.mark.e2e
+async def test_fleet_status_shows_a_model_waiting_for_its_policy(start_gateway, start_agent,
+                                                                 tmp_path, digits_dir):
+    """An agent given a model before any policy is published reports the task as waiting
+    for its policy, and `fleet status` shows it."""
+    import asyncio
+    import os
+
+    from fleet_helpers import publish_model, wait_until
+
+    registry = tmp_path / "registry"
+    gateway = await start_gateway(models={}, registry=registry, registry_poll_ms=50)
+    await start_agent(gateway.address, models={}, policies=[], agent_id="cam-8",
+                      status_interval_s=0.2)
+    await asyncio.to_thread(publish_model, registry, "digits", digits_dir / "edge.onnx",
+                            "edge", version="1")
+    reported = registry / "agents" / "cam-8.json"
+    await wait_until(lambda: reported.exists() and '"waiting_for": "policy"' in
+                     reported.read_text(), what="status report")
+
+    async def fleet_status(*flags: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edgecloud", "fleet", "status", *flags, "--gateway",
+            gateway.address, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "250"})
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        return out.decode()
+
+    (row,) = json.loads(await fleet_status("--json"))
+    assert row["task"] == "digits" and row["model_version"] == "1"
+    assert row["waiting_for"] == "policy"
+    assert "waiting for policy" in await fleet_status()
