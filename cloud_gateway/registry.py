@@ -134,7 +134,7 @@ class Registry:
             inner = self.root / "registry"
             if is_registry(inner):
                 raise InvalidInput(f"{self.root} is a gateway data directory, not a registry: "
-                                   f"its registry is {inner}")
+                                   f"use its registry, {inner}")
             if not create:
                 raise NotFound(f"{self.root} holds no registry (nothing was published there)")
         for sub in ("blobs/sha256", "blobs/tmp", "models", "policies", "rollouts", "agents"):

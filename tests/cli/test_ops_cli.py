@@ -168,7 +168,7 @@ def test_registry_locations_that_cannot_be_right_are_refused(tmp_path: Path, dig
         (["fleet", "status", "--registry", str(missing)], "holds no registry"),
         (["models", "promote", "digits", "--data-dir", str(empty)], "holds no registry"),
         (["models", "publish", "digits", edge, "--target", "edge", "--registry", str(data_dir)],
-         f"its registry is {data_dir / 'registry'}"),
+         f"use its registry, {data_dir / 'registry'}"),
         (["models", "list", "--data-dir", str(data_dir / "registry")],
          f"pass --registry {data_dir / 'registry'}"),
         (["models", "list", "--registry", "s3://bucket/prefix"], "not supported yet"),
