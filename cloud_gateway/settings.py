@@ -43,7 +43,7 @@ class GatewaySettings(EdgecloudSettings):
     registry: str | None = None
     """Where the registry is: a directory (default: DATA_DIR/registry); replicas may share it."""
     registry_dir: Path | None = None
-    """Former name of ``registry``, still read."""
+    """Former name of ``registry``, still read; ``registry`` wins when both are set."""
     replica: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """Name of this replica in fleet status."""
     registry_poll_ms: float = Field(200.0, gt=0, le=60_000)
@@ -85,10 +85,7 @@ class GatewaySettings(EdgecloudSettings):
         return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @model_validator(mode="after")
-    def _registry_named_once(self) -> GatewaySettings:
-        if self.registry_dir is not None:
-            if self.registry is not None and Path(self.registry) != self.registry_dir:
-                raise ValueError("registry and registry_dir name different registries; "
-                                 "give only registry")
+    def _former_registry_name(self) -> GatewaySettings:
+        if self.registry is None and self.registry_dir is not None:
             self.registry = str(self.registry_dir)
         return self

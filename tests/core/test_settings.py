@@ -29,4 +29,5 @@ def test_registry_keeps_its_former_name(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text(f"registry_dir: {tmp_path / 'shared'}\n")
     assert load_settings(GatewaySettings, config).registry == str(tmp_path / "shared")
+    assert load_settings(GatewaySettings, config, registry="/flag").registry == "/flag"
     assert GatewaySettings(registry=tmp_path / "r").registry == str(tmp_path / "r")
