@@ -44,7 +44,7 @@ from edgecloud.core.logging import configure_logging
 from edgecloud.edge_agent.app import AgentApp
 from edgecloud.edge_agent.settings import AgentSettings
 from edgecloud.examples.digits import write_example
-from edgecloud.operator import GatewayOperator, RegistryOperator
+from edgecloud.operations import GatewayOperator, RegistryOperator
 from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
 
@@ -108,7 +108,7 @@ async def push_time(work: Path, files: Path, model: Path, n: int) -> float:
     registry = work / f"registry-{n}"
     seed(registry, files)
     gateway = GatewayApp(GatewaySettings(listen="127.0.0.1:0", data_dir=work / f"gw-{n}",
-                                         registry_dir=registry, registry_poll_ms=50,
+                                         registry=registry, registry_poll_ms=50,
                                          log_level="warning"))
     await gateway.start()
     agents = []
@@ -137,7 +137,7 @@ async def agent_memory(work: Path, files: Path, model: Path) -> tuple[float, flo
     registry = work / "registry-mem"
     seed(registry, files)
     gateway = GatewayApp(GatewaySettings(listen="127.0.0.1:0", data_dir=work / "gw-mem",
-                                         registry_dir=registry, registry_poll_ms=50,
+                                         registry=registry, registry_poll_ms=50,
                                          log_level="warning"))
     await gateway.start()
     data_dir = work / "agent-mem"
@@ -207,7 +207,7 @@ async def transfer_rates(work: Path, files: Path, model: Path) -> tuple[float, f
     manifest = build_model_manifest(model, name="digits", version="1", target="edge")
     op.publish_model(manifest.canonical(), b"", model, False)
     gateway = GatewayApp(GatewaySettings(listen="127.0.0.1:0", data_dir=work / "gw-rate",
-                                         registry_dir=registry, log_level="warning"))
+                                         registry=registry, log_level="warning"))
     await gateway.start()
     plain = grpc.aio.server(options=[("grpc.max_send_message_length", 8 * 2**20)])
     pb_grpc.add_FleetServiceServicer_to_server(PlainStream(model), plain)

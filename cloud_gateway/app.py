@@ -8,7 +8,7 @@ from edgecloud.cloud_gateway.batching import BatchingConfig
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.grpc import fleet_servicer
 from edgecloud.cloud_gateway.metrics import GatewayMetrics
-from edgecloud.cloud_gateway.registry import Registry
+from edgecloud.cloud_gateway.registry import Registry, registry_path
 from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.cloud_gateway.settings import GatewaySettings
 from edgecloud.core import v2_grpc
@@ -63,6 +63,7 @@ class GatewayApp(ServingApp):
     async def start(self) -> int:
         """Load models, start serving; returns the bound port."""
         s = self.settings
+        registry_root = registry_path(s.registry) if s.registry else s.data_dir / "registry"
         s.data_dir.mkdir(parents=True, exist_ok=True)
         batching = BatchingConfig(
             max_batch_size=s.batching.max_batch_size,
@@ -78,7 +79,7 @@ class GatewayApp(ServingApp):
                 OnnxModel.load(path, name=name, version="1", intra_op_threads=s.onnx_threads)
             )
         trust = load_public_key(s.trust_key) if s.trust_key else None
-        registry = Registry(s.registry_dir or s.data_dir / "registry", trust_key=trust)
+        registry = Registry(registry_root, trust_key=trust)
         hub = FleetHub(registry, s.replica, service, poll_s=s.registry_poll_ms / 1000.0,
                        onnx_threads=s.onnx_threads)
         await hub.start()
@@ -98,7 +99,8 @@ class GatewayApp(ServingApp):
             credentials=_credentials(s),
         )
         self._serving(port, lifecycle, self.metrics.registry)
-        log.info("gateway_ready", address=self.address, models=service.model_names())
+        log.info("gateway_ready", address=self.address, models=service.model_names(),
+                 data_dir=str(s.data_dir), registry=str(registry_root))
         return port
 
     async def _close_background(self) -> None:

@@ -136,12 +136,15 @@ class FleetHub:
         return agent_id in self._connected
 
     async def report(self, status: dict, failed_swaps: list[tuple[str, str, str]]) -> None:
-        """Store an agent's status; count failed swaps against rollouts."""
+        """Count failed swaps against rollouts, then store the agent's status.
+
+        In that order, so whoever reads a status sees its failures counted.
+        """
         status = {**status, "replica": self.replica, "last_seen": self._clock()}
-        await asyncio.to_thread(self.registry.write_agent_status, status["agent_id"], status)
         for name, version, reason in failed_swaps:
             rollout = await asyncio.to_thread(self.registry.record_swap_failure, name, version,
                                               status["agent_id"], reason)
             if rollout is not None and rollout.state == "halted":
                 log.warning("rollout_halted", model=name, version=version,
                             failures=len(rollout.failures), stable=rollout.stable)
+        await asyncio.to_thread(self.registry.write_agent_status, status["agent_id"], status)

@@ -6,6 +6,8 @@ Layout under the root::
     blobs/tmp/                        uploads in progress (never visible as versions)
     models/<name>/<target>/<version>.json  signed manifest envelope, immutable
                                       (target: edge or cloud; a task has both)
+    models/<name>/<target>/<version>.reserved  a version number handed to a publisher,
+                                      held until it publishes that version
     policies/<name>/<version>.json    signed manifest envelope, immutable
     rollouts/<name>.json              one rollout record per edge model
     agents/<agent id>.json            last status each agent reported
@@ -25,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -100,12 +103,40 @@ def _version_key(version: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
 
 
-class Registry:
-    """Versions, policies, rollouts and agent reports in one directory."""
+def registry_path(location: str | Path) -> Path:
+    """The directory a registry location names; InvalidInput for a URL (not supported yet)."""
+    text = str(location)
+    scheme, sep, _ = text.partition("://")
+    if sep:
+        raise InvalidInput(f"registry {text}: {scheme}:// registries are not supported yet; "
+                           "give a directory")
+    return Path(text)
 
-    def __init__(self, root: Path, trust_key=None) -> None:
+
+def is_registry(path: Path) -> bool:
+    """True when ``path`` holds a registry's layout."""
+    return (path / "models").is_dir() and (path / "blobs" / "sha256").is_dir()
+
+
+class Registry:
+    """Versions, policies, rollouts and agent reports in one directory.
+
+    With ``create`` false the directory must already hold a registry (NotFound
+    otherwise), so reading never leaves an empty registry behind. A gateway's
+    data directory (a folder holding ``registry/``) is refused with InvalidInput
+    naming the registry inside it.
+    """
+
+    def __init__(self, root: Path, trust_key=None, *, create: bool = True) -> None:
         self.root = Path(root)
         self.trust_key = trust_key
+        if not is_registry(self.root):
+            inner = self.root / "registry"
+            if is_registry(inner):
+                raise InvalidInput(f"{self.root} is a gateway data directory, not a registry: "
+                                   f"use its registry, {inner}")
+            if not create:
+                raise NotFound(f"{self.root} holds no registry (nothing was published there)")
         for sub in ("blobs/sha256", "blobs/tmp", "models", "policies", "rollouts", "agents"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock_path = self.root / ".lock"
@@ -147,11 +178,13 @@ class Registry:
 
     def _store_blob(self, chunks: Iterable[bytes], digest: str, size: int) -> None:
         final = self.root / "blobs" / "sha256" / digest.removeprefix("sha256:")
-        tmp = self.root / "blobs" / "tmp" / f"{digest.removeprefix('sha256:')}.{os.getpid()}"
+        # A name of its own: two publishers may upload the same bytes at once.
+        fd, name = tempfile.mkstemp(dir=self.root / "blobs" / "tmp", prefix=final.name + ".")
+        tmp = Path(name)
         hasher = hashlib.sha256()
         written = 0
         try:
-            with open(tmp, "wb") as f:
+            with os.fdopen(fd, "wb") as f:
                 for chunk in chunks:
                     written += len(chunk)
                     if written > size:
@@ -167,6 +200,7 @@ class Registry:
             got = "sha256:" + hasher.hexdigest()
             if got != digest:
                 raise InvalidInput(f"artifact digest {got} does not match the manifest {digest}")
+            os.chmod(tmp, 0o644)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
@@ -184,12 +218,25 @@ class Registry:
 
     def publish_model(self, manifest_bytes: bytes, signature: bytes, chunks: Iterable[bytes],
                       promote: bool = False) -> tuple[Manifest, int]:
-        """Store a model version; returns its manifest and the new generation."""
+        """Store a model version; returns its manifest and the new generation.
+
+        Whatever the outcome, a reservation of the version (see :meth:`reserve_version`)
+        ends here.
+        """
         manifest = parse_manifest(manifest_bytes)
         if manifest.kind != "model" or manifest.target is None:
             raise InvalidInput("a model manifest needs kind 'model' and a target")
-        self._check_signature(manifest_bytes, signature)
         path = self._envelope_path("model", manifest.name, manifest.version, manifest.target)
+        try:
+            return self._publish_model(manifest, manifest_bytes, signature, chunks, promote,
+                                        path)
+        finally:
+            path.with_suffix(".reserved").unlink(missing_ok=True)
+
+    def _publish_model(self, manifest: Manifest, manifest_bytes: bytes, signature: bytes,
+                       chunks: Iterable[bytes], promote: bool,
+                       path: Path) -> tuple[Manifest, int]:
+        self._check_signature(manifest_bytes, signature)
         if path.exists():
             raise FailedPrecondition(
                 f"{manifest.target} model {manifest.name} version {manifest.version} already "
@@ -280,12 +327,24 @@ class Registry:
         """Names with at least one policy version."""
         return sorted(p.name for p in (self.root / "policies").iterdir() if p.is_dir())
 
-    def next_version(self, kind: str, name: str, target: str = "edge") -> str:
-        """One more than the highest numeric version (``"1"`` for the first)."""
-        versions = (self.model_versions(name, target) if kind == "model"
-                    else self.policy_versions(name))
-        numbers = [int(v) for v in versions if v.isdigit()]
-        return str(max(numbers, default=0) + 1)
+    def reserve_version(self, name: str, target: str) -> str:
+        """The next numeric version of a model, never handed out twice.
+
+        Under the lock: one more than the highest version published or reserved
+        (``"1"`` for the first). The reservation holds until a publication of that
+        version ends; a publisher that never comes back leaves a gap in the numbers.
+        """
+        if not valid_name(name):
+            raise InvalidInput(f"model name {name!r} is not valid")
+        if target not in ("edge", "cloud"):
+            raise InvalidInput(f"target must be 'edge' or 'cloud' (got {target!r})")
+        base = self.root / "models" / name / target
+        with self._locked():
+            taken = [p.stem for pattern in ("*.json", "*.reserved") for p in base.glob(pattern)]
+            version = str(max((int(v) for v in taken if v.isdigit()), default=0) + 1)
+            base.mkdir(parents=True, exist_ok=True)
+            base.joinpath(f"{version}.reserved").touch()
+        return version
 
     def rollout(self, name: str) -> Rollout | None:
         """The model's rollout record, if it has one."""

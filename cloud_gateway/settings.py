@@ -6,11 +6,11 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from edgecloud.core.logging import LogFormat
-from edgecloud.core.settings import EdgecloudSettings
+from edgecloud.core.settings import EdgecloudSettings, state_dir
 
 
 class BatchingSection(BaseModel):
@@ -35,12 +35,15 @@ class GatewaySettings(EdgecloudSettings):
 
     listen: str = "127.0.0.1:8001"
     """Address of the v2 inference and fleet gRPC server (port 0 picks one)."""
-    data_dir: Path = Path("gateway-data")
-    """Directory for the gateway's own files."""
+    data_dir: Path = Field(default_factory=lambda: state_dir("gateway"))
+    """Directory for the gateway's own files (default: ``$XDG_STATE_HOME/edgecloud/gateway``,
+    else ``~/.local/state/edgecloud/gateway``)."""
     models: dict[str, Path] = Field(default_factory=dict)
     """Models served at start: name -> ONNX file."""
+    registry: str | None = None
+    """Where the registry is: a directory (default: DATA_DIR/registry); replicas may share it."""
     registry_dir: Path | None = None
-    """Shared registry directory (default: DATA_DIR/registry); replicas may share it."""
+    """Former name of ``registry``, still read; ``registry`` wins when both are set."""
     replica: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """Name of this replica in fleet status."""
     registry_poll_ms: float = Field(200.0, gt=0, le=60_000)
@@ -75,3 +78,14 @@ class GatewaySettings(EdgecloudSettings):
     """``json``, ``console``, or ``auto`` (console on a terminal)."""
     log_level: str = "info"
     """Lowest level logged."""
+
+    @field_validator("registry", mode="before")
+    @classmethod
+    def _location_text(cls, value: object) -> object:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @model_validator(mode="after")
+    def _former_registry_name(self) -> GatewaySettings:
+        if self.registry is None and self.registry_dir is not None:
+            self.registry = str(self.registry_dir)
+        return self

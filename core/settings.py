@@ -8,6 +8,7 @@ globally.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +46,17 @@ class EdgecloudSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Flags (init arguments) win over the environment, which wins over YAML."""
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def state_dir(component: str) -> Path:
+    """Default data directory of a process: per user, never the current directory.
+
+    ``$XDG_STATE_HOME/edgecloud/<component>`` when that variable holds an
+    absolute path, else ``~/.local/state/edgecloud/<component>``.
+    """
+    base = os.environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / "edgecloud" / component
 
 
 def format_validation_error(exc: ValidationError) -> str:

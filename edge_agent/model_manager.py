@@ -75,6 +75,16 @@ class SwapOutcome:
     at: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A task with only one half of what it needs: it serves nothing yet."""
+
+    model_version: str
+    policy_version: str
+    waiting_for: str
+    """``policy`` (a model arrived before any policy) or ``model``."""
+
+
 class Fetcher(Protocol):
     """Streams an artifact's bytes from an offset (the gateway's FetchArtifact)."""
 
@@ -161,6 +171,8 @@ class ModelManager:
         self.outcomes: list[SwapOutcome] = []
         """Outcomes not yet reported to the gateway."""
         self.last_outcome: SwapOutcome | None = None
+        self.waiting: dict[str, Waiting] = {}
+        """Assigned tasks that wait for their policy or model, as of the last assignment."""
         self.applied_generation = int(self._state.get("generation", 0))
 
     # -- restore -------------------------------------------------------------------
@@ -195,6 +207,7 @@ class ModelManager:
             outcomes: list[SwapOutcome] = []
             policies = {ref.name: ref for ref in assignment.policies}
             models = {ref.name: ref for ref in assignment.models}
+            self.waiting = {}
             for name in sorted(set(models) | set(policies)):
                 outcome = await self._apply_task(name, models.get(name), policies.get(name))
                 outcomes.extend(outcome)
@@ -251,6 +264,7 @@ class ModelManager:
                 if active_policy is None:
                     # The policy is not published yet: wait for it (not a failure).
                     log.info("model_waiting_for_policy", task=name, version=model_ref.version)
+                    self.waiting[name] = Waiting(model_ref.version, "", "policy")
                     return outcomes
                 if current is not None:
                     problem = signature_mismatch(current.model.inputs, current.model.outputs,
@@ -279,6 +293,7 @@ class ModelManager:
             if current is None:
                 # No model for this task yet: the policy waits for one (not a failure).
                 log.info("policy_waiting_for_model", task=name, version=policy_ref.version)
+                self.waiting[name] = Waiting("", policy_ref.version, "model")
                 return outcomes
             try:
                 self.service.install(current.model, policy, model_digest=current.model_digest,

@@ -9,7 +9,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from edgecloud.core.logging import LogFormat
-from edgecloud.core.settings import EdgecloudSettings
+from edgecloud.core.settings import EdgecloudSettings, state_dir
 
 
 class AgentSettings(EdgecloudSettings):
@@ -21,8 +21,9 @@ class AgentSettings(EdgecloudSettings):
     """Address of the local v2 server that device apps call (port 0 picks one)."""
     gateway: str | None = None
     """HOST:PORT of the cloud gateway (or its load balancer); none = edge only."""
-    data_dir: Path = Path("agent-data")
-    """Directory for the agent's own files."""
+    data_dir: Path = Field(default_factory=lambda: state_dir("agent"))
+    """Directory for the agent's own files (default: ``$XDG_STATE_HOME/edgecloud/agent``,
+    else ``~/.local/state/edgecloud/agent``)."""
     models: dict[str, Path] = Field(default_factory=dict)
     """Tasks served at start: task name -> edge ONNX file."""
     policies: list[Path] = Field(default_factory=list)

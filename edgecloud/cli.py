@@ -41,9 +41,20 @@ def _add_process_flags(p: argparse.ArgumentParser) -> None:
     _add_logging_flags(p)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Matches long flags exactly: a prefix (``--lis`` for ``--listen``) is refused.
+
+    Subparsers are made of the parent's class, so every command inherits this.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgecloud",
         description="Hybrid edge-cloud inference: answer easy inputs on the device, "
         "escalate hard ones to the cloud.",
@@ -67,11 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = gsub.add_parser("serve", help="serve v2 inference for the cloud models")
     serve.add_argument("--listen", default=None, metavar="HOST:PORT",
                        help="address to serve on (default 127.0.0.1:8001; port 0 picks one)")
-    serve.add_argument("--data-dir", type=Path, default=None, help="gateway data folder")
+    serve.add_argument("--data-dir", type=Path, default=None,
+                       help="gateway data folder (default ~/.local/state/edgecloud/gateway)")
     serve.add_argument("--model", action="append", metavar="NAME=FILE",
                        help="serve an ONNX file under NAME (repeatable)")
-    serve.add_argument("--registry-dir", type=Path, default=None,
-                       help="shared registry directory (default DATA_DIR/registry)")
+    serve.add_argument("--registry", default=None, metavar="DIR",
+                       help="registry directory, shared by replicas (default DATA_DIR/registry)")
+    serve.add_argument("--registry-dir", dest="registry", help=argparse.SUPPRESS)
     serve.add_argument("--replica", default=None, help="replica name in fleet status")
     serve.add_argument("--trust-key", type=Path, default=None,
                        help="operator public key; refuse publications it did not sign")
@@ -91,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cloud gateway address; without it every row stays on the edge")
     run.add_argument("--listen", default=None, metavar="HOST:PORT",
                      help="address apps call (default 127.0.0.1:8000; port 0 picks one)")
-    run.add_argument("--data-dir", type=Path, default=None, help="agent data folder")
+    run.add_argument("--data-dir", type=Path, default=None,
+                     help="agent data folder (default ~/.local/state/edgecloud/agent)")
     run.add_argument("--model", action="append", metavar="NAME=FILE",
                      help="serve task NAME with this edge ONNX file (repeatable)")
     run.add_argument("--policy", action="append", type=Path, metavar="FILE",
@@ -151,7 +165,7 @@ def _cmd_gateway_serve(args: argparse.Namespace) -> int:
         GatewaySettings, args.config, listen=args.listen, data_dir=args.data_dir,
         models=_model_paths(args.model), metrics_listen=args.metrics_listen,
         port_file=args.port_file, log_format=args.log_format, log_level=args.log_level,
-        registry_dir=args.registry_dir, replica=args.replica, trust_key=args.trust_key,
+        registry=args.registry, replica=args.replica, trust_key=args.trust_key,
         tokens_file=args.tokens_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
     )

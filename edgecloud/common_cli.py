@@ -37,14 +37,22 @@ def pairs(values: Sequence[str] | None, what: str) -> dict[str, str] | None:
     return out
 
 
+def _message(exc: Exception) -> str:
+    if isinstance(exc, EdgecloudError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed command: user errors become one line on stderr and exit code 2."""
+    """Run a parsed command: user errors and files that cannot be read or written
+    become one line on stderr and exit code 2."""
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (CliError, EdgecloudError) as exc:
-        message = exc.message if isinstance(exc, EdgecloudError) else str(exc)
-        print(f"edgecloud: error: {message}", file=sys.stderr)
+    except (CliError, EdgecloudError, OSError) as exc:
+        print(f"edgecloud: error: {_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -20,14 +20,16 @@ from rich.table import Table
 
 from edgecloud.common_cli import CliError
 
-TARGET_HELP = "gateway admin address (HOST:PORT), or --data-dir for a registry directory"
-
 
 def _add_target(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--gateway", metavar="HOST:PORT", help=TARGET_HELP)
+    group.add_argument("--gateway", metavar="HOST:PORT", help="gateway admin address")
+    group.add_argument("--registry", metavar="DIR",
+                       help="act on a registry directly: the directory the gateway's "
+                       "--registry names")
     group.add_argument("--data-dir", type=Path, metavar="DIR",
-                       help="registry directory (the embedded default)")
+                       help="act on the registry of the gateway with this --data-dir "
+                       "(DIR/registry)")
     p.add_argument("--token-file", type=Path, default=None,
                    help="operator bearer token for the gateway (or EDGECLOUD_TOKEN)")
     p.add_argument("--tls-ca", type=Path, default=None, help="CA of the gateway's certificate")
@@ -35,8 +37,10 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", type=Path, default=None, help="client key (mTLS)")
 
 
-def _operator(args: argparse.Namespace):
-    from edgecloud.operator import GatewayOperator, RegistryOperator
+def _operator(args: argparse.Namespace, *, create: bool = False):
+    """The target the command acts on; only publishing may create a registry."""
+    from edgecloud.cloud_gateway.registry import is_registry, registry_path
+    from edgecloud.operations import GatewayOperator, RegistryOperator
 
     if args.gateway:
         from edgecloud.core.auth import read_token
@@ -46,21 +50,18 @@ def _operator(args: argparse.Namespace):
         credentials = (channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
                        if args.tls_ca or args.tls_cert else None)
         return GatewayOperator(args.gateway, token=token, credentials=credentials)
-    return RegistryOperator(args.data_dir)
+    if args.registry is not None:
+        return RegistryOperator(registry_path(args.registry), create=create)
+    if is_registry(args.data_dir):
+        raise CliError(f"{args.data_dir} is a registry, not a gateway data directory: "
+                       f"pass --registry {args.data_dir}")
+    return RegistryOperator(args.data_dir / "registry", create=create)
 
 
 def _pairs(values, what: str) -> dict[str, str]:
     from edgecloud.common_cli import pairs as parse
 
     return parse(values, what) or {}
-
-
-def _sign(manifest: bytes, key_path: Path | None) -> bytes:
-    if key_path is None:
-        return b""
-    from edgecloud.core.signing import load_private_key, sign
-
-    return sign(load_private_key(key_path), manifest)
 
 
 # -- keys ---------------------------------------------------------------------------
@@ -79,28 +80,25 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_models_publish(args: argparse.Namespace) -> int:
-    from edgecloud.core.artifacts import build_model_manifest
+    from edgecloud.operations import publish_model_file
 
     if not args.file.is_file():
         raise CliError(f"model file {args.file} does not exist")
-    op = _operator(args)
+    op = _operator(args, create=True)
     try:
-        version = args.version or op.next_version("model", args.name, args.target)
-        manifest = build_model_manifest(args.file, name=args.name, version=version,
-                                        target=args.target)
-        data = manifest.canonical()
-        signature = _sign(data, args.key)
-        size = args.file.stat().st_size
         with Progress("[progress.description]{task.description}", BarColumn(),
                       DownloadColumn(), TransferSpeedColumn(), console=Console(stderr=True),
                       transient=True) as progress:
-            bar = progress.add_task(f"publishing {args.name} {version}", total=size)
-            reply = op.publish_model(data, signature, args.file, args.promote,
-                                     lambda n: progress.advance(bar, n))
+            bar = progress.add_task(f"publishing {args.name} ({args.target})",
+                                    total=args.file.stat().st_size)
+            reply = publish_model_file(op, args.file, name=args.name, target=args.target,
+                                       version=args.version, key=args.key,
+                                       promote=args.promote,
+                                       progress=lambda n: progress.advance(bar, n))
     finally:
         op.close()
     print(f"published {reply['name']} version {reply['version']} ({args.target}, "
-          f"{reply['digest'][:19]}…, {'signed' if signature else 'UNSIGNED'}); "
+          f"{reply['digest'][:19]}…, {'signed' if reply['signed'] else 'UNSIGNED'}); "
           f"generation {reply['generation']}")
     return 0
 
@@ -175,6 +173,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def cmd_policy_publish(args: argparse.Namespace) -> int:
     from edgecloud.core.artifacts import build_policy_manifest
+    from edgecloud.operations import sign_manifest
     from edgecloud.router import PolicyError, parse_policy
 
     try:
@@ -189,9 +188,9 @@ def cmd_policy_publish(args: argparse.Namespace) -> int:
         raise CliError(f"{args.file} is a policy for task {policy.name!r}, not {args.name!r}")
     manifest = build_policy_manifest(document, name=policy.name, version=policy.version)
     data = manifest.canonical()
-    op = _operator(args)
+    op = _operator(args, create=True)
     try:
-        reply = op.publish_policy(data, _sign(data, args.key), document)
+        reply = op.publish_policy(data, sign_manifest(data, args.key), document)
     finally:
         op.close()
     print(f"published policy {reply['name']} version {reply['version']}; "
@@ -232,6 +231,7 @@ def fleet_rows(agents: list[dict]) -> list[dict]:
                 "task": task.get("name"),
                 "model_version": task.get("model_version"),
                 "policy_version": task.get("policy_version"),
+                "waiting_for": task.get("waiting_for", ""),
                 "requests": int(task.get("requests", 0) or 0),
                 "rows": rows_n,
                 "escalation_rate": escalated / rows_n if rows_n else 0.0,
@@ -267,10 +267,13 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         drift_text = drift["status"] or "-"
         if drift["status"]:
             drift_text += f" (psi {drift['psi']:.2f})"
+        versions = {kind: str(r[f"{kind}_version"] or "-") for kind in ("model", "policy")}
+        if r["waiting_for"] in versions:
+            versions[r["waiting_for"]] = f"[yellow]waiting for {r['waiting_for']}[/yellow]"
         table.add_row(
             str(r["agent_id"]), ",".join(f"{k}={v}" for k, v in r["labels"].items()),
             str(r["replica"]), _ago(r["last_seen"]), str(r["task"] or "-"),
-            str(r["model_version"] or "-"), str(r["policy_version"] or "-"), swap_text,
+            versions["model"], versions["policy"], swap_text,
             str(r["requests"]), f"{r['escalation_rate']:.1%}", str(r["fallbacks"]), drift_text,
         )
     Console().print(table)

@@ -162,7 +162,7 @@ def cmd_policy_tune(args: argparse.Namespace) -> int:
     except ValueError as exc:  # TuningTarget's checks and TuningError included
         raise CliError(str(exc)) from None
 
-    _write_atomically(args.out, dump_policy(policy))
+    atomic_write(args.out, dump_policy(policy).encode("utf-8"))
     if args.plot is not None:
         _plot(report, policy.name, args.plot)
     console.print(_table(report, policy.name))
@@ -291,12 +291,6 @@ def _score_data(
     return scores["edge"], scores["cloud"], y, outputs["edge"]
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    try:
-        atomic_write(path, text.encode("utf-8"))
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _pct(value: float, digits: int = 1) -> str:

@@ -192,6 +192,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                                digest=manifest.digest, generation=generation)
 
     @rpc_boundary
+    async def ReserveVersion(self, request, context):
+        version = await asyncio.to_thread(self._hub.registry.reserve_version, request.name,
+                                          request.target)
+        return pb.ReserveVersionReply(version=version)
+
+    @rpc_boundary
     async def PublishPolicy(self, request, context):
         manifest, generation = await asyncio.to_thread(
             self._hub.registry.publish_policy, request.header.manifest,

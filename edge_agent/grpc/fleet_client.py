@@ -81,6 +81,10 @@ def build_status(agent_id: str, labels: dict[str, str], service: EdgeService,
             entry.score_histogram.extend(int(v) for v in drift.observed_counts())
             entry.score_bin_edges.extend(drift.reference.edges)
         tasks.append(entry)
+    served = {entry.name for entry in tasks}
+    tasks.extend(pb.TaskCounters(name=name, model_version=w.model_version,
+                                 policy_version=w.policy_version, waiting_for=w.waiting_for)
+                 for name, w in sorted(manager.waiting.items()) if name not in served)
     status = pb.AgentStatus(agent_id=agent_id, labels=labels, agent_version=__version__,
                             tasks=tasks, sent_at=time.time(),
                             swaps=[_swap(s) for s in swaps],

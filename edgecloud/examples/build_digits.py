@@ -254,7 +254,7 @@ def to_onnx(estimator, name: str, description: str) -> onnx.ModelProto:
     return model
 
 
-class OnnxModel:
+class CheckedSession:
     """An onnxruntime session over serialized bytes, checked against the expected signature."""
 
     def __init__(self, blob: bytes, *, threads: int = 1) -> None:
@@ -295,7 +295,7 @@ class OnnxModel:
         return float(np.median(samples) / 1000.0)
 
 
-def check_matches_sklearn(name: str, estimator, model: OnnxModel, X: np.ndarray) -> None:
+def check_matches_sklearn(name: str, estimator, model: CheckedSession, X: np.ndarray) -> None:
     expected = estimator.predict_proba(X)
     got = model.probabilities(X)
     if got.shape != expected.shape or got.dtype != np.float32:
@@ -393,8 +393,8 @@ def build(out: Path) -> int:
         "edge.onnx": edge_onnx.SerializeToString(),
         "cloud.onnx": cloud_onnx.SerializeToString(),
     }
-    edge_rt = OnnxModel(blobs["edge.onnx"])
-    cloud_rt = OnnxModel(blobs["cloud.onnx"])
+    edge_rt = CheckedSession(blobs["edge.onnx"])
+    cloud_rt = CheckedSession(blobs["cloud.onnx"])
     for split in (cal, test):
         check_matches_sklearn(EDGE_NAME, edge, edge_rt, split.X)
         check_matches_sklearn(CLOUD_NAME, cloud, cloud_rt, split.X)

@@ -186,7 +186,7 @@ def quantize_model(
             "the quantized file is not smaller than the original: its few weights save less "
             "than the quantization parameters and nodes cost"
         )
-    _write(out, blob)
+    atomic_write(out, blob)
     return QuantizeReport(
         source=src,
         output=out,
@@ -381,9 +381,3 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    try:
-        atomic_write(path, data)
-    except OSError as exc:
-        raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecloud.cli import build_parser
 from edgecloud.router import RequestContext, Side, decide, parse_policy, score_rows
 
 
@@ -56,17 +58,47 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
           "--tls-cert", "{a_file}", "--tls-key", "{a_file}"], "not PEM"),
         (["agent", "batch", "--model", "digits={edge}", "--input", "{missing}",
           "--output", "{tmp}/out.jsonl"], "does not exist"),
+        (["agent", "batch", "--model", "digits={edge}", "--input", "{test_npz}",
+          "--output", "{a_file}/out.jsonl"], "a_file"),
         (["demo", "--agents", "0"], "--agents"),
+        (["gateway", "serve", "--listen", "127.0.0.1:0", "--registry", "s3://bucket/x"],
+         "not supported yet"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(args, fragment, bad_files, digits_dir, tmp_path):
     """Each mistake gets one line on stderr naming the problem, exit code 2, no traceback."""
     names = {**bad_files, "edge": digits_dir / "edge.onnx", "cloud": digits_dir / "cloud.onnx",
-             "missing": tmp_path / "missing.onnx", "tmp": tmp_path}
+             "missing": tmp_path / "missing.onnx", "tmp": tmp_path,
+             "test_npz": digits_dir / "test.npz"}
     result = edgecloud(*(a.format(**names) for a in args))
     assert result.returncode == 2, result.stderr
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _parsers(child)
+
+
+def test_every_command_matches_flags_exactly(capsys) -> None:
+    """No parser or subparser accepts a prefix of a flag; a prefix exits with code 2."""
+    parser = build_parser()
+    assert all(not p.allow_abbrev for p in _parsers(parser))
+    with pytest.raises(SystemExit) as caught:
+        parser.parse_args(["gateway", "serve", "--lis", "127.0.0.1:0"])
+    assert caught.value.code == 2
+    assert "unrecognized arguments: --lis" in capsys.readouterr().err
+
+
+def test_gateway_takes_registry_and_its_former_flag() -> None:
+    """`gateway serve` reads --registry, and --registry-dir still means the same."""
+    parser = build_parser()
+    for flag in ("--registry", "--registry-dir"):
+        assert parser.parse_args(["gateway", "serve", flag, "/shared"]).registry == "/shared"
 
 
 def test_gateway_drains_and_exits_on_sigterm(tmp_path, digits_dir):

@@ -26,7 +26,7 @@ async def test_roles_and_identity_are_enforced(start_gateway, start_agent, tmp_p
     tokens.write_text("operators: [op-secret]\nagents: {ag-secret: agent-0}\n")
     (tmp_path / "agent.token").write_text("ag-secret\n")
     registry = tmp_path / "registry"
-    gateway = await start_gateway(registry_dir=registry, registry_poll_ms=50,
+    gateway = await start_gateway(registry=registry, registry_poll_ms=50,
                                   tokens_file=tokens)
     async with grpc.aio.insecure_channel(gateway.address) as channel:
         admin = fleet_pb2_grpc.AdminServiceStub(channel)

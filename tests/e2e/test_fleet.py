@@ -38,7 +38,7 @@ async def fleet(start_gateway, start_agent, tmp_path, n_agents=3, *, labels=None
                 trust_key=None, registry=None, gateways=None):
     """A gateway on a registry and agents that take everything from the fleet."""
     registry = registry or tmp_path / "registry"
-    gateways = gateways or [await start_gateway(models={}, registry_dir=registry,
+    gateways = gateways or [await start_gateway(models={}, registry=registry,
                                                 registry_poll_ms=50)]
     agents = []
     for i in range(n_agents):
@@ -256,14 +256,14 @@ async def test_two_replicas_share_one_registry(start_gateway, start_agent, tmp_p
     """Agents split over two gateway replicas on one registry directory all receive a
     publication made through either replica's admin service."""
     registry = tmp_path / "registry"
-    gateways = [await start_gateway(models={}, registry_dir=registry, registry_poll_ms=50,
+    gateways = [await start_gateway(models={}, registry=registry, registry_poll_ms=50,
                                     replica=f"replica-{i}") for i in range(2)]
     _, _, agents = await fleet(start_gateway, start_agent, tmp_path, n_agents=4,
                                registry=registry, gateways=gateways)
     await seed(registry, digits_dir)
     await wait_until(lambda: all(running_version(a) == "1" for a in agents), what="v1")
     from edgecloud.core.artifacts import build_model_manifest
-    from edgecloud.operator import GatewayOperator
+    from edgecloud.operations import GatewayOperator
 
     manifest = build_model_manifest(digits_dir / "cloud.onnx", name=TASK, version="2",
                                     target="edge").canonical()

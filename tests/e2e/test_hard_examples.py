@@ -19,7 +19,7 @@ async def test_escalated_rows_are_uploaded_with_both_answers(start_gateway, star
     """Rows escalated for low confidence are spooled, uploaded, acknowledged and kept in
     the registry with their inputs and the edge's and cloud's scores; the spool empties."""
     registry = tmp_path / "registry"
-    gateway = await start_gateway(registry_dir=registry)
+    gateway = await start_gateway(registry=registry)
     agent = await start_agent(gateway.address, status_interval_s=3600)
     x, _ = digits_test
     answer = await agent.service.answer(InferRequest(model_name="digits",
@@ -49,7 +49,7 @@ async def test_failed_upload_keeps_the_batch(start_gateway, start_agent, tmp_pat
                                              digits_test):
     """With the gateway gone the batch stays on disk and goes up once it is back."""
     registry = tmp_path / "registry"
-    gateway = await start_gateway(registry_dir=registry)
+    gateway = await start_gateway(registry=registry)
     address = gateway.address
     agent = await start_agent(address, status_interval_s=3600)
     x, _ = digits_test
@@ -59,7 +59,7 @@ async def test_failed_upload_keeps_the_batch(start_gateway, start_agent, tmp_pat
     await gateway.stop(0.1)
     assert await agent.fleet.upload_hard_examples() == 0
     assert list((agent.settings.data_dir / "hard").glob("uploading-*.jsonl"))
-    await start_gateway(listen=address, registry_dir=registry)
+    await start_gateway(listen=address, registry=registry)
     sent = 0
     for _ in range(50):
         sent = await agent.fleet.upload_hard_examples()

@@ -17,7 +17,7 @@ from fleet_helpers import publish_model, publish_policy, running_version, wait_u
 
 from edgecloud.core.tensors import InferRequest
 from edgecloud.core.tls import channel_credentials
-from edgecloud.operator import GatewayOperator
+from edgecloud.operations import GatewayOperator
 from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
 from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
@@ -71,7 +71,7 @@ async def test_mutual_tls_fleet_and_escalation(start_gateway, start_agent, tmp_p
     """With mTLS the agent receives models and escalates; plaintext clients and TLS clients
     without a certificate are refused; the operator tool works with its certificate."""
     registry = tmp_path / "registry"
-    gateway = await start_gateway(registry_dir=registry, registry_poll_ms=50,
+    gateway = await start_gateway(registry=registry, registry_poll_ms=50,
                                   tls_cert=pki["server_cert"], tls_key=pki["server_key"],
                                   tls_client_ca=pki["ca"])
     agent = await start_agent(gateway.address, models={}, policies=[], agent_id="agent-0",

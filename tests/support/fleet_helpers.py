@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgecloud.core.artifacts import build_model_manifest, build_policy_manifest, sha256_file
 from edgecloud.core.signing import load_private_key, sign
-from edgecloud.operator import RegistryOperator
+from edgecloud.operations import RegistryOperator
 
 
 def digits_like_model(path: Path, kind: str, seed: int = 0, inputs: int = 64) -> Path:
@@ -57,7 +57,7 @@ def digits_like_model(path: Path, kind: str, seed: int = 0, inputs: int = 64) ->
 def publish_model(registry: Path, name: str, path: Path, target: str, *, version: str,
                   key: Path | None = None, promote: bool = False,
                   describe_as: Path | None = None) -> dict:
-    """Publish straight into a registry directory (as `models publish --data-dir`).
+    """Publish straight into a registry directory (as `models publish --registry`).
 
     ``describe_as`` builds the manifest from another model with the same signature (for a
     model that cannot even run on the publisher's machine), keeping ``path``'s digest.

@@ -42,6 +42,20 @@ class PublishChunk(_message.Message):
     data: bytes
     def __init__(self, header: _Optional[_Union[PublishHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class ReserveVersionRequest(_message.Message):
+    __slots__ = ("name", "target")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    target: str
+    def __init__(self, name: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class ReserveVersionReply(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
+
 class PublishPolicyRequest(_message.Message):
     __slots__ = ("header", "document")
     HEADER_FIELD_NUMBER: _ClassVar[int]
@@ -181,7 +195,7 @@ class SwapOutcome(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., at: _Optional[float] = ...) -> None: ...
 
 class TaskCounters(_message.Message):
-    __slots__ = ("name", "model_version", "policy_version", "requests", "rows", "escalated_rows", "fallback_rows", "errors", "score_histogram", "score_bin_edges", "drift_psi", "drift_ks", "drift_ks_pvalue", "drift_status", "shadow_rows", "shadow_agree")
+    __slots__ = ("name", "model_version", "policy_version", "requests", "rows", "escalated_rows", "fallback_rows", "errors", "score_histogram", "score_bin_edges", "drift_psi", "drift_ks", "drift_ks_pvalue", "drift_status", "shadow_rows", "shadow_agree", "waiting_for")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +212,7 @@ class TaskCounters(_message.Message):
     DRIFT_STATUS_FIELD_NUMBER: _ClassVar[int]
     SHADOW_ROWS_FIELD_NUMBER: _ClassVar[int]
     SHADOW_AGREE_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_version: str
     policy_version: str
@@ -214,7 +229,8 @@ class TaskCounters(_message.Message):
     drift_status: str
     shadow_rows: int
     shadow_agree: int
-    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., requests: _Optional[int] = ..., rows: _Optional[int] = ..., escalated_rows: _Optional[int] = ..., fallback_rows: _Optional[int] = ..., errors: _Optional[int] = ..., score_histogram: _Optional[_Iterable[int]] = ..., score_bin_edges: _Optional[_Iterable[float]] = ..., drift_psi: _Optional[float] = ..., drift_ks: _Optional[float] = ..., drift_ks_pvalue: _Optional[float] = ..., drift_status: _Optional[str] = ..., shadow_rows: _Optional[int] = ..., shadow_agree: _Optional[int] = ...) -> None: ...
+    waiting_for: str
+    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., requests: _Optional[int] = ..., rows: _Optional[int] = ..., escalated_rows: _Optional[int] = ..., fallback_rows: _Optional[int] = ..., errors: _Optional[int] = ..., score_histogram: _Optional[_Iterable[int]] = ..., score_bin_edges: _Optional[_Iterable[float]] = ..., drift_psi: _Optional[float] = ..., drift_ks: _Optional[float] = ..., drift_ks_pvalue: _Optional[float] = ..., drift_status: _Optional[str] = ..., shadow_rows: _Optional[int] = ..., shadow_agree: _Optional[int] = ..., waiting_for: _Optional[str] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
     __slots__ = ("agent_id", "labels", "agent_version", "tasks", "last_swap", "sent_at", "swaps", "applied_generation")

@@ -246,6 +246,11 @@ class AdminServiceStub:
                 request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishChunk.SerializeToString,
                 response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
                 _registered_method=True)
+        self.ReserveVersion = channel.unary_unary(
+                '/edgecloud.fleet.v1.AdminService/ReserveVersion',
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReserveVersionRequest.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReserveVersionReply.FromString,
+                _registered_method=True)
         self.PublishPolicy = channel.unary_unary(
                 '/edgecloud.fleet.v1.AdminService/PublishPolicy',
                 request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishPolicyRequest.SerializeToString,
@@ -274,6 +279,14 @@ class AdminServiceServicer:
 
     def PublishModel(self, request_iterator, context):
         """First message: the header (signed manifest); then the artifact bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReserveVersion(self, request, context):
+        """The next numeric version of a model, held for the caller until it
+        publishes that version: two publishers never get the same number.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -310,6 +323,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.PublishModel,
                     request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishChunk.FromString,
                     response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.SerializeToString,
+            ),
+            'ReserveVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveVersion,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReserveVersionRequest.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReserveVersionReply.SerializeToString,
             ),
             'PublishPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishPolicy,
@@ -360,6 +378,33 @@ class AdminService:
             '/edgecloud.fleet.v1.AdminService/PublishModel',
             edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishChunk.SerializeToString,
             edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecloud.fleet.v1.AdminService/ReserveVersion',
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReserveVersionRequest.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReserveVersionReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,7 +1,7 @@
 """Operator actions, against a gateway's admin service or a registry directory.
 
 Both targets offer the same calls and return plain data, so every command
-works the same way with ``--gateway HOST:PORT`` or ``--data-dir DIR``.
+works the same way with ``--gateway HOST:PORT`` or a registry directory.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Protocol
 import grpc
 
 from edgecloud.cloud_gateway.registry import Registry
+from edgecloud.core.artifacts import build_model_manifest
 from edgecloud.core.auth import call_metadata
-from edgecloud.core.errors import EdgecloudError
 from edgecloud.core.grpc_errors import from_rpc_error
+from edgecloud.core.signing import load_private_key, sign
 from edgecloud.core.tls import open_channel
 from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
@@ -38,7 +39,7 @@ class Operator(Protocol):
 
     def fleet_status(self) -> list[dict]: ...
 
-    def next_version(self, kind: str, name: str, target: str = "edge") -> str: ...
+    def reserve_version(self, name: str, target: str) -> str: ...
 
     def close(self) -> None: ...
 
@@ -51,11 +52,35 @@ def _file_chunks(path: Path, progress: Callable[[int], None] | None) -> Iterator
             yield data
 
 
+def sign_manifest(manifest: bytes, key: Path | None) -> bytes:
+    """Signature of a manifest with the operator's private key file; empty without one."""
+    return sign(load_private_key(key), manifest) if key is not None else b""
+
+
+def publish_model_file(op: Operator, path: Path, *, name: str, target: str,
+                       version: str | None = None, key: Path | None = None,
+                       promote: bool = False,
+                       progress: Callable[[int], None] | None = None) -> dict:
+    """Describe, sign and publish an ONNX file; without ``version`` the registry picks it.
+
+    Returns the publication (name, version, digest, generation) and whether it is signed.
+    """
+    private = load_private_key(key) if key is not None else None
+    manifest = build_model_manifest(path, name=name, version=version or "0", target=target)
+    if version is None:
+        # Reserved only once the file is known to describe a model: a bad file costs no number.
+        manifest = manifest.model_copy(update={"version": op.reserve_version(name, target)})
+    data = manifest.canonical()
+    signature = sign(private, data) if private is not None else b""
+    reply = op.publish_model(data, signature, path, promote, progress)
+    return {**reply, "signed": bool(signature)}
+
+
 class RegistryOperator:
     """Acts on a registry directory directly (the embedded default)."""
 
-    def __init__(self, root: Path) -> None:
-        self.registry = Registry(root)
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        self.registry = Registry(root, create=create)
 
     def publish_model(self, manifest, signature, path, promote, progress=None) -> dict:
         m, generation = self.registry.publish_model(manifest, signature,
@@ -78,8 +103,8 @@ class RegistryOperator:
     def fleet_status(self) -> list[dict]:
         return self.registry.agent_statuses()
 
-    def next_version(self, kind: str, name: str, target: str = "edge") -> str:
-        return self.registry.next_version(kind, name, target)
+    def reserve_version(self, name: str, target: str) -> str:
+        return self.registry.reserve_version(name, target)
 
     def close(self) -> None:
         """Nothing to close."""
@@ -138,16 +163,9 @@ class GatewayOperator:
     def fleet_status(self) -> list[dict]:
         return json.loads(self._call(self._stub.FleetStatus, pb.FleetStatusRequest()).json)
 
-    def next_version(self, kind: str, name: str, target: str = "edge") -> str:
-        if kind != "model":
-            return ""
-        try:
-            versions = self.list_models(name).get(name, {}).get("versions", [])
-        except EdgecloudError:
-            versions = []
-        numbers = [int(v["version"]) for v in versions
-                   if str(v["version"]).isdigit() and v["target"] == target]
-        return str(max(numbers, default=0) + 1)
+    def reserve_version(self, name: str, target: str) -> str:
+        return self._call(self._stub.ReserveVersion,
+                          pb.ReserveVersionRequest(name=name, target=target)).version
 
     def close(self) -> None:
         """Close the channel."""
