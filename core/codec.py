@@ -113,9 +113,23 @@ def params_to_pb(values: Mapping[str, ParamValue], target_map: MutableMapping) -
     Python kind. Any other type raises ``TypeError``; an integer beyond uint64
     raises ``ValueError``. Nothing is written when a value is refused.
     """
+    for value in values.values():
+        if type(value) is not str and type(value) is not float:
+            break
+    else:
+        # The usual answer (strings and floats): written without per-value dispatch.
+        for key, value in values.items():
+            if type(key) is not str:
+                raise TypeError(f"parameter names must be str, got {type(key).__name__}")
+            if type(value) is str:
+                target_map[key].string_param = value
+            else:
+                target_map[key].double_param = value
+        return
     converted = [(key, *_param_field(key, value)) for key, value in values.items()]
     for key, field_name, value in converted:
         setattr(target_map[key], field_name, value)
+
 
 
 def _param_field(key: str, value: object) -> tuple[str, ParamValue]:
@@ -282,14 +296,18 @@ def _decode_tensors(
 
 
 def _checked_shape(label: str, dims: Sequence[int], max_elements: int) -> tuple[int, ...]:
-    shape = tuple(int(dim) for dim in dims)
+    shape = tuple(dims)  # int64 values from the message: already Python ints
     if len(shape) > MAX_RANK:
         raise InvalidInput(f"{label} has {len(shape)} dimensions; at most {MAX_RANK} are supported")
-    if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"{label} has a negative dimension in shape {list(shape)}")
     # Zero dimensions aside, the shape must stay within the limit, so that a
     # zero-size tensor cannot smuggle in dimensions no array could hold.
-    if math.prod(max(dim, 1) for dim in shape) > max_elements:
+    size = 1
+    for dim in shape:
+        if dim < 0:
+            raise InvalidInput(f"{label} has a negative dimension in shape {list(shape)}")
+        if dim:
+            size *= dim
+    if size > max_elements:
         raise InvalidInput(
             f"{label} shape {list(shape)} is too large: over {max_elements} elements"
         )
@@ -465,6 +483,14 @@ def encode_infer_response(resp: InferResponse, *, raw: bool = True) -> ModelInfe
 def _fill_tensor(tensor, name: str, array: np.ndarray, raw_contents) -> None:
     """Fill one v2 tensor; raw data goes to ``raw_contents`` unless it is None."""
     array = np.asarray(array)
+    datatype = _RAW_AS_IS.get(array.dtype) if raw_contents is not None else None
+    if datatype is not None:
+        # The usual output (a little-endian numeric array): its bytes as they are.
+        tensor.name = name
+        tensor.datatype = datatype
+        tensor.shape.extend(array.shape)
+        raw_contents.append(array.tobytes())
+        return
     try:
         datatype = v2_datatype(array.dtype)
     except ValueError:
@@ -487,6 +513,14 @@ def _fill_tensor(tensor, name: str, array: np.ndarray, raw_contents) -> None:
         getattr(contents, field).extend(values)
     # An empty tensor still marks its contents as present.
     tensor.contents.SetInParent()
+
+
+_RAW_AS_IS: Mapping[np.dtype, str] = {
+    dtype.newbyteorder("<"): name
+    for name, dtype in V2_TO_NUMPY.items()
+    if name not in ("BYTES", "BOOL")
+}
+"""Little-endian numeric dtypes whose array bytes are the v2 raw bytes as they are."""
 
 
 def _raw_bytes(name: str, datatype: str, array: np.ndarray) -> bytes:

@@ -219,11 +219,16 @@ class OnnxModel:
             feed = {}
             for name, native, rank, fixed in accepts:
                 array = inputs.get(name)
-                if (type(array) is not np.ndarray or array.dtype != native
-                        or array.ndim != rank
-                        or any(array.shape[axis] != dim for axis, dim in fixed)):
+                if type(array) is not np.ndarray or array.dtype != native or array.ndim != rank:
                     break
-                feed[name] = array
+                shape = array.shape
+                for axis, dim in fixed:
+                    if shape[axis] != dim:
+                        break
+                else:
+                    feed[name] = array
+                    continue
+                break
             else:
                 return feed
         expected = [spec.name for spec in self.inputs]

@@ -167,7 +167,8 @@ class Router:
         escalation still counts as escalated; forced and sampled rows do not),
         and the drift monitor sees every confidence.
         """
-        if plan.rows == 1:
+        one = plan.side.shape[0] == 1
+        if one:
             route = _ONE_ROUTE[_ROUTE_OF_ONE_SIDE[plan.side[0]]]
         else:
             route = _ROUTE_OF_SIDE[plan.side]
@@ -187,7 +188,7 @@ class Router:
                 reason[plan.cloud_rows] = _FAILED
         if plan.forced:
             pass
-        elif plan.rows == 1:
+        elif one:
             self.budget.observe_one(plan.reason[0] == _LOW)
         else:
             self.budget.observe(plan.reason == _LOW)

@@ -274,13 +274,27 @@ def _score_of(policy: Policy) -> Score:
     return score if score is not None else get_score(policy.score)
 
 
+_ONE_CLASS: dict[int, np.ndarray] = {}
+
+
+def _one_class(predicted: int) -> np.ndarray:
+    """A read-only ``[predicted]`` int64 array, made once per class."""
+    array = _ONE_CLASS.get(predicted)
+    if array is None:
+        array = np.array([predicted], dtype=np.int64)
+        array.flags.writeable = False
+        _ONE_CLASS[predicted] = array
+    return array
+
+
 def score_rows(policy: Policy, class_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Confidence and predicted class per row.
 
     ``class_scores`` is ``[N, K]`` (or ``[K]`` for one row), holding
     probabilities or logits as the policy says. Returns ``(confidence[N]``
     float64 in [0, 1], ``predicted[N]`` int64). A row that cannot be scored
-    gets confidence 0 and predicted class -1.
+    gets confidence 0 and predicted class -1. Treat both arrays as read-only
+    (a one-row answer shares its class array).
     """
     values = np.asarray(class_scores)
     shape = values.shape
@@ -288,7 +302,7 @@ def score_rows(policy: Policy, class_scores: np.ndarray) -> tuple[np.ndarray, np
         # One row (the usual device request): plain Python beats numpy here.
         one = _score_one(policy, values[0].tolist())
         if one is not None:
-            return np.array([one[0]]), np.array([one[1]], dtype=np.int64)
+            return np.array([one[0]]), _one_class(one[1])
     if values.ndim == 1:
         values = values[np.newaxis, :]
     if values.ndim != 2:
