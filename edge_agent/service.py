@@ -97,7 +97,6 @@ def bind_policy(model: OnnxModel, policy: Policy, model_digest: str = "",
                        tuple(names))
 
 
-_six_digits = "{:.6g}".format
 _ROUTE_NAMES = tuple(route.value for route in ROUTES)
 _REASON_NAMES = tuple(reason.value for reason in REASONS)
 
@@ -114,7 +113,12 @@ class Answer:
     cloud_model_version: str = ""
 
     def parameters(self) -> dict[str, ParamValue]:
-        """Response parameters: per-row values comma-separated, whatever the row count."""
+        """Response parameters: ``route``, ``reason`` and ``confidence`` per row.
+
+        One row: the route and reason as strings and the confidence as a
+        double. Several rows: each a string of comma-separated values in row
+        order, confidences to 6 significant digits.
+        """
         routing = self.routing
         if routing.route.shape[0] == 1:
             params: dict[str, ParamValue] = {
@@ -126,7 +130,7 @@ class Answer:
             params = {
                 "route": ",".join([_ROUTE_NAMES[c] for c in routing.route.tolist()]),
                 "reason": ",".join([_REASON_NAMES[c] for c in routing.reason.tolist()]),
-                "confidence": ",".join(map(_six_digits, routing.confidence.tolist())),
+                "confidence": ",".join([f"{v:.6g}" for v in routing.confidence.tolist()]),
             }
         params["model_version"] = self.model_version
         if self.cloud_model_version:

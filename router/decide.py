@@ -194,14 +194,16 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 
 _EMPTY_ROWS = _frozen(np.zeros(0, dtype=np.int64))
+_EDGE_SIDE, _CLOUD_SIDE, _SHADOW_SIDE = int(Side.EDGE), int(Side.CLOUD), int(Side.SHADOW)
+"""Plain ints for array operations (numpy inspects enum members slowly)."""
 _ROW_ZERO = _frozen(np.zeros(1, dtype=np.int64))
 _ONE_SIDE = tuple(_frozen(np.array([side], dtype=np.uint8)) for side in Side)
 _ONE_REASON = tuple(_frozen(np.array([code], dtype=np.uint8)) for code in range(len(REASONS)))
 _ONE_THRESHOLD: dict[float, np.ndarray] = {}
 """One-row threshold arrays by value: a request usually meets one of a few thresholds."""
 _SIDE_OF_CODE = np.zeros(len(REASONS), dtype=np.uint8)
-_SIDE_OF_CODE[_LOW] = Side.CLOUD
-_SIDE_OF_CODE[_SAMPLED] = Side.SHADOW
+_SIDE_OF_CODE[_LOW] = _CLOUD_SIDE
+_SIDE_OF_CODE[_SAMPLED] = _SHADOW_SIDE
 
 
 def decide(
@@ -258,11 +260,15 @@ def plan_rows(policy: Policy, conf: np.ndarray, classes: np.ndarray, ctx: Reques
     if n == 1:
         return _decide_one(policy, conf, classes, ctx, shift, sampled, available, fits)
     bases = _bases(policy, classes, ctx, n)
-    effective = np.clip(bases + shift, 0.0, 1.0)
+    if shift:  # only ever negative, and the bases are within [0, 1]
+        effective = bases + shift
+        np.maximum(effective, 0.0, out=effective)
+    else:
+        effective = bases
     if ctx.route is RouteOverride.EDGE or ctx.route is RouteOverride.CLOUD:
         to_cloud = ctx.route is RouteOverride.CLOUD and available
         code = _FORCED if ctx.route is RouteOverride.EDGE or available else _UNAVAILABLE
-        side = np.full(n, Side.CLOUD if to_cloud else Side.EDGE, dtype=np.uint8)
+        side = np.full(n, _CLOUD_SIDE if to_cloud else _EDGE_SIDE, dtype=np.uint8)
         reason = np.full(n, code, dtype=np.uint8)
         cloud_rows = np.arange(n, dtype=np.int64) if to_cloud and n else _EMPTY_ROWS
         return Plan(side, reason, conf, effective, cloud_rows, _EMPTY_ROWS,
@@ -280,8 +286,9 @@ def plan_rows(policy: Policy, conf: np.ndarray, classes: np.ndarray, ctx: Reques
     if available and fits and sampled is not None:
         reason[confident & sampled] = _SAMPLED
     side = _SIDE_OF_CODE[reason]
-    cloud_rows = np.flatnonzero(side == Side.CLOUD)
-    shadow_rows = np.flatnonzero(side == Side.SHADOW)
+    cloud_rows = np.flatnonzero(side == _CLOUD_SIDE)
+    shadow_rows = (np.flatnonzero(side == _SHADOW_SIDE) if sampled is not None
+                   else _EMPTY_ROWS)
     return Plan(side, reason, conf, effective, cloud_rows, shadow_rows,
                 bool(cloud_rows.size), False)
 
@@ -292,7 +299,7 @@ def _bases(policy: Policy, classes: np.ndarray, ctx: RequestContext, n: int) -> 
         return np.full(n, float(ctx.threshold_override))
     per_class = policy.class_thresholds
     if not per_class:
-        return np.full(n, policy.threshold)
+        return np.full(n, float(policy.threshold))
     default = policy.threshold
     return np.fromiter((per_class.get(c, default) for c in classes.tolist()),
                        dtype=np.float64, count=n)

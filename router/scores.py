@@ -70,6 +70,8 @@ class Score(ABC):
 def _finish(confidence: np.ndarray) -> np.ndarray:
     """Clip into [0, 1] and turn anything non-finite into 0."""
     confidence = np.asarray(confidence, dtype=np.float64)
+    if confidence.size and 0.0 <= confidence.min() and confidence.max() <= 1.0:
+        return confidence  # the usual case: in range (and so no NaN or infinity)
     finite = np.isfinite(confidence)
     out = np.minimum(np.maximum(confidence, 0.0), 1.0)
     if not finite.all():
@@ -314,17 +316,18 @@ def score_rows(policy: Policy, class_scores: np.ndarray) -> tuple[np.ndarray, np
     if policy.scores_kind is ScoresKind.PROBABILITIES and values.shape[1] > 1:
         # Fast path for the usual case (well-formed probabilities): no error
         # states to silence, nothing to mask. With a temperature, p**(1/T)
-        # renormalised equals softmax(log p / T).
+        # renormalised equals softmax(log p / T). Every row's top value is
+        # finite and positive and none is negative, so each sum is positive.
         probs = values.astype(np.float64)
-        total = probs.sum(axis=1)
-        if probs.min() >= 0.0 and np.isfinite(total).all() and (total > 0.0).all():
+        top = probs.max(axis=1)
+        if probs.min() >= 0.0 and np.isfinite(top).all() and top.min() > 0.0:
             if policy.temperature != 1.0:
-                probs /= probs.max(axis=1, keepdims=True)  # keeps the power in range
+                probs /= top[:, np.newaxis]  # keeps the power in range
                 probs **= 1.0 / policy.temperature
-                total = probs.sum(axis=1)
-            if np.isfinite(total).all() and (total > 0.0).all():
+            total = probs.sum(axis=1)
+            if np.isfinite(total).all():
                 probs /= total[:, np.newaxis]
-                confidence = get_score(policy.score).confidence(probs)
+                confidence = _score_of(policy).confidence(probs)
                 return confidence, probs.argmax(axis=1)
     probs = to_probabilities(values, policy.scores_kind, policy.temperature)
     unusable = np.isnan(probs).any(axis=1)
