@@ -35,7 +35,14 @@ from collections.abc import Mapping, MutableMapping, Sequence
 import numpy as np
 
 from edgecloud.core.errors import InvalidInput
-from edgecloud.core.tensors import V2_TO_NUMPY, InferRequest, InferResponse, ParamValue, v2_datatype
+from edgecloud.core.tensors import (
+    NO_PARAMETERS,
+    V2_TO_NUMPY,
+    InferRequest,
+    InferResponse,
+    ParamValue,
+    v2_datatype,
+)
 from edgecloud.protos.inference.grpc_predict_v2_pb2 import (
     InferParameter,
     InferTensorContents,
@@ -89,12 +96,14 @@ _KNOWN_DATATYPES = ", ".join(V2_TO_NUMPY)
 # --------------------------------------------------------------------------- parameters
 
 
-def params_from_pb(params: Mapping[str, InferParameter]) -> dict[str, ParamValue]:
+def params_from_pb(params: Mapping[str, InferParameter]) -> Mapping[str, ParamValue]:
     """Convert a v2 ``parameters`` map to a dict of bool, int, float and str.
 
     ``uint64_param`` becomes an ``int``. A parameter with no value set raises
     :class:`~core.errors.InvalidInput`.
     """
+    if not params:
+        return NO_PARAMETERS
     values: dict[str, ParamValue] = {}
     for key, param in params.items():
         which = param.WhichOneof("parameter_choice")
@@ -173,10 +182,11 @@ def decode_infer_request(
     Raises :class:`~core.errors.InvalidInput` naming the input and the problem.
     Per-input and per-output ``parameters`` are not interpreted.
     """
-    if not pb.inputs:
+    tensors = pb.inputs
+    if not tensors:
         raise InvalidInput("the request has no inputs")
     inputs = _decode_tensors(
-        pb.inputs,
+        tensors,
         pb.raw_input_contents,
         what="input",
         raw_field="raw_input_contents",
@@ -190,7 +200,7 @@ def decode_infer_request(
         model_version=pb.model_version,
         id=pb.id,
         parameters=params_from_pb(pb.parameters),
-        requested_outputs=_requested_outputs(pb.outputs),
+        requested_outputs=_requested_outputs(pb.outputs) if pb.outputs else (),
     )
 
 

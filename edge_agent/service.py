@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import structlog
@@ -101,9 +102,8 @@ _ROUTE_NAMES = tuple(route.value for route in ROUTES)
 _REASON_NAMES = tuple(reason.value for reason in REASONS)
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """Outputs of one request and how each row was answered."""
+class Answer(NamedTuple):
+    """Outputs of one request and how each row was answered: an immutable value."""
 
     task: str
     outputs: dict[str, np.ndarray]
