@@ -1,4 +1,4 @@
-"""Routing quality of the tuned router, and what ``decide()`` costs per row.
+"""Routing quality of the tuned router, and what planning a request costs per row.
 
 Prints, in one run:
 
@@ -20,8 +20,9 @@ Prints, in one run:
    points on the test part; and the same for a policy whose 1-point gap is
    certified at 90% confidence. Mean ± standard deviation over the splits.
 
-2. Cost: per row, ``decide()`` (with the run-time signals), and
-   ``score_rows()`` + ``decide()``, against a bare ``numpy.argmax`` over the
+2. Cost: per row, ``Router.plan()`` + ``Router.record()`` (the rules with the
+   run-time signals, and the outcome taken back), and ``score_rows()`` before
+   them, against a bare ``numpy.argmax`` over the
    same class probabilities, for batches of 1, 64 and 1024 rows, measured in
    the same run.
 
@@ -56,12 +57,12 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from edgecloud.router import (
+    Escalation,
     Policy,
     RequestContext,
-    RouterState,
+    Router,
     TuningError,
     TuningTarget,
-    decide,
     score_rows,
     tune,
 )
@@ -252,13 +253,16 @@ def cost() -> None:
     policy, _ = tune(probs, cloud.predict_proba(x_rest), y_rest,
                      TuningTarget(kind="probabilities", target_escalation=0.15, name="digits"))
     untempered = policy.model_copy(update={"temperature": 1.0})
-    state = RouterState.from_policy(policy, clock=time.monotonic, rng=np.random.default_rng(0))
+    router = Router(policy, clock=time.monotonic, rng=np.random.default_rng(0))
+    plain_router = Router(untempered, clock=time.monotonic, rng=np.random.default_rng(0))
     ctx = RequestContext()
+    answered = Escalation(ok=True)
     rng = np.random.default_rng(1)
 
     print("Cost per row (median of 5 timed blocks), same class probabilities for every column")
-    print(f"  {'batch':>6} {'argmax µs':>10} {'decide µs':>10} {'score+decide µs':>16} "
-          f"{'(T = 1) µs':>11} {'decide / argmax':>16}")
+    print(f"  {'batch':>6} {'argmax µs':>10} {'plan µs':>10} {'score+plan µs':>16} "
+          f"{'(T = 1) µs':>11} {'plan / argmax':>16}")
+    print("  (plan = Router.plan + Router.record)")
     for rows in (1, 64, 1024):
         batch = probs[rng.integers(0, len(probs), size=rows)]
         confidence, predicted = score_rows(policy, batch)
@@ -267,18 +271,19 @@ def cost() -> None:
             return np.argmax(batch, axis=1)
 
         def only_decide(confidence: np.ndarray = confidence,
-                        predicted: np.ndarray = predicted, rows: int = rows) -> object:
-            return decide(policy, confidence, predicted, ctx, state.signals(rows))
+                        predicted: np.ndarray = predicted) -> object:
+            plan = router.plan(confidence, predicted, ctx)
+            return router.record(plan, answered if plan.permit else None)
 
-        def scored(batch: np.ndarray = batch, rows: int = rows,
-                   chosen: Policy = policy) -> object:
-            c, p = score_rows(chosen, batch)
-            return decide(chosen, c, p, ctx, state.signals(rows))
+        def scored(batch: np.ndarray = batch, chosen: Router = router) -> object:
+            c, p = score_rows(chosen.policy, batch)
+            plan = chosen.plan(c, p, ctx)
+            return chosen.record(plan, answered if plan.permit else None)
 
         base = _per_row(bare, rows)
         dec = _per_row(only_decide, rows)
         full = _per_row(scored, rows)
-        plain = _per_row(lambda batch=batch, rows=rows: scored(batch, rows, untempered), rows)
+        plain = _per_row(lambda batch=batch: scored(batch, plain_router), rows)
         print(f"  {rows:>6} {base * 1e6:10.3f} {dec * 1e6:10.3f} {full * 1e6:16.3f} "
               f"{plain * 1e6:11.3f} {dec / base:16.1f}")
     print(f"  (the tuned policy has temperature {policy.temperature:.3g}; the T = 1 column "

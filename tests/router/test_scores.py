@@ -248,3 +248,15 @@ def test_single_row_path_agrees_with_batches(kind, temperature, score):
         conf, pred = score_rows(policy, values[i:i + 1])
         assert conf[0] == pytest.approx(batch_conf[i], abs=1e-9)
         assert pred[0] == batch_pred[i]
+
+
+@pytest.mark.parametrize("score", [MaxProb(), Margin(), Entropy()], ids=lambda s: s.name)
+def test_confidence_of_weights_is_confidence_of_the_normalised_row(score: Score) -> None:
+    """Scoring unnormalised weights gives the confidence of the row they normalise to."""
+    rng = np.random.default_rng(4)
+    for k in (1, 2, 10):
+        weights = (rng.random(k) * 7.0).tolist()
+        total = math.fsum(weights)
+        normalised = [w / total for w in weights]
+        assert score.confidence_of_weights(weights, total) == pytest.approx(
+            score.confidence_one(normalised), abs=1e-12)
