@@ -300,7 +300,8 @@ def _decode_tensors(
             array, total = _from_typed(
                 label, datatype, typed, shape, count, total, max_bytes, message, raw_field
             )
-        array.flags.writeable = False
+        if array.flags.writeable:  # raw tensors are views of the message's bytes: read-only
+            array.flags.writeable = False
         arrays[tensor.name] = array
     return arrays
 

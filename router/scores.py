@@ -302,7 +302,7 @@ def score_rows(policy: Policy, class_scores: np.ndarray) -> tuple[np.ndarray, np
     shape = values.shape
     if len(shape) == 2 and shape[0] == 1 and shape[1] > 1:
         # One row (the usual device request): plain Python beats numpy here.
-        one = _score_one(policy, values[0].tolist())
+        one = _score_one(policy, values.tolist()[0])
         if one is not None:
             return np.array([one[0]]), _one_class(one[1])
     if values.ndim == 1:

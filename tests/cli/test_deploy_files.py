@@ -35,6 +35,45 @@ def test_commands_in_unit_and_image_parse() -> None:
     assert build_parser().parse_args(cmd).handler.__name__ == "_cmd_gateway_serve"
 
 
+def _kustomized_resources() -> list[dict]:
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())
+    docs = []
+    for name in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()) if d]
+    return docs
+
+
+def test_kubernetes_manifests_validate_against_the_schemas() -> None:
+    """Every resource the kustomization applies is valid for Kubernetes (strict schemas)."""
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    for doc in _kustomized_resources():
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_kustomization_creates_everything_the_gateway_mounts() -> None:
+    """Applying the folder is complete: every ConfigMap, Secret and claim the Deployment
+    mounts is created by the kustomization, and the ConfigMap holds the example settings."""
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())
+    docs = _kustomized_resources()
+    created = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    created |= {("Secret", g["name"]) for g in kustomization["secretGenerator"]}
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    for volume in deployment["spec"]["template"]["spec"]["volumes"]:
+        if "configMap" in volume:
+            assert ("ConfigMap", volume["configMap"]["name"]) in created
+        if "secret" in volume:
+            assert ("Secret", volume["secret"]["secretName"]) in created
+        if "persistentVolumeClaim" in volume:
+            assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in created
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert yaml.safe_load(config["data"]["gateway.yaml"]) == yaml.safe_load(
+        (DEPLOY / "config" / "gateway.yaml").read_text())
+    files = [f for g in kustomization["secretGenerator"] for f in g["files"]]
+    assert files == ["secrets/operator.pub", "secrets/tokens.yaml"]
+
+
 def test_manifests_and_dashboard_parse() -> None:
     """Kubernetes and Envoy YAML and the Grafana JSON are well formed."""
     docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "gateway.yaml").read_text()))
