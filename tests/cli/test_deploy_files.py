@@ -66,7 +66,8 @@ def test_kustomization_creates_everything_the_gateway_mounts() -> None:
         if "secret" in volume:
             assert ("Secret", volume["secret"]["secretName"]) in created
         if "persistentVolumeClaim" in volume:
-            assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in created
+            claim = volume["persistentVolumeClaim"]["claimName"]
+            assert ("PersistentVolumeClaim", claim) in created
     (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
     assert yaml.safe_load(config["data"]["gateway.yaml"]) == yaml.safe_load(
         (DEPLOY / "config" / "gateway.yaml").read_text())
