@@ -132,6 +132,15 @@ class OnnxModel:
         self.outputs: tuple[TensorSpec, ...] = tuple(outputs)
         self._output_list = [spec.name for spec in self.outputs]
         self._numeric_outputs = all(spec.datatype != "BYTES" for spec in self.outputs)
+        # On CPU alone the session wrapper's run only re-checks input names (done by
+        # validate_inputs) and offers a provider fallback there is no use for: call the
+        # runtime's own run directly. Any other provider keeps the wrapper.
+        inner = getattr(session, "_sess", None)
+        if inner is not None and session.get_providers() == ["CPUExecutionProvider"]:
+            inner_run = inner.run
+            self._run = lambda names, feed: inner_run(names, feed, None)
+        else:
+            self._run = session.run
         self._input_names = frozenset(spec.name for spec in self.inputs)
         # Per input: the one form that needs no conversion (native dtype, rank, fixed
         # dimensions), so a well-formed request is checked in a few comparisons.
@@ -266,7 +275,7 @@ class OnnxModel:
         feed = inputs if validated else self.validate_inputs(inputs)
         names = self._output_list if output_names is None else self._output_names(output_names)
         try:
-            results = self._session.run(names, feed)
+            results = self._run(names, feed)
         except Exception as exc:
             log.error(
                 "model_run_failed",
