@@ -156,3 +156,60 @@ def signature_mismatch(
                     f"{b.name} {b.datatype}{list(b.shape)}"
                 )
     return None
+
+
+SCORE_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
+"""Datatypes an output holding class scores may have."""
+
+ZIPMAP_OFF = "options={id(model): {'zipmap': False}}"
+"""How to ask skl2onnx for probabilities as a tensor instead of a sequence of maps."""
+
+
+def holds_class_scores(spec: TensorSpec) -> bool:
+    """True for a float ``[N, classes]`` tensor, the form class scores must have."""
+    return spec.datatype in SCORE_DATATYPES and len(spec.shape) == 2
+
+
+def class_scores_output(outputs: Sequence[TensorSpec], wanted: str | None = None, *,
+                        owner: str, skipped: Sequence[tuple[str, str]] = ()) -> str:
+    """The output that holds class scores: ``wanted``, or else the one float ``[N, C]`` output.
+
+    ``owner`` names the model in messages (``"model 'digits'"``); ``skipped``
+    are the outputs v2 cannot carry, as (name, type) pairs, listed among the
+    outputs found. Raises :class:`~core.errors.FailedPrecondition` when
+    ``wanted`` is not a float ``[N, C]`` output of the model, or, without
+    ``wanted``, when no output or several outputs have that form; the message
+    names the outputs found and, for a sequence of maps (a scikit-learn
+    ZipMap), says to export with zipmap off.
+    """
+    from edgecloud.core.errors import FailedPrecondition
+
+    found = ", ".join([f"{s.name!r} {s.datatype}{list(s.shape)}" for s in outputs]
+                      + [f"{n!r} {kind}" for n, kind in skipped])
+    if wanted is not None:
+        spec = next((s for s in outputs if s.name == wanted), None)
+        if spec is None:
+            raise FailedPrecondition(f"{owner} has no output {wanted!r} to take class scores "
+                                     f"from; its outputs are {found}")
+        if not holds_class_scores(spec):
+            raise FailedPrecondition(
+                f"output {wanted!r} of {owner} is {spec.datatype}{list(spec.shape)}; class "
+                "scores must be a float [N, classes] tensor"
+            )
+        return wanted
+    candidates = [s.name for s in outputs if holds_class_scores(s)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise FailedPrecondition(
+            f"{owner} has several outputs that could hold class scores "
+            f"({', '.join(map(repr, candidates))}); name one with --scores-output or the "
+            "policy's scores_output"
+        )
+    message = (f"{owner} has no output that holds class scores (a float [N, classes] "
+               f"tensor); its outputs are {found}")
+    maps = [n for n, kind in skipped if "map(" in kind]
+    if maps:
+        message += (f". {', '.join(map(repr, maps))} is a sequence of maps, which cannot be "
+                    f"served: export the model with zipmap off (skl2onnx: {ZIPMAP_OFF})")
+    raise FailedPrecondition(message)

@@ -58,6 +58,7 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None) 
                        if settings.gateway and settings.upload_hard_examples else None),
         metrics=metrics,
         rng=np.random.default_rng(settings.shadow_seed),
+        scores_outputs=settings.scores_outputs,
     )
     for model, policy in tasks:
         task = service.add_task(model, policy, settings.cloud_models.get(model.name))

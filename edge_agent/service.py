@@ -37,6 +37,7 @@ from edgecloud.core.tensors import (
     InferResponse,
     ModelInfo,
     ParamValue,
+    class_scores_output,
     requested_outputs,
     signature_mismatch,
 )
@@ -79,23 +80,21 @@ class TaskVersion:
 
 
 def bind_policy(model: OnnxModel, policy: Policy, model_digest: str = "",
-                policy_digest: str = "") -> TaskVersion:
-    """Check that ``policy`` can route ``model``'s answers and pair them."""
-    names = [spec.name for spec in model.outputs]
-    scores_output = policy.scores_output or names[0]
-    if scores_output not in names:
-        raise FailedPrecondition(
-            f"policy {policy.name!r} scores output {scores_output!r}, but model "
-            f"{model.name!r} has outputs {', '.join(names)}"
-        )
-    spec = next(s for s in model.outputs if s.name == scores_output)
-    if len(spec.shape) != 2 or spec.datatype not in ("FP16", "FP32", "FP64"):
-        raise FailedPrecondition(
-            f"output {scores_output!r} of model {model.name!r} is {spec.datatype}"
-            f"{list(spec.shape)}; class scores must be a float [N, classes] tensor"
-        )
-    return TaskVersion(model, policy, scores_output, model_digest, policy_digest,
-                       tuple(names))
+                policy_digest: str = "", *, scores_output: str | None = None) -> TaskVersion:
+    """Check that ``policy`` can route ``model``'s answers and pair them.
+
+    The class scores are read from the policy's ``scores_output``, else from
+    ``scores_output`` (the agent's ``--scores-output`` for the task), else
+    from the model's one float ``[N, classes]`` output;
+    :class:`~core.errors.FailedPrecondition` names the outputs found when
+    none fits.
+    """
+    chosen = class_scores_output(
+        model.outputs, policy.scores_output or scores_output,
+        owner=f"model {model.name!r} version {model.version}", skipped=model.skipped_outputs,
+    )
+    return TaskVersion(model, policy, chosen, model_digest, policy_digest,
+                       tuple(spec.name for spec in model.outputs))
 
 
 _ROUTE_NAMES = tuple(route.value for route in ROUTES)
@@ -193,8 +192,10 @@ class EdgeService:
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: np.random.Generator | None = None,
+        scores_outputs: Mapping[str, str] | None = None,
     ) -> None:
         self._cloud = cloud
+        self._scores_outputs = dict(scores_outputs or {})
         self._executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="onnx")
         self._reply_margin_s = reply_margin_s
         self._inline_below_s = inline_below_s
@@ -209,13 +210,22 @@ class EdgeService:
 
     # -- configuration ---------------------------------------------------
 
+    def bind(self, model: OnnxModel, policy: Policy, model_digest: str = "",
+             policy_digest: str = "") -> TaskVersion:
+        """:func:`bind_policy` with the task's configured scores output, if any."""
+        return bind_policy(model, policy, model_digest, policy_digest,
+                           scores_output=self._scores_outputs.get(model.name))
+
     def add_task(self, model: OnnxModel, policy: Policy, cloud_model: str | None = None) -> Task:
         """Serve ``model`` as task ``model.name`` routed by ``policy``."""
-        version = bind_policy(model, policy)
+        version = self.bind(model, policy)
         task = Task(model.name, version, cloud_model or model.name, self._router(policy))
         self._tasks[model.name] = task
+        chosen_by = ("policy" if policy.scores_output else "setting"
+                     if model.name in self._scores_outputs else "automatic")
         log.info("task_serving", task=task.name, model_version=model.version,
-                 policy_version=policy.version, cloud_model=task.cloud_model)
+                 policy_version=policy.version, cloud_model=task.cloud_model,
+                 scores_output=version.scores_output, scores_output_from=chosen_by)
         return task
 
     def install(self, model: OnnxModel, policy: Policy | None, *, model_digest: str = "",
@@ -232,7 +242,7 @@ class EdgeService:
             if policy is None:
                 raise FailedPrecondition(f"task {model.name!r} has no policy yet")
             task = self.add_task(model, policy, cloud_model)
-            task.current = bind_policy(model, policy, model_digest, policy_digest)
+            task.current = self.bind(model, policy, model_digest, policy_digest)
             return task
         old = task.current
         problem = signature_mismatch(old.model.inputs, old.model.outputs, model.inputs,
@@ -243,8 +253,8 @@ class EdgeService:
                 f"signature: {problem}"
             )
         new_policy = policy if policy is not None else old.policy
-        version = bind_policy(model, new_policy, model_digest,
-                              policy_digest if policy is not None else old.policy_digest)
+        version = self.bind(model, new_policy, model_digest,
+                            policy_digest if policy is not None else old.policy_digest)
         if policy is not None and (policy_digest != old.policy_digest
                                    or policy.version != old.policy.version):
             task.router = self._router(policy)

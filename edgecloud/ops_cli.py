@@ -93,13 +93,16 @@ def cmd_models_publish(args: argparse.Namespace) -> int:
                                     total=args.file.stat().st_size)
             reply = publish_model_file(op, args.file, name=args.name, target=args.target,
                                        version=args.version, key=args.key,
-                                       promote=args.promote,
+                                       promote=args.promote, scores_output=args.scores_output,
                                        progress=lambda n: progress.advance(bar, n))
     finally:
         op.close()
     print(f"published {reply['name']} version {reply['version']} ({args.target}, "
           f"{reply['digest'][:19]}…, {'signed' if reply['signed'] else 'UNSIGNED'}); "
           f"generation {reply['generation']}")
+    if reply["scores_output"]:
+        how = "as given" if args.scores_output else "the one float [N, classes] output"
+        print(f"class scores: output {reply['scores_output']!r} ({how})")
     return 0
 
 
@@ -301,6 +304,10 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
     pub.add_argument("--key", type=Path, default=None, help="operator private key to sign with")
     pub.add_argument("--promote", action="store_true",
                      help="make it the stable version at once (fleet-wide)")
+    pub.add_argument("--scores-output", default=None, metavar="NAME",
+                     help="output that holds the class scores, checked before publishing "
+                     "(default: an edge model's one float [N, classes] output; the task's "
+                     "policy names it for the agents)")
     _add_target(pub)
     pub.set_defaults(handler=cmd_models_publish)
 

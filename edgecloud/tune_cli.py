@@ -100,6 +100,9 @@ def register_policy_commands(commands: argparse._SubParsersAction) -> None:
                       help="consider only this confidence score (repeatable; default all)")
     tune.add_argument("--temperature", type=float, default=None,
                       help="use this temperature instead of fitting one")
+    tune.add_argument("--scores-output", default=None, metavar="NAME",
+                      help="edge model output that holds the class scores (default: the base "
+                      "policy's, else the model's one float [N, classes] output)")
     tune.add_argument("--chunk-rows", type=int, default=1024,
                       help="rows per model run (default 1024)")
     tune.set_defaults(handler=cmd_policy_tune)
@@ -184,7 +187,8 @@ def _tune_on_data(
     base = target.base_policy
     edge_scores, cloud_scores, y, output = _score_data(args, base, console)
     start = base if base is not None else Policy(name=args.name or "task", threshold=0.5)
-    if base is None or base.scores_output is not None:  # a base's "first output" (None) stays
+    if base is None or base.scores_output is not None or args.scores_output is not None:
+        # a base's "chosen automatically" (None) stays
         start = start.model_copy(update={"scores_output": output})
     provenance = Provenance(
         edge_model=args.edge.name, cloud_model=args.cloud.name,
@@ -263,6 +267,7 @@ def _score_data(
     from edgecloud.tuning_data import (
         check_classes,
         class_scores,
+        cloud_scores_output,
         load_scoring_model,
         scores_output,
     )
@@ -272,10 +277,17 @@ def _score_data(
         "edge": load_scoring_model(args.edge, "edge", "--edge"),
         "cloud": load_scoring_model(args.cloud, "cloud", "--cloud"),
     }
+    wanted = args.scores_output or (base.scores_output if base else None)
+    edge_output = scores_output(models["edge"], "--edge", wanted)
     outputs = {
-        "edge": scores_output(models["edge"], "--edge", base.scores_output if base else None),
-        "cloud": scores_output(models["cloud"], "--cloud", None),
+        "edge": edge_output,
+        "cloud": cloud_scores_output(models["cloud"], models["edge"], edge_output, "--cloud"),
     }
+    for role in models:
+        how = ("named" if role == "edge" and wanted else "chosen: the one float [N, classes] "
+               "output" if role == "edge" else "at the edge's position")
+        console.print(f"{role} class scores: output {outputs[role]!r} ({how})",
+                      highlight=False)
     scores: dict[str, np.ndarray] = {}
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True,

@@ -63,6 +63,14 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
         (["demo", "--agents", "0"], "--agents"),
         (["gateway", "serve", "--listen", "127.0.0.1:0", "--registry", "s3://bucket/x"],
          "not supported yet"),
+        (["gateway", "serve", "--listen", "127.0.0.1:0", "--model", "digits={cloud}",
+          "--scores-output", "digits=logits"], "has no output 'logits'"),
+        (["gateway", "serve", "--listen", "127.0.0.1:0", "--model", "digits={cloud}",
+          "--scores-output", "other=probabilities"], "not served with --model"),
+        (["agent", "run", "--listen", "127.0.0.1:0", "--model", "digits={edge}",
+          "--scores-output", "logits"], "has no output 'logits'"),
+        (["agent", "run", "--model", "digits={edge}", "--scores-output", "digits="],
+         "OUTPUT or NAME=OUTPUT"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(args, fragment, bad_files, digits_dir, tmp_path):
@@ -174,3 +182,4 @@ def test_demo_meets_its_targets(tmp_path):
     assert figures["edge_only"]["accuracy"] < figures["cloud_only"]["accuracy"]
     assert figures["edge_only"]["escalation_rate"] == 0.0
     assert figures["cloud_only"]["escalation_rate"] == 1.0
+
