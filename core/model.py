@@ -91,6 +91,23 @@ def batch_size(inputs: Mapping[str, np.ndarray]) -> int:
     raise InvalidInput("there are no inputs to take a batch size from")
 
 
+def rows_per_run(model: OnnxModel, wanted: int | None, default: int, what: str) -> int:
+    """Rows to give ``model`` per run: its fixed batch size if it has one, else ``wanted``.
+
+    ``wanted`` is a chunk size asked for by hand (None: ``default``); one that
+    differs from a fixed batch size raises :class:`~core.errors.InvalidInput`
+    naming ``what`` (the model, as the user called it) and both sizes.
+    """
+    fixed = model.fixed_batch_size
+    if fixed is None:
+        return wanted or default
+    if wanted is not None and wanted != fixed:
+        raise InvalidInput(f"{what} takes exactly {_rows(fixed)} per run (its input "
+                           f"{model.inputs[0].name!r} has a fixed batch dimension); "
+                           f"a chunk of {wanted} rows cannot be used with it")
+    return fixed
+
+
 class OnnxModel:
     """One loaded ONNX model (an ONNX Runtime InferenceSession) with its v2 signature.
 
@@ -443,6 +460,10 @@ def _input_spec(model: str, arg: ort.NodeArg) -> TensorSpec:
     if datatype is None:
         raise InvalidInput(f"{model} input '{arg.name}' has type {arg.type}, which v2 cannot carry")
     return TensorSpec(arg.name, datatype, _dims(arg.shape))
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def _names(names: Sequence[str]) -> str:

@@ -168,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scores_output_flag(batch, "the edge model")
     batch.add_argument("--input", type=Path, required=True, help="input .npz (X, optional y)")
     batch.add_argument("--output", type=Path, required=True, help="output .jsonl")
-    batch.add_argument("--chunk-rows", type=int, default=256,
-                       help="rows routed per chunk; hard rows of a chunk go in one call")
+    batch.add_argument("--chunk-rows", type=int, default=None,
+                       help="rows routed per chunk; hard rows of a chunk go in one call "
+                       "(default 256, or the model's fixed batch size)")
     batch.add_argument("--config", type=Path, default=None, help="YAML settings file")
     _add_logging_flags(batch)
     batch.set_defaults(handler=_cmd_agent_batch)
@@ -242,7 +243,7 @@ def _cmd_agent_run(args: argparse.Namespace) -> int:
 def _cmd_agent_batch(args: argparse.Namespace) -> int:
     from edgecloud.batch_cli import run_batch_command
 
-    if args.chunk_rows < 1:
+    if args.chunk_rows is not None and args.chunk_rows < 1:
         raise CliError("--chunk-rows must be at least 1")
     if not args.input.is_file():
         raise CliError(f"--input: file {args.input} does not exist")

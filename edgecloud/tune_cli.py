@@ -103,8 +103,8 @@ def register_policy_commands(commands: argparse._SubParsersAction) -> None:
     tune.add_argument("--scores-output", default=None, metavar="NAME",
                       help="edge model output that holds the class scores (default: the base "
                       "policy's, else the model's one float [N, classes] output)")
-    tune.add_argument("--chunk-rows", type=int, default=1024,
-                      help="rows per model run (default 1024)")
+    tune.add_argument("--chunk-rows", type=int, default=None,
+                      help="rows per model run (default 1024, or the model's fixed batch size)")
     tune.set_defaults(handler=cmd_policy_tune)
 
     show = commands.add_parser("show", help="validate a policy file and print its fields")
@@ -130,7 +130,7 @@ def cmd_policy_tune(args: argparse.Namespace) -> int:
     from edgecloud.router import PolicyError, TuningTarget, dump_policy
 
     target_escalation, target_gap, confidence = _targets(args)
-    if args.chunk_rows < 1:
+    if args.chunk_rows is not None and args.chunk_rows < 1:
         raise CliError("--chunk-rows must be at least 1")
     if args.temperature is not None and not (
         math.isfinite(args.temperature) and args.temperature > 0
@@ -266,6 +266,7 @@ def _score_data(
     """Class scores of both models over the data, and the edge output used."""
     from edgecloud.tuning_data import (
         check_classes,
+        chunk_rows_for,
         class_scores,
         cloud_scores_output,
         load_scoring_model,
@@ -283,10 +284,15 @@ def _score_data(
         "edge": edge_output,
         "cloud": cloud_scores_output(models["cloud"], models["edge"], edge_output, "--cloud"),
     }
-    for role in models:
+    chunks = {role: chunk_rows_for(model, args.chunk_rows, f"--{role}")
+              for role, model in models.items()}
+    for role, model in models.items():
         how = ("named" if role == "edge" and wanted else "chosen: the one float [N, classes] "
                "output" if role == "edge" else "at the edge's position")
-        console.print(f"{role} class scores: output {outputs[role]!r} ({how})",
+        rows = "1 row" if chunks[role] == 1 else f"{chunks[role]} rows"
+        note = (f"; {rows} per run (its fixed batch size)"
+                if model.fixed_batch_size is not None else "")
+        console.print(f"{role} class scores: output {outputs[role]!r} ({how}){note}",
                       highlight=False)
     scores: dict[str, np.ndarray] = {}
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
@@ -296,7 +302,7 @@ def _score_data(
             bar = progress.add_task(f"running the {role} model", total=x.shape[0])
             scores[role] = class_scores(
                 model, x, outputs[role], role=role, source=str(args.data),
-                chunk_rows=args.chunk_rows,
+                chunk_rows=chunks[role],
                 advance=lambda rows, bar=bar: progress.advance(bar, rows),
             )
     check_classes(scores["edge"], scores["cloud"], y, f"--data {args.data}")

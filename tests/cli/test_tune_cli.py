@@ -216,3 +216,22 @@ def test_tune_takes_a_named_scores_output(tmp_path, capsys) -> None:
     assert main([*args, "--scores-output", "label"]) == 2
     assert "output 'label' of --edge model is INT64[-1]" in capsys.readouterr().err
 
+
+def test_tune_runs_a_batch_of_one_model_row_by_row(tmp_path, capsys) -> None:
+    """A model exported with a batch dimension of 1 tunes without --chunk-rows (one row
+    per run, said on the console); a --chunk-rows that cannot fit it is refused."""
+    pytest.importorskip("skl2onnx")
+    from sklearn_models import export, iris
+
+    edge = export("logistic", tmp_path / "edge.onnx", zipmap=False, batch=1)
+    cloud = export("forest", tmp_path / "cloud.onnx", zipmap=False)
+    x, y = iris()
+    np.savez(tmp_path / "iris.npz", X=x, y=y)
+    args = ["policy", "tune", "--edge", str(edge), "--cloud", str(cloud), "--data",
+            str(tmp_path / "iris.npz"), "--out", str(tmp_path / "p.yaml"),
+            "--target-escalation", "0.3"]
+    assert main(args) == 0
+    assert "1 row per run (its fixed batch size)" in capsys.readouterr().out
+    assert parse_policy((tmp_path / "p.yaml").read_text()).calibration_histogram.total == len(y)
+    assert main([*args, "--chunk-rows", "64"]) == 2
+    assert "takes exactly 1 row per run" in capsys.readouterr().err
