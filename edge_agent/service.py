@@ -114,16 +114,16 @@ class Answer(NamedTuple):
     def parameters(self) -> dict[str, ParamValue]:
         """Response parameters: ``route``, ``reason`` and ``confidence`` per row.
 
-        One row: the route and reason as strings and the confidence as a
-        double. Several rows: each a string of comma-separated values in row
-        order, confidences to 6 significant digits.
+        All three are strings whatever the number of rows, so a client reads
+        them one way: one comma-separated entry per row, in row order (a
+        single entry for one row), confidences to 6 significant digits.
         """
         routing = self.routing
         if routing.route.shape[0] == 1:
             params: dict[str, ParamValue] = {
                 "route": _ROUTE_NAMES[routing.route[0]],
                 "reason": _REASON_NAMES[routing.reason[0]],
-                "confidence": float(routing.confidence[0]),
+                "confidence": f"{routing.confidence.item(0):.6g}",
             }
         else:
             params = {
