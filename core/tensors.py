@@ -139,21 +139,39 @@ def signature_mismatch(
     outputs_a: tuple[TensorSpec, ...],
     inputs_b: tuple[TensorSpec, ...],
     outputs_b: tuple[TensorSpec, ...],
+    *,
+    a: str = "the task",
+    b: str = "this model",
 ) -> str | None:
     """Why two models cannot serve one task, or None when they agree.
 
     They agree when inputs and outputs match by position in count, datatype
-    and shape (the batch dimension aside); names may differ.
+    and shape (the batch dimension aside), and the inputs have the same
+    names: requests reach either model under the input names apps use, while
+    outputs are mapped by position, so output names may differ. ``a`` and
+    ``b`` name the two sides in the message (the reference first).
     """
+    for i, (x, y) in enumerate(zip(inputs_a, inputs_b, strict=False)):
+        if x.name != y.name:
+            return (
+                f"input {i} is named {y.name!r} in {b} but {x.name!r} in {a}; inputs are "
+                f"sent by name, so export {b} with the input name {x.name!r}"
+            )
     for side, a_specs, b_specs in (("inputs", inputs_a, inputs_b),
                                    ("outputs", outputs_a, outputs_b)):
         if len(a_specs) != len(b_specs):
-            return f"{side}: {len(a_specs)} against {len(b_specs)}"
-        for i, (a, b) in enumerate(zip(a_specs, b_specs, strict=True)):
-            if not a.compatible_with(b):
+            return f"{b} has {len(b_specs)} {side}, {a} {len(a_specs)}"
+        for i, (x, y) in enumerate(zip(a_specs, b_specs, strict=True)):
+            if not x.compatible_with(y):
+                if (side == "outputs" and len(x.shape) == len(y.shape) == 2
+                        and x.datatype == y.datatype and x.datatype in SCORE_DATATYPES):
+                    return (
+                        f"output {i} of {b} ({y.name!r}) has {y.shape[1]} classes, "
+                        f"{a} ({x.name!r}) {x.shape[1]}; both must score the same classes"
+                    )
                 return (
-                    f"{side}[{i}]: {a.name} {a.datatype}{list(a.shape)} against "
-                    f"{b.name} {b.datatype}{list(b.shape)}"
+                    f"{side}[{i}]: {x.name} {x.datatype}{list(x.shape)} in {a} against "
+                    f"{y.name} {y.datatype}{list(y.shape)} in {b}"
                 )
     return None
 
