@@ -235,6 +235,7 @@ def fleet_rows(agents: list[dict]) -> list[dict]:
                 "model_version": task.get("model_version"),
                 "policy_version": task.get("policy_version"),
                 "waiting_for": task.get("waiting_for", ""),
+                "cloud_problem": task.get("cloud_problem", ""),
                 "requests": int(task.get("requests", 0) or 0),
                 "rows": rows_n,
                 "escalation_rate": escalated / rows_n if rows_n else 0.0,
@@ -273,11 +274,14 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         versions = {kind: str(r[f"{kind}_version"] or "-") for kind in ("model", "policy")}
         if r["waiting_for"] in versions:
             versions[r["waiting_for"]] = f"[yellow]waiting for {r['waiting_for']}[/yellow]"
+        escalated = f"{r['escalation_rate']:.1%}"
+        if r["cloud_problem"]:
+            escalated = f"[red]refused: {r['cloud_problem']}[/red]"
         table.add_row(
             str(r["agent_id"]), ",".join(f"{k}={v}" for k, v in r["labels"].items()),
             str(r["replica"]), _ago(r["last_seen"]), str(r["task"] or "-"),
             versions["model"], versions["policy"], swap_text,
-            str(r["requests"]), f"{r['escalation_rate']:.1%}", str(r["fallbacks"]), drift_text,
+            str(r["requests"]), escalated, str(r["fallbacks"]), drift_text,
         )
     Console().print(table)
     return 0
