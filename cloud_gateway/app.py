@@ -13,11 +13,12 @@ from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.cloud_gateway.settings import GatewaySettings
 from edgecloud.core import v2_grpc
 from edgecloud.core.auth import AGENT, OPERATOR, AuthInterceptor, Tokens
-from edgecloud.core.errors import InvalidInput
+from edgecloud.core.errors import FailedPrecondition, InvalidInput
 from edgecloud.core.grpc_server import ServerOptions, create_server
 from edgecloud.core.model import OnnxModel
 from edgecloud.core.process import ServingApp, run_until_signal
 from edgecloud.core.signing import load_public_key
+from edgecloud.core.tensors import class_scores_output
 from edgecloud.core.tls import server_credentials
 
 log = structlog.get_logger("edgecloud.gateway")
@@ -49,6 +50,26 @@ def _credentials(s: GatewaySettings):
     return server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
 
 
+def _log_class_scores(model: OnnxModel, wanted: str | None) -> None:
+    """Say which output of a cloud model holds its class scores.
+
+    A model named with ``--scores-output`` must have that output as a float
+    ``[N, classes]`` tensor (else FailedPrecondition, and the gateway does not
+    start); without it, a model with no such output (or several) is still
+    served, with a warning saying why agents may not be able to use it.
+    """
+    try:
+        chosen = class_scores_output(model.outputs, wanted, owner=f"model {model.name!r}",
+                                     skipped=model.skipped_outputs)
+    except FailedPrecondition as exc:
+        if wanted is not None:
+            raise
+        log.warning("model_class_scores_unknown", model=model.name, problem=exc.message)
+        return
+    log.info("model_class_scores", model=model.name, scores_output=chosen,
+             chosen_by="--scores-output" if wanted else "automatic")
+
+
 class GatewayApp(ServingApp):
     """One gateway process, startable in-process (tests) or from the CLI."""
 
@@ -63,6 +84,10 @@ class GatewayApp(ServingApp):
     async def start(self) -> int:
         """Load models, start serving; returns the bound port."""
         s = self.settings
+        unknown = sorted(set(s.scores_outputs) - set(s.models))
+        if unknown:
+            raise InvalidInput(f"--scores-output names {', '.join(map(repr, unknown))}, which "
+                               "is not served with --model")
         registry_root = registry_path(s.registry) if s.registry else s.data_dir / "registry"
         s.data_dir.mkdir(parents=True, exist_ok=True)
         batching = BatchingConfig(
@@ -75,9 +100,9 @@ class GatewayApp(ServingApp):
                                  metrics=self.metrics)
         self.service = service
         for name, path in s.models.items():
-            service.add_model(
-                OnnxModel.load(path, name=name, version="1", intra_op_threads=s.onnx_threads)
-            )
+            model = OnnxModel.load(path, name=name, version="1", intra_op_threads=s.onnx_threads)
+            _log_class_scores(model, s.scores_outputs.get(name))
+            service.add_model(model)
         trust = load_public_key(s.trust_key) if s.trust_key else None
         registry = Registry(registry_root, trust_key=trust)
         hub = FleetHub(registry, s.replica, service, poll_s=s.registry_poll_ms / 1000.0,

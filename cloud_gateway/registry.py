@@ -40,7 +40,7 @@ from edgecloud.core.artifacts import NAME_RE, Manifest, now_iso, parse_manifest
 from edgecloud.core.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
 from edgecloud.core.files import atomic_write
 from edgecloud.core.signing import verify
-from edgecloud.router import PolicyError, parse_policy
+from edgecloud.router import Policy, PolicyError, parse_policy
 
 RolloutState = Literal["none", "active", "paused", "halted", "promoted", "rolled_back"]
 _AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
@@ -242,7 +242,8 @@ class Registry:
                 f"{manifest.target} model {manifest.name} version {manifest.version} already "
                 "exists; versions are immutable"
             )
-        # Edge and cloud models of a task, and all their versions, share one signature.
+        # Edge and cloud models of a task, and all their versions, share one signature
+        # (input names included: requests reach either model under the same names).
         existing = [*self.model_versions(manifest.name, "edge").values(),
                     *self.model_versions(manifest.name, "cloud").values()]
         if existing:
@@ -250,9 +251,15 @@ class Registry:
             problem = _signature_problem(other, manifest)
             if problem:
                 raise FailedPrecondition(
-                    f"model {manifest.name} version {manifest.version} does not match the "
-                    f"task's signature: {problem}"
+                    f"{manifest.target} model {manifest.name} version {manifest.version} does "
+                    f"not match the task's signature: {problem}"
                 )
+        if manifest.target == "edge":
+            policy = self._newest_policy(manifest.name)
+            if policy is not None:
+                problem = _scores_problem(policy, manifest)
+                if problem:
+                    raise FailedPrecondition(problem)
         self._store_blob(chunks, manifest.digest, manifest.size)
         with self._locked():
             if path.exists():
@@ -287,6 +294,10 @@ class Registry:
             raise InvalidInput(
                 f"policy document is for task {policy.name!r}, manifest names {manifest.name!r}"
             )
+        for edge in self._routed_edge_versions(manifest.name):
+            problem = _scores_problem(policy, edge.manifest, manifest.version)
+            if problem:
+                raise FailedPrecondition(problem)
         path = self._envelope_path("policy", manifest.name, manifest.version)
         if path.exists():
             raise FailedPrecondition(
@@ -297,6 +308,30 @@ class Registry:
             _atomic_write(path, _envelope_bytes(manifest_bytes, signature))
             generation = self._bump()
         return manifest, generation
+
+    def _routed_edge_versions(self, name: str) -> list[Envelope]:
+        """The edge versions a policy of task ``name`` may route: those the rollout assigns
+        (stable, candidate, pinned), else the newest."""
+        versions = self.model_versions(name, "edge")
+        if not versions:
+            return []
+        rollout = self.rollout(name)
+        named = set()
+        if rollout is not None:
+            named = {rollout.stable, rollout.candidate, *rollout.pinned.values()} - {None}
+        chosen = [versions[v] for v in versions if v in named]
+        return chosen or [list(versions.values())[-1]]
+
+    def _newest_policy(self, name: str) -> Policy | None:
+        """The task's newest policy, or None when it has none (or it cannot be read)."""
+        versions = self.policy_versions(name)
+        if not versions:
+            return None
+        envelope = list(versions.values())[-1]
+        try:
+            return parse_policy(self.blob_path(envelope.manifest.digest).read_bytes())
+        except (OSError, PolicyError, NotFound, InvalidInput):
+            return None
 
     # -- reading --------------------------------------------------------------------
 
@@ -526,12 +561,33 @@ class Registry:
 
 
 def _signature_problem(a: Manifest, b: Manifest) -> str | None:
+    """Why ``b`` (being published) cannot join ``a``'s task, or None."""
     from edgecloud.core.tensors import signature_mismatch
 
     return signature_mismatch(
         tuple(t.spec() for t in a.inputs), tuple(t.spec() for t in a.outputs),
         tuple(t.spec() for t in b.inputs), tuple(t.spec() for t in b.outputs),
+        a=f"the {a.target} model version {a.version}", b="this model",
     )
+
+
+def _scores_problem(policy: Policy, edge: Manifest, policy_version: str = "") -> str | None:
+    """Why ``policy`` cannot route the answers of the edge model ``edge``, or None.
+
+    The agent reads the class scores from the policy's ``scores_output``, or
+    from the model's one float [N, classes] output when the policy names none.
+    """
+    from edgecloud.core.tensors import class_scores_output
+
+    try:
+        class_scores_output(tuple(t.spec() for t in edge.outputs), policy.scores_output,
+                            owner=f"edge model {edge.name} version {edge.version}")
+    except FailedPrecondition as exc:
+        version = policy_version or policy.version
+        return (f"policy {policy.name} version {version} cannot route {edge.name}: "
+                f"{exc.message}; set the policy's scores_output to the edge output that holds "
+                "the class scores (policy tune --scores-output NAME writes it)")
+    return None
 
 
 def _envelope_bytes(manifest_bytes: bytes, signature: bytes) -> bytes:

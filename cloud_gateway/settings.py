@@ -40,6 +40,9 @@ class GatewaySettings(EdgecloudSettings):
     else ``~/.local/state/edgecloud/gateway``)."""
     models: dict[str, Path] = Field(default_factory=dict)
     """Models served at start: name -> ONNX file."""
+    scores_outputs: dict[str, str] = Field(default_factory=dict)
+    """Name of a model in ``models`` -> its output holding class scores, checked at start
+    (default: the model's one float [N, classes] output, when it has one)."""
     registry: str | None = None
     """Where the registry is: a directory (default: DATA_DIR/registry); replicas may share it."""
     registry_dir: Path | None = None

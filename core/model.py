@@ -12,8 +12,18 @@ Signature rules
     with no dimensions at all is a scalar or has an unknown rank (ONNX Runtime
     does not tell them apart), so its rank is not checked here. Outputs of a type
     v2 cannot carry (a sequence or map, as some converters emit next to the
-    tensors) are left out of :attr:`OnnxModel.outputs` and never fetched; an
-    input of such a type makes the model unloadable.
+    tensors) are left out of :attr:`OnnxModel.outputs` and never fetched (they
+    are listed in :attr:`OnnxModel.skipped_outputs`); an input of such a type
+    makes the model unloadable.
+
+ZipMap outputs
+    scikit-learn models exported with skl2onnx's defaults end in a ``ZipMap``
+    node that turns the ``[N, classes]`` probability tensor into a sequence of
+    ``{class: probability}`` maps, which v2 cannot carry. At load such an
+    output becomes that probability tensor again, under the same name (the
+    ZipMap node is replaced by an Identity in the loaded copy; the file is not
+    touched), so a default export serves its class probabilities like an export
+    with ``zipmap`` off. Columns are in the order of the model's class labels.
 
 String tensors
     ONNX Runtime's Python API takes and returns ``str`` for ``tensor(string)``.
@@ -81,6 +91,23 @@ def batch_size(inputs: Mapping[str, np.ndarray]) -> int:
     raise InvalidInput("there are no inputs to take a batch size from")
 
 
+def rows_per_run(model: OnnxModel, wanted: int | None, default: int, what: str) -> int:
+    """Rows to give ``model`` per run: its fixed batch size if it has one, else ``wanted``.
+
+    ``wanted`` is a chunk size asked for by hand (None: ``default``); one that
+    differs from a fixed batch size raises :class:`~core.errors.InvalidInput`
+    naming ``what`` (the model, as the user called it) and both sizes.
+    """
+    fixed = model.fixed_batch_size
+    if fixed is None:
+        return wanted or default
+    if wanted is not None and wanted != fixed:
+        raise InvalidInput(f"{what} takes exactly {_rows(fixed)} per run (its input "
+                           f"{model.inputs[0].name!r} has a fixed batch dimension); "
+                           f"a chunk of {wanted} rows cannot be used with it")
+    return fixed
+
+
 class OnnxModel:
     """One loaded ONNX model (an ONNX Runtime InferenceSession) with its v2 signature.
 
@@ -116,10 +143,12 @@ class OnnxModel:
             _input_spec(self._describe(), arg) for arg in session.get_inputs()
         )
         outputs = []
+        skipped = []
         for arg in session.get_outputs():
             if arg.type in ORT_TO_V2:
                 outputs.append(TensorSpec(arg.name, ORT_TO_V2[arg.type], _dims(arg.shape)))
             else:
+                skipped.append((arg.name, arg.type))
                 log.warning(
                     "model_output_skipped",
                     model=name,
@@ -130,6 +159,8 @@ class OnnxModel:
         if not outputs:
             raise InvalidInput(f"{self._describe()} has no tensor outputs that v2 can carry")
         self.outputs: tuple[TensorSpec, ...] = tuple(outputs)
+        self.skipped_outputs: tuple[tuple[str, str], ...] = tuple(skipped)
+        """Outputs left out because v2 cannot carry them: (name, ONNX Runtime type)."""
         self._output_list = [spec.name for spec in self.outputs]
         self._numeric_outputs = all(spec.datatype != "BYTES" for spec in self.outputs)
         # On CPU alone the session wrapper's run only re-checks input names (done by
@@ -150,6 +181,17 @@ class OnnxModel:
             for spec in self.inputs
             if spec.datatype != "BYTES" and spec.shape
         ) if all(spec.datatype != "BYTES" and spec.shape for spec in self.inputs) else None
+
+    @property
+    def fixed_batch_size(self) -> int | None:
+        """Rows per run when the inputs fix the batch dimension (an export with batch 1), else None.
+
+        The first dimension of the first input decides; None when it is free
+        (-1) or the input has no dimensions.
+        """
+        if not self.inputs or not self.inputs[0].shape or self.inputs[0].shape[0] < 0:
+            return None
+        return self.inputs[0].shape[0]
 
     # ----------------------------------------------------------------- loading
 
@@ -352,7 +394,7 @@ def _open_session(
     options.inter_op_num_threads = inter_op_threads
     options.log_severity_level = 3  # errors only; our own log says what happened
     try:
-        return ort.InferenceSession(source, sess_options=options, providers=chosen)
+        session = ort.InferenceSession(source, sess_options=options, providers=chosen)
     except Exception as exc:
         reason = _LOAD_REASONS.get(type(exc).__name__, _DEFAULT_LOAD_REASON)
         log.warning(
@@ -364,6 +406,56 @@ def _open_session(
             error=str(exc),
         )
         raise InvalidInput(f"cannot load model '{name}' {where}: {reason}") from exc
+    if not any(arg.type.startswith("seq(map(") for arg in session.get_outputs()):
+        return session
+    try:
+        unzipped = _without_zipmap(source)
+        if unzipped is None:
+            return session
+        data, names = unzipped
+        unwrapped = ort.InferenceSession(data, sess_options=options, providers=chosen)
+    except Exception as exc:  # the model as it is still loads; its map outputs stay skipped
+        log.warning("model_zipmap_kept", model=name, version=version,
+                    error_type=type(exc).__name__, error=str(exc))
+        return session
+    log.info("model_zipmap_unwrapped", model=name, version=version, outputs=names,
+             detail="the ZipMap outputs serve as [N, classes] probability tensors")
+    return unwrapped
+
+
+def _without_zipmap(source: str | bytes) -> tuple[bytes, list[str]] | None:
+    """The model with each ZipMap graph output turned back into its probability tensor.
+
+    Returns the new serialized model and the outputs changed, or None when no
+    graph output comes straight from a ZipMap node. The output keeps its name
+    and becomes ``float [N, classes]`` (classes: the ZipMap's label count).
+    """
+    import onnx  # only models with map outputs pay for parsing the graph
+    from onnx import TensorProto, helper
+
+    model = onnx.load_model_from_string(source) if isinstance(source, bytes) else onnx.load(
+        source)
+    graph = model.graph
+    outputs = {value.name: value for value in graph.output}
+    changed = []
+    for index, node in enumerate(graph.node):
+        if node.op_type != "ZipMap" or node.domain != "ai.onnx.ml":
+            continue
+        if len(node.output) != 1 or node.output[0] not in outputs:
+            continue
+        labels = next((len(a.ints) or len(a.strings) for a in node.attribute
+                       if a.name in ("classlabels_int64s", "classlabels_strings")), 0)
+        name = node.output[0]
+        graph.node[index].CopyFrom(helper.make_node("Identity", [node.input[0]], [name],
+                                                    name=node.name or f"unzip_{name}"))
+        outputs[name].CopyFrom(helper.make_tensor_value_info(
+            name, TensorProto.FLOAT, ["N", labels if labels else None]))
+        changed.append(name)
+    if not changed:
+        return None
+    if not any(op.domain in ("", "ai.onnx") for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("", 1))
+    return model.SerializeToString(), changed
 
 
 def _dims(shape: Sequence[int | str | None] | None) -> tuple[int, ...]:
@@ -377,6 +469,10 @@ def _input_spec(model: str, arg: ort.NodeArg) -> TensorSpec:
     if datatype is None:
         raise InvalidInput(f"{model} input '{arg.name}' has type {arg.type}, which v2 cannot carry")
     return TensorSpec(arg.name, datatype, _dims(arg.shape))
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def _names(names: Sequence[str]) -> str:

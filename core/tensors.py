@@ -139,20 +139,95 @@ def signature_mismatch(
     outputs_a: tuple[TensorSpec, ...],
     inputs_b: tuple[TensorSpec, ...],
     outputs_b: tuple[TensorSpec, ...],
+    *,
+    a: str = "the task",
+    b: str = "this model",
 ) -> str | None:
     """Why two models cannot serve one task, or None when they agree.
 
     They agree when inputs and outputs match by position in count, datatype
-    and shape (the batch dimension aside); names may differ.
+    and shape (the batch dimension aside), and the inputs have the same
+    names: requests reach either model under the input names apps use, while
+    outputs are mapped by position, so output names may differ. ``a`` and
+    ``b`` name the two sides in the message (the reference first).
     """
+    for i, (x, y) in enumerate(zip(inputs_a, inputs_b, strict=False)):
+        if x.name != y.name:
+            return (
+                f"input {i} is named {y.name!r} in {b} but {x.name!r} in {a}; inputs are "
+                f"sent by name, so export {b} with the input name {x.name!r}"
+            )
     for side, a_specs, b_specs in (("inputs", inputs_a, inputs_b),
                                    ("outputs", outputs_a, outputs_b)):
         if len(a_specs) != len(b_specs):
-            return f"{side}: {len(a_specs)} against {len(b_specs)}"
-        for i, (a, b) in enumerate(zip(a_specs, b_specs, strict=True)):
-            if not a.compatible_with(b):
+            return f"{b} has {len(b_specs)} {side}, {a} {len(a_specs)}"
+        for i, (x, y) in enumerate(zip(a_specs, b_specs, strict=True)):
+            if not x.compatible_with(y):
+                if (side == "outputs" and len(x.shape) == len(y.shape) == 2
+                        and x.datatype == y.datatype and x.datatype in SCORE_DATATYPES):
+                    return (
+                        f"output {i} of {b} ({y.name!r}) has {y.shape[1]} classes, "
+                        f"{a} ({x.name!r}) {x.shape[1]}; both must score the same classes"
+                    )
                 return (
-                    f"{side}[{i}]: {a.name} {a.datatype}{list(a.shape)} against "
-                    f"{b.name} {b.datatype}{list(b.shape)}"
+                    f"{side}[{i}]: {x.name} {x.datatype}{list(x.shape)} in {a} against "
+                    f"{y.name} {y.datatype}{list(y.shape)} in {b}"
                 )
     return None
+
+
+SCORE_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
+"""Datatypes an output holding class scores may have."""
+
+ZIPMAP_OFF = "options={id(model): {'zipmap': False}}"
+"""How to ask skl2onnx for probabilities as a tensor instead of a sequence of maps."""
+
+
+def holds_class_scores(spec: TensorSpec) -> bool:
+    """True for a float ``[N, classes]`` tensor, the form class scores must have."""
+    return spec.datatype in SCORE_DATATYPES and len(spec.shape) == 2
+
+
+def class_scores_output(outputs: Sequence[TensorSpec], wanted: str | None = None, *,
+                        owner: str, skipped: Sequence[tuple[str, str]] = ()) -> str:
+    """The output that holds class scores: ``wanted``, or else the one float ``[N, C]`` output.
+
+    ``owner`` names the model in messages (``"model 'digits'"``); ``skipped``
+    are the outputs v2 cannot carry, as (name, type) pairs, listed among the
+    outputs found. Raises :class:`~core.errors.FailedPrecondition` when
+    ``wanted`` is not a float ``[N, C]`` output of the model, or, without
+    ``wanted``, when no output or several outputs have that form; the message
+    names the outputs found and, for a sequence of maps (a scikit-learn
+    ZipMap), says to export with zipmap off.
+    """
+    from edgecloud.core.errors import FailedPrecondition
+
+    found = ", ".join([f"{s.name!r} {s.datatype}{list(s.shape)}" for s in outputs]
+                      + [f"{n!r} {kind}" for n, kind in skipped])
+    if wanted is not None:
+        spec = next((s for s in outputs if s.name == wanted), None)
+        if spec is None:
+            raise FailedPrecondition(f"{owner} has no output {wanted!r} to take class scores "
+                                     f"from; its outputs are {found}")
+        if not holds_class_scores(spec):
+            raise FailedPrecondition(
+                f"output {wanted!r} of {owner} is {spec.datatype}{list(spec.shape)}; class "
+                "scores must be a float [N, classes] tensor"
+            )
+        return wanted
+    candidates = [s.name for s in outputs if holds_class_scores(s)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise FailedPrecondition(
+            f"{owner} has several outputs that could hold class scores "
+            f"({', '.join(map(repr, candidates))}); name one with --scores-output or the "
+            "policy's scores_output"
+        )
+    message = (f"{owner} has no output that holds class scores (a float [N, classes] "
+               f"tensor); its outputs are {found}")
+    maps = [n for n, kind in skipped if "map(" in kind]
+    if maps:
+        message += (f". {', '.join(map(repr, maps))} is a sequence of maps, which cannot be "
+                    f"served: export the model with zipmap off (skl2onnx: {ZIPMAP_OFF})")
+    raise FailedPrecondition(message)

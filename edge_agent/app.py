@@ -58,6 +58,8 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None) 
                        if settings.gateway and settings.upload_hard_examples else None),
         metrics=metrics,
         rng=np.random.default_rng(settings.shadow_seed),
+        scores_outputs=settings.scores_outputs,
+        cloud_recheck_s=settings.cloud_recheck_s,
     )
     for model, policy in tasks:
         task = service.add_task(model, policy, settings.cloud_models.get(model.name))
@@ -106,6 +108,7 @@ class AgentApp(ServingApp):
         if not service.task_names() and fleet is None:
             raise InvalidInput("no tasks to serve: give --model NAME=FILE, or --gateway to "
                                "receive models from the fleet")
+        await service.start()  # checks each task's cloud model before the first request
         _server, port, lifecycle = await create_server(
             s.listen,
             [v2_grpc.register(service, s.max_request_bytes)],

@@ -18,12 +18,15 @@ import numpy as np
 
 from edgecloud.core.datasets import read_npz
 from edgecloud.core.errors import InvalidInput
+from edgecloud.core.model import rows_per_run
 from edgecloud.core.tensors import InferRequest
 from edgecloud.edge_agent.service import EdgeService
 from edgecloud.router import Route
 
 CHUNK_TIME_BUDGET_S = 30.0
 """Deadline of one chunk (local run plus one escalation) in batch mode."""
+DEFAULT_CHUNK_ROWS = 256
+"""Rows routed per chunk when the edge model takes any number."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +57,17 @@ async def run_batch(
     input_path: Path,
     output_path: Path,
     *,
-    chunk_rows: int = 256,
+    chunk_rows: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> BatchSummary:
     """Route every row of ``input_path`` and write JSON lines to ``output_path``.
 
+    Rows go in chunks of ``chunk_rows`` (default 256); an edge model whose
+    input fixes the batch dimension (an export with batch 1) gets chunks of
+    exactly that size, and a ``chunk_rows`` that differs from it is refused.
     The output is written to a temporary file and renamed at the end, so a
-    failed run leaves no half-written result.
+    failed run leaves no half-written result. Text outputs (class labels)
+    are written as strings.
     """
     task = service.task(task_name)
     model = task.current.model
@@ -68,8 +75,13 @@ async def run_batch(
         raise InvalidInput(f"batch mode needs a single-input model; {task_name!r} has "
                            f"{len(model.inputs)}")
     spec = model.inputs[0]
+    chunk_rows = rows_per_run(model, chunk_rows, DEFAULT_CHUNK_ROWS,
+                              f"the edge model of {task_name!r}")
     x, y = read_inputs(input_path, spec.name)
     total = int(x.shape[0]) if x.ndim else 0
+    if model.fixed_batch_size is not None and total % chunk_rows:
+        raise InvalidInput(f"the edge model of {task_name!r} takes exactly {chunk_rows} rows "
+                           f"per run; {input_path} has {total} rows, not a multiple of it")
     counts = {Route.EDGE: 0, Route.CLOUD: 0, Route.EDGE_FALLBACK: 0}
     correct = 0
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +107,7 @@ async def run_batch(
                     "route": route.value,
                     "reason": reason.value,
                     "confidence": round(confidence[offset], 6),
-                    "outputs": {k: v[offset].tolist() for k, v in answer.outputs.items()},
+                    "outputs": {k: _plain(v[offset]) for k, v in answer.outputs.items()},
                 }
                 if y is not None:
                     record["label"] = int(y[row])
@@ -113,3 +125,15 @@ async def run_batch(
         fallback=counts[Route.EDGE_FALLBACK],
         accuracy=(correct / total if y is not None and total else None),
     )
+
+
+def _plain(value: np.ndarray) -> object:
+    """One row of an output as JSON data; text (BYTES) elements become strings."""
+    value = np.asarray(value)
+    return value.tolist() if value.dtype != object else _text(value.tolist())
+
+
+def _text(item: object) -> object:
+    if isinstance(item, list):
+        return [_text(element) for element in item]
+    return item.decode("utf-8", "replace") if isinstance(item, bytes) else item

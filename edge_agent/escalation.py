@@ -25,7 +25,16 @@ class CloudClient(Protocol):
         ...
 
     async def metadata(self, model_name: str, timeout_s: float) -> ModelInfo:
-        """The gateway's signature of ``model_name``."""
+        """The gateway's signature of ``model_name``; NotFound when it serves no such model."""
+        ...
+
+    async def reconnected(self) -> None:
+        """Return once the connection to the gateway is up again after it was down.
+
+        The first call remembers whether the connection is up now and waits
+        for the next time it comes up after being down; each later call waits
+        for the next such reconnection. Cancelling a call is safe.
+        """
         ...
 
     async def aclose(self) -> None:

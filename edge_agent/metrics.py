@@ -87,6 +87,8 @@ class AgentMetrics:
         self.cloud_failures: dict[tuple[str, str], int] = {}
         self.shadow_rows: dict[str, int] = {}
         self.shadow_agree: dict[str, int] = {}
+        self.cloud_problems: dict[str, str] = {}
+        """Task -> why its escalation is refused (``not_served``, ``mismatch``), while it is."""
         self.registry.register(_AgentCollector(self))
 
     def observe(self, task: str, routing: Routing, seconds: float) -> None:
@@ -141,6 +143,13 @@ class AgentMetrics:
         """Count a failed escalation."""
         self.cloud_failures[(task, kind)] = self.cloud_failures.get((task, kind), 0) + 1
 
+    def cloud_refused(self, task: str, problem: str | None) -> None:
+        """Record that ``task``'s escalation is refused for ``problem``, or no longer (None)."""
+        if problem is None:
+            self.cloud_problems.pop(task, None)
+        else:
+            self.cloud_problems[task] = problem
+
     def shadow(self, task: str, rows: int, agree: int) -> None:
         """Count shadow-sampled rows and how many the edge got right."""
         self.shadow_rows[task] = self.shadow_rows.get(task, 0) + rows
@@ -194,6 +203,13 @@ class _AgentCollector:
         for (task, kind), value in sorted(m.cloud_failures.items()):
             failures.add_metric([task, kind], value)
         yield failures
+        refused = GaugeMetricFamily(
+            "edgecloud_agent_cloud_refused",
+            "1 while escalation of the task is refused because the gateway's model does not "
+            "fit it (problem: not_served or mismatch)", labels=["task", "problem"])
+        for task, problem in sorted(m.cloud_problems.items()):
+            refused.add_metric([task, problem], 1.0)
+        yield refused
         for name, doc, data in (
             ("edgecloud_agent_shadow_rows", "Shadow-sampled rows answered by the cloud",
              m.shadow_rows),

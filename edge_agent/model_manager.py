@@ -31,7 +31,7 @@ from edgecloud.core.files import atomic_write
 from edgecloud.core.model import OnnxModel
 from edgecloud.core.signing import verify
 from edgecloud.core.tensors import signature_mismatch
-from edgecloud.edge_agent.service import EdgeService, bind_policy
+from edgecloud.edge_agent.service import EdgeService
 from edgecloud.router import Policy, PolicyError, parse_policy
 
 log = structlog.get_logger("edgecloud.agent.models")
@@ -272,7 +272,7 @@ class ModelManager:
                     if problem is not None:
                         raise SwapFailed(f"model does not match the task's signature: {problem}")
                 try:
-                    bind_policy(model, active_policy)
+                    self.service.bind(model, active_policy)
                 except FailedPrecondition as exc:
                     raise SwapFailed(exc.message) from None
                 self.service.install(

@@ -9,6 +9,14 @@ failed escalation keeps the local answer with route ``edge_fallback``).
 The router owns every routing decision; this module only carries plans out.
 Nothing here imports grpc; the v2 servicer in ``core.v2_grpc`` calls
 :meth:`EdgeService.infer`.
+
+The gateway's model of each task is checked when the agent connects, never
+on a request: :meth:`EdgeService.start` compares it with the task's edge
+model (input names and types, output count, classes) and checks again
+whenever the connection to the gateway is re-established. A task whose cloud
+model does not match is refused escalation (one ``cloud_refused`` log line,
+the reason in metrics and in the status report); its rows are answered at
+the edge with reason ``cloud_unavailable`` until a later check passes.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from edgecloud.core.tensors import (
     InferResponse,
     ModelInfo,
     ParamValue,
+    TensorSpec,
+    class_scores_output,
     requested_outputs,
     signature_mismatch,
 )
@@ -61,6 +71,9 @@ log = structlog.get_logger("edgecloud.agent")
 
 SERVER_NAME = "edgecloud-agent"
 METADATA_TIMEOUT_S = 2.0
+"""Longest wait for the gateway's description of a cloud model."""
+CLOUD_RECHECK_S = 30.0
+"""While a task's cloud model is refused or unchecked, how often it is checked again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,23 +92,43 @@ class TaskVersion:
 
 
 def bind_policy(model: OnnxModel, policy: Policy, model_digest: str = "",
-                policy_digest: str = "") -> TaskVersion:
-    """Check that ``policy`` can route ``model``'s answers and pair them."""
-    names = [spec.name for spec in model.outputs]
-    scores_output = policy.scores_output or names[0]
-    if scores_output not in names:
-        raise FailedPrecondition(
-            f"policy {policy.name!r} scores output {scores_output!r}, but model "
-            f"{model.name!r} has outputs {', '.join(names)}"
-        )
-    spec = next(s for s in model.outputs if s.name == scores_output)
-    if len(spec.shape) != 2 or spec.datatype not in ("FP16", "FP32", "FP64"):
-        raise FailedPrecondition(
-            f"output {scores_output!r} of model {model.name!r} is {spec.datatype}"
-            f"{list(spec.shape)}; class scores must be a float [N, classes] tensor"
-        )
-    return TaskVersion(model, policy, scores_output, model_digest, policy_digest,
-                       tuple(names))
+                policy_digest: str = "", *, scores_output: str | None = None) -> TaskVersion:
+    """Check that ``policy`` can route ``model``'s answers and pair them.
+
+    The class scores are read from the policy's ``scores_output``, else from
+    ``scores_output`` (the agent's ``--scores-output`` for the task), else
+    from the model's one float ``[N, classes]`` output;
+    :class:`~core.errors.FailedPrecondition` names the outputs found when
+    none fits.
+    """
+    chosen = class_scores_output(
+        model.outputs, policy.scores_output or scores_output,
+        owner=f"model {model.name!r} version {model.version}", skipped=model.skipped_outputs,
+    )
+    return TaskVersion(model, policy, chosen, model_digest, policy_digest,
+                       tuple(spec.name for spec in model.outputs))
+
+
+@dataclass(frozen=True, slots=True)
+class CloudProblem:
+    """Why a task's escalation is refused: the gateway's model cannot answer for it."""
+
+    kind: str
+    """``not_served`` (the gateway has no model of that name) or ``mismatch``."""
+    message: str
+    """What is wrong and what to change, for logs and the status report."""
+
+
+def cloud_problem(model: OnnxModel, cloud_model: str, info: ModelInfo) -> CloudProblem | None:
+    """Why the gateway's ``cloud_model`` (described by ``info``) cannot answer for ``model``.
+
+    The cloud model must take the edge model's inputs (names, datatypes,
+    shapes) and give as many outputs, matching by position in datatype and
+    shape, so it scores the same classes. None when it does.
+    """
+    problem = signature_mismatch(model.inputs, model.outputs, info.inputs, info.outputs,
+                                 a="the edge model", b=f"the gateway's model {cloud_model!r}")
+    return None if problem is None else CloudProblem("mismatch", problem)
 
 
 _ROUTE_NAMES = tuple(route.value for route in ROUTES)
@@ -115,16 +148,16 @@ class Answer(NamedTuple):
     def parameters(self) -> dict[str, ParamValue]:
         """Response parameters: ``route``, ``reason`` and ``confidence`` per row.
 
-        One row: the route and reason as strings and the confidence as a
-        double. Several rows: each a string of comma-separated values in row
-        order, confidences to 6 significant digits.
+        All three are strings whatever the number of rows, so a client reads
+        them one way: one comma-separated entry per row, in row order (a
+        single entry for one row), confidences to 6 significant digits.
         """
         routing = self.routing
         if routing.route.shape[0] == 1:
             params: dict[str, ParamValue] = {
                 "route": _ROUTE_NAMES[routing.route[0]],
                 "reason": _REASON_NAMES[routing.reason[0]],
-                "confidence": float(routing.confidence[0]),
+                "confidence": f"{routing.confidence.item(0):.6g}",
             }
         else:
             params = {
@@ -149,6 +182,9 @@ class Task:
         self.router = router
         """Routing state for the current policy; replaced (fresh) when the policy changes."""
         self.cloud_checked: bool = False
+        """True once the gateway's model has been compared with the task's (either way)."""
+        self.cloud_problem: CloudProblem | None = None
+        """Why escalation is refused, when the gateway's model does not fit the task."""
         self.run_seconds_per_row: float | None = None
         """Recent edge-model run time per row (moving average), for inline runs."""
 
@@ -193,8 +229,14 @@ class EdgeService:
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: np.random.Generator | None = None,
+        scores_outputs: Mapping[str, str] | None = None,
+        cloud_recheck_s: float = CLOUD_RECHECK_S,
     ) -> None:
         self._cloud = cloud
+        self._scores_outputs = dict(scores_outputs or {})
+        self._cloud_recheck_s = cloud_recheck_s
+        self._recheck: asyncio.Event | None = None
+        self._cloud_watch: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="onnx")
         self._reply_margin_s = reply_margin_s
         self._inline_below_s = inline_below_s
@@ -209,13 +251,23 @@ class EdgeService:
 
     # -- configuration ---------------------------------------------------
 
+    def bind(self, model: OnnxModel, policy: Policy, model_digest: str = "",
+             policy_digest: str = "") -> TaskVersion:
+        """:func:`bind_policy` with the task's configured scores output, if any."""
+        return bind_policy(model, policy, model_digest, policy_digest,
+                           scores_output=self._scores_outputs.get(model.name))
+
     def add_task(self, model: OnnxModel, policy: Policy, cloud_model: str | None = None) -> Task:
         """Serve ``model`` as task ``model.name`` routed by ``policy``."""
-        version = bind_policy(model, policy)
+        version = self.bind(model, policy)
         task = Task(model.name, version, cloud_model or model.name, self._router(policy))
         self._tasks[model.name] = task
+        chosen_by = ("policy" if policy.scores_output else "setting"
+                     if model.name in self._scores_outputs else "automatic")
         log.info("task_serving", task=task.name, model_version=model.version,
-                 policy_version=policy.version, cloud_model=task.cloud_model)
+                 policy_version=policy.version, cloud_model=task.cloud_model,
+                 scores_output=version.scores_output, scores_output_from=chosen_by)
+        self._request_cloud_check(task)
         return task
 
     def install(self, model: OnnxModel, policy: Policy | None, *, model_digest: str = "",
@@ -232,7 +284,7 @@ class EdgeService:
             if policy is None:
                 raise FailedPrecondition(f"task {model.name!r} has no policy yet")
             task = self.add_task(model, policy, cloud_model)
-            task.current = bind_policy(model, policy, model_digest, policy_digest)
+            task.current = self.bind(model, policy, model_digest, policy_digest)
             return task
         old = task.current
         problem = signature_mismatch(old.model.inputs, old.model.outputs, model.inputs,
@@ -243,20 +295,103 @@ class EdgeService:
                 f"signature: {problem}"
             )
         new_policy = policy if policy is not None else old.policy
-        version = bind_policy(model, new_policy, model_digest,
-                              policy_digest if policy is not None else old.policy_digest)
+        version = self.bind(model, new_policy, model_digest,
+                            policy_digest if policy is not None else old.policy_digest)
         if policy is not None and (policy_digest != old.policy_digest
                                    or policy.version != old.policy.version):
-            task.router = self._router(policy)
+            task.router = self._router(policy, cloud=task.router.cloud)
         task.current = version
         if model is not old.model:
             task.run_seconds_per_row = None
+            self._request_cloud_check(task)
         log.info("task_swapped", task=task.name, model_version=model.version,
                  policy_version=new_policy.version)
         return task
 
-    def _router(self, policy: Policy) -> Router:
-        return Router(policy, clock=self._clock, rng=self._rng, cloud=self._cloud is not None)
+    def _router(self, policy: Policy, cloud: bool = True) -> Router:
+        return Router(policy, clock=self._clock, rng=self._rng,
+                      cloud=cloud and self._cloud is not None)
+
+    # -- the cloud model of each task ---------------------------------------
+
+    async def start(self) -> None:
+        """Check every task's cloud model, then again whenever the gateway reconnects.
+
+        The first check is awaited (each call bounded by
+        :data:`METADATA_TIMEOUT_S`); a gateway that cannot be reached leaves
+        the tasks unchecked, escalating as usual, and they are checked as
+        soon as it answers. Runs inside the event loop; :meth:`aclose` stops it.
+        """
+        if self._cloud is None or self._cloud_watch is not None:
+            return
+        self._recheck = asyncio.Event()
+        await self.check_cloud()
+        self._cloud_watch = asyncio.create_task(self._watch_cloud(), name="cloud-check")
+
+    async def check_cloud(self, timeout_s: float = METADATA_TIMEOUT_S) -> None:
+        """Compare each task's edge model with the gateway's; refuse escalation on a mismatch."""
+        if self._cloud is None:
+            return
+        await asyncio.gather(*(self._check_cloud(task, timeout_s) for task in self.tasks()))
+
+    async def _check_cloud(self, task: Task, timeout_s: float) -> None:
+        assert self._cloud is not None
+        current = task.current
+        try:
+            info = await self._cloud.metadata(task.cloud_model, timeout_s)
+        except NotFound:
+            problem: CloudProblem | None = CloudProblem(
+                "not_served", f"the gateway serves no model {task.cloud_model!r}")
+        except EdgecloudError as exc:
+            log.info("cloud_check_deferred", task=task.name, cloud_model=task.cloud_model,
+                     kind=exc.kind.value, error=exc.message)
+            return
+        else:
+            problem = cloud_problem(current.model, task.cloud_model, info)
+        if task.current is not current:  # swapped while the gateway answered
+            self._request_cloud_check(task)
+            return
+        task.cloud_checked = True
+        self._set_cloud_problem(task, problem)
+
+    def _set_cloud_problem(self, task: Task, problem: CloudProblem | None) -> None:
+        previous, task.cloud_problem = task.cloud_problem, problem
+        task.router.cloud = problem is None
+        self._metrics.cloud_refused(task.name, problem.kind if problem else None)
+        if problem is not None and problem != previous:
+            log.error("cloud_refused", task=task.name, cloud_model=task.cloud_model,
+                      problem=problem.message,
+                      detail="rows this task would escalate are answered at the edge "
+                      "(reason cloud_unavailable) until the gateway's model matches")
+        elif problem is None and previous is not None:
+            log.info("cloud_accepted", task=task.name, cloud_model=task.cloud_model)
+
+    def _request_cloud_check(self, task: Task) -> None:
+        """Have the watcher check ``task``'s cloud model soon (no-op before :meth:`start`)."""
+        task.cloud_checked = False
+        if self._recheck is not None:
+            self._recheck.set()
+
+    async def _watch_cloud(self) -> None:
+        """Check again on every reconnection, on request, and often while a task is not clear."""
+        assert self._cloud is not None and self._recheck is not None
+        while True:
+            unsettled = any(not t.cloud_checked or t.cloud_problem is not None
+                            for t in self._tasks.values())
+            waiters = [asyncio.ensure_future(self._cloud.reconnected()),
+                       asyncio.ensure_future(self._recheck.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=self._cloud_recheck_s if unsettled else None,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+                await asyncio.gather(*waiters, return_exceptions=True)
+            self._recheck.clear()
+            try:
+                await self.check_cloud()
+            except Exception:  # keep watching; the next event tries again
+                log.exception("cloud_check_failed")
 
     @property
     def metrics(self) -> AgentMetrics:
@@ -404,18 +539,6 @@ class EdgeService:
         task.run_seconds_per_row = took if per_row is None else 0.9 * per_row + 0.1 * took
         return outputs
 
-    async def _check_cloud(self, task: Task, model: OnnxModel, timeout_s: float) -> None:
-        """Refuse a cloud model whose signature does not match the task's (once)."""
-        if task.cloud_checked or self._cloud is None:
-            return
-        info = await self._cloud.metadata(task.cloud_model, timeout_s)
-        problem = signature_mismatch(model.inputs, model.outputs, info.inputs, info.outputs)
-        if problem is not None:
-            raise FailedPrecondition(
-                f"cloud model {task.cloud_model!r} does not match task {task.name!r}: {problem}"
-            )
-        task.cloud_checked = True
-
     async def _escalate(
         self,
         task: Task,
@@ -441,17 +564,15 @@ class EdgeService:
             timeout = deadline - sent - self._reply_margin_s
             if timeout <= 0:
                 raise Unavailable("no time left for the cloud")
-            await self._check_cloud(task, model, min(timeout, METADATA_TIMEOUT_S))
-            timeout = deadline - self._clock() - self._reply_margin_s
-            if timeout <= 0:
-                raise Unavailable("no time left for the cloud")
             reply = await self._cloud.infer(
                 InferRequest(model_name=task.cloud_model, inputs=sub_inputs, id=request_id),
                 timeout,
                 request_id,
             )
-            cloud_outputs = _map_cloud_outputs(model, reply, rows.shape[0])
+            cloud_outputs = _map_cloud_outputs(model, reply, rows.shape[0], outputs)
         except EdgecloudError as exc:
+            if isinstance(exc, FailedPrecondition):  # the gateway's model changed: look again
+                self._request_cloud_check(task)
             self._metrics.cloud_failure(task.name, exc.kind.value)
             log.warning("escalation_failed", task=task.name, rows=int(rows.shape[0]),
                         kind=exc.kind.value, error=exc.message, request_id=request_id)
@@ -523,7 +644,11 @@ class EdgeService:
         log.info("shadow_result", task=task.name, rows=len(edge_pred), agree=agree)
 
     async def aclose(self) -> None:
-        """Cancel shadow calls, stop worker threads, close the cloud client."""
+        """Stop checking the cloud, cancel shadow calls, stop worker threads, close the client."""
+        if self._cloud_watch is not None:
+            self._cloud_watch.cancel()
+            await asyncio.gather(self._cloud_watch, return_exceptions=True)
+            self._cloud_watch = None
         for job in list(self._background):
             job.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -540,8 +665,14 @@ def _timed_run(model: OnnxModel, inputs: dict[str, np.ndarray]
     return outputs, time.perf_counter() - started
 
 
-def _map_cloud_outputs(model: OnnxModel, reply: InferResponse, rows: int) -> dict[str, np.ndarray]:
-    """Put the cloud's outputs under the edge model's names, by position."""
+def _map_cloud_outputs(model: OnnxModel, reply: InferResponse, rows: int,
+                       edge: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Put the cloud's outputs under the edge model's names, by position.
+
+    Each must have ``rows`` rows of the edge output's row shape (``edge``'s
+    arrays when given, else the fixed dimensions of the signature), so the
+    answers can replace the edge's; FailedPrecondition otherwise.
+    """
     cloud_values = list(reply.outputs.values())
     if len(cloud_values) != len(model.outputs):
         raise FailedPrecondition(
@@ -550,10 +681,19 @@ def _map_cloud_outputs(model: OnnxModel, reply: InferResponse, rows: int) -> dic
     mapped = {}
     for spec, value in zip(model.outputs, cloud_values, strict=True):
         value = np.asarray(value)
-        if value.ndim != len(spec.shape) or value.shape[0] != rows:
+        if value.ndim != len(spec.shape) or value.shape[0] != rows or not _same_row_shape(
+                spec, value.shape, None if edge is None else edge[spec.name].shape):
             raise FailedPrecondition(
                 f"cloud output for {spec.name!r} has shape {list(value.shape)}; "
                 f"expected {rows} rows of {list(spec.shape[1:])}"
             )
         mapped[spec.name] = value
     return mapped
+
+
+def _same_row_shape(spec: TensorSpec, got: tuple[int, ...],
+                    edge: tuple[int, ...] | None) -> bool:
+    if edge is not None:
+        return got[1:] == edge[1:]
+    return all(want < 0 or want == dim for want, dim in zip(spec.shape[1:], got[1:],
+                                                            strict=True))

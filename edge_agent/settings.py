@@ -32,6 +32,12 @@ class AgentSettings(EdgecloudSettings):
     """How often policy files are checked for changes (edits take effect live)."""
     cloud_models: dict[str, str] = Field(default_factory=dict)
     """Task name -> model name on the gateway, when it differs from the task name."""
+    scores_outputs: dict[str, str] = Field(default_factory=dict)
+    """Task name -> the edge model output holding class scores, for a task whose policy names
+    none (default: the model's one float [N, classes] output)."""
+    cloud_recheck_s: float = Field(30.0, gt=0)
+    """While a task's cloud model is refused (or could not be checked), seconds between checks;
+    a reconnection to the gateway always checks again."""
     agent_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     """Stable identity of this agent in the fleet."""
     labels: dict[str, str] = Field(default_factory=dict)

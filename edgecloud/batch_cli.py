@@ -21,6 +21,7 @@ async def run_batch_command(settings: AgentSettings, input_path: Path, output_pa
     service.set_ready(True)
     task_name = next(iter(settings.models))
     try:
+        await service.start()  # a cloud model that does not fit is refused before any row
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeRemainingColumn(), console=console,
                       transient=True) as progress:

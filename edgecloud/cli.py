@@ -26,6 +26,36 @@ def _model_paths(values: Sequence[str] | None) -> dict[str, Path] | None:
     return paths
 
 
+def _scores_outputs(values: Sequence[str] | None,
+                    models: dict[str, Path] | None) -> dict[str, str] | None:
+    """``--scores-output``: ``NAME=OUTPUT`` per model, or ``OUTPUT`` for every ``--model``."""
+    if not values:
+        return None
+    out: dict[str, str] = {}
+    for item in values:
+        name, sep, output = item.partition("=")
+        names = [name] if sep else list(models or ())
+        if not sep:
+            output = item
+            if not names:
+                raise CliError(f"--scores-output {item}: name the model as NAME=OUTPUT "
+                               "(there is no --model to apply it to)")
+        if not output or not all(names):
+            raise CliError(f"--scores-output must be OUTPUT or NAME=OUTPUT (got {item!r})")
+        for key in names:
+            if key in out:
+                raise CliError(f"--scores-output for {key!r} given twice")
+            out[key] = output
+    return out
+
+
+def _add_scores_output_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--scores-output", action="append", metavar="[NAME=]OUTPUT",
+                   help=f"output of {what} that holds the class scores: NAME=OUTPUT for one "
+                   "model, OUTPUT for every --model (repeatable; default: the policy's "
+                   "scores_output, else the model's one float [N, classes] output)")
+
+
 def _add_logging_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=("auto", "json", "console"), default=None,
                    help="log output format (default: console on a terminal, else JSON)")
@@ -82,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="gateway data folder (default ~/.local/state/edgecloud/gateway)")
     serve.add_argument("--model", action="append", metavar="NAME=FILE",
                        help="serve an ONNX file under NAME (repeatable)")
+    _add_scores_output_flag(serve, "a --model")
     serve.add_argument("--registry", default=None, metavar="DIR",
                        help="registry directory, shared by replicas (default DATA_DIR/registry)")
     serve.add_argument("--registry-dir", dest="registry", help=argparse.SUPPRESS)
@@ -110,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve task NAME with this edge ONNX file (repeatable)")
     run.add_argument("--policy", action="append", type=Path, metavar="FILE",
                      help="routing policy file (repeatable; each names its task)")
+    _add_scores_output_flag(run, "a task's edge model")
     run.add_argument("--agent-id", default=None, help="identity in the fleet (default: host name)")
     run.add_argument("--labels", nargs="+", metavar="KEY=VALUE", default=None,
                      help="labels for rollout selectors")
@@ -133,10 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="task NAME and its edge ONNX file")
     batch.add_argument("--policy", action="append", type=Path, metavar="FILE",
                        help="routing policy file")
+    _add_scores_output_flag(batch, "the edge model")
     batch.add_argument("--input", type=Path, required=True, help="input .npz (X, optional y)")
     batch.add_argument("--output", type=Path, required=True, help="output .jsonl")
-    batch.add_argument("--chunk-rows", type=int, default=256,
-                       help="rows routed per chunk; hard rows of a chunk go in one call")
+    batch.add_argument("--chunk-rows", type=int, default=None,
+                       help="rows routed per chunk; hard rows of a chunk go in one call "
+                       "(default 256, or the model's fixed batch size)")
     batch.add_argument("--config", type=Path, default=None, help="YAML settings file")
     _add_logging_flags(batch)
     batch.set_defaults(handler=_cmd_agent_batch)
@@ -161,9 +195,11 @@ def _cmd_gateway_serve(args: argparse.Namespace) -> int:
     from edgecloud.cloud_gateway.settings import GatewaySettings
     from edgecloud.core.settings import load_settings
 
+    models = _model_paths(args.model)
     settings = load_settings(
         GatewaySettings, args.config, listen=args.listen, data_dir=args.data_dir,
-        models=_model_paths(args.model), metrics_listen=args.metrics_listen,
+        models=models, scores_outputs=_scores_outputs(args.scores_output, models),
+        metrics_listen=args.metrics_listen,
         port_file=args.port_file, log_format=args.log_format, log_level=args.log_level,
         registry=args.registry, replica=args.replica, trust_key=args.trust_key,
         tokens_file=args.tokens_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
@@ -181,8 +217,10 @@ def _agent_settings(args: argparse.Namespace, **extra):
     for path in args.policy or ():
         if not path.is_file():
             raise CliError(f"--policy: file {path} does not exist")
+    models = _model_paths(args.model)
     return load_settings(
-        AgentSettings, args.config, gateway=args.gateway, models=_model_paths(args.model),
+        AgentSettings, args.config, gateway=args.gateway, models=models,
+        scores_outputs=_scores_outputs(args.scores_output, models),
         policies=args.policy, log_format=args.log_format, log_level=args.log_level, **extra,
     )
 
@@ -205,7 +243,7 @@ def _cmd_agent_run(args: argparse.Namespace) -> int:
 def _cmd_agent_batch(args: argparse.Namespace) -> int:
     from edgecloud.batch_cli import run_batch_command
 
-    if args.chunk_rows < 1:
+    if args.chunk_rows is not None and args.chunk_rows < 1:
         raise CliError("--chunk-rows must be at least 1")
     if not args.input.is_file():
         raise CliError(f"--input: file {args.input} does not exist")

@@ -16,8 +16,10 @@ import grpc
 from edgecloud.cloud_gateway.registry import Registry
 from edgecloud.core.artifacts import build_model_manifest
 from edgecloud.core.auth import call_metadata
+from edgecloud.core.errors import FailedPrecondition
 from edgecloud.core.grpc_errors import from_rpc_error
 from edgecloud.core.signing import load_private_key, sign
+from edgecloud.core.tensors import class_scores_output
 from edgecloud.core.tls import open_channel
 from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
@@ -59,21 +61,46 @@ def sign_manifest(manifest: bytes, key: Path | None) -> bytes:
 
 def publish_model_file(op: Operator, path: Path, *, name: str, target: str,
                        version: str | None = None, key: Path | None = None,
-                       promote: bool = False,
+                       promote: bool = False, scores_output: str | None = None,
                        progress: Callable[[int], None] | None = None) -> dict:
     """Describe, sign and publish an ONNX file; without ``version`` the registry picks it.
 
-    Returns the publication (name, version, digest, generation) and whether it is signed.
+    An edge model must have an output the agent can take class scores from:
+    ``scores_output`` when given, else its one float ``[N, classes]`` output
+    (FailedPrecondition naming the outputs otherwise, before anything is
+    sent). A cloud model is checked only when ``scores_output`` is given; the
+    agent maps its outputs onto the edge model's by position. The output is
+    checked, not recorded: the task's policy names it for the agents.
+
+    Returns the publication (name, version, digest, generation), whether it
+    is signed, and the output found to hold class scores (``scores_output``,
+    None for an unchecked cloud model).
     """
     private = load_private_key(key) if key is not None else None
     manifest = build_model_manifest(path, name=name, version=version or "0", target=target)
+    chosen = None
+    if target == "edge" or scores_output is not None:
+        specs, owner = tuple(t.spec() for t in manifest.outputs), f"{target} model {path.name}"
+        try:
+            chosen = class_scores_output(specs, scores_output, owner=owner)
+        except FailedPrecondition:  # again, naming the outputs v2 cannot carry too
+            class_scores_output(specs, scores_output, owner=owner,
+                                skipped=_skipped_outputs(path))
+            raise
     if version is None:
         # Reserved only once the file is known to describe a model: a bad file costs no number.
         manifest = manifest.model_copy(update={"version": op.reserve_version(name, target)})
     data = manifest.canonical()
     signature = sign(private, data) if private is not None else b""
     reply = op.publish_model(data, signature, path, promote, progress)
-    return {**reply, "signed": bool(signature)}
+    return {**reply, "signed": bool(signature), "scores_output": chosen}
+
+
+def _skipped_outputs(path: Path) -> tuple[tuple[str, str], ...]:
+    """Outputs of the model file that v2 cannot carry (for messages only)."""
+    from edgecloud.core.model import OnnxModel
+
+    return OnnxModel.load(path, name=path.stem).skipped_outputs
 
 
 class RegistryOperator:

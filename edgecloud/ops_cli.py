@@ -93,13 +93,16 @@ def cmd_models_publish(args: argparse.Namespace) -> int:
                                     total=args.file.stat().st_size)
             reply = publish_model_file(op, args.file, name=args.name, target=args.target,
                                        version=args.version, key=args.key,
-                                       promote=args.promote,
+                                       promote=args.promote, scores_output=args.scores_output,
                                        progress=lambda n: progress.advance(bar, n))
     finally:
         op.close()
     print(f"published {reply['name']} version {reply['version']} ({args.target}, "
           f"{reply['digest'][:19]}…, {'signed' if reply['signed'] else 'UNSIGNED'}); "
           f"generation {reply['generation']}")
+    if reply["scores_output"]:
+        how = "as given" if args.scores_output else "the one float [N, classes] output"
+        print(f"class scores: output {reply['scores_output']!r} ({how})")
     return 0
 
 
@@ -232,6 +235,7 @@ def fleet_rows(agents: list[dict]) -> list[dict]:
                 "model_version": task.get("model_version"),
                 "policy_version": task.get("policy_version"),
                 "waiting_for": task.get("waiting_for", ""),
+                "cloud_problem": task.get("cloud_problem", ""),
                 "requests": int(task.get("requests", 0) or 0),
                 "rows": rows_n,
                 "escalation_rate": escalated / rows_n if rows_n else 0.0,
@@ -270,11 +274,14 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         versions = {kind: str(r[f"{kind}_version"] or "-") for kind in ("model", "policy")}
         if r["waiting_for"] in versions:
             versions[r["waiting_for"]] = f"[yellow]waiting for {r['waiting_for']}[/yellow]"
+        escalated = f"{r['escalation_rate']:.1%}"
+        if r["cloud_problem"]:
+            escalated = f"[red]refused: {r['cloud_problem']}[/red]"
         table.add_row(
             str(r["agent_id"]), ",".join(f"{k}={v}" for k, v in r["labels"].items()),
             str(r["replica"]), _ago(r["last_seen"]), str(r["task"] or "-"),
             versions["model"], versions["policy"], swap_text,
-            str(r["requests"]), f"{r['escalation_rate']:.1%}", str(r["fallbacks"]), drift_text,
+            str(r["requests"]), escalated, str(r["fallbacks"]), drift_text,
         )
     Console().print(table)
     return 0
@@ -301,6 +308,10 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
     pub.add_argument("--key", type=Path, default=None, help="operator private key to sign with")
     pub.add_argument("--promote", action="store_true",
                      help="make it the stable version at once (fleet-wide)")
+    pub.add_argument("--scores-output", default=None, metavar="NAME",
+                     help="output that holds the class scores, checked before publishing "
+                     "(default: an edge model's one float [N, classes] output; the task's "
+                     "policy names it for the agents)")
     _add_target(pub)
     pub.set_defaults(handler=cmd_models_publish)
 

@@ -100,8 +100,11 @@ def register_policy_commands(commands: argparse._SubParsersAction) -> None:
                       help="consider only this confidence score (repeatable; default all)")
     tune.add_argument("--temperature", type=float, default=None,
                       help="use this temperature instead of fitting one")
-    tune.add_argument("--chunk-rows", type=int, default=1024,
-                      help="rows per model run (default 1024)")
+    tune.add_argument("--scores-output", default=None, metavar="NAME",
+                      help="edge model output that holds the class scores (default: the base "
+                      "policy's, else the model's one float [N, classes] output)")
+    tune.add_argument("--chunk-rows", type=int, default=None,
+                      help="rows per model run (default 1024, or the model's fixed batch size)")
     tune.set_defaults(handler=cmd_policy_tune)
 
     show = commands.add_parser("show", help="validate a policy file and print its fields")
@@ -127,7 +130,7 @@ def cmd_policy_tune(args: argparse.Namespace) -> int:
     from edgecloud.router import PolicyError, TuningTarget, dump_policy
 
     target_escalation, target_gap, confidence = _targets(args)
-    if args.chunk_rows < 1:
+    if args.chunk_rows is not None and args.chunk_rows < 1:
         raise CliError("--chunk-rows must be at least 1")
     if args.temperature is not None and not (
         math.isfinite(args.temperature) and args.temperature > 0
@@ -184,7 +187,8 @@ def _tune_on_data(
     base = target.base_policy
     edge_scores, cloud_scores, y, output = _score_data(args, base, console)
     start = base if base is not None else Policy(name=args.name or "task", threshold=0.5)
-    if base is None or base.scores_output is not None:  # a base's "first output" (None) stays
+    if base is None or base.scores_output is not None or args.scores_output is not None:
+        # a base's "chosen automatically" (None) stays
         start = start.model_copy(update={"scores_output": output})
     provenance = Provenance(
         edge_model=args.edge.name, cloud_model=args.cloud.name,
@@ -262,7 +266,9 @@ def _score_data(
     """Class scores of both models over the data, and the edge output used."""
     from edgecloud.tuning_data import (
         check_classes,
+        chunk_rows_for,
         class_scores,
+        cloud_scores_output,
         load_scoring_model,
         scores_output,
     )
@@ -272,10 +278,22 @@ def _score_data(
         "edge": load_scoring_model(args.edge, "edge", "--edge"),
         "cloud": load_scoring_model(args.cloud, "cloud", "--cloud"),
     }
+    wanted = args.scores_output or (base.scores_output if base else None)
+    edge_output = scores_output(models["edge"], "--edge", wanted)
     outputs = {
-        "edge": scores_output(models["edge"], "--edge", base.scores_output if base else None),
-        "cloud": scores_output(models["cloud"], "--cloud", None),
+        "edge": edge_output,
+        "cloud": cloud_scores_output(models["cloud"], models["edge"], edge_output, "--cloud"),
     }
+    chunks = {role: chunk_rows_for(model, args.chunk_rows, f"--{role}")
+              for role, model in models.items()}
+    for role, model in models.items():
+        how = ("named" if role == "edge" and wanted else "chosen: the one float [N, classes] "
+               "output" if role == "edge" else "at the edge's position")
+        rows = "1 row" if chunks[role] == 1 else f"{chunks[role]} rows"
+        note = (f"; {rows} per run (its fixed batch size)"
+                if model.fixed_batch_size is not None else "")
+        console.print(f"{role} class scores: output {outputs[role]!r} ({how}){note}",
+                      highlight=False)
     scores: dict[str, np.ndarray] = {}
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True,
@@ -284,7 +302,7 @@ def _score_data(
             bar = progress.add_task(f"running the {role} model", total=x.shape[0])
             scores[role] = class_scores(
                 model, x, outputs[role], role=role, source=str(args.data),
-                chunk_rows=args.chunk_rows,
+                chunk_rows=chunks[role],
                 advance=lambda rows, bar=bar: progress.advance(bar, rows),
             )
     check_classes(scores["edge"], scores["cloud"], y, f"--data {args.data}")

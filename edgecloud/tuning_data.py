@@ -2,9 +2,11 @@
 
 :func:`edgecloud.router.tune` works on ``[N, K]`` class scores; this module
 makes them. :func:`load_scoring_model` opens a model that takes one numeric
-input, :func:`class_scores` runs it over the rows in chunks, and
-:func:`check_classes` checks that both models score the same classes and
-that the labels are among them. :func:`read_field_records` reads the shadow
+input, :func:`scores_output` and :func:`cloud_scores_output` find the outputs
+that hold class scores (as the agent would), :func:`class_scores` runs a
+model over the rows in chunks (of the model's fixed batch size, when its
+input has one), and :func:`check_classes` checks that both models score the
+same classes and that the labels are among them. :func:`read_field_records` reads the shadow
 samples an agent logged (``edge_agent.shadow_log``), one JSON object
 ``{"edge": [K scores], "cloud": [K scores]}`` per line, for
 :func:`edgecloud.router.tune_from_field`.
@@ -22,9 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecloud.core.errors import EdgecloudError, InvalidInput
-from edgecloud.core.model import OnnxModel
-from edgecloud.core.tensors import V2_TO_NUMPY
+from edgecloud.core.errors import EdgecloudError, FailedPrecondition, InvalidInput
+from edgecloud.core.model import OnnxModel, rows_per_run
+from edgecloud.core.tensors import V2_TO_NUMPY, class_scores_output, holds_class_scores
+
+DEFAULT_CHUNK_ROWS = 1024
+"""Rows per model run when the model takes any number."""
 
 FieldRecord = tuple[list[float], list[float]]
 """One shadow sample: the edge's class scores and the cloud's."""
@@ -45,14 +50,35 @@ def load_scoring_model(path: Path, role: str, what: str) -> OnnxModel:
 
 
 def scores_output(model: OnnxModel, what: str, wanted: str | None) -> str:
-    """The output holding class scores: ``wanted`` (a policy's ``scores_output``) or the first."""
-    names = [spec.name for spec in model.outputs]
-    if wanted is None:
-        return names[0]
-    if wanted not in names:
-        raise InvalidInput(f"{what} model has no output {wanted!r} (the base policy's "
-                           f"scores_output); its outputs are {', '.join(names)}")
-    return wanted
+    """The output holding class scores: ``wanted`` (``--scores-output`` or a policy's
+    ``scores_output``), else the model's one float ``[N, classes]`` output.
+
+    The message of a model with none (or several) names its outputs, and says
+    how to export a scikit-learn model whose probabilities are a sequence of maps.
+    """
+    try:
+        return class_scores_output(model.outputs, wanted, owner=f"{what} model",
+                                   skipped=model.skipped_outputs)
+    except FailedPrecondition as exc:
+        raise InvalidInput(exc.message) from None
+
+
+def cloud_scores_output(cloud: OnnxModel, edge: OnnxModel, edge_output: str, what: str) -> str:
+    """The cloud model's output that answers for the edge's ``edge_output``.
+
+    The agent maps the cloud's outputs onto the edge's by position, so it is
+    the output at the same position when both have as many outputs and it
+    holds class scores; otherwise the cloud model's one float ``[N, classes]`` output.
+    """
+    position = [spec.name for spec in edge.outputs].index(edge_output)
+    if len(cloud.outputs) == len(edge.outputs) and holds_class_scores(cloud.outputs[position]):
+        return cloud.outputs[position].name
+    return scores_output(cloud, what, None)
+
+
+def chunk_rows_for(model: OnnxModel, wanted: int | None, what: str) -> int:
+    """Rows per run: the model's fixed batch size if it has one, else ``wanted`` (or 1024)."""
+    return rows_per_run(model, wanted, DEFAULT_CHUNK_ROWS, f"{what} model")
 
 
 def class_scores(
@@ -69,26 +95,33 @@ def class_scores(
 
     The rows go in chunks of ``chunk_rows``; ``advance`` hears how many rows
     each chunk held. ``role`` (``edge`` or ``cloud``) and ``source`` (where
-    ``x`` came from) name the model and the data in messages.
+    ``x`` came from) name the model and the data in messages. A model with a
+    fixed batch size takes exactly that many rows per run (see
+    :func:`chunk_rows_for`): a last, shorter chunk is padded by repeating its
+    last row, and the padding's scores are dropped.
     """
     spec = model.inputs[0]
     feed = x.astype(V2_TO_NUMPY[spec.datatype], copy=False)
+    fixed = model.fixed_batch_size
     parts: list[np.ndarray] = []
     for start in range(0, x.shape[0], chunk_rows):
         chunk = feed[start:start + chunk_rows]
+        rows = len(chunk)
+        if fixed is not None and rows < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - rows, axis=0)])
         try:
-            out = model.run({spec.name: chunk}, [output])[output]
+            out = model.run({spec.name: chunk}, [output])[output][:rows]
         except EdgecloudError as exc:
             raise InvalidInput(f"the {role} model cannot run on {source}: "
                                f"{exc.message}") from None
-        if out.ndim != 2 or out.shape[0] != len(chunk) or out.dtype.kind not in "biuf":
+        if out.ndim != 2 or out.shape[0] != rows or out.dtype.kind not in "biuf":
             raise InvalidInput(
                 f"the {role} model's output {output!r} has shape "
                 f"{list(out.shape)} ({out.dtype}); the tuner needs class scores [N, K]"
             )
         parts.append(out)
         if advance is not None:
-            advance(len(chunk))
+            advance(rows)
     return np.concatenate(parts)
 
 

@@ -211,7 +211,8 @@ class Policy(_Section):
     """Thresholds for particular classes, keyed by the edge model's predicted class."""
 
     scores_output: str | None = None
-    """Name of the edge model output that holds the class scores; null means the first output."""
+    """Name of the edge model output that holds the class scores; null means the model's one
+    float [N, classes] output (a model with none or several needs the name)."""
 
     scores_kind: ScoresKind = ScoresKind.PROBABILITIES
     """Whether that output holds probabilities or logits (softmax is applied to logits)."""

@@ -228,16 +228,27 @@ def select_class_scores(policy: Policy, outputs: Mapping[str, np.ndarray]) -> np
     """The edge model output that holds the class scores.
 
     ``outputs`` maps output names to arrays in the model's output order; the
-    policy's ``scores_output`` names one, and ``None`` means the first.
+    policy's ``scores_output`` names one, and ``None`` means the one output
+    that is a float array of two dimensions (``[N, classes]``). ``ValueError``
+    names the outputs when the named one is missing or, without a name, when
+    no output or several have that form.
     """
     if not outputs:
         raise ValueError("the edge model produced no outputs")
+    known = ", ".join(repr(name) for name in outputs)
     if policy.scores_output is None:
-        return next(iter(outputs.values()))
+        fits = [name for name, value in outputs.items()
+                if np.ndim(value) == 2 and np.asarray(value).dtype.kind == "f"]
+        if len(fits) == 1:
+            return outputs[fits[0]]
+        raise ValueError(
+            f"the policy names no scores output and {'several' if fits else 'none'} of the "
+            f"edge model's outputs ({known}) is a float [N, classes] array; name one in "
+            "scores_output"
+        )
     try:
         return outputs[policy.scores_output]
     except KeyError:
-        known = ", ".join(repr(name) for name in outputs)
         raise ValueError(
             f"policy names scores output {policy.scores_output!r}, "
             f"but the edge model's outputs are {known}"

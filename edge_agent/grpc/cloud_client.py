@@ -37,6 +37,7 @@ class GrpcCloudClient:
             ],
         )
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._was_up: bool | None = None
 
     async def infer(
         self, request: InferRequest, timeout_s: float, request_id: str
@@ -66,6 +67,25 @@ class GrpcCloudClient:
 
         return ModelInfo(reply.name, tuple(reply.versions), reply.platform,
                          specs(reply.inputs), specs(reply.outputs))
+
+    async def reconnected(self) -> None:
+        """Wait for the channel to become READY after it was not (see ``CloudClient``).
+
+        Asks the channel to connect while waiting, so an idle or failed
+        connection is retried (with the channel's backoff) rather than left
+        until the next escalation.
+        """
+        state = self._channel.get_state(try_to_connect=True)
+        if self._was_up is None:
+            self._was_up = state is grpc.ChannelConnectivity.READY
+        while True:
+            up = state is grpc.ChannelConnectivity.READY
+            if up and not self._was_up:
+                self._was_up = True
+                return
+            self._was_up = up
+            await self._channel.wait_for_state_change(state)
+            state = self._channel.get_state(try_to_connect=True)
 
     async def aclose(self) -> None:
         """Close the channel."""

@@ -70,6 +70,7 @@ def build_status(agent_id: str, labels: dict[str, str], service: EdgeService,
             policy_version=task.current.policy.version, requests=c.requests, rows=c.rows,
             escalated_rows=c.escalated_rows, fallback_rows=c.fallback_rows, errors=c.errors,
             shadow_rows=c.shadow_rows, shadow_agree=c.shadow_agree,
+            cloud_problem=task.cloud_problem.message if task.cloud_problem else "",
         )
         drift = task.router.drift
         if drift is not None:

@@ -84,8 +84,7 @@ def random_rows(model: OnnxModel) -> Rows:
 
 def fixed_batch(model: OnnxModel) -> int | None:
     """The input's first dimension when the model fixes it, else None."""
-    shape = model.inputs[0].shape
-    return shape[0] if shape and shape[0] >= 0 else None
+    return model.fixed_batch_size
 
 
 def chunk_rows(model: OnnxModel, wanted: int) -> int:

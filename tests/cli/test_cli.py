@@ -63,6 +63,14 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
         (["demo", "--agents", "0"], "--agents"),
         (["gateway", "serve", "--listen", "127.0.0.1:0", "--registry", "s3://bucket/x"],
          "not supported yet"),
+        (["gateway", "serve", "--listen", "127.0.0.1:0", "--model", "digits={cloud}",
+          "--scores-output", "digits=logits"], "has no output 'logits'"),
+        (["gateway", "serve", "--listen", "127.0.0.1:0", "--model", "digits={cloud}",
+          "--scores-output", "other=probabilities"], "not served with --model"),
+        (["agent", "run", "--listen", "127.0.0.1:0", "--model", "digits={edge}",
+          "--scores-output", "logits"], "has no output 'logits'"),
+        (["agent", "run", "--model", "digits={edge}", "--scores-output", "digits="],
+         "OUTPUT or NAME=OUTPUT"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(args, fragment, bad_files, digits_dir, tmp_path):
@@ -174,3 +182,32 @@ def test_demo_meets_its_targets(tmp_path):
     assert figures["edge_only"]["accuracy"] < figures["cloud_only"]["accuracy"]
     assert figures["edge_only"]["escalation_rate"] == 0.0
     assert figures["cloud_only"]["escalation_rate"] == 1.0
+
+
+@pytest.mark.e2e
+async def test_agent_batch_runs_a_batch_of_one_model_without_chunk_rows(start_gateway,
+                                                                       tmp_path):
+    """A default skl2onnx export with a batch dimension of 1 routes a whole file without
+    --chunk-rows: one row per run, every row answered, labels written as numbers."""
+    pytest.importorskip("skl2onnx")
+    from sklearn_models import export, iris
+
+    edge = export("logistic", tmp_path / "edge.onnx", batch=1)
+    cloud = export("forest", tmp_path / "cloud.onnx", batch=1)
+    gateway = await start_gateway(models={"iris": cloud})
+    x, y = iris()
+    np.savez(tmp_path / "iris.npz", X=x[:40], y=y[:40])
+    out = tmp_path / "answers.jsonl"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgecloud", "agent", "batch", "--gateway", gateway.address,
+        "--model", f"iris={edge}", "--input", str(tmp_path / "iris.npz"), "--output",
+        str(out), "--log-format", "json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, stderr.decode()
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["row"] for r in lines] == list(range(40))
+    assert all(len(r["outputs"]["output_probability"]) == 3 for r in lines)
+    assert all(isinstance(r["outputs"]["output_label"], int) for r in lines)
+    assert sum(r["prediction"] == r["label"] for r in lines) >= 30

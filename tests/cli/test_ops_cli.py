@@ -214,3 +214,26 @@ async def test_fleet_status_shows_a_model_waiting_for_its_policy(start_gateway, 
     assert row["task"] == "digits" and row["model_version"] == "1"
     assert row["waiting_for"] == "policy"
     assert "waiting for policy" in await fleet_status()
+
+
+@pytest.mark.e2e
+def test_publish_says_which_output_holds_the_class_scores(tmp_path: Path) -> None:
+    """`models publish` of a default skl2onnx export says which output holds the class
+    scores; --scores-output naming a label is refused before anything is published."""
+    pytest.importorskip("skl2onnx")
+    from sklearn_models import export
+
+    reg = str(tmp_path / "registry")
+    edge = export("logistic", tmp_path / "edge.onnx")
+    published = edgecloud("models", "publish", "iris", str(edge), "--target", "edge",
+                          "--registry", reg)
+    assert published.returncode == 0, published.stderr
+    assert ("class scores: output 'output_probability' (the one float [N, classes] output)"
+            in published.stdout)
+    cloud = export("forest", tmp_path / "cloud.onnx")
+    wrong = edgecloud("models", "publish", "iris", str(cloud), "--target", "cloud",
+                      "--scores-output", "output_label", "--registry", reg)
+    assert wrong.returncode == 2
+    assert "output 'output_label' of cloud model cloud.onnx is INT64[-1]" in wrong.stderr
+    listing = json.loads(edgecloud("models", "list", "--json", "--registry", reg).stdout)
+    assert [v["target"] for v in listing["iris"]["versions"]] == ["edge"]

@@ -136,7 +136,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, Path]:
         (["--target-escalation", "1.5"], "--target-escalation must be between 0 and 1"),
         (["--target-escalation", "0.1", "--confidence", "0.9"], "--confidence certifies"),
         (["--target-gap", "0", "--confidence", "0.99"], "smallest gap this data can certify"),
-        (["--edge", "{argmax}"], "the tuner needs class scores [N, K]"),
+        (["--edge", "{argmax}"], "no output that holds class scores"),
         (["--field", "{bad_jsonl}"], "line 2: not JSON"),
         (["--base", "{bad_policy}"], "threshold"),
         (["--out", "{tmp}/no/such/folder/p.yaml"], "does not exist"),
@@ -176,3 +176,62 @@ def test_plot_without_matplotlib_is_a_clear_error(digits_dir, tmp_path, monkeypa
     assert main(_tune_args(digits_dir, out, "--plot", str(tmp_path / "c.png"))) == 2
     assert "edgecloud[plot]" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("zipmap", [True, False], ids=["zipmap-on", "zipmap-off"])
+def test_tune_finds_the_scores_of_sklearn_exports(zipmap, tmp_path, capsys) -> None:
+    """skl2onnx exports (a label first, then probabilities as a ZipMap or a tensor) tune
+    without naming the output, and the policy records the one that was chosen."""
+    pytest.importorskip("skl2onnx")
+    from sklearn_models import export, iris
+
+    edge = export("logistic", tmp_path / "edge.onnx", zipmap=zipmap)
+    cloud = export("forest", tmp_path / "cloud.onnx", zipmap=zipmap)
+    x, y = iris()
+    np.savez(tmp_path / "iris.npz", X=x, y=y)
+    out = tmp_path / "policy.yaml"
+    assert main(["policy", "tune", "--edge", str(edge), "--cloud", str(cloud), "--data",
+                 str(tmp_path / "iris.npz"), "--out", str(out), "--name", "iris",
+                 "--target-escalation", "0.3"]) == 0
+    name = "output_probability" if zipmap else "probabilities"
+    assert parse_policy(out.read_text()).scores_output == name
+    assert f"edge class scores: output {name!r}" in capsys.readouterr().out
+
+
+def test_tune_takes_a_named_scores_output(tmp_path, capsys) -> None:
+    """--scores-output picks the edge output, which the policy then names; a name the
+    model lacks is one clear error listing its outputs."""
+    pytest.importorskip("skl2onnx")
+    from sklearn_models import export, iris
+
+    edge = export("logistic", tmp_path / "edge.onnx", zipmap=False)
+    x, y = iris()
+    np.savez(tmp_path / "iris.npz", X=x, y=y)
+    args = ["policy", "tune", "--edge", str(edge), "--cloud", str(edge), "--data",
+            str(tmp_path / "iris.npz"), "--out", str(tmp_path / "p.yaml"),
+            "--target-escalation", "0.3"]
+    assert main([*args, "--scores-output", "probabilities"]) == 0
+    assert parse_policy((tmp_path / "p.yaml").read_text()).scores_output == "probabilities"
+    capsys.readouterr()
+    assert main([*args, "--scores-output", "label"]) == 2
+    assert "output 'label' of --edge model is INT64[-1]" in capsys.readouterr().err
+
+
+def test_tune_runs_a_batch_of_one_model_row_by_row(tmp_path, capsys) -> None:
+    """A model exported with a batch dimension of 1 tunes without --chunk-rows (one row
+    per run, said on the console); a --chunk-rows that cannot fit it is refused."""
+    pytest.importorskip("skl2onnx")
+    from sklearn_models import export, iris
+
+    edge = export("logistic", tmp_path / "edge.onnx", zipmap=False, batch=1)
+    cloud = export("forest", tmp_path / "cloud.onnx", zipmap=False)
+    x, y = iris()
+    np.savez(tmp_path / "iris.npz", X=x, y=y)
+    args = ["policy", "tune", "--edge", str(edge), "--cloud", str(cloud), "--data",
+            str(tmp_path / "iris.npz"), "--out", str(tmp_path / "p.yaml"),
+            "--target-escalation", "0.3"]
+    assert main(args) == 0
+    assert "1 row per run (its fixed batch size)" in capsys.readouterr().out
+    assert parse_policy((tmp_path / "p.yaml").read_text()).calibration_histogram.total == len(y)
+    assert main([*args, "--chunk-rows", "64"]) == 2
+    assert "takes exactly 1 row per run" in capsys.readouterr().err

@@ -364,3 +364,38 @@ def test_batch_size_without_a_batch_is_invalid(inputs: dict, fragment: str) -> N
     """No inputs, or a scalar first input, has no batch size."""
     with pytest.raises(InvalidInput, match=fragment):
         batch_size(inputs)
+
+
+# ------------------------------------------------------------- scikit-learn exports
+
+
+def test_default_sklearn_export_serves_its_probabilities(tmp_path: Path) -> None:
+    """A skl2onnx default export (ZipMap on) serves its class probabilities as a float
+    [N, classes] tensor under the map output's name, equal to the zipmap-off export's."""
+    pytest.importorskip("skl2onnx")
+    from sklearn_models import export, iris
+
+    with structlog.testing.capture_logs() as logs:
+        zipped = OnnxModel.load(export("logistic", tmp_path / "on.onnx"), name="iris")
+    plain = OnnxModel.load(export("logistic", tmp_path / "off.onnx", zipmap=False),
+                           name="iris")
+    assert zipped.outputs == (TensorSpec("output_label", "INT64", (-1,)),
+                              TensorSpec("output_probability", "FP32", (-1, 3)))
+    assert zipped.skipped_outputs == ()
+    assert any(entry["event"] == "model_zipmap_unwrapped" for entry in logs)
+    x, _ = iris()
+    got = zipped.run({"X": x[:7]})
+    want = plain.run({"X": x[:7]})
+    np.testing.assert_allclose(got["output_probability"], want["probabilities"], rtol=1e-6)
+    np.testing.assert_array_equal(got["output_label"], want["label"])
+
+
+def test_fixed_batch_size_is_read_from_the_input(tmp_path: Path) -> None:
+    """An export with batch dimension 1 reports 1 row per run; a free batch reports None."""
+    pytest.importorskip("skl2onnx")
+    from sklearn_models import export
+
+    one = OnnxModel.load(export("logistic", tmp_path / "one.onnx", batch=1), name="one")
+    assert one.fixed_batch_size == 1
+    free = OnnxModel.load(export("logistic", tmp_path / "free.onnx"), name="free")
+    assert free.fixed_batch_size is None

@@ -201,13 +201,16 @@ def test_plugin_scores_register(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_select_class_scores() -> None:
-    """The policy's named output is picked; None picks the first; a wrong name lists outputs."""
+    """The policy's named output is picked; None picks the one float [N, C] array (a label
+    tensor first, as skl2onnx exports, is passed over); a wrong name lists outputs."""
     outputs = {"label": np.array([3]), "probabilities": np.array([[0.1, 0.9]])}
     named = make_policy(scores_output="probabilities")
     assert select_class_scores(named, outputs) is outputs["probabilities"]
-    assert select_class_scores(make_policy(), outputs) is outputs["label"]
+    assert select_class_scores(make_policy(), outputs) is outputs["probabilities"]
     with pytest.raises(ValueError, match="'label', 'probabilities'"):
         select_class_scores(make_policy(scores_output="logits"), outputs)
+    with pytest.raises(ValueError, match="several"):
+        select_class_scores(make_policy(), {**outputs, "logits": np.array([[1.0, 2.0]])})
 
 
 @pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])

@@ -16,27 +16,29 @@ from edgecloud.core.signing import load_private_key, sign
 from edgecloud.operations import RegistryOperator
 
 
-def digits_like_model(path: Path, kind: str, seed: int = 0, inputs: int = 64) -> Path:
+def digits_like_model(path: Path, kind: str, seed: int = 0, inputs: int = 64,
+                      classes: int = 10, input_name: str = "pixels",
+                      output_name: str = "probabilities") -> Path:
     """An ONNX model with the digits signature: pixels [N,inputs] -> probabilities [N,10].
 
     ``kind``: "softmax" (a valid random linear classifier), "nan" (NaN outputs), "crash"
-    (fails at run time).
+    (fails at run time). ``classes``, ``input_name`` and ``output_name`` change the signature.
     """
     rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.normal(size=(inputs, 10)).astype(np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["pixels", "w"], ["logits"])]
+    w = numpy_helper.from_array(rng.normal(size=(inputs, classes)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", [input_name, "w"], ["logits"])]
     if kind == "softmax":
-        nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
+        nodes.append(helper.make_node("Softmax", ["logits"], [output_name], axis=1))
     elif kind == "nan":
         nodes += [
             helper.make_node("Abs", ["logits"], ["a"]),
             helper.make_node("Neg", ["a"], ["b"]),
             helper.make_node("Sub", ["b", "one"], ["c"]),
-            helper.make_node("Sqrt", ["c"], ["probabilities"]),
+            helper.make_node("Sqrt", ["c"], [output_name]),
         ]
     elif kind == "crash":
         # Gathers column 12 of 10: loads fine, fails when it runs.
-        nodes.append(helper.make_node("Gather", ["logits", "bad_index"], ["probabilities"],
+        nodes.append(helper.make_node("Gather", ["logits", "bad_index"], [output_name],
                                       axis=1))
     else:
         raise ValueError(kind)
@@ -44,8 +46,8 @@ def digits_like_model(path: Path, kind: str, seed: int = 0, inputs: int = 64) ->
              numpy_helper.from_array(np.array([*range(9), 12], np.int64), "bad_index")]
     graph = helper.make_graph(
         nodes, "digits_like",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", inputs])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])],
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", inputs])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", classes])],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -195,7 +195,7 @@ class SwapOutcome(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., at: _Optional[float] = ...) -> None: ...
 
 class TaskCounters(_message.Message):
-    __slots__ = ("name", "model_version", "policy_version", "requests", "rows", "escalated_rows", "fallback_rows", "errors", "score_histogram", "score_bin_edges", "drift_psi", "drift_ks", "drift_ks_pvalue", "drift_status", "shadow_rows", "shadow_agree", "waiting_for")
+    __slots__ = ("name", "model_version", "policy_version", "requests", "rows", "escalated_rows", "fallback_rows", "errors", "score_histogram", "score_bin_edges", "drift_psi", "drift_ks", "drift_ks_pvalue", "drift_status", "shadow_rows", "shadow_agree", "waiting_for", "cloud_problem")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +213,7 @@ class TaskCounters(_message.Message):
     SHADOW_ROWS_FIELD_NUMBER: _ClassVar[int]
     SHADOW_AGREE_FIELD_NUMBER: _ClassVar[int]
     WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_version: str
     policy_version: str
@@ -230,7 +231,8 @@ class TaskCounters(_message.Message):
     shadow_rows: int
     shadow_agree: int
     waiting_for: str
-    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., requests: _Optional[int] = ..., rows: _Optional[int] = ..., escalated_rows: _Optional[int] = ..., fallback_rows: _Optional[int] = ..., errors: _Optional[int] = ..., score_histogram: _Optional[_Iterable[int]] = ..., score_bin_edges: _Optional[_Iterable[float]] = ..., drift_psi: _Optional[float] = ..., drift_ks: _Optional[float] = ..., drift_ks_pvalue: _Optional[float] = ..., drift_status: _Optional[str] = ..., shadow_rows: _Optional[int] = ..., shadow_agree: _Optional[int] = ..., waiting_for: _Optional[str] = ...) -> None: ...
+    cloud_problem: str
+    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., requests: _Optional[int] = ..., rows: _Optional[int] = ..., escalated_rows: _Optional[int] = ..., fallback_rows: _Optional[int] = ..., errors: _Optional[int] = ..., score_histogram: _Optional[_Iterable[int]] = ..., score_bin_edges: _Optional[_Iterable[float]] = ..., drift_psi: _Optional[float] = ..., drift_ks: _Optional[float] = ..., drift_ks_pvalue: _Optional[float] = ..., drift_status: _Optional[str] = ..., shadow_rows: _Optional[int] = ..., shadow_agree: _Optional[int] = ..., waiting_for: _Optional[str] = ..., cloud_problem: _Optional[str] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
     __slots__ = ("agent_id", "labels", "agent_version", "tasks", "last_swap", "sent_at", "swaps", "applied_generation")
