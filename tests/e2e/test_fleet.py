@@ -336,3 +336,17 @@ async def test_gateway_serves_a_new_cloud_version_once_loaded(start_gateway, sta
     assert reply.parameters["cloud_model_version"] == "2"
     np.testing.assert_allclose(reply.outputs["probabilities"], onnx_reference("edge", x[:5]),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.e2e
+async def test_same_bytes_as_a_new_version_reach_fleet_status(start_gateway, start_agent,
+                                                             tmp_path, digits_dir):
+    """The same model bytes published as version 2 and promoted are served and reported
+    as version 2: a version is an identity, not only a digest."""
+    registry, _, agents = await fleet(start_gateway, start_agent, tmp_path, n_agents=1)
+    await seed(registry, digits_dir)
+    await wait_until(lambda: reported_version(registry, "agent-0") == "1", what="v1")
+    await asyncio.to_thread(publish_model, registry, TASK, digits_dir / "edge.onnx", "edge",
+                            version="2", promote=True)
+    await wait_until(lambda: reported_version(registry, "agent-0") == "2", what="v2 reported")
+    assert running_version(agents[0]) == "2"
