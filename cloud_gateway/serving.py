@@ -145,9 +145,11 @@ class GatewayService:
 
     def metadata(self, name: str, version: str = "") -> ModelInfo:
         """Signature of a served model."""
-        model = self._served(name, version).model
+        served = self._served(name, version)
+        model = served.model
         return ModelInfo(model.name, (model.version,), model.platform, model.inputs,
-                         model.outputs)
+                         model.outputs,
+                         self._batching.max_batch_size if served.batcher is not None else 0)
 
     async def infer(
         self, request: InferRequest, time_left_s: float | None = None, request_id: str = ""
