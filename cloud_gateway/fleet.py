@@ -23,6 +23,27 @@ from edgecloud.core.model import OnnxModel
 
 log = structlog.get_logger("edgecloud.gateway.fleet")
 
+SWAP_HISTORY = 10
+"""Swaps kept per agent in its stored status (newest last), failed ones included."""
+
+
+def swap_history(previous: list[dict], reported: list[dict]) -> list[dict]:
+    """The last :data:`SWAP_HISTORY` swaps: the stored ones, then the newly reported.
+
+    A report whose acknowledgement was lost is sent again; its swaps are not counted twice.
+    """
+    def key(swap: dict) -> tuple:
+        return tuple(swap.get(k) for k in ("name", "version", "kind", "ok", "at"))
+
+    history = list(previous)
+    seen = {key(swap) for swap in history}
+    for swap in reported:
+        if key(swap) not in seen:
+            seen.add(key(swap))
+            history.append(swap)
+    history.sort(key=lambda swap: float(swap.get("at") or 0.0))
+    return history[-SWAP_HISTORY:]
+
 
 class FleetHub:
     """Assignments, artifact access, and agent reports for one replica."""
@@ -140,7 +161,10 @@ class FleetHub:
 
         In that order, so whoever reads a status sees its failures counted.
         """
-        status = {**status, "replica": self.replica, "last_seen": self._clock()}
+        previous = await asyncio.to_thread(self.registry.agent_status, status["agent_id"])
+        status = {**status, "replica": self.replica, "last_seen": self._clock(),
+                  "swap_history": swap_history((previous or {}).get("swap_history") or [],
+                                               status.get("swaps") or [])}
         for name, version, reason in failed_swaps:
             rollout = await asyncio.to_thread(self.registry.record_swap_failure, name, version,
                                               status["agent_id"], reason)

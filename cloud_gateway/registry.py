@@ -494,6 +494,17 @@ class Registry:
         _atomic_write(self.root / "agents" / f"{agent_id}.json",
                       json.dumps(status, sort_keys=True).encode())
 
+    def agent_status(self, agent_id: str) -> dict | None:
+        """The agent's last report, or None."""
+        if not _AGENT_ID_RE.match(agent_id or ""):
+            raise InvalidInput(f"agent id {agent_id!r} is not valid")
+        try:
+            return json.loads((self.root / "agents" / f"{agent_id}.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError):
+            return None
+
     def agent_statuses(self) -> list[dict]:
         """Every agent's last report, by agent id."""
         out = []

@@ -452,7 +452,7 @@ class EdgeService:
             )
             cloud_outputs = _map_cloud_outputs(model, reply, rows.shape[0])
         except EdgecloudError as exc:
-            self._metrics.cloud_failure(task.name, exc.kind.value)
+            self._metrics.cloud_failure(task.name, exc.kind.value, int(rows.shape[0]))
             log.warning("escalation_failed", task=task.name, rows=int(rows.shape[0]),
                         kind=exc.kind.value, error=exc.message, request_id=request_id)
             return Escalation(ok=False), ""

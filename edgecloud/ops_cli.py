@@ -9,7 +9,9 @@ import os
 import time
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -201,82 +203,130 @@ def cmd_policy_publish(args: argparse.Namespace) -> int:
 # -- fleet --------------------------------------------------------------------------
 
 
-def _ago(seconds: float | None) -> str:
+def _ago(seconds: float | None, now: float) -> str:
     if not seconds:
+        return "never"
+    delta = max(now - float(seconds), 0.0)
+    if delta < 120:
+        return f"{delta:.0f}s ago"
+    if delta < 7200:
+        return f"{delta / 60:.0f}m ago"
+    return f"{delta / 3600:.0f}h ago"
+
+
+def _when(at: float) -> str:
+    return dt.datetime.fromtimestamp(at).strftime("%m-%d %H:%M:%S") if at else "-"
+
+
+def _drift_text(drift: dict, wide: bool) -> str:
+    status = drift["status"]
+    if not status:
         return "-"
-    delta = max(time.time() - float(seconds), 0.0)
-    return f"{delta:.0f}s ago" if delta < 120 else f"{delta / 60:.0f}m ago"
+    if status == "insufficient_data":
+        if wide:
+            return f"insufficient data ({drift['rows']}/{drift['min_rows']} rows)"
+        return "insufficient\ndata"
+    colour = {"warn": "yellow", "alarm": "red"}.get(status)
+    text = f"{status}{' ' if wide else chr(10)}psi {drift['psi']:.2f}"
+    return f"[{colour}]{text}[/{colour}]" if colour else text
 
 
-def fleet_rows(agents: list[dict]) -> list[dict]:
-    """One flat record per agent and task (what the table and --json show)."""
-    rows = []
-    for agent in agents:
-        last = agent.get("last_swap") or {}
-        base = {
-            "agent_id": agent.get("agent_id"),
-            "labels": agent.get("labels", {}),
-            "replica": agent.get("replica"),
-            "last_seen": agent.get("last_seen"),
-            "last_swap": ({"name": last.get("name"), "version": last.get("version"),
-                           "kind": last.get("kind"), "ok": bool(last.get("ok")),
-                           "reason": last.get("reason", "")} if last.get("name") else None),
-        }
-        tasks = agent.get("tasks") or [{}]
-        for task in tasks:
-            rows_n = int(task.get("rows", 0) or 0)
-            escalated = int(task.get("escalated_rows", 0) or 0)
-            rows.append({
-                **base,
-                "task": task.get("name"),
-                "model_version": task.get("model_version"),
-                "policy_version": task.get("policy_version"),
-                "waiting_for": task.get("waiting_for", ""),
-                "requests": int(task.get("requests", 0) or 0),
-                "rows": rows_n,
-                "escalation_rate": escalated / rows_n if rows_n else 0.0,
-                "fallbacks": int(task.get("fallback_rows", 0) or 0),
-                "drift": {"status": task.get("drift_status", ""),
-                          "psi": task.get("drift_psi", 0.0),
-                          "ks_pvalue": task.get("drift_ks_pvalue", 1.0)},
-            })
-    return rows
+def _swap_text(swap: dict) -> str:
+    text = escape(f"{swap['task']} {swap['kind']} {swap['version']}")
+    if swap["ok"]:
+        return f"{text} ok"
+    return f"[red]{text} FAILED[/red]: {escape(swap['reason'])}"
+
+
+def _fallback_text(r: dict) -> str:
+    by_reason = ", ".join(f"{kind} {n}" for kind, n in r["fallbacks_by_reason"].items())
+    return f"{r['fallbacks']} ({by_reason})" if by_reason else str(r["fallbacks"])
+
+
+def _table(title: str = "") -> Table:
+    return Table(title=title or None, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0),
+                 title_justify="left")
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
+    from edgecloud.operations import fleet_rows
+
     op = _operator(args)
     try:
         agents = op.fleet_status()
     finally:
         op.close()
-    rows = fleet_rows(agents)
+    now = time.time()
+    rows = fleet_rows(agents, now)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title=f"fleet: {len(agents)} agents "
-                        f"({dt.datetime.now().astimezone().strftime('%H:%M:%S')})")
-    for column in ("agent", "labels", "replica", "seen", "task", "model", "policy",
-                   "last swap", "requests", "escalated", "fallbacks", "drift"):
-        table.add_column(column)
+    # --wide: one line per agent and task, however wide; else fit the terminal.
+    console = Console(width=1000) if args.wide else Console()
+    if not agents:
+        console.print("no agents: none has reported to this registry yet")
+        return 0
+    offline = len({r["agent_id"] for r in rows if not r["online"]})
+    title = f"fleet: {len(agents)} agents"
+    if offline:
+        title += f", {offline} offline"
+    table = _table(f"{title} ({dt.datetime.now().astimezone().strftime('%H:%M:%S')})")
+    table.show_lines = not args.wide
+    if args.wide:
+        columns = ["agent", "labels", "replica", "seen", "task", "model", "policy",
+                   "requests", "escalated", "fallbacks", "drift", "last swap"]
+    else:
+        columns = ["agent", "seen", "task", "versions", "traffic", "drift"]
+    for column in columns:
+        numeric = column in ("requests", "escalated", "fallbacks")
+        table.add_column(column, justify="right" if numeric else "left",
+                         no_wrap=column in ("agent", "task"), overflow="fold")
     for r in rows:
-        swap = r["last_swap"]
-        swap_text = "-" if swap is None else (
-            f"{swap['kind']} {swap['version']} ok" if swap["ok"]
-            else f"[red]{swap['kind']} {swap['version']} FAILED: {swap['reason']}[/red]")
-        drift = r["drift"]
-        drift_text = drift["status"] or "-"
-        if drift["status"]:
-            drift_text += f" (psi {drift['psi']:.2f})"
-        versions = {kind: str(r[f"{kind}_version"] or "-") for kind in ("model", "policy")}
+        versions = {kind: escape(str(r[f"{kind}_version"] or "-")) for kind in ("model", "policy")}
         if r["waiting_for"] in versions:
             versions[r["waiting_for"]] = f"[yellow]waiting for {r['waiting_for']}[/yellow]"
-        table.add_row(
-            str(r["agent_id"]), ",".join(f"{k}={v}" for k, v in r["labels"].items()),
-            str(r["replica"]), _ago(r["last_seen"]), str(r["task"] or "-"),
-            versions["model"], versions["policy"], swap_text,
-            str(r["requests"]), f"{r['escalation_rate']:.1%}", str(r["fallbacks"]), drift_text,
-        )
-    Console().print(table)
+        seen = _ago(r["last_seen"], now)
+        if not r["online"]:
+            seen = f"[red]offline[/red]{' ' if args.wide else chr(10)}{seen}"
+        agent = escape(str(r["agent_id"]))
+        task = escape(str(r["task"] or "-"))
+        if args.wide:
+            table.add_row(
+                agent, escape(",".join(f"{k}={v}" for k, v in r["labels"].items()) or "-"),
+                escape(str(r["replica"] or "-")), seen, task, versions["model"],
+                versions["policy"], str(r["requests"]), f"{r['escalation_rate']:.1%}",
+                _fallback_text(r), _drift_text(r["drift"], wide=True),
+                _swap_text(r["last_swap"] | {"task": r["task"]}) if r["last_swap"] else "-")
+        else:
+            table.add_row(
+                agent, seen, task,
+                "\n".join(f"{kind} {v}" if not v.startswith("[") else v
+                          for kind, v in versions.items()),
+                f"{r['requests']} req\n{r['escalation_rate']:.1%} esc\n"
+                f"{r['fallbacks']} fallbacks",
+                _drift_text(r["drift"], wide=False))
+    console.print(table)
+    fallbacks = [r for r in rows if r["fallbacks_by_reason"]]
+    if fallbacks and not args.wide:
+        table = _table("fallbacks by reason (rows the cloud failed)")
+        for column in ("agent", "task", "reason", "rows"):
+            table.add_column(column, justify="right" if column == "rows" else "left",
+                             overflow="fold")
+        for r in fallbacks:
+            for kind, n in r["fallbacks_by_reason"].items():
+                table.add_row(escape(str(r["agent_id"])), escape(str(r["task"])), kind, str(n))
+        console.print()
+        console.print(table)
+    histories = {r["agent_id"]: r["swap_history"] for r in rows if r["swap_history"]}
+    if histories:
+        table = _table("recent swaps (newest last)")
+        for column in ("agent", "when", "swap"):
+            table.add_column(column, no_wrap=column != "swap", overflow="fold")
+        for agent_id, history in histories.items():
+            for swap in history:
+                table.add_row(escape(str(agent_id)), _when(swap["at"]), _swap_text(swap))
+        console.print()
+        console.print(table)
     return 0
 
 
@@ -353,6 +403,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
     fsub = fleet.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
     status = fsub.add_parser("status", help="every agent: versions, swaps, traffic, drift")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--wide", action="store_true")
     _add_target(status)
     status.set_defaults(handler=cmd_fleet_status)
     return {"models": msub, "policy": psub}

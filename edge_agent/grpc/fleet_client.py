@@ -60,27 +60,37 @@ def _swap(outcome: SwapOutcome) -> pb.SwapOutcome:
 
 
 def build_status(agent_id: str, labels: dict[str, str], service: EdgeService,
-                 manager: ModelManager, swaps: list[SwapOutcome]) -> pb.AgentStatus:
+                 manager: ModelManager, swaps: list[SwapOutcome], *,
+                 status_interval_s: float = 0.0) -> pb.AgentStatus:
     """What the agent runs and how it is doing, for ReportStatus."""
     tasks = []
+    diagnostics = []
     for task in service.tasks():
         c = service.metrics.task_counts(task.name)
         entry = pb.TaskCounters(
             name=task.name, model_version=task.current.model.version,
-            policy_version=task.current.policy.version, requests=c.requests, rows=c.rows,
+            policy_version=(manager.running_version(task.name, "policy")
+                            or task.current.policy.version),
+            requests=c.requests, rows=c.rows,
             escalated_rows=c.escalated_rows, fallback_rows=c.fallback_rows, errors=c.errors,
             shadow_rows=c.shadow_rows, shadow_agree=c.shadow_agree,
         )
+        detail = pb.TaskDiagnostics(
+            name=task.name, fallback_rows_by_reason=service.metrics.fallbacks_by_reason(task.name))
         drift = task.router.drift
         if drift is not None:
             report = drift.report()
             entry.drift_psi = report.psi
             entry.drift_ks = report.ks
             entry.drift_ks_pvalue = report.ks_pvalue
-            entry.drift_status = report.status.value if report.n else ""
+            # No verdict below the window's minimum: a PSI of a few rows means nothing.
+            entry.drift_status = report.status.value if report.n >= drift.min_count else ""
             entry.score_histogram.extend(int(v) for v in drift.observed_counts())
             entry.score_bin_edges.extend(drift.reference.edges)
+            detail.drift_rows = report.n
+            detail.drift_min_rows = drift.min_count
         tasks.append(entry)
+        diagnostics.append(detail)
     served = {entry.name for entry in tasks}
     tasks.extend(pb.TaskCounters(name=name, model_version=w.model_version,
                                  policy_version=w.policy_version, waiting_for=w.waiting_for)
@@ -88,7 +98,8 @@ def build_status(agent_id: str, labels: dict[str, str], service: EdgeService,
     status = pb.AgentStatus(agent_id=agent_id, labels=labels, agent_version=__version__,
                             tasks=tasks, sent_at=time.time(),
                             swaps=[_swap(s) for s in swaps],
-                            applied_generation=manager.applied_generation)
+                            applied_generation=manager.applied_generation,
+                            status_interval_s=status_interval_s, diagnostics=diagnostics)
     if manager.last_outcome is not None:
         status.last_swap.CopyFrom(_swap(manager.last_outcome))
     return status
@@ -192,7 +203,8 @@ class FleetClient:
         """Send one ReportStatus (outcomes not yet reported go with it)."""
         assert self.manager is not None
         swaps = list(self.manager.outcomes)
-        status = build_status(self.agent_id, self.labels, self._service, self.manager, swaps)
+        status = build_status(self.agent_id, self.labels, self._service, self.manager, swaps,
+                              status_interval_s=self._status_interval_s)
         try:
             await self._stub.ReportStatus(status, timeout=5, metadata=self._auth)
         except grpc.aio.AioRpcError as exc:
