@@ -153,7 +153,8 @@ class GatewayOperator:
         reply = self._call(self._stub.SetRollout, pb.RolloutRequest(
             action=action, name=name, version=fields.get("version", ""),
             percent=fields.get("percent", 0.0), selector=fields.get("selector") or {},
-            max_failures=fields.get("max_failures", 0), agent_id=fields.get("agent_id", "")))
+            max_failures=fields.get("max_failures", 0), agent_id=fields.get("agent_id", ""),
+            target=fields.get("target", "edge")))
         return json.loads(reply.json)
 
     def list_models(self, name: str = "") -> dict:
