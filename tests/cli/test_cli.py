@@ -174,3 +174,67 @@ def test_demo_meets_its_targets(tmp_path):
     assert figures["edge_only"]["accuracy"] < figures["cloud_only"]["accuracy"]
     assert figures["edge_only"]["escalation_rate"] == 0.0
     assert figures["cloud_only"]["escalation_rate"] == 1.0
+
+
+def test_every_argument_says_what_it_does_and_its_default() -> None:
+    """Every argument of every command has help text; the ones whose limits or defaults
+    are easy to get wrong state them."""
+    parser = build_parser()
+    missing = []
+    helps: dict[str, list[str]] = {}
+    for p in _parsers(parser):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            if action.help == argparse.SUPPRESS:
+                continue
+            name = action.option_strings[-1] if action.option_strings else action.dest
+            if not action.help:
+                missing.append(f"{p.prog} {name}")
+            helps.setdefault(name, []).append(action.help or "")
+    assert missing == []
+    for flag, fragments in (("--percent", ("0", "100")), ("--selector", ("KEY=VALUE", "label")),
+                            ("--data-dir", ("default",)), ("--chunk-rows", ("default",)),
+                            ("--replica", ("default",)), ("--max-failures", ("default",))):
+        for text in helps[flag]:
+            assert all(f in text or f in flag for f in fragments), (flag, text)
+    rollout = next(p for p in _parsers(parser) if p.prog.endswith("models rollout"))
+    assert "KEY=VALUE" in rollout.format_help()
+
+
+def test_version_flag_prints_the_version() -> None:
+    """`edgecloud --version` prints the package version and exits 0."""
+    from edgecloud.core import __version__
+
+    result = edgecloud("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"edgecloud {__version__}"
+
+
+def test_a_mistyped_flag_shows_the_subcommands_usage(capsys) -> None:
+    """A flag the subcommand does not have gets that subcommand's usage, not the top
+    level's, and exit code 2."""
+    from edgecloud.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["models", "list", "--registry", "/nowhere", "--jsn"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: edgecloud models list")
+    assert "edgecloud models list: error: unrecognized arguments: --jsn" in err
+
+
+def test_operator_commands_print_no_json_log_lines(tmp_path, bad_files) -> None:
+    """An operator command that fails prints one readable error line on stderr and no
+    JSON log lines; --verbose adds the library's warning as text, not JSON."""
+    args = ("models", "publish", "digits", str(bad_files["garbage"]), "--target", "edge",
+            "--registry", str(tmp_path / "registry"))
+    quiet = edgecloud(*args)
+    assert quiet.returncode == 2
+    assert quiet.stderr.splitlines() == [
+        line for line in quiet.stderr.splitlines() if line.startswith("edgecloud: error:")]
+    assert len(quiet.stderr.splitlines()) == 1
+    verbose = edgecloud(*args, "--verbose")
+    assert verbose.returncode == 2
+    assert "model_load_failed" in verbose.stderr
+    assert not any(line.lstrip().startswith("{") for line in verbose.stderr.splitlines())

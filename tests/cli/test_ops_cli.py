@@ -350,3 +350,56 @@ async def test_agents_report_swap_history_fallback_reasons_and_drift_rows(
     assert r["drift"]["status"] == "insufficient_data"
     assert r["drift"]["rows"] == 5 and r["drift"]["min_rows"] > 5
     assert r["online"]
+
+
+@pytest.mark.e2e
+async def test_cloud_versions_through_the_command_line(start_gateway, tmp_path, digits_dir):
+    """`models publish --target cloud` says a later version is a candidate, `models list`
+    shows what each replica serves, and `models rollout/promote --target cloud` move
+    the replica's requests to it."""
+    import asyncio
+    import os
+
+    from fleet_helpers import wait_until
+
+    registry = tmp_path / "registry"
+    gateway = await start_gateway(models={}, registry=registry, registry_poll_ms=50,
+                                  replica="gw-a")
+
+    async def run(*args: str) -> subprocess.CompletedProcess:
+        result = await asyncio.to_thread(edgecloud, *args, "--registry", str(registry))
+        assert result.returncode == 0, (args, result.stderr)
+        return result
+
+    await run("models", "publish", "digits", str(digits_dir / "cloud.onnx"), "--target",
+              "cloud")
+    second = await run("models", "publish", "digits", str(digits_dir / "edge.onnx"),
+                       "--target", "cloud")
+    assert "candidate" in second.stdout and "--target cloud" in second.stdout
+
+    async def poll(expected: dict) -> None:
+        """Wait until `models list --json` says replica gw-a serves ``expected``."""
+        for _ in range(300):
+            listing = json.loads((await run("models", "list", "--json")).stdout)
+            served = listing["digits"]["served_by"].get("gw-a", {})
+            if all(served.get(k) == v for k, v in expected.items()):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"gw-a serves {served}, not {expected}")
+
+    await wait_until(lambda: gateway.service.served_version("digits") == "1", what="v1")
+    await poll({"version": "1", "candidate": None})
+    table = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "edgecloud", "models", "list", "--registry",
+                         str(registry)], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "COLUMNS": "200"})
+    assert "gw-a" in table.stdout and "candidate 0% of requests" in table.stdout
+    rolled = await run("models", "rollout", "digits", "2", "--percent", "40", "--target",
+                       "cloud")
+    assert "candidate 2 at 40% of requests" in rolled.stdout
+    await poll({"version": "1", "candidate": "2", "percent": 40.0})
+    await run("models", "promote", "digits", "--target", "cloud")
+    await poll({"version": "2", "candidate": None})
+    refused = edgecloud("models", "rollout", "digits", "1", "--percent", "10", "--target",
+                        "cloud", "--selector", "site=a", "--registry", str(registry))
+    assert refused.returncode == 2 and "selector" in refused.stderr
