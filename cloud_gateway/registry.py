@@ -221,8 +221,15 @@ class Registry:
     # -- publishing ---------------------------------------------------------------
 
     def _check_signature(self, manifest_bytes: bytes, signature: bytes) -> None:
-        if self.trust_key is not None and not verify(self.trust_key, manifest_bytes, signature):
-            raise PermissionDenied("manifest signature does not verify with the trusted key")
+        if self.trust_key is None:
+            return
+        if not signature:
+            raise PermissionDenied("a signature is required: this gateway trusts only "
+                                   "publications signed with the operator's key; publish "
+                                   "with --key FILE (the private key)")
+        if not verify(self.trust_key, manifest_bytes, signature):
+            raise PermissionDenied("manifest signature does not verify with the trusted key: "
+                                   "was it signed with the operator's private key?")
 
     def _envelope_path(self, kind: str, name: str, version: str, target: str = "") -> Path:
         if kind == "model":

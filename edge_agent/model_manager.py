@@ -374,10 +374,13 @@ class ModelManager:
             manifest = parse_manifest(ref.manifest)
         except InvalidInput as exc:
             raise SwapFailed(exc.message) from None
+        if self.trust_key is not None and not ref.signature:
+            raise SwapFailed("missing signature: this agent loads only artifacts signed "
+                             "with the trusted operator key")
         if self.trust_key is not None and not verify(self.trust_key, ref.manifest,
                                                      ref.signature):
-            raise SwapFailed("bad or missing signature: the manifest is not signed by the "
-                             "trusted operator key")
+            raise SwapFailed("bad signature: the manifest is not signed by the trusted "
+                             "operator key")
         if manifest.kind != kind:
             raise SwapFailed(f"manifest is for a {manifest.kind}, expected a {kind}")
         if (manifest.name, manifest.version, manifest.digest, manifest.size) != (

@@ -403,3 +403,27 @@ async def test_cloud_versions_through_the_command_line(start_gateway, tmp_path, 
     refused = edgecloud("models", "rollout", "digits", "1", "--percent", "10", "--target",
                         "cloud", "--selector", "site=a", "--registry", str(registry))
     assert refused.returncode == 2 and "selector" in refused.stderr
+
+
+@pytest.mark.e2e
+async def test_publishing_unsigned_to_a_gateway_that_trusts_a_key(start_gateway, tmp_path,
+                                                                 digits_dir):
+    """Publishing without --key to a gateway started with --trust-key says a signature is
+    required; a signature by another key says it does not verify; the right key works."""
+    import asyncio
+
+    from edgecloud.core.signing import generate_keypair
+
+    private, public = generate_keypair(tmp_path / "keys")
+    other, _ = generate_keypair(tmp_path / "other")
+    gateway = await start_gateway(models={}, registry=tmp_path / "registry",
+                                  trust_key=public)
+    publish = ("models", "publish", "digits", str(digits_dir / "edge.onnx"), "--target",
+               "edge", "--gateway", gateway.address)
+    unsigned = await asyncio.to_thread(edgecloud, *publish)
+    assert unsigned.returncode == 2
+    assert "a signature is required" in unsigned.stderr and "--key" in unsigned.stderr
+    wrong = await asyncio.to_thread(edgecloud, *publish, "--key", str(other))
+    assert wrong.returncode == 2 and "does not verify" in wrong.stderr
+    signed = await asyncio.to_thread(edgecloud, *publish, "--key", str(private))
+    assert signed.returncode == 0, signed.stderr
