@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal
 
 import grpc
 import numpy as np
@@ -28,6 +29,10 @@ from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("edgecloud.agent.fleet")
+
+FleetState = Literal["connecting", "connected", "disconnected", "denied"]
+"""The agent's link to the fleet: ``denied`` when the gateway refuses its identity."""
+_REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
 def _refs(items) -> tuple[ArtifactRef, ...]:
@@ -123,8 +128,12 @@ class FleetClient:
         token: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         hard_examples: HardExampleSpool | None = None,
+        on_state: Callable[[FleetState], Awaitable[None]] | None = None,
     ) -> None:
         self._auth = call_metadata(token)
+        self._on_state = on_state
+        self.state: FleetState = "connecting"
+        """Where the link to the fleet stands (ready for fleet operations: ``connected``)."""
         self._hard_examples = hard_examples
         self.agent_id = agent_id
         self.labels = labels
@@ -174,6 +183,13 @@ class FleetClient:
         base = min(self._backoff_max_s, self._backoff_initial_s * (2 ** min(attempt, 16)))
         return float(base * self._rng.uniform(0.5, 1.5))
 
+    async def _set_state(self, state: FleetState) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        if self._on_state is not None:
+            await self._on_state(state)
+
     async def _watch_loop(self) -> None:
         assert self.manager is not None
         attempt = 0
@@ -181,10 +197,12 @@ class FleetClient:
             hello = pb.AgentHello(agent_id=self.agent_id, labels=self.labels,
                                   agent_version=__version__,
                                   known_generation=self.manager.applied_generation)
+            refused = None
             try:
                 async for message in self._stub.WatchAssignments(hello, metadata=self._auth):
                     attempt = 0
                     self.connected.set()
+                    await self._set_state("connected")
                     assignment = assignment_from(message)
                     outcomes = await self.manager.apply(assignment)
                     log.info("assignment_applied", generation=assignment.generation,
@@ -193,15 +211,31 @@ class FleetClient:
                 reason = "stream ended"
             except grpc.aio.AioRpcError as exc:
                 reason = f"{exc.code().name}: {exc.details()}"
+                if exc.code() in _REFUSED:
+                    refused = exc
             self.connected.clear()
-            delay = self._delay(attempt)
-            attempt += 1
-            log.info("fleet_reconnecting", reason=reason, delay_s=round(delay, 3))
+            if refused is not None:
+                # A refusal does not pass by itself: say so loudly, and ask again only as
+                # often as the longest backoff (the operator may fix the tokens meanwhile).
+                await self._set_state("denied")
+                delay = self._delay(64)
+                log.error("fleet_access_denied", agent_id=self.agent_id,
+                          code=refused.code().name, error=refused.details(),
+                          hint="the gateway refuses this agent: --token-file must hold the "
+                          "token of the agent id given with --agent-id; no model or policy "
+                          "updates until it is fixed", retry_s=round(delay, 1))
+            else:
+                await self._set_state("disconnected")
+                delay = self._delay(attempt)
+                attempt += 1
+                log.info("fleet_reconnecting", reason=reason, delay_s=round(delay, 3))
             await asyncio.sleep(delay)
 
     async def report(self) -> None:
         """Send one ReportStatus (outcomes not yet reported go with it)."""
         assert self.manager is not None
+        if self.state == "denied":
+            return  # refused for the same reason; the watch loop says why
         swaps = list(self.manager.outcomes)
         status = build_status(self.agent_id, self.labels, self._service, self.manager, swaps,
                               status_interval_s=self._status_interval_s)
