@@ -238,3 +238,37 @@ def test_operator_commands_print_no_json_log_lines(tmp_path, bad_files) -> None:
     assert verbose.returncode == 2
     assert "model_load_failed" in verbose.stderr
     assert not any(line.lstrip().startswith("{") for line in verbose.stderr.splitlines())
+
+
+def test_gateway_checks_every_setting_before_creating_anything(tmp_path) -> None:
+    """`gateway serve --config deploy/config/gateway.yaml` on a machine without its key and
+    tokens files exits 2 naming both files, and creates neither the data directory nor the
+    registry (the config's paths are pointed at a temporary folder)."""
+    import yaml
+
+    config = Path(__file__).resolve().parents[2] / "deploy" / "config" / "gateway.yaml"
+    settings = yaml.safe_load(config.read_text())
+    if Path(settings["trust_key"]).exists() or Path(settings["tokens_file"]).exists():
+        pytest.skip("this machine has the deployment's key files")
+    env = {**os.environ, "EDGECLOUD_GATEWAY_DATA_DIR": str(tmp_path / "data"),
+           "EDGECLOUD_GATEWAY_REGISTRY": str(tmp_path / "registry")}
+    result = subprocess.run(
+        [sys.executable, "-m", "edgecloud", "gateway", "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert settings["trust_key"] in result.stderr and settings["tokens_file"] in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "registry").exists()
+
+
+def test_gateway_reports_every_bad_file_at_once(tmp_path, bad_files) -> None:
+    """A gateway given a bad key, an unreadable tokens file, half a TLS pair and a bad model
+    names each problem in one message and creates no data directory."""
+    result = edgecloud(
+        "gateway", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
+        "--trust-key", str(bad_files["a_file"]), "--tokens-file", str(tmp_path / "none.yaml"),
+        "--tls-cert", str(bad_files["a_file"]), "--model", f"digits={bad_files['garbage']}")
+    assert result.returncode == 2, result.stderr
+    for fragment in ("not a PEM public key", "none.yaml", "TLS needs both", "garbage.onnx"):
+        assert fragment in result.stderr, (fragment, result.stderr)
+    assert not (tmp_path / "data").exists()
