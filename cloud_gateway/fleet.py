@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import structlog
 
-from edgecloud.cloud_gateway.registry import Envelope, Registry, Snapshot
+from edgecloud.cloud_gateway.registry import REPLICA_HEARTBEAT_S, Envelope, Registry, Snapshot
 from edgecloud.cloud_gateway.rollouts import AgentAssignment, assignment_for, cloud_versions
 from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.core.artifacts import smoke_test
@@ -26,9 +26,6 @@ from edgecloud.core.model import OnnxModel
 log = structlog.get_logger("edgecloud.gateway.fleet")
 
 SWAP_HISTORY = 10
-REPLICA_HEARTBEAT_S = 30.0
-"""How often a replica rewrites what it serves even when nothing changed (a reader takes
-an entry much older than this for a replica that is gone)."""
 """Swaps kept per agent in its stored status (newest last), failed ones included."""
 
 

@@ -47,6 +47,9 @@ from edgecloud.router import PolicyError, parse_policy
 RolloutState = Literal["none", "active", "paused", "halted", "promoted", "rolled_back"]
 Target = Literal["edge", "cloud"]
 TARGETS = ("edge", "cloud")
+REPLICA_HEARTBEAT_S = 30.0
+"""How often a gateway replica rewrites what it serves even when nothing changed; an entry
+much older than this belongs to a replica that stopped without saying so."""
 _AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 
 

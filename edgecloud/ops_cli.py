@@ -170,16 +170,24 @@ def _simple_action(action: str):
     return run
 
 
-def _served_by(info: dict, version: str, target: str) -> str:
-    """Replicas serving a cloud version (with the candidate's share of requests)."""
+def _served_by(info: dict, version: str, target: str, now: float) -> str:
+    """Replicas serving a cloud version (with the candidate's share of requests); a replica
+    silent for three heartbeats is marked, it may have stopped without saying so."""
+    from edgecloud.cloud_gateway.registry import REPLICA_HEARTBEAT_S
+
     if target != "cloud":
         return ""
     out = []
     for replica, serving in sorted((info.get("served_by") or {}).items()):
-        if serving.get("version") == version:
-            out.append(escape(replica))
-        elif serving.get("candidate") == version:
-            out.append(f"{escape(replica)} ({serving.get('percent', 0):g}%)")
+        text = escape(replica)
+        if serving.get("candidate") == version:
+            text += f" ({serving.get('percent', 0):g}%)"
+        elif serving.get("version") != version:
+            continue
+        updated = serving.get("updated")
+        if updated and now - float(updated) > 3 * REPLICA_HEARTBEAT_S:
+            text += f" [yellow](silent, {_ago(updated, now)})[/yellow]"
+        out.append(text)
     return ", ".join(out)
 
 
@@ -195,6 +203,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if not described:
         Console().print("no models: nothing has been published to this registry yet")
         return 0
+    now = time.time()
     table = Table(title="models", title_justify="left")
     for column in ("model", "version", "target", "size", "signed", "created", "role",
                    "served by"):
@@ -208,7 +217,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                     if v["version"] == rollout.get("candidate") else "")
             table.add_row(escape(name), escape(v["version"]), v["target"], f"{v['size']:,}",
                           "yes" if v["signed"] else "no", v["created"], role,
-                          _served_by(info, v["version"], v["target"]))
+                          _served_by(info, v["version"], v["target"], now))
     Console().print(table)
     return 0
 

@@ -427,3 +427,29 @@ async def test_publishing_unsigned_to_a_gateway_that_trusts_a_key(start_gateway,
     assert wrong.returncode == 2 and "does not verify" in wrong.stderr
     signed = await asyncio.to_thread(edgecloud, *publish, "--key", str(private))
     assert signed.returncode == 0, signed.stderr
+
+
+def test_models_list_marks_a_silent_replica(tmp_path: Path, digits_dir: Path) -> None:
+    """A replica whose record of what it serves has not been rewritten for several
+    heartbeats is shown as silent: it may have stopped without saying so."""
+    import os
+    import time
+
+    from fleet_helpers import publish_model
+
+    from edgecloud.cloud_gateway.registry import Registry
+
+    registry = tmp_path / "registry"
+    publish_model(registry, "digits", digits_dir / "cloud.onnx", "cloud", version="1")
+    reg = Registry(registry)
+    models = {"digits": {"version": "1", "candidate": None, "percent": 0.0}}
+    reg.write_replica_status("gw-live", {"replica": "gw-live", "updated": time.time(),
+                                         "models": models})
+    reg.write_replica_status("gw-gone", {"replica": "gw-gone", "updated": time.time() - 3600,
+                                         "models": models})
+    result = subprocess.run([sys.executable, "-m", "edgecloud", "models", "list",
+                             "--registry", str(registry)], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if "gw-live" in line)
+    assert "gw-gone (silent, 60m ago)" in line and "gw-live (silent" not in line
