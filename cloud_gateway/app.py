@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
 import structlog
 
 from edgecloud.cloud_gateway.batching import BatchingConfig
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.grpc import fleet_servicer
 from edgecloud.cloud_gateway.metrics import GatewayMetrics
-from edgecloud.cloud_gateway.registry import Registry, registry_path
+from edgecloud.cloud_gateway.registry import Registry, is_registry, registry_path
 from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.cloud_gateway.settings import GatewaySettings
 from edgecloud.core import v2_grpc
 from edgecloud.core.auth import AGENT, OPERATOR, AuthInterceptor, Tokens
 from edgecloud.core.errors import FailedPrecondition, InvalidInput
-from edgecloud.core.grpc_server import ServerOptions, create_server
+from edgecloud.core.grpc_server import ServerOptions, create_server, split_host_port
 from edgecloud.core.model import OnnxModel
 from edgecloud.core.process import ServingApp, run_until_signal
 from edgecloud.core.signing import load_public_key
@@ -22,6 +27,7 @@ from edgecloud.core.tensors import class_scores_output
 from edgecloud.core.tls import server_credentials
 
 log = structlog.get_logger("edgecloud.gateway")
+T = TypeVar("T")
 
 
 _AGENT_OR_OPERATOR = frozenset({AGENT, OPERATOR})
@@ -70,6 +76,66 @@ def _log_class_scores(model: OnnxModel, wanted: str | None) -> None:
              chosen_by="--scores-output" if wanted else "automatic")
 
 
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """What the settings name, read and checked before anything is created."""
+
+    registry_root: Path
+    trust_key: object
+    tokens: Tokens | None
+    credentials: object
+    models: tuple[OnnxModel, ...]
+
+
+def _check(s: GatewaySettings) -> _Checked:
+    """Read and check every file and address the settings name; InvalidInput lists every
+    problem found (one line each), before the gateway creates any folder."""
+    problems: list[str] = []
+
+    def attempt(what: Callable[[], T]) -> T | None:
+        try:
+            return what()
+        except InvalidInput as exc:
+            problems.append(exc.message)
+        except OSError as exc:
+            problems.append(f"{exc.filename}: {exc.strerror or exc}")
+        return None
+
+    registry_root = attempt(lambda: registry_path(s.registry) if s.registry
+                            else s.data_dir / "registry")
+    attempt(lambda: split_host_port(s.listen))
+    if s.metrics_listen:
+        attempt(lambda: split_host_port(s.metrics_listen))
+    for what, path in (("data_dir", s.data_dir), ("registry", registry_root)):
+        if path is not None and path.exists() and not path.is_dir():
+            problems.append(f"{what} {path} is a file, not a directory")
+    if (registry_root is not None and not is_registry(registry_root)
+            and is_registry(registry_root / "registry")):
+        problems.append(f"registry {registry_root} is a gateway data directory, not a "
+                        f"registry: use its registry, {registry_root / 'registry'}")
+    trust = attempt(lambda: load_public_key(s.trust_key)) if s.trust_key else None
+    tokens = attempt(lambda: Tokens.load(s.tokens_file)) if s.tokens_file else None
+    credentials = attempt(lambda: _credentials(s))
+    unknown = sorted(set(s.scores_outputs) - set(s.models))
+    if unknown:
+        problems.append(f"--scores-output names {', '.join(map(repr, unknown))}, which is not "
+                        "served with --model")
+    models = []
+    for name, path in s.models.items():
+        model = attempt(lambda name=name, path=path: OnnxModel.load(
+            path, name=name, version="1", intra_op_threads=s.onnx_threads))
+        if model is not None:
+            try:
+                _log_class_scores(model, s.scores_outputs.get(name))
+            except FailedPrecondition as exc:
+                problems.append(exc.message)
+            models.append(model)
+    if problems:
+        raise InvalidInput("the gateway cannot start:\n" + "\n".join(problems))
+    assert registry_root is not None
+    return _Checked(registry_root, trust, tokens, credentials, tuple(models))
+
+
 class GatewayApp(ServingApp):
     """One gateway process, startable in-process (tests) or from the CLI."""
 
@@ -82,13 +148,10 @@ class GatewayApp(ServingApp):
         self.hub: FleetHub | None = None
 
     async def start(self) -> int:
-        """Load models, start serving; returns the bound port."""
+        """Check every setting and file, then load models and start serving; returns the
+        bound port. Nothing is created on disk before all checks pass."""
         s = self.settings
-        unknown = sorted(set(s.scores_outputs) - set(s.models))
-        if unknown:
-            raise InvalidInput(f"--scores-output names {', '.join(map(repr, unknown))}, which "
-                               "is not served with --model")
-        registry_root = registry_path(s.registry) if s.registry else s.data_dir / "registry"
+        checked = _check(s)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         batching = BatchingConfig(
             max_batch_size=s.batching.max_batch_size,
@@ -99,17 +162,15 @@ class GatewayApp(ServingApp):
         service = GatewayService(batching, executor_threads=s.executor_threads,
                                  metrics=self.metrics)
         self.service = service
-        for name, path in s.models.items():
-            model = OnnxModel.load(path, name=name, version="1", intra_op_threads=s.onnx_threads)
-            _log_class_scores(model, s.scores_outputs.get(name))
+        for model in checked.models:
             service.add_model(model)
-        trust = load_public_key(s.trust_key) if s.trust_key else None
+        trust, tokens = checked.trust_key, checked.tokens
+        registry_root = checked.registry_root
         registry = Registry(registry_root, trust_key=trust)
         hub = FleetHub(registry, s.replica, service, poll_s=s.registry_poll_ms / 1000.0,
                        onnx_threads=s.onnx_threads)
         await hub.start()
         self.hub = hub
-        tokens = Tokens.load(s.tokens_file) if s.tokens_file else None
         if tokens is None:
             log.warning("gateway_open", detail="no --tokens-file: any caller may publish, "
                         "roll out and act as any agent")
@@ -121,7 +182,7 @@ class GatewayApp(ServingApp):
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20,
                           max_connection_age_s=s.max_connection_age_s),
             interceptors=[AuthInterceptor(tokens, gateway_roles)] if tokens else [],
-            credentials=_credentials(s),
+            credentials=checked.credentials,
         )
         self._serving(port, lifecycle, self.metrics.registry)
         log.info("gateway_ready", address=self.address, models=service.model_names(),

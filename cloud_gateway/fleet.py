@@ -2,8 +2,10 @@
 
 A watcher polls the shared registry's generation; on every change it takes
 a new snapshot, loads new cloud model versions (keeping the old one serving
-until the new one is loaded and warmed up), and wakes every agent stream so
-each gets its new assignment within a second.
+until the new one is loaded and warmed up; a candidate answers only its share
+of the requests), writes what the replica now serves into the registry (for
+``models list``), and wakes every agent stream so each gets its new
+assignment within a second.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import structlog
 
-from edgecloud.cloud_gateway.registry import Registry, Snapshot
+from edgecloud.cloud_gateway.registry import REPLICA_HEARTBEAT_S, Envelope, Registry, Snapshot
 from edgecloud.cloud_gateway.rollouts import AgentAssignment, assignment_for, cloud_versions
 from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.core.artifacts import smoke_test
@@ -22,6 +24,27 @@ from edgecloud.core.errors import EdgecloudError, Unavailable
 from edgecloud.core.model import OnnxModel
 
 log = structlog.get_logger("edgecloud.gateway.fleet")
+
+SWAP_HISTORY = 10
+"""Swaps kept per agent in its stored status (newest last), failed ones included."""
+
+
+def swap_history(previous: list[dict], reported: list[dict]) -> list[dict]:
+    """The last :data:`SWAP_HISTORY` swaps: the stored ones, then the newly reported.
+
+    A report whose acknowledgement was lost is sent again; its swaps are not counted twice.
+    """
+    def key(swap: dict) -> tuple:
+        return tuple(swap.get(k) for k in ("name", "version", "kind", "ok", "at"))
+
+    history = list(previous)
+    seen = {key(swap) for swap in history}
+    for swap in reported:
+        if key(swap) not in seen:
+            seen.add(key(swap))
+            history.append(swap)
+    history.sort(key=lambda swap: float(swap.get("at") or 0.0))
+    return history[-SWAP_HISTORY:]
 
 
 class FleetHub:
@@ -42,6 +65,10 @@ class FleetHub:
         self._closed = False
         self._connected: dict[str, int] = {}
         self._version = 0
+        self._loaded: dict[tuple[str, str, str], OnnxModel] = {}
+        """Cloud models loaded from the registry, by (name, version, digest)."""
+        self._failed: set[tuple[str, str, str]] = set()
+        self._reported_at = 0.0
 
     @property
     def snapshot(self) -> Snapshot:
@@ -62,6 +89,8 @@ class FleetHub:
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
+        if self._serving is not None:
+            await asyncio.to_thread(self.registry.remove_replica_status, self.replica)
         if self._changed is not None:
             async with self._changed:
                 self._changed.notify_all()
@@ -69,6 +98,7 @@ class FleetHub:
     async def _refresh(self) -> None:
         snapshot = await asyncio.to_thread(self.registry.snapshot)
         await self._load_cloud_models(snapshot)
+        await self._report_serving()
         self._snapshot = snapshot
         assert self._changed is not None
         async with self._changed:
@@ -83,28 +113,76 @@ class FleetHub:
                 generation = await asyncio.to_thread(self.registry.generation)
                 if self._snapshot is None or generation != self._snapshot.generation:
                     await self._refresh()
+                elif self._clock() - self._reported_at >= REPLICA_HEARTBEAT_S:
+                    await self._report_serving()
             except Exception:
                 log.exception("registry_watch_failed")
 
     async def _load_cloud_models(self, snapshot: Snapshot) -> None:
         if self._serving is None:
             return
-        for name, envelope in cloud_versions(snapshot).items():
-            manifest = envelope.manifest
-            if self._serving.served_version(name) == manifest.version:
-                continue
-            try:
-                path = self.registry.blob_path(manifest.digest)
-                model = await asyncio.to_thread(
-                    OnnxModel.load, path, name=name, version=manifest.version,
-                    intra_op_threads=self._onnx_threads,
-                )
-                await asyncio.to_thread(smoke_test, model, manifest, require_sample=False)
-            except EdgecloudError as exc:
-                log.error("cloud_model_load_failed", model=name, version=manifest.version,
-                          error=exc.message)
-                continue
-            self._serving.add_model(model)
+        wanted = cloud_versions(snapshot)
+        for name, serving in wanted.items():
+            stable = await self._load(serving.stable, candidate=False)
+            if stable is not None and self._serving_key(name) != _key(serving.stable):
+                self._serving.add_model(stable)
+            candidate = None
+            if serving.candidate is not None:
+                candidate = await self._load(serving.candidate, candidate=True)
+            if candidate is not None and name in self._serving.model_names():
+                self._serving.set_candidate(candidate, serving.percent)
+            else:
+                self._serving.drop_candidate(name)
+        keep = {_key(e) for s in wanted.values() for e in (s.stable, s.candidate) if e}
+        self._loaded = {k: m for k, m in self._loaded.items() if k in keep}
+
+    def _serving_key(self, name: str) -> tuple[str, str, str] | None:
+        """Identity of the stable version served now (None for a model given at start)."""
+        assert self._serving is not None
+        served = self._serving.served_model(name)
+        for key, model in self._loaded.items():
+            if model is served:
+                return key
+        return None
+
+    async def _load(self, envelope: Envelope, *, candidate: bool) -> OnnxModel | None:
+        """The loaded and smoke-tested model of a registry version; None when it fails (a
+        failing candidate counts against its rollout, as an agent's failed swap does)."""
+        key = _key(envelope)
+        if key in self._loaded:
+            return self._loaded[key]
+        if key in self._failed:
+            return None
+        manifest = envelope.manifest
+        try:
+            path = self.registry.blob_path(manifest.digest)
+            model = await asyncio.to_thread(
+                OnnxModel.load, path, name=manifest.name, version=manifest.version,
+                intra_op_threads=self._onnx_threads,
+            )
+            await asyncio.to_thread(smoke_test, model, manifest, require_sample=False)
+        except EdgecloudError as exc:
+            self._failed.add(key)
+            log.error("cloud_model_load_failed", model=manifest.name, version=manifest.version,
+                      error=exc.message)
+            if candidate:
+                await asyncio.to_thread(self.registry.record_swap_failure, manifest.name,
+                                        manifest.version, self.replica, exc.message, "cloud")
+            return None
+        self._loaded[key] = model
+        return model
+
+    async def _report_serving(self) -> None:
+        """Write what this replica serves into the registry, for ``models list``."""
+        if self._serving is None:
+            return
+        self._reported_at = self._clock()
+        status = {"replica": self.replica, "updated": self._reported_at,
+                  "models": self._serving.serving()}
+        try:
+            await asyncio.to_thread(self.registry.write_replica_status, self.replica, status)
+        except (OSError, EdgecloudError) as exc:
+            log.warning("replica_status_not_written", replica=self.replica, error=str(exc))
 
     async def watch(self, agent_id: str, labels: Mapping[str, str]) -> AsyncIterator[
             AgentAssignment]:
@@ -140,7 +218,10 @@ class FleetHub:
 
         In that order, so whoever reads a status sees its failures counted.
         """
-        status = {**status, "replica": self.replica, "last_seen": self._clock()}
+        previous = await asyncio.to_thread(self.registry.agent_status, status["agent_id"])
+        status = {**status, "replica": self.replica, "last_seen": self._clock(),
+                  "swap_history": swap_history((previous or {}).get("swap_history") or [],
+                                               status.get("swaps") or [])}
         for name, version, reason in failed_swaps:
             rollout = await asyncio.to_thread(self.registry.record_swap_failure, name, version,
                                               status["agent_id"], reason)
@@ -148,3 +229,8 @@ class FleetHub:
                 log.warning("rollout_halted", model=name, version=version,
                             failures=len(rollout.failures), stable=rollout.stable)
         await asyncio.to_thread(self.registry.write_agent_status, status["agent_id"], status)
+
+
+def _key(envelope: Envelope) -> tuple[str, str, str]:
+    m = envelope.manifest
+    return (m.name, m.version, m.digest)

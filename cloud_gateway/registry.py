@@ -9,7 +9,9 @@ Layout under the root::
     models/<name>/<target>/<version>.reserved  a version number handed to a publisher,
                                       held until it publishes that version
     policies/<name>/<version>.json    signed manifest envelope, immutable
-    rollouts/<name>.json              one rollout record per edge model
+    rollouts/<name>.json              one rollout record per edge model (what agents run)
+    rollouts/cloud/<name>.json        one rollout record per cloud model (what replicas serve)
+    replicas/<replica>.json           what each gateway replica serves, rewritten as it changes
     agents/<agent id>.json            last status each agent reported
     generation                        bumped on every change; replicas watch it
     .lock                             serialises writers (flock)
@@ -30,7 +32,7 @@ import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +45,11 @@ from edgecloud.core.signing import verify
 from edgecloud.router import Policy, PolicyError, parse_policy
 
 RolloutState = Literal["none", "active", "paused", "halted", "promoted", "rolled_back"]
+Target = Literal["edge", "cloud"]
+TARGETS = ("edge", "cloud")
+REPLICA_HEARTBEAT_S = 30.0
+"""How often a gateway replica rewrites what it serves even when nothing changed; an entry
+much older than this belongs to a replica that stopped without saying so."""
 _AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 
 
@@ -52,12 +59,17 @@ class Rollout(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
+    target: Target = "edge"
+    """``edge``: versions agents run. ``cloud``: versions the gateway replicas serve."""
     stable: str | None = None
-    """Version every agent runs unless the rollout picks it for the candidate."""
+    """Version every agent runs (edge), or every replica serves (cloud), unless the rollout
+    picks the candidate."""
     candidate: str | None = None
-    """Version being rolled out, if any."""
+    """Version being rolled out, if any. A new cloud version is the candidate (at 0%) until
+    it is promoted."""
     percent: float = Field(0.0, ge=0.0, le=100.0)
-    """Share of matching agents (by a stable hash of their id) that get the candidate."""
+    """Edge: share of matching agents (by a stable hash of their id) that get the
+    candidate. Cloud: share of requests the replicas answer with the candidate."""
     selector: dict[str, str] = Field(default_factory=dict)
     """Labels an agent must have to be considered for the candidate."""
     max_failures: int = Field(3, ge=1)
@@ -66,7 +78,7 @@ class Rollout(BaseModel):
     pinned: dict[str, str] = Field(default_factory=dict)
     """Agent id -> version, overriding everything else."""
     failures: dict[str, str] = Field(default_factory=dict)
-    """Agent id -> why its swap to the candidate failed."""
+    """Agent id (cloud: replica) -> why its swap to the candidate failed."""
     history: list[str] = Field(default_factory=list)
     """What happened, newest last."""
     updated: str = ""
@@ -92,6 +104,9 @@ class Snapshot:
     """Cloud models: name -> version -> envelope (oldest first)."""
     policies: dict[str, dict[str, Envelope]]
     rollouts: dict[str, Rollout]
+    """Edge rollouts by model name."""
+    cloud_rollouts: dict[str, Rollout] = field(default_factory=dict)
+    """Cloud rollouts by model name."""
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -137,7 +152,8 @@ class Registry:
                                    f"use its registry, {inner}")
             if not create:
                 raise NotFound(f"{self.root} holds no registry (nothing was published there)")
-        for sub in ("blobs/sha256", "blobs/tmp", "models", "policies", "rollouts", "agents"):
+        for sub in ("blobs/sha256", "blobs/tmp", "models", "policies", "rollouts", "agents",
+                    "replicas"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock_path = self.root / ".lock"
         self._lock_path.touch(exist_ok=True)
@@ -208,8 +224,15 @@ class Registry:
     # -- publishing ---------------------------------------------------------------
 
     def _check_signature(self, manifest_bytes: bytes, signature: bytes) -> None:
-        if self.trust_key is not None and not verify(self.trust_key, manifest_bytes, signature):
-            raise PermissionDenied("manifest signature does not verify with the trusted key")
+        if self.trust_key is None:
+            return
+        if not signature:
+            raise PermissionDenied("a signature is required: this gateway trusts only "
+                                   "publications signed with the operator's key; publish "
+                                   "with --key FILE (the private key)")
+        if not verify(self.trust_key, manifest_bytes, signature):
+            raise PermissionDenied("manifest signature does not verify with the trusted key: "
+                                   "was it signed with the operator's private key?")
 
     def _envelope_path(self, kind: str, name: str, version: str, target: str = "") -> Path:
         if kind == "model":
@@ -267,14 +290,27 @@ class Registry:
                     f"model {manifest.name} version {manifest.version} already exists"
                 )
             _atomic_write(path, _envelope_bytes(manifest_bytes, signature))
-            rollout = self.rollout(manifest.name) or Rollout(name=manifest.name)
-            if manifest.target == "edge" and (rollout.stable is None or promote):
+            rollout = (self.rollout(manifest.name, manifest.target)
+                       or Rollout(name=manifest.name, target=manifest.target))
+            if rollout.stable is None or promote:
                 rollout.stable = manifest.version
                 rollout.candidate = None
                 rollout.percent = 0.0
                 rollout.failures = {}
                 rollout.state = "promoted" if promote else "none"
                 rollout.history.append(f"{now_iso()} stable {manifest.version} (publish)")
+                self._write_rollout(rollout)
+            elif manifest.target == "cloud":
+                # Not served until promoted (or given a share of the requests).
+                if rollout.candidate is not None and rollout.percent > 0:
+                    rollout.history.append(f"{now_iso()} candidate {rollout.candidate} at "
+                                           f"{rollout.percent:g}% replaced")
+                rollout.candidate = manifest.version
+                rollout.percent = 0.0
+                rollout.failures = {}
+                rollout.state = "active"
+                rollout.history.append(f"{now_iso()} candidate {manifest.version} at 0% "
+                                       "(publish)")
                 self._write_rollout(rollout)
             generation = self._bump()
         return manifest, generation
@@ -381,9 +417,14 @@ class Registry:
             base.joinpath(f"{version}.reserved").touch()
         return version
 
-    def rollout(self, name: str) -> Rollout | None:
-        """The model's rollout record, if it has one."""
-        path = self.root / "rollouts" / f"{name}.json"
+    def _rollout_path(self, name: str, target: str) -> Path:
+        if target == "cloud":
+            return self.root / "rollouts" / "cloud" / f"{name}.json"
+        return self.root / "rollouts" / f"{name}.json"
+
+    def rollout(self, name: str, target: str = "edge") -> Rollout | None:
+        """The model's rollout record for ``target``, if it has one."""
+        path = self._rollout_path(name, target)
         try:
             return Rollout.model_validate_json(path.read_bytes())
         except FileNotFoundError:
@@ -394,7 +435,7 @@ class Registry:
     def _write_rollout(self, rollout: Rollout) -> None:
         rollout.updated = now_iso()
         rollout.history = rollout.history[-50:]
-        _atomic_write(self.root / "rollouts" / f"{rollout.name}.json",
+        _atomic_write(self._rollout_path(rollout.name, rollout.target),
                       rollout.model_dump_json(indent=2).encode())
 
     def snapshot(self) -> Snapshot:
@@ -408,19 +449,37 @@ class Registry:
             record = self.rollout(name)
             if record is not None:
                 rollouts[name] = record
-        return Snapshot(generation, models, cloud, policies, rollouts)
+        cloud_rollouts = {}
+        for name in cloud:
+            record = self.rollout(name, "cloud")
+            if record is not None:
+                cloud_rollouts[name] = record
+        return Snapshot(generation, models, cloud, policies, rollouts, cloud_rollouts)
 
     # -- rollouts -----------------------------------------------------------------------
 
     def set_rollout(self, action: str, name: str, *, version: str = "", percent: float = 0.0,
                     selector: dict[str, str] | None = None, max_failures: int = 0,
-                    agent_id: str = "") -> tuple[Rollout, int]:
-        """Apply an operator action to a model's rollout; returns it and the generation."""
-        versions = self.model_versions(name)
+                    agent_id: str = "", target: str = "edge") -> tuple[Rollout, int]:
+        """Apply an operator action to a model's rollout; returns it and the generation.
+
+        ``target`` ``edge`` acts on the versions agents run, ``cloud`` on the versions the
+        gateway replicas serve (``percent`` is then a share of requests; no selector, no
+        pins).
+        """
+        target = target or "edge"
+        if target not in TARGETS:
+            raise InvalidInput(f"target must be 'edge' or 'cloud' (got {target!r})")
+        versions = self.model_versions(name, target)
         if not versions:
-            raise NotFound(f"model {name!r} has no published edge versions")
+            raise NotFound(f"model {name!r} has no published {target} versions")
+        if target == "cloud" and selector:
+            raise InvalidInput("a cloud rollout shares requests, not agents: it takes no "
+                               "selector")
+        if target == "cloud" and action in ("pin", "unpin"):
+            raise InvalidInput("agents are pinned to edge versions only")
         with self._locked():
-            rollout = self.rollout(name) or Rollout(name=name)
+            rollout = self.rollout(name, target) or Rollout(name=name, target=target)
             stamp = now_iso()
             if action == "start":
                 if version not in versions:
@@ -472,10 +531,11 @@ class Registry:
         return rollout, generation
 
     def record_swap_failure(self, name: str, version: str, agent_id: str,
-                            reason: str) -> Rollout | None:
-        """Count a failed swap to a candidate; halts the rollout past its limit."""
+                            reason: str, target: str = "edge") -> Rollout | None:
+        """Count a failed swap to a candidate (by an agent, or for ``cloud`` a replica that
+        could not load it); halts the rollout past its limit."""
         with self._locked():
-            rollout = self.rollout(name)
+            rollout = self.rollout(name, target)
             if rollout is None or rollout.candidate != version or rollout.state not in (
                 "active", "paused"
             ):
@@ -529,6 +589,17 @@ class Registry:
         _atomic_write(self.root / "agents" / f"{agent_id}.json",
                       json.dumps(status, sort_keys=True).encode())
 
+    def agent_status(self, agent_id: str) -> dict | None:
+        """The agent's last report, or None."""
+        if not _AGENT_ID_RE.match(agent_id or ""):
+            raise InvalidInput(f"agent id {agent_id!r} is not valid")
+        try:
+            return json.loads((self.root / "agents" / f"{agent_id}.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError):
+            return None
+
     def agent_statuses(self) -> list[dict]:
         """Every agent's last report, by agent id."""
         out = []
@@ -539,14 +610,40 @@ class Registry:
                 continue
         return out
 
+    # -- replicas ---------------------------------------------------------------------------
+
+    def write_replica_status(self, replica: str, status: dict) -> None:
+        """Keep what a gateway replica serves where every replica and operator can read it."""
+        if not _AGENT_ID_RE.match(replica or ""):
+            raise InvalidInput(f"replica name {replica!r} is not valid")
+        _atomic_write(self.root / "replicas" / f"{replica}.json",
+                      json.dumps(status, sort_keys=True).encode())
+
+    def remove_replica_status(self, replica: str) -> None:
+        """Forget a replica that stopped."""
+        if _AGENT_ID_RE.match(replica or ""):
+            (self.root / "replicas" / f"{replica}.json").unlink(missing_ok=True)
+
+    def replica_statuses(self) -> list[dict]:
+        """What every replica last said it serves, by replica name."""
+        out = []
+        for path in sorted((self.root / "replicas").glob("*.json")):
+            try:
+                out.append(json.loads(path.read_bytes()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        return out
+
     def describe(self, name: str = "") -> dict:
-        """Models, versions and rollouts as plain data (for listing)."""
+        """Models, versions, rollouts and what each replica serves, as plain data."""
         names = [name] if name else sorted({*self.model_names(), *self.model_names("cloud")})
         if name and not (self.model_versions(name) or self.model_versions(name, "cloud")):
             raise NotFound(f"model {name!r} has no published versions")
+        replicas = self.replica_statuses()
         out = {}
         for n in names:
             record = self.rollout(n)
+            cloud_record = self.rollout(n, "cloud")
             out[n] = {
                 "versions": [
                     {**e.manifest.model_dump(
@@ -556,6 +653,9 @@ class Registry:
                     for e in self.model_versions(n, target).values()
                 ],
                 "rollout": record.model_dump(mode="json") if record else None,
+                "cloud_rollout": cloud_record.model_dump(mode="json") if cloud_record else None,
+                "served_by": {r["replica"]: {**r["models"][n], "updated": r.get("updated")}
+                              for r in replicas if n in (r.get("models") or {})},
             }
         return out
 

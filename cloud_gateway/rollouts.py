@@ -1,8 +1,8 @@
-"""Which versions an agent should run: a pure function of the registry.
+"""Which versions an agent should run, and a replica serve: pure functions of the registry.
 
 Every replica computes the same answer from the same snapshot, the agent's
 labels and a stable hash of its id, so an agent gets the same assignment
-whichever replica it lands on.
+whichever replica it lands on, and every replica serves the same cloud versions.
 """
 
 from __future__ import annotations
@@ -71,7 +71,36 @@ def assignment_for(snapshot: Snapshot, agent_id: str,
     return AgentAssignment(snapshot.generation, tuple(models), tuple(policies))
 
 
-def cloud_versions(snapshot: Snapshot) -> dict[str, Envelope]:
-    """The version of each cloud model the gateway should serve: the newest published."""
-    return {name: list(versions.values())[-1]
-            for name, versions in snapshot.cloud_models.items() if versions}
+@dataclass(frozen=True, slots=True)
+class CloudServing:
+    """What every replica should serve for one cloud model."""
+
+    stable: Envelope
+    candidate: Envelope | None = None
+    """Served for ``percent`` of the requests that name no version; None when none."""
+    percent: float = 0.0
+
+
+def cloud_versions(snapshot: Snapshot) -> dict[str, CloudServing]:
+    """Per cloud model, the stable version and the candidate that shares the requests.
+
+    A candidate gets requests only while its rollout is active or paused with a share
+    above 0; a published version that was never promoted or rolled out serves nothing.
+    A model without a rollout record (a registry older than cloud rollouts) serves its
+    newest version.
+    """
+    out = {}
+    for name, versions in snapshot.cloud_models.items():
+        if not versions:
+            continue
+        rollout = snapshot.cloud_rollouts.get(name)
+        if rollout is None or rollout.stable not in versions:
+            out[name] = CloudServing(list(versions.values())[-1])
+            continue
+        candidate = None
+        if (rollout.candidate in versions and rollout.state in ("active", "paused")
+                and rollout.percent > 0):
+            candidate = versions[rollout.candidate]
+        out[name] = CloudServing(versions[rollout.stable], candidate,
+                                 rollout.percent if candidate is not None else 0.0)
+    return out

@@ -7,6 +7,7 @@ Transports (the v2 gRPC servicer) convert requests and await
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -65,12 +66,16 @@ class GatewayService:
         executor_threads: int = 4,
         metrics: GatewayMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self._batching = batching
         self._executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="onnx")
         self._metrics = metrics
         self._clock = clock
+        self._rng = rng or random.Random()
         self._models: dict[str, _Served] = {}
+        self._candidates: dict[str, tuple[_Served, float]] = {}
+        """Name -> candidate version and the percentage of requests it answers."""
         self._retiring: set[asyncio.Task] = set()
         self._ready = False
 
@@ -79,8 +84,7 @@ class GatewayService:
         """The clock deadlines passed to :meth:`infer` are measured on."""
         return self._clock
 
-    def add_model(self, model: OnnxModel) -> None:
-        """Serve ``model`` under its name; replaces a previous version once it is loaded."""
+    def _serve(self, model: OnnxModel) -> _Served:
         batcher = None
         if _batchable(model):
             batcher = DynamicBatcher(
@@ -91,15 +95,61 @@ class GatewayService:
                 on_batch=self._metrics.batch_observer(model.name) if self._metrics else None,
             )
             batcher.start()
-        old = self._models.get(model.name)
-        self._models[model.name] = _Served(model, batcher, self._executor)
-        log.info("model_serving", model=model.name, version=model.version,
-                 batched=batcher is not None)
+        return _Served(model, batcher, self._executor)
+
+    def _retire(self, old: _Served | None) -> None:
         if old is not None and old.batcher is not None:
             # The old version finishes what it has queued, then stops.
             task = asyncio.get_running_loop().create_task(old.batcher.aclose())
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
+
+    def add_model(self, model: OnnxModel) -> None:
+        """Serve ``model`` under its name; replaces a previous version once it is loaded.
+
+        Promoting the candidate (the same model object) keeps its batcher.
+        """
+        candidate = self._candidates.get(model.name)
+        if candidate is not None and candidate[0].model is model:
+            served = self._candidates.pop(model.name)[0]
+        else:
+            served = self._serve(model)
+        old = self._models.get(model.name)
+        self._models[model.name] = served
+        log.info("model_serving", model=model.name, version=model.version,
+                 batched=served.batcher is not None)
+        self._retire(old)
+
+    def set_candidate(self, model: OnnxModel, percent: float) -> None:
+        """Answer ``percent`` of the requests for ``model.name`` (that name no version) with
+        ``model``; the stable version answers the rest."""
+        if model.name not in self._models:
+            raise NotFound(f"model {model.name!r} has no stable version to share requests with")
+        old = self._candidates.get(model.name)
+        if old is not None and old[0].model is model:
+            self._candidates[model.name] = (old[0], percent)
+            return
+        self._candidates[model.name] = (self._serve(model), percent)
+        log.info("candidate_serving", model=model.name, version=model.version, percent=percent)
+        if old is not None:
+            self._retire(old[0])
+
+    def drop_candidate(self, name: str) -> None:
+        """Stop answering requests with the candidate of ``name`` (if any)."""
+        old = self._candidates.pop(name, None)
+        if old is not None:
+            log.info("candidate_dropped", model=name, version=old[0].model.version)
+            self._retire(old[0])
+
+    def serving(self) -> dict[str, dict]:
+        """Per model: the stable version, and the candidate with its share of requests."""
+        out = {}
+        for name, served in sorted(self._models.items()):
+            candidate = self._candidates.get(name)
+            out[name] = {"version": served.model.version,
+                         "candidate": candidate[0].model.version if candidate else None,
+                         "percent": candidate[1] if candidate else 0.0}
+        return out
 
     def set_ready(self, ready: bool) -> None:
         """Readiness as reported by ServerReady (false while draining)."""
@@ -119,11 +169,27 @@ class GatewayService:
         if served is None:
             raise NotFound(f"model {name!r} is not served here")
         if version and version != served.model.version:
+            candidate = self._candidates.get(name)
+            if candidate is not None and candidate[0].model.version == version:
+                return candidate[0]
             raise NotFound(
                 f"model {name!r} version {version!r} is not served here "
                 f"(serving {served.model.version!r})"
             )
         return served
+
+    def _pick(self, name: str, version: str) -> _Served:
+        """The version that answers a request: as asked, else the candidate for its share."""
+        if not version:
+            candidate = self._candidates.get(name)
+            if candidate is not None and self._rng.random() * 100.0 < candidate[1]:
+                return candidate[0]
+        return self._served(name, version)
+
+    def served_model(self, name: str) -> OnnxModel | None:
+        """The stable model serving ``name``, or None."""
+        served = self._models.get(name)
+        return served.model if served is not None else None
 
     def served_version(self, name: str) -> str | None:
         """Version of ``name`` being served, or None."""
@@ -145,9 +211,15 @@ class GatewayService:
 
     def metadata(self, name: str, version: str = "") -> ModelInfo:
         """Signature of a served model."""
-        model = self._served(name, version).model
-        return ModelInfo(model.name, (model.version,), model.platform, model.inputs,
-                         model.outputs)
+        served = self._served(name, version)
+        model = served.model
+        candidate = self._candidates.get(name)
+        versions = (model.version,)
+        if not version and candidate is not None:
+            versions += (candidate[0].model.version,)
+        return ModelInfo(model.name, versions, model.platform, model.inputs,
+                         model.outputs,
+                         self._batching.max_batch_size if served.batcher is not None else 0)
 
     async def infer(
         self, request: InferRequest, time_left_s: float | None = None, request_id: str = ""
@@ -161,7 +233,7 @@ class GatewayService:
         deadline = None if time_left_s is None else self._clock() + time_left_s
         if not self._ready:
             raise Unavailable("gateway is not ready (starting or draining)")
-        served = self._served(request.model_name, request.model_version)
+        served = self._pick(request.model_name, request.model_version)
         model = served.model
         inputs = model.validate_inputs(request.inputs)
         wanted = requested_outputs(request.requested_outputs,
@@ -181,7 +253,7 @@ class GatewayService:
     async def aclose(self) -> None:
         """Stop every batcher and the worker threads."""
         await asyncio.gather(*self._retiring, return_exceptions=True)
-        for served in self._models.values():
+        for served in [*self._models.values(), *(c for c, _ in self._candidates.values())]:
             if served.batcher is not None:
                 await served.batcher.aclose()
         self._executor.shutdown(wait=True, cancel_futures=True)

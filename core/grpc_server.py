@@ -64,6 +64,14 @@ class ServerLifecycle:
         self.server = server
         self.health = health_servicer
         self.services = tuple(services)
+        self._components: set[str] = set()
+
+    async def set_component(self, name: str, serving: bool) -> None:
+        """Report a part of the process other than a served service (e.g. the agent's link
+        to the fleet) as SERVING or NOT_SERVING under its own health-check name."""
+        self._components.add(name)
+        await self.health.set(name, health_pb2.HealthCheckResponse.SERVING if serving
+                              else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def set_serving(self, serving: bool) -> None:
         """Report SERVING or NOT_SERVING for the server and each service."""
@@ -78,6 +86,8 @@ class ServerLifecycle:
     async def drain(self, grace_s: float) -> None:
         """Not ready, let in-flight RPCs finish (up to ``grace_s``), stop."""
         await self.set_serving(False)
+        for name in self._components:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_s)
 
 

@@ -28,8 +28,9 @@ def serve_metrics(address: str, registry: CollectorRegistry):
     return server
 
 
-async def wait_for_stop_signal() -> str:
-    """Wait for SIGTERM or SIGINT inside the running loop; returns its name."""
+def catch_stop_signals() -> asyncio.Future[str]:
+    """From now on, SIGTERM and SIGINT resolve the returned future (with the signal's name)
+    instead of killing the process; :func:`release_stop_signals` undoes it."""
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[str] = loop.create_future()
 
@@ -39,11 +40,14 @@ async def wait_for_stop_signal() -> str:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        return await stopped
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    return stopped
+
+
+def release_stop_signals() -> None:
+    """Give SIGTERM and SIGINT back their default handling."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
 
 
 class ServingApp:
@@ -106,10 +110,16 @@ class ServingApp:
 
 
 async def run_until_signal(app: ServingApp) -> None:
-    """Start ``app``, serve until SIGTERM or SIGINT, then drain."""
+    """Start ``app``, serve until SIGTERM or SIGINT, then drain.
+
+    The signals are caught before the app starts: a supervisor that stops the process as
+    soon as it is ready (its port file written) gets a drain, not a kill.
+    """
+    stopped = catch_stop_signals()
     try:
         await app.start()
-        signal_name = await wait_for_stop_signal()
+        signal_name = await stopped  # one that came while starting is answered at once
         log.info(f"{app.kind}_draining", signal=signal_name)
     finally:
+        release_stop_signals()
         await app.stop()

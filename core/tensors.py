@@ -114,6 +114,8 @@ class ModelInfo:
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 0
+    """Most rows the server batches into one run (ModelConfig); 0 when it does not batch."""
 
 
 def requested_outputs(requested: Sequence[str], available: Sequence[str],

@@ -53,6 +53,32 @@ def _tensor_metadata(specs) -> list[pb.ModelMetadataResponse.TensorMetadata]:
     ]
 
 
+_CONFIG_TYPES = {
+    "BOOL": pb.TYPE_BOOL, "UINT8": pb.TYPE_UINT8, "UINT16": pb.TYPE_UINT16,
+    "UINT32": pb.TYPE_UINT32, "UINT64": pb.TYPE_UINT64, "INT8": pb.TYPE_INT8,
+    "INT16": pb.TYPE_INT16, "INT32": pb.TYPE_INT32, "INT64": pb.TYPE_INT64,
+    "FP16": pb.TYPE_FP16, "FP32": pb.TYPE_FP32, "FP64": pb.TYPE_FP64,
+    "BYTES": pb.TYPE_STRING, "BF16": pb.TYPE_BF16,
+}
+"""v2 datatype -> Triton's model-configuration data type."""
+
+
+def model_config(info: ModelInfo) -> pb.ModelConfig:
+    """What Triton's ModelConfig answers for a model: with a max batch size, the
+    dimensions leave out the batch dimension."""
+    skip = 1 if info.max_batch_size > 0 else 0
+    return pb.ModelConfig(
+        name=info.name,
+        platform=info.platform,
+        backend="onnxruntime",
+        max_batch_size=info.max_batch_size,
+        input=[pb.ModelInput(name=s.name, data_type=_CONFIG_TYPES.get(s.datatype, 0),
+                             dims=s.shape[skip:]) for s in info.inputs],
+        output=[pb.ModelOutput(name=s.name, data_type=_CONFIG_TYPES.get(s.datatype, 0),
+                               dims=s.shape[skip:]) for s in info.outputs],
+    )
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """v2 ``inference.GRPCInferenceService`` over a :class:`DataPlane`."""
 
@@ -88,6 +114,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             inputs=_tensor_metadata(info.inputs),
             outputs=_tensor_metadata(info.outputs),
         )
+
+    @rpc_boundary
+    async def ModelConfig(self, request, context):
+        info = self._plane.metadata(request.name, request.version)
+        return pb.ModelConfigResponse(config=model_config(info))
 
     @rpc_boundary
     async def ModelInfer(self, request, context, request_id: str):

@@ -28,6 +28,10 @@ from edgecloud.edge_agent.tasks import load_tasks
 
 log = structlog.get_logger("edgecloud.agent")
 
+FLEET_HEALTH = "edgecloud.fleet"
+"""Health-check name of the agent's link to the fleet: SERVING while its assignment stream
+is open, NOT_SERVING while it connects or the gateway refuses it."""
+
 
 def gateway_credentials(settings: AgentSettings):
     """TLS credentials for the gateway link, or None for plaintext."""
@@ -101,7 +105,8 @@ class AgentApp(ServingApp):
                                 status_interval_s=s.status_interval_s,
                                 backoff_max_s=s.reconnect_max_s,
                                 token=read_token(s.token_file),
-                                credentials=gateway_credentials(s))
+                                credentials=gateway_credentials(s),
+                                on_state=self._fleet_state)
         self.manager = ModelManager(service, ArtifactStore(s.data_dir / "store"), fleet,
                                     trust_key=trust, onnx_threads=s.onnx_threads)
         await self.manager.restore(skip=set(s.models))
@@ -117,6 +122,7 @@ class AgentApp(ServingApp):
         )
         self._serving(port, lifecycle, self.metrics.registry)
         if fleet is not None:
+            await lifecycle.set_component(FLEET_HEALTH, False)
             fleet.start(self.manager)
             self.fleet = fleet
         self.policy_watcher = PolicyWatcher(service, list(s.policies),
@@ -126,6 +132,10 @@ class AgentApp(ServingApp):
         log.info("agent_ready", address=self.address, agent_id=s.agent_id,
                  tasks=service.task_names(), gateway=s.gateway)
         return port
+
+    async def _fleet_state(self, state: str) -> None:
+        if self._lifecycle is not None:
+            await self._lifecycle.set_component(FLEET_HEALTH, state == "connected")
 
     async def _close_background(self) -> None:
         if self.policy_watcher is not None:

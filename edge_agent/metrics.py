@@ -85,6 +85,8 @@ class AgentMetrics:
         self.latency: dict[str, _Histogram] = {}
         self.rtt: dict[str, _Histogram] = {}
         self.cloud_failures: dict[tuple[str, str], int] = {}
+        self.fallback_rows: dict[tuple[str, str], int] = {}
+        """Per (task, error kind), rows answered at the edge because their escalation failed."""
         self.shadow_rows: dict[str, int] = {}
         self.shadow_agree: dict[str, int] = {}
         self.cloud_problems: dict[str, str] = {}
@@ -139,9 +141,15 @@ class AgentMetrics:
             histogram = self.rtt[task] = _Histogram()
         histogram.observe(seconds)
 
-    def cloud_failure(self, task: str, kind: str) -> None:
-        """Count a failed escalation."""
+    def cloud_failure(self, task: str, kind: str, rows: int = 0) -> None:
+        """Count a failed escalation of ``rows`` rows (they fall back to the edge)."""
         self.cloud_failures[(task, kind)] = self.cloud_failures.get((task, kind), 0) + 1
+        if rows:
+            self.fallback_rows[(task, kind)] = self.fallback_rows.get((task, kind), 0) + rows
+
+    def fallbacks_by_reason(self, task: str) -> dict[str, int]:
+        """Rows of ``task`` that fell back to the edge, by the error kind of the escalation."""
+        return {kind: n for (t, kind), n in sorted(self.fallback_rows.items()) if t == task}
 
     def cloud_refused(self, task: str, problem: str | None) -> None:
         """Record that ``task``'s escalation is refused for ``problem``, or no longer (None)."""

@@ -229,12 +229,8 @@ class ModelManager:
     async def _apply_task(self, name: str, model_ref: ArtifactRef | None,
                           policy_ref: ArtifactRef | None) -> list[SwapOutcome]:
         current = self._current(name)
-        want_model = model_ref is not None and (
-            current is None or current.model_digest != model_ref.digest
-        )
-        want_policy = policy_ref is not None and (
-            current is None or current.policy_digest != policy_ref.digest
-        )
+        want_model = model_ref is not None and not self._runs(name, "model", model_ref)
+        want_policy = policy_ref is not None and not self._runs(name, "policy", policy_ref)
         if model_ref is not None and self._failed_before(model_ref):
             want_model = False
         if policy_ref is not None and self._failed_before(policy_ref):
@@ -275,13 +271,15 @@ class ModelManager:
                     self.service.bind(model, active_policy)
                 except FailedPrecondition as exc:
                     raise SwapFailed(exc.message) from None
+                # Written before the swap: once the new version serves, a restart (even
+                # one that cuts this coroutine short) comes back on it.
+                await self._remember(name, model_ref,
+                                     policy_ref if policy is not None else None)
                 self.service.install(
                     model, active_policy, model_digest=model_ref.digest,
                     policy_digest=(policy_ref.digest if policy is not None and policy_ref
                                    else current.policy_digest if current else ""),
                 )
-                await self._remember(name, model_ref,
-                                     policy_ref if policy is not None else None)
                 outcomes.append(self._ok(model_ref, "model"))
                 if policy is not None and policy_ref is not None:
                     outcomes.append(self._ok(policy_ref, "policy"))
@@ -296,14 +294,43 @@ class ModelManager:
                 self.waiting[name] = Waiting("", policy_ref.version, "model")
                 return outcomes
             try:
-                self.service.install(current.model, policy, model_digest=current.model_digest,
-                                     policy_digest=policy_ref.digest)
+                self.service.bind(current.model, policy)
             except FailedPrecondition as exc:
                 outcomes.append(self._fail(policy_ref, "policy", exc.message))
                 return outcomes
-            await self._remember(name, None, policy_ref)
+            await self._remember(name, None, policy_ref)  # before the swap, as for a model
+            self.service.install(current.model, policy, model_digest=current.model_digest,
+                                 policy_digest=policy_ref.digest)
             outcomes.append(self._ok(policy_ref, "policy"))
         return outcomes
+
+    def _runs(self, name: str, kind: str, ref: ArtifactRef) -> bool:
+        """True when the task already runs exactly ``ref``: same bytes *and* same version.
+
+        Versions are identities: the same bytes published again as a new version are
+        applied (reloaded and reported under the new version), not skipped.
+        """
+        current = self._current(name)
+        if current is None:
+            return False
+        digest = current.model_digest if kind == "model" else current.policy_digest
+        if digest != ref.digest:
+            return False
+        recorded = self._state.get("tasks", {}).get(name, {}).get(kind)
+        if recorded is not None and recorded.get("digest") == ref.digest:
+            version = recorded.get("version")
+        else:  # served from a local file given at start: its own version
+            version = current.model.version if kind == "model" else current.policy.version
+        return version == ref.version
+
+    def running_version(self, name: str, kind: str) -> str | None:
+        """The fleet version the task runs (as assigned), when it came from the fleet."""
+        current = self._current(name)
+        recorded = self._state.get("tasks", {}).get(name, {}).get(kind)
+        if current is None or recorded is None:
+            return None
+        digest = current.model_digest if kind == "model" else current.policy_digest
+        return recorded.get("version") if recorded.get("digest") == digest else None
 
     def _failed_before(self, ref: ArtifactRef) -> bool:
         return (ref.name, ref.version, ref.digest) in self._failed
@@ -347,10 +374,13 @@ class ModelManager:
             manifest = parse_manifest(ref.manifest)
         except InvalidInput as exc:
             raise SwapFailed(exc.message) from None
+        if self.trust_key is not None and not ref.signature:
+            raise SwapFailed("missing signature: this agent loads only artifacts signed "
+                             "with the trusted operator key")
         if self.trust_key is not None and not verify(self.trust_key, ref.manifest,
                                                      ref.signature):
-            raise SwapFailed("bad or missing signature: the manifest is not signed by the "
-                             "trusted operator key")
+            raise SwapFailed("bad signature: the manifest is not signed by the trusted "
+                             "operator key")
         if manifest.kind != kind:
             raise SwapFailed(f"manifest is for a {manifest.kind}, expected a {kind}")
         if (manifest.name, manifest.version, manifest.digest, manifest.size) != (

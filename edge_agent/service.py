@@ -573,7 +573,7 @@ class EdgeService:
         except EdgecloudError as exc:
             if isinstance(exc, FailedPrecondition):  # the gateway's model changed: look again
                 self._request_cloud_check(task)
-            self._metrics.cloud_failure(task.name, exc.kind.value)
+            self._metrics.cloud_failure(task.name, exc.kind.value, int(rows.shape[0]))
             log.warning("escalation_failed", task=task.name, rows=int(rows.shape[0]),
                         kind=exc.kind.value, error=exc.message, request_id=request_id)
             return Escalation(ok=False), ""

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgecloud.common_cli import CliError, run
+from edgecloud.common_cli import CliError, add_verbose, leaf_parser, run
 from edgecloud.common_cli import pairs as _pairs
 
 
@@ -58,16 +58,19 @@ def _add_scores_output_flag(p: argparse.ArgumentParser, what: str) -> None:
 
 def _add_logging_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=("auto", "json", "console"), default=None,
-                   help="log output format (default: console on a terminal, else JSON)")
-    p.add_argument("--log-level", default=None, help="lowest level logged (default: info)")
+                   help="log output format (default: auto, console on a terminal, else JSON)")
+    p.add_argument("--log-level", default=None, metavar="LEVEL",
+                   help="lowest level logged: debug, info, warning or error (default: info)")
 
 
 def _add_process_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="YAML settings file; flags and EDGECLOUD_* variables override it "
+                   "(default: none)")
     p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
-                   help="serve Prometheus metrics over HTTP on this address")
-    p.add_argument("--port-file", type=Path, default=None,
-                   help="write the bound HOST:PORT to this file once serving")
+                   help="serve Prometheus metrics over HTTP on this address (default: off)")
+    p.add_argument("--port-file", type=Path, default=None, metavar="FILE",
+                   help="write the bound HOST:PORT to this file once serving (default: none)")
     _add_logging_flags(p)
 
 
@@ -89,18 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hybrid edge-cloud inference: answer easy inputs on the device, "
         "escalate hard ones to the cloud.",
     )
+    from edgecloud.core import __version__
+
+    parser.add_argument("--version", action="version", version=f"edgecloud {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run a gateway and three agents on this machine")
-    demo.add_argument("--json", type=Path, default=None, help="also write the results here")
-    demo.add_argument("--agents", type=int, default=3, help="number of agents (default 3)")
-    demo.add_argument("--streams", type=int, default=2,
-                      help="concurrent sensor streams per agent (default 2)")
+    demo.add_argument("--json", type=Path, default=None, metavar="FILE",
+                      help="also write the results here as JSON (default: none)")
+    demo.add_argument("--agents", type=int, default=3, metavar="N",
+                      help="number of agents, 1 to 16 (default 3)")
+    demo.add_argument("--streams", type=int, default=2, metavar="N",
+                      help="concurrent sensor streams per agent, 1 to 16 (default 2)")
     demo.set_defaults(handler=_cmd_demo)
 
     example = sub.add_parser("example", help="write a bundled example to a folder")
-    example.add_argument("name", choices=("digits",))
-    example.add_argument("--out", type=Path, required=True, help="folder to write into")
+    example.add_argument("name", choices=("digits",), help="the example: digits (8x8 images "
+                         "of handwritten digits, an edge and a cloud model, a policy)")
+    example.add_argument("--out", type=Path, required=True, metavar="DIR",
+                         help="folder to write into (made if missing)")
+    add_verbose(example)
     example.set_defaults(handler=_cmd_example)
 
     gateway = sub.add_parser("gateway", help="the cloud gateway")
@@ -108,23 +120,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve = gsub.add_parser("serve", help="serve v2 inference for the cloud models")
     serve.add_argument("--listen", default=None, metavar="HOST:PORT",
                        help="address to serve on (default 127.0.0.1:8001; port 0 picks one)")
-    serve.add_argument("--data-dir", type=Path, default=None,
-                       help="gateway data folder (default ~/.local/state/edgecloud/gateway)")
+    serve.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                       help="gateway data folder (default: $XDG_STATE_HOME/edgecloud/gateway, "
+                       "else ~/.local/state/edgecloud/gateway)")
     serve.add_argument("--model", action="append", metavar="NAME=FILE",
-                       help="serve an ONNX file under NAME (repeatable)")
+                       help="serve an ONNX file under NAME (repeatable; default: none, only "
+                       "what the registry holds)")
     _add_scores_output_flag(serve, "a --model")
     serve.add_argument("--registry", default=None, metavar="DIR",
-                       help="registry directory, shared by replicas (default DATA_DIR/registry)")
+                       help="registry directory, shared by replicas (default: DATA_DIR/registry)")
     serve.add_argument("--registry-dir", dest="registry", help=argparse.SUPPRESS)
-    serve.add_argument("--replica", default=None, help="replica name in fleet status")
-    serve.add_argument("--trust-key", type=Path, default=None,
-                       help="operator public key; refuse publications it did not sign")
-    serve.add_argument("--tokens-file", type=Path, default=None,
-                       help="YAML of bearer tokens with roles (operators, agents)")
-    serve.add_argument("--tls-cert", type=Path, default=None, help="server certificate (PEM)")
-    serve.add_argument("--tls-key", type=Path, default=None, help="server key (PEM)")
-    serve.add_argument("--tls-client-ca", type=Path, default=None,
-                       help="require client certificates signed by this CA (mTLS)")
+    serve.add_argument("--replica", default=None, metavar="NAME",
+                       help="this replica's name in fleet status and models list "
+                       "(default: HOSTNAME-PID)")
+    serve.add_argument("--trust-key", type=Path, default=None, metavar="FILE",
+                       help="operator public key; refuse publications it did not sign "
+                       "(default: accept unsigned)")
+    serve.add_argument("--tokens-file", type=Path, default=None, metavar="FILE",
+                       help="YAML of bearer tokens with roles (operators, agents) "
+                       "(default: none, the gateway is open)")
+    serve.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                       help="server certificate, PEM (default: plaintext)")
+    serve.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
+                       help="key of --tls-cert, PEM")
+    serve.add_argument("--tls-client-ca", type=Path, default=None, metavar="FILE",
+                       help="require client certificates signed by this CA, mTLS "
+                       "(default: no client certificates)")
     _add_process_flags(serve)
     serve.set_defaults(handler=_cmd_gateway_serve)
 
@@ -135,24 +156,32 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cloud gateway address; without it every row stays on the edge")
     run.add_argument("--listen", default=None, metavar="HOST:PORT",
                      help="address apps call (default 127.0.0.1:8000; port 0 picks one)")
-    run.add_argument("--data-dir", type=Path, default=None,
-                     help="agent data folder (default ~/.local/state/edgecloud/agent)")
+    run.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                     help="agent data folder (default: $XDG_STATE_HOME/edgecloud/agent, "
+                     "else ~/.local/state/edgecloud/agent)")
     run.add_argument("--model", action="append", metavar="NAME=FILE",
-                     help="serve task NAME with this edge ONNX file (repeatable)")
+                     help="serve task NAME with this edge ONNX file (repeatable; default: "
+                     "none, only what the fleet assigns)")
     run.add_argument("--policy", action="append", type=Path, metavar="FILE",
                      help="routing policy file (repeatable; each names its task)")
     _add_scores_output_flag(run, "a task's edge model")
-    run.add_argument("--agent-id", default=None, help="identity in the fleet (default: host name)")
+    run.add_argument("--agent-id", default=None, metavar="ID",
+                     help="identity in the fleet (default: host name)")
     run.add_argument("--labels", nargs="+", metavar="KEY=VALUE", default=None,
-                     help="labels for rollout selectors")
-    run.add_argument("--token-file", type=Path, default=None,
-                     help="file with this agent's bearer token for the gateway")
-    run.add_argument("--tls-ca", type=Path, default=None,
-                     help="CA of the gateway's certificate (talk TLS to the gateway)")
-    run.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mTLS)")
-    run.add_argument("--tls-key", type=Path, default=None, help="client key (mTLS)")
-    run.add_argument("--trust-key", type=Path, default=None,
-                     help="operator public key; only artifacts it signed are loaded")
+                     help="labels that rollout selectors match, e.g. site=berlin hw=jetson "
+                     "(default: none)")
+    run.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                     help="file with this agent's bearer token for the gateway (default: none)")
+    run.add_argument("--tls-ca", type=Path, default=None, metavar="FILE",
+                     help="CA of the gateway's certificate: talk TLS to the gateway "
+                     "(default: plaintext)")
+    run.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                     help="client certificate, for gateways that require mTLS (default: none)")
+    run.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
+                     help="key of --tls-cert")
+    run.add_argument("--trust-key", type=Path, default=None, metavar="FILE",
+                     help="operator public key; only artifacts it signed are loaded "
+                     "(default: load unsigned ones too)")
     run.add_argument("--status-interval", type=float, default=None, metavar="SECONDS",
                      help="seconds between status reports to the gateway (default 10)")
     _add_process_flags(run)
@@ -164,14 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--model", action="append", required=True, metavar="NAME=FILE",
                        help="task NAME and its edge ONNX file")
     batch.add_argument("--policy", action="append", type=Path, metavar="FILE",
-                       help="routing policy file")
+                       help="routing policy file (names its task)")
     _add_scores_output_flag(batch, "the edge model")
-    batch.add_argument("--input", type=Path, required=True, help="input .npz (X, optional y)")
-    batch.add_argument("--output", type=Path, required=True, help="output .jsonl")
-    batch.add_argument("--chunk-rows", type=int, default=None,
-                       help="rows routed per chunk; hard rows of a chunk go in one call "
-                       "(default 256, or the model's fixed batch size)")
-    batch.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    batch.add_argument("--input", type=Path, required=True, metavar="FILE.npz",
+                       help="input .npz (X, optional labels y)")
+    batch.add_argument("--output", type=Path, required=True, metavar="FILE.jsonl",
+                       help="output .jsonl, one line per row")
+    batch.add_argument("--chunk-rows", type=int, default=None, metavar="N",
+                       help="rows routed per chunk, at least 1; the hard rows of a chunk go to "
+                       "the cloud in one call (default 256, or the model's fixed batch size)")
+    batch.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="YAML settings file (default: none)")
     _add_logging_flags(batch)
     batch.set_defaults(handler=_cmd_agent_batch)
 
@@ -279,11 +311,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edgecloud`` command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # The usage of the command that was mistyped, not the top level's.
+        leaf_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     from edgecloud.core.logging import configure_logging
 
-    # Library warnings go to stderr, never into a command's output; servers
+    # Commands print their results; library log lines stay off the terminal unless asked
+    # for (--verbose), and then as text on stderr. Servers (and commands with --log-format)
     # reconfigure with their own settings.
-    configure_logging("auto", "warning")
+    configure_logging("console", "info" if getattr(args, "verbose", False) else "error")
     return run(args)
 

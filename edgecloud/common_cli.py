@@ -37,6 +37,24 @@ def pairs(values: Sequence[str] | None, what: str) -> dict[str, str] | None:
     return out
 
 
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    """``--verbose``: library log lines on stderr, as readable text."""
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also log what the libraries report (warnings, progress) to stderr "
+                   "as text (default: only the command's output and errors)")
+
+
+def leaf_parser(parser: argparse.ArgumentParser,
+                args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser that parsed ``args``: the one whose usage fits a mistake."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                return leaf_parser(chosen, args)
+    return parser
+
+
 def _message(exc: Exception) -> str:
     if isinstance(exc, EdgecloudError):
         return exc.message

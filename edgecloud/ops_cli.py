@@ -9,7 +9,9 @@ import os
 import time
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -18,23 +20,31 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from edgecloud.common_cli import CliError
+from edgecloud.common_cli import CliError, add_verbose
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
+    """Where the command acts (one of three is required), and how to reach a gateway."""
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--gateway", metavar="HOST:PORT", help="gateway admin address")
+    group.add_argument("--gateway", metavar="HOST:PORT",
+                       help="act through this gateway's admin service (operator role)")
     group.add_argument("--registry", metavar="DIR",
                        help="act on a registry directly: the directory the gateway's "
-                       "--registry names")
+                       "--registry names (read commands refuse a directory holding none)")
     group.add_argument("--data-dir", type=Path, metavar="DIR",
-                       help="act on the registry of the gateway with this --data-dir "
-                       "(DIR/registry)")
-    p.add_argument("--token-file", type=Path, default=None,
-                   help="operator bearer token for the gateway (or EDGECLOUD_TOKEN)")
-    p.add_argument("--tls-ca", type=Path, default=None, help="CA of the gateway's certificate")
-    p.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mTLS)")
-    p.add_argument("--tls-key", type=Path, default=None, help="client key (mTLS)")
+                       help="act on the registry of the gateway started with this --data-dir "
+                       "(DIR/registry; the gateway's default data directory is "
+                       "~/.local/state/edgecloud/gateway)")
+    p.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                   help="operator bearer token for --gateway (default: $EDGECLOUD_TOKEN; "
+                   "none: no token sent)")
+    p.add_argument("--tls-ca", type=Path, default=None, metavar="FILE",
+                   help="CA of the gateway's certificate (default: plaintext)")
+    p.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                   help="client certificate, for gateways that require mTLS (default: none)")
+    p.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
+                   help="key of --tls-cert (default: none)")
+    add_verbose(p)
 
 
 def _operator(args: argparse.Namespace, *, create: bool = False):
@@ -86,9 +96,10 @@ def cmd_models_publish(args: argparse.Namespace) -> int:
         raise CliError(f"model file {args.file} does not exist")
     op = _operator(args, create=True)
     try:
+        console = Console(stderr=True)
         with Progress("[progress.description]{task.description}", BarColumn(),
-                      DownloadColumn(), TransferSpeedColumn(), console=Console(stderr=True),
-                      transient=True) as progress:
+                      DownloadColumn(), TransferSpeedColumn(), console=console,
+                      transient=True, disable=not console.is_terminal) as progress:
             bar = progress.add_task(f"publishing {args.name} ({args.target})",
                                     total=args.file.stat().st_size)
             reply = publish_model_file(op, args.file, name=args.name, target=args.target,
@@ -103,14 +114,28 @@ def cmd_models_publish(args: argparse.Namespace) -> int:
     if reply["scores_output"]:
         how = "as given" if args.scores_output else "the one float [N, classes] output"
         print(f"class scores: output {reply['scores_output']!r} ({how})")
+    if args.target == "cloud" and not args.promote:
+        # Say what happens next: a cloud version is a candidate until promoted.
+        op = _operator(args)
+        try:
+            record = op.list_models(args.name)[args.name].get("cloud_rollout") or {}
+        finally:
+            op.close()
+        if record.get("candidate") == reply["version"]:
+            print(f"version {reply['version']} is the cloud candidate and answers no requests "
+                  f"yet: `edgecloud models promote {args.name} --target cloud` serves it, "
+                  f"`edgecloud models rollout {args.name} {reply['version']} --target cloud "
+                  "--percent P` gives it P% of the requests")
     return 0
 
 
 def _rollout_line(record: dict) -> str:
     candidate = record.get("candidate")
-    text = f"{record['name']}: stable {record.get('stable')}"
+    cloud = record.get("target") == "cloud"
+    text = f"{record['name']}{' (cloud)' if cloud else ''}: stable {record.get('stable')}"
     if candidate:
-        text += f", candidate {candidate} at {record.get('percent', 0):g}%"
+        text += (f", candidate {candidate} at {record.get('percent', 0):g}%"
+                 f"{' of requests' if cloud else ''}")
         if record.get("selector"):
             text += " of " + ",".join(f"{k}={v}" for k, v in record["selector"].items())
     text += f" ({record.get('state')})"
@@ -124,7 +149,7 @@ def cmd_models_rollout(args: argparse.Namespace) -> int:
     try:
         record = op.rollout("start", args.name, version=args.version, percent=args.percent,
                             selector=_pairs(args.selector, "--selector"),
-                            max_failures=args.max_failures or 0)
+                            max_failures=args.max_failures or 0, target=args.target)
     finally:
         op.close()
     print(_rollout_line(record))
@@ -135,9 +160,10 @@ def _simple_action(action: str):
     def run(args: argparse.Namespace) -> int:
         op = _operator(args)
         try:
-            fields = {}
             if action in ("pin", "unpin"):
                 fields = {"version": getattr(args, "version", ""), "agent_id": args.agent}
+            else:
+                fields = {"target": args.target}
             record = op.rollout(action, args.name, **fields)
         finally:
             op.close()
@@ -145,6 +171,27 @@ def _simple_action(action: str):
         return 0
 
     return run
+
+
+def _served_by(info: dict, version: str, target: str, now: float) -> str:
+    """Replicas serving a cloud version (with the candidate's share of requests); a replica
+    silent for three heartbeats is marked, it may have stopped without saying so."""
+    from edgecloud.cloud_gateway.registry import REPLICA_HEARTBEAT_S
+
+    if target != "cloud":
+        return ""
+    out = []
+    for replica, serving in sorted((info.get("served_by") or {}).items()):
+        text = escape(replica)
+        if serving.get("candidate") == version:
+            text += f" ({serving.get('percent', 0):g}%)"
+        elif serving.get("version") != version:
+            continue
+        updated = serving.get("updated")
+        if updated and now - float(updated) > 3 * REPLICA_HEARTBEAT_S:
+            text += f" [yellow](silent, {_ago(updated, now)})[/yellow]"
+        out.append(text)
+    return ", ".join(out)
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
@@ -156,17 +203,24 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
-    table = Table(title="models")
-    for column in ("model", "version", "target", "size", "signed", "created", "role"):
-        table.add_column(column)
+    if not described:
+        Console().print("no models: nothing has been published to this registry yet")
+        return 0
+    now = time.time()
+    table = Table(title="models", title_justify="left")
+    for column in ("model", "version", "target", "size", "signed", "created", "role",
+                   "served by"):
+        table.add_column(column, overflow="fold")
     for name, info in described.items():
-        rollout = info.get("rollout") or {}
         for v in info["versions"]:
+            rollout = info.get("cloud_rollout" if v["target"] == "cloud" else "rollout") or {}
+            share = " of requests" if v["target"] == "cloud" else ""
             role = ("stable" if v["version"] == rollout.get("stable") else
-                    f"candidate {rollout.get('percent', 0):g}% ({rollout.get('state')})"
+                    f"candidate {rollout.get('percent', 0):g}%{share} ({rollout.get('state')})"
                     if v["version"] == rollout.get("candidate") else "")
-            table.add_row(name, v["version"], v["target"], f"{v['size']:,}",
-                          "yes" if v["signed"] else "no", v["created"], role)
+            table.add_row(escape(name), escape(v["version"]), v["target"], f"{v['size']:,}",
+                          "yes" if v["signed"] else "no", v["created"], role,
+                          _served_by(info, v["version"], v["target"], now))
     Console().print(table)
     return 0
 
@@ -204,90 +258,148 @@ def cmd_policy_publish(args: argparse.Namespace) -> int:
 # -- fleet --------------------------------------------------------------------------
 
 
-def _ago(seconds: float | None) -> str:
+def _ago(seconds: float | None, now: float) -> str:
     if not seconds:
+        return "never"
+    delta = max(now - float(seconds), 0.0)
+    if delta < 120:
+        return f"{delta:.0f}s ago"
+    if delta < 7200:
+        return f"{delta / 60:.0f}m ago"
+    return f"{delta / 3600:.0f}h ago"
+
+
+def _when(at: float) -> str:
+    return dt.datetime.fromtimestamp(at).strftime("%m-%d %H:%M:%S") if at else "-"
+
+
+def _drift_text(drift: dict, wide: bool) -> str:
+    status = drift["status"]
+    if not status:
         return "-"
-    delta = max(time.time() - float(seconds), 0.0)
-    return f"{delta:.0f}s ago" if delta < 120 else f"{delta / 60:.0f}m ago"
+    if status == "insufficient_data":
+        if wide:
+            return f"insufficient data ({drift['rows']}/{drift['min_rows']} rows)"
+        return "insufficient\ndata"
+    colour = {"warn": "yellow", "alarm": "red"}.get(status)
+    text = f"{status}{' ' if wide else chr(10)}psi {drift['psi']:.2f}"
+    return f"[{colour}]{text}[/{colour}]" if colour else text
 
 
-def fleet_rows(agents: list[dict]) -> list[dict]:
-    """One flat record per agent and task (what the table and --json show)."""
-    rows = []
-    for agent in agents:
-        last = agent.get("last_swap") or {}
-        base = {
-            "agent_id": agent.get("agent_id"),
-            "labels": agent.get("labels", {}),
-            "replica": agent.get("replica"),
-            "last_seen": agent.get("last_seen"),
-            "last_swap": ({"name": last.get("name"), "version": last.get("version"),
-                           "kind": last.get("kind"), "ok": bool(last.get("ok")),
-                           "reason": last.get("reason", "")} if last.get("name") else None),
-        }
-        tasks = agent.get("tasks") or [{}]
-        for task in tasks:
-            rows_n = int(task.get("rows", 0) or 0)
-            escalated = int(task.get("escalated_rows", 0) or 0)
-            rows.append({
-                **base,
-                "task": task.get("name"),
-                "model_version": task.get("model_version"),
-                "policy_version": task.get("policy_version"),
-                "waiting_for": task.get("waiting_for", ""),
-                "cloud_problem": task.get("cloud_problem", ""),
-                "requests": int(task.get("requests", 0) or 0),
-                "rows": rows_n,
-                "escalation_rate": escalated / rows_n if rows_n else 0.0,
-                "fallbacks": int(task.get("fallback_rows", 0) or 0),
-                "drift": {"status": task.get("drift_status", ""),
-                          "psi": task.get("drift_psi", 0.0),
-                          "ks_pvalue": task.get("drift_ks_pvalue", 1.0)},
-            })
-    return rows
+def _swap_text(swap: dict) -> str:
+    text = escape(f"{swap['task']} {swap['kind']} {swap['version']}")
+    if swap["ok"]:
+        return f"{text} ok"
+    return f"[red]{text} FAILED[/red]: {escape(swap['reason'])}"
+
+
+def _fallback_text(r: dict) -> str:
+    by_reason = ", ".join(f"{kind} {n}" for kind, n in r["fallbacks_by_reason"].items())
+    return f"{r['fallbacks']} ({by_reason})" if by_reason else str(r["fallbacks"])
+
+
+def _table(title: str = "") -> Table:
+    return Table(title=title or None, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0),
+                 title_justify="left")
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
+    from edgecloud.operations import fleet_rows
+
     op = _operator(args)
     try:
         agents = op.fleet_status()
     finally:
         op.close()
-    rows = fleet_rows(agents)
+    now = time.time()
+    rows = fleet_rows(agents, now)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title=f"fleet: {len(agents)} agents "
-                        f"({dt.datetime.now().astimezone().strftime('%H:%M:%S')})")
-    for column in ("agent", "labels", "replica", "seen", "task", "model", "policy",
-                   "last swap", "requests", "escalated", "fallbacks", "drift"):
-        table.add_column(column)
+    # --wide: one line per agent and task, however wide; else fit the terminal.
+    console = Console(width=1000) if args.wide else Console()
+    if not agents:
+        console.print("no agents: none has reported to this registry yet")
+        return 0
+    offline = len({r["agent_id"] for r in rows if not r["online"]})
+    title = f"fleet: {len(agents)} agents"
+    if offline:
+        title += f", {offline} offline"
+    table = _table(f"{title} ({dt.datetime.now().astimezone().strftime('%H:%M:%S')})")
+    table.show_lines = not args.wide
+    if args.wide:
+        columns = ["agent", "labels", "replica", "seen", "task", "model", "policy",
+                   "requests", "escalated", "fallbacks", "drift", "last swap"]
+    else:
+        columns = ["agent", "seen", "task", "versions", "traffic", "drift"]
+    for column in columns:
+        numeric = column in ("requests", "escalated", "fallbacks")
+        table.add_column(column, justify="right" if numeric else "left",
+                         no_wrap=column in ("agent", "task"), overflow="fold")
     for r in rows:
-        swap = r["last_swap"]
-        swap_text = "-" if swap is None else (
-            f"{swap['kind']} {swap['version']} ok" if swap["ok"]
-            else f"[red]{swap['kind']} {swap['version']} FAILED: {swap['reason']}[/red]")
-        drift = r["drift"]
-        drift_text = drift["status"] or "-"
-        if drift["status"]:
-            drift_text += f" (psi {drift['psi']:.2f})"
-        versions = {kind: str(r[f"{kind}_version"] or "-") for kind in ("model", "policy")}
+        versions = {kind: escape(str(r[f"{kind}_version"] or "-")) for kind in ("model", "policy")}
         if r["waiting_for"] in versions:
             versions[r["waiting_for"]] = f"[yellow]waiting for {r['waiting_for']}[/yellow]"
         escalated = f"{r['escalation_rate']:.1%}"
         if r["cloud_problem"]:
-            escalated = f"[red]refused: {r['cloud_problem']}[/red]"
-        table.add_row(
-            str(r["agent_id"]), ",".join(f"{k}={v}" for k, v in r["labels"].items()),
-            str(r["replica"]), _ago(r["last_seen"]), str(r["task"] or "-"),
-            versions["model"], versions["policy"], swap_text,
-            str(r["requests"]), escalated, str(r["fallbacks"]), drift_text,
-        )
-    Console().print(table)
+            escalated = f"[red]refused: {escape(r['cloud_problem'])}[/red]"
+        seen = _ago(r["last_seen"], now)
+        if not r["online"]:
+            seen = f"[red]offline[/red]{' ' if args.wide else chr(10)}{seen}"
+        agent = escape(str(r["agent_id"]))
+        task = escape(str(r["task"] or "-"))
+        if args.wide:
+            table.add_row(
+                agent, escape(",".join(f"{k}={v}" for k, v in r["labels"].items()) or "-"),
+                escape(str(r["replica"] or "-")), seen, task, versions["model"],
+                versions["policy"], str(r["requests"]), escalated,
+                _fallback_text(r), _drift_text(r["drift"], wide=True),
+                _swap_text(r["last_swap"] | {"task": r["task"]}) if r["last_swap"] else "-")
+        else:
+            table.add_row(
+                agent, seen, task,
+                "\n".join(f"{kind} {v}" if not v.startswith("[") else v
+                          for kind, v in versions.items()),
+                f"{r['requests']} req\n"
+                + (f"{escalated}\n" if r["cloud_problem"] else f"{escalated} esc\n")
+                + f"{r['fallbacks']} fallbacks",
+                _drift_text(r["drift"], wide=False))
+    console.print(table)
+    fallbacks = [r for r in rows if r["fallbacks_by_reason"]]
+    if fallbacks and not args.wide:
+        table = _table("fallbacks by reason (rows the cloud failed)")
+        for column in ("agent", "task", "reason", "rows"):
+            table.add_column(column, justify="right" if column == "rows" else "left",
+                             overflow="fold")
+        for r in fallbacks:
+            for kind, n in r["fallbacks_by_reason"].items():
+                table.add_row(escape(str(r["agent_id"])), escape(str(r["task"])), kind, str(n))
+        console.print()
+        console.print(table)
+    histories = {r["agent_id"]: r["swap_history"] for r in rows if r["swap_history"]}
+    if histories:
+        table = _table("recent swaps (newest last)")
+        for column in ("agent", "when", "swap"):
+            table.add_column(column, no_wrap=column != "swap", overflow="fold")
+        for agent_id, history in histories.items():
+            for swap in history:
+                table.add_row(escape(str(agent_id)), _when(swap["at"]), _swap_text(swap))
+        console.print()
+        console.print(table)
     return 0
 
 
 # -- parser -------------------------------------------------------------------------
+
+
+def _name(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="task name of the model (e.g. digits)")
+
+
+def _model_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", choices=("edge", "cloud"), default="edge",
+                   help="edge: the versions agents run; cloud: the versions gateway replicas "
+                   "serve (default: edge)")
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersAction]:
@@ -295,19 +407,31 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
     keys = sub.add_parser("keys", help="operator signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     gen = ksub.add_parser("generate", help="make an Ed25519 key pair")
-    gen.add_argument("--out", type=Path, required=True, help="folder for the key files")
+    gen.add_argument("--out", type=Path, required=True, metavar="DIR",
+                     help="folder for operator.key and operator.pub (made if missing; "
+                     "existing keys are never overwritten)")
+    add_verbose(gen)
     gen.set_defaults(handler=cmd_keys_generate)
 
     models = sub.add_parser("models", help="publish and roll out models")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
-    pub = msub.add_parser("publish", help="publish a model version")
-    pub.add_argument("name")
-    pub.add_argument("file", type=Path)
-    pub.add_argument("--target", choices=("edge", "cloud"), required=True)
-    pub.add_argument("--version", default=None, help="version (default: next number)")
-    pub.add_argument("--key", type=Path, default=None, help="operator private key to sign with")
+    pub = msub.add_parser("publish", help="publish a model version",
+                          description="Publish an ONNX file as a new version of a task's edge "
+                          "or cloud model. The first version of each becomes stable; later "
+                          "edge versions wait for `models rollout`, later cloud versions are "
+                          "the candidate (answering no requests) until promoted or rolled "
+                          "out.")
+    _name(pub)
+    pub.add_argument("file", type=Path, help="the ONNX file")
+    pub.add_argument("--target", choices=("edge", "cloud"), required=True,
+                     help="edge: run by the agents; cloud: served by the gateway replicas")
+    pub.add_argument("--version", default=None,
+                     help="version (default: the next number, never handed out twice)")
+    pub.add_argument("--key", type=Path, default=None, metavar="FILE",
+                     help="operator private key to sign with (default: unsigned, refused "
+                     "by gateways and agents with --trust-key)")
     pub.add_argument("--promote", action="store_true",
-                     help="make it the stable version at once (fleet-wide)")
+                     help="make it the stable version at once, fleet-wide (default: off)")
     pub.add_argument("--scores-output", default=None, metavar="NAME",
                      help="output that holds the class scores, checked before publishing "
                      "(default: an edge model's one float [N, classes] output; the task's "
@@ -315,55 +439,69 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
     _add_target(pub)
     pub.set_defaults(handler=cmd_models_publish)
 
-    lst = msub.add_parser("list", help="versions and rollouts")
-    lst.add_argument("name", nargs="?", default="")
-    lst.add_argument("--json", action="store_true")
+    lst = msub.add_parser("list", help="versions, rollouts and what each replica serves")
+    lst.add_argument("name", nargs="?", default="", help="one task (default: every model)")
+    lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_target(lst)
     lst.set_defaults(handler=cmd_models_list)
 
-    roll = msub.add_parser("rollout", help="roll a candidate version out to part of the fleet")
-    roll.add_argument("name")
-    roll.add_argument("version")
-    roll.add_argument("--percent", type=float, required=True)
-    roll.add_argument("--selector", nargs="+", metavar="KEY=VALUE", default=None)
-    roll.add_argument("--max-failures", type=int, default=None,
-                      help="failed swaps that halt the rollout (default 3)")
+    roll = msub.add_parser("rollout", help="roll a candidate version out to part of the fleet "
+                           "(edge) or of the requests (cloud)")
+    _name(roll)
+    roll.add_argument("version", help="the published version to roll out")
+    roll.add_argument("--percent", type=float, required=True, metavar="0-100",
+                      help="edge: share of the matching agents (by a stable hash of their id); "
+                      "cloud: share of the requests (0 to 100)")
+    roll.add_argument("--selector", nargs="+", metavar="KEY=VALUE", default=None,
+                      help="edge only: KEY=VALUE labels an agent must all have (as given to "
+                      "`agent run --labels`), e.g. site=berlin hw=jetson (default: every agent)")
+    roll.add_argument("--max-failures", type=int, default=None, metavar="N",
+                      help="failed swaps (edge: agents; cloud: replicas) that halt the rollout "
+                      "and send everyone back to stable (default 3, at least 1)")
+    _model_target(roll)
     _add_target(roll)
     roll.set_defaults(handler=cmd_models_rollout)
 
     for action, text in (("promote", "make the candidate stable everywhere"),
-                         ("rollback", "send every agent back to the stable version"),
+                         ("rollback", "send everyone back to the stable version"),
                          ("pause", "hold the rollout where it is"),
                          ("resume", "continue a paused rollout")):
         p = msub.add_parser(action, help=text)
-        p.add_argument("name")
+        _name(p)
+        _model_target(p)
         _add_target(p)
         p.set_defaults(handler=_simple_action(action))
-    pin = msub.add_parser("pin", help="pin one agent to a version")
-    pin.add_argument("name")
-    pin.add_argument("version")
-    pin.add_argument("--agent", required=True)
+    pin = msub.add_parser("pin", help="pin one agent to an edge version")
+    _name(pin)
+    pin.add_argument("version", help="the edge version the agent runs, whatever the rollout")
+    pin.add_argument("--agent", required=True, metavar="AGENT_ID", help="the agent's id")
     _add_target(pin)
     pin.set_defaults(handler=_simple_action("pin"))
     unpin = msub.add_parser("unpin", help="let an agent follow the rollout again")
-    unpin.add_argument("name")
-    unpin.add_argument("--agent", required=True)
+    _name(unpin)
+    unpin.add_argument("--agent", required=True, metavar="AGENT_ID", help="the agent's id")
     _add_target(unpin)
     unpin.set_defaults(handler=_simple_action("unpin"))
 
     policy = sub.add_parser("policy", help="routing policies")
     psub = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
     ppub = psub.add_parser("publish", help="publish a policy version to the fleet")
-    ppub.add_argument("name")
-    ppub.add_argument("file", type=Path)
-    ppub.add_argument("--key", type=Path, default=None, help="operator private key to sign with")
+    ppub.add_argument("name", help="task name the policy routes (must match the file's)")
+    ppub.add_argument("file", type=Path, help="the policy file (YAML or JSON)")
+    ppub.add_argument("--key", type=Path, default=None, metavar="FILE",
+                      help="operator private key to sign with (default: unsigned, refused "
+                      "by gateways and agents with --trust-key)")
     _add_target(ppub)
     ppub.set_defaults(handler=cmd_policy_publish)
 
     fleet = sub.add_parser("fleet", help="the fleet of agents")
     fsub = fleet.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
     status = fsub.add_parser("status", help="every agent: versions, swaps, traffic, drift")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true",
+                        help="print JSON (one record per agent and task) instead of tables")
+    status.add_argument("--wide", action="store_true",
+                        help="one line per agent and task with labels, replica and last swap, "
+                        "however wide (default: fit the terminal)")
     _add_target(status)
     status.set_defaults(handler=cmd_fleet_status)
     return {"models": msub, "policy": psub}

@@ -108,7 +108,7 @@ def register_policy_commands(commands: argparse._SubParsersAction) -> None:
     tune.set_defaults(handler=cmd_policy_tune)
 
     show = commands.add_parser("show", help="validate a policy file and print its fields")
-    show.add_argument("file", type=Path, metavar="POLICY")
+    show.add_argument("file", type=Path, metavar="POLICY", help="the policy file (YAML or JSON)")
     show.set_defaults(handler=cmd_policy_show)
 
 

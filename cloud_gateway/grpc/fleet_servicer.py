@@ -214,7 +214,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             self._hub.registry.set_rollout, request.action, request.name,
             version=request.version, percent=request.percent,
             selector=dict(request.selector), max_failures=request.max_failures,
-            agent_id=request.agent_id,
+            agent_id=request.agent_id, target=request.target or "edge",
         )
         return pb.RolloutRecord(json=rollout.model_dump_json(), generation=generation)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal
 
 import grpc
 import numpy as np
@@ -28,6 +29,10 @@ from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("edgecloud.agent.fleet")
+
+FleetState = Literal["connecting", "connected", "disconnected", "denied"]
+"""The agent's link to the fleet: ``denied`` when the gateway refuses its identity."""
+_REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
 def _refs(items) -> tuple[ArtifactRef, ...]:
@@ -60,28 +65,38 @@ def _swap(outcome: SwapOutcome) -> pb.SwapOutcome:
 
 
 def build_status(agent_id: str, labels: dict[str, str], service: EdgeService,
-                 manager: ModelManager, swaps: list[SwapOutcome]) -> pb.AgentStatus:
+                 manager: ModelManager, swaps: list[SwapOutcome], *,
+                 status_interval_s: float = 0.0) -> pb.AgentStatus:
     """What the agent runs and how it is doing, for ReportStatus."""
     tasks = []
+    diagnostics = []
     for task in service.tasks():
         c = service.metrics.task_counts(task.name)
         entry = pb.TaskCounters(
             name=task.name, model_version=task.current.model.version,
-            policy_version=task.current.policy.version, requests=c.requests, rows=c.rows,
+            policy_version=(manager.running_version(task.name, "policy")
+                            or task.current.policy.version),
+            requests=c.requests, rows=c.rows,
             escalated_rows=c.escalated_rows, fallback_rows=c.fallback_rows, errors=c.errors,
             shadow_rows=c.shadow_rows, shadow_agree=c.shadow_agree,
             cloud_problem=task.cloud_problem.message if task.cloud_problem else "",
         )
+        detail = pb.TaskDiagnostics(
+            name=task.name, fallback_rows_by_reason=service.metrics.fallbacks_by_reason(task.name))
         drift = task.router.drift
         if drift is not None:
             report = drift.report()
             entry.drift_psi = report.psi
             entry.drift_ks = report.ks
             entry.drift_ks_pvalue = report.ks_pvalue
-            entry.drift_status = report.status.value if report.n else ""
+            # No verdict below the window's minimum: a PSI of a few rows means nothing.
+            entry.drift_status = report.status.value if report.n >= drift.min_count else ""
             entry.score_histogram.extend(int(v) for v in drift.observed_counts())
             entry.score_bin_edges.extend(drift.reference.edges)
+            detail.drift_rows = report.n
+            detail.drift_min_rows = drift.min_count
         tasks.append(entry)
+        diagnostics.append(detail)
     served = {entry.name for entry in tasks}
     tasks.extend(pb.TaskCounters(name=name, model_version=w.model_version,
                                  policy_version=w.policy_version, waiting_for=w.waiting_for)
@@ -89,7 +104,8 @@ def build_status(agent_id: str, labels: dict[str, str], service: EdgeService,
     status = pb.AgentStatus(agent_id=agent_id, labels=labels, agent_version=__version__,
                             tasks=tasks, sent_at=time.time(),
                             swaps=[_swap(s) for s in swaps],
-                            applied_generation=manager.applied_generation)
+                            applied_generation=manager.applied_generation,
+                            status_interval_s=status_interval_s, diagnostics=diagnostics)
     if manager.last_outcome is not None:
         status.last_swap.CopyFrom(_swap(manager.last_outcome))
     return status
@@ -113,8 +129,12 @@ class FleetClient:
         token: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         hard_examples: HardExampleSpool | None = None,
+        on_state: Callable[[FleetState], Awaitable[None]] | None = None,
     ) -> None:
         self._auth = call_metadata(token)
+        self._on_state = on_state
+        self.state: FleetState = "connecting"
+        """Where the link to the fleet stands (ready for fleet operations: ``connected``)."""
         self._hard_examples = hard_examples
         self.agent_id = agent_id
         self.labels = labels
@@ -164,6 +184,13 @@ class FleetClient:
         base = min(self._backoff_max_s, self._backoff_initial_s * (2 ** min(attempt, 16)))
         return float(base * self._rng.uniform(0.5, 1.5))
 
+    async def _set_state(self, state: FleetState) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        if self._on_state is not None:
+            await self._on_state(state)
+
     async def _watch_loop(self) -> None:
         assert self.manager is not None
         attempt = 0
@@ -171,10 +198,12 @@ class FleetClient:
             hello = pb.AgentHello(agent_id=self.agent_id, labels=self.labels,
                                   agent_version=__version__,
                                   known_generation=self.manager.applied_generation)
+            refused = None
             try:
                 async for message in self._stub.WatchAssignments(hello, metadata=self._auth):
                     attempt = 0
                     self.connected.set()
+                    await self._set_state("connected")
                     assignment = assignment_from(message)
                     outcomes = await self.manager.apply(assignment)
                     log.info("assignment_applied", generation=assignment.generation,
@@ -183,17 +212,34 @@ class FleetClient:
                 reason = "stream ended"
             except grpc.aio.AioRpcError as exc:
                 reason = f"{exc.code().name}: {exc.details()}"
+                if exc.code() in _REFUSED:
+                    refused = exc
             self.connected.clear()
-            delay = self._delay(attempt)
-            attempt += 1
-            log.info("fleet_reconnecting", reason=reason, delay_s=round(delay, 3))
+            if refused is not None:
+                # A refusal does not pass by itself: say so loudly, and ask again only as
+                # often as the longest backoff (the operator may fix the tokens meanwhile).
+                await self._set_state("denied")
+                delay = self._delay(64)
+                log.error("fleet_access_denied", agent_id=self.agent_id,
+                          code=refused.code().name, error=refused.details(),
+                          hint="the gateway refuses this agent: --token-file must hold the "
+                          "token of the agent id given with --agent-id; no model or policy "
+                          "updates until it is fixed", retry_s=round(delay, 1))
+            else:
+                await self._set_state("disconnected")
+                delay = self._delay(attempt)
+                attempt += 1
+                log.info("fleet_reconnecting", reason=reason, delay_s=round(delay, 3))
             await asyncio.sleep(delay)
 
     async def report(self) -> None:
         """Send one ReportStatus (outcomes not yet reported go with it)."""
         assert self.manager is not None
+        if self.state == "denied":
+            return  # refused for the same reason; the watch loop says why
         swaps = list(self.manager.outcomes)
-        status = build_status(self.agent_id, self.labels, self._service, self.manager, swaps)
+        status = build_status(self.agent_id, self.labels, self._service, self.manager, swaps,
+                              status_interval_s=self._status_interval_s)
         try:
             await self._stub.ReportStatus(status, timeout=5, metadata=self._auth)
         except grpc.aio.AioRpcError as exc:

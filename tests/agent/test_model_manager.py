@@ -80,3 +80,74 @@ async def test_manifest_that_is_not_json_is_reported(tmp_path):
     with pytest.raises(Exception, match="not served"):
         service.task("digits")
     await service.aclose()
+
+
+class FileFetcher:
+    """Serves artifacts whole from files, by digest."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files = files
+
+    async def fetch(self, digest: str, offset: int):
+        yield self.files[digest].read_bytes()[offset:]
+
+
+class DiskCheckingService(EdgeService):
+    """Records, at every swap, which model version the agent's state file on disk names."""
+
+    def __init__(self, state_path: Path) -> None:
+        super().__init__(None)
+        self.state_path = state_path
+        self.on_disk_at_swap: list[tuple[str, str | None]] = []
+
+    def install(self, model, policy, **kwargs):
+        import json
+
+        state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        recorded = state.get("tasks", {}).get(model.name, {}).get("model", {})
+        self.on_disk_at_swap.append((model.version, recorded.get("version")))
+        return super().install(model, policy, **kwargs)
+
+
+def _assignment(tmp_path, digits_dir, generation: int, version: str, model_file: str,
+                files: dict[str, Path]) -> Assignment:
+    model_path = digits_dir / model_file
+    manifest = build_model_manifest(model_path, name="digits", version=version, target="edge")
+    document = (digits_dir / "policy.yaml").read_bytes()
+    pmanifest = build_policy_manifest(document, name="digits", version="1")
+    policy_path = tmp_path / "policy.yaml"
+    policy_path.write_bytes(document)
+    files.update({manifest.digest: model_path, pmanifest.digest: policy_path})
+    return Assignment(generation, (_ref(manifest, manifest.canonical()),),
+                      (_ref(pmanifest, pmanifest.canonical()),))
+
+
+async def test_a_version_is_on_disk_before_it_serves(tmp_path, digits_dir):
+    """The agent's state names a new version before the swap makes it serve, so a restart
+    right after the swap (even one that cuts the bookkeeping short) comes back on it."""
+    store = ArtifactStore(tmp_path / "store")
+    service = DiskCheckingService(store.state_path)
+    files: dict[str, Path] = {}
+    first = _assignment(tmp_path, digits_dir, 1, "1", "edge.onnx", files)
+    second = _assignment(tmp_path, digits_dir, 2, "2", "cloud.onnx", files)
+    manager = ModelManager(service, store, FileFetcher(files))
+    assert all(o.ok for o in await manager.apply(first))
+    assert all(o.ok for o in await manager.apply(second))
+    assert service.on_disk_at_swap == [("1", "1"), ("2", "2")]
+    await service.aclose()
+
+
+async def test_same_bytes_under_a_new_version_are_applied(tmp_path, digits_dir):
+    """Versions are identities: the same model bytes assigned as a new version are swapped
+    in and served (and reported) under the new version; the same version again is not."""
+    store = ArtifactStore(tmp_path / "store")
+    service = EdgeService(None)
+    files: dict[str, Path] = {}
+    manager = ModelManager(service, store, FileFetcher(files))
+    await manager.apply(_assignment(tmp_path, digits_dir, 1, "1", "edge.onnx", files))
+    outcomes = await manager.apply(_assignment(tmp_path, digits_dir, 2, "2", "edge.onnx", files))
+    assert [(o.kind, o.version, o.ok) for o in outcomes] == [("model", "2", True)]
+    assert service.task("digits").current.model.version == "2"
+    assert await manager.apply(_assignment(tmp_path, digits_dir, 3, "2", "edge.onnx",
+                                           files)) == []
+    await service.aclose()

@@ -211,3 +211,99 @@ async def test_agent_batch_runs_a_batch_of_one_model_without_chunk_rows(start_ga
     assert all(len(r["outputs"]["output_probability"]) == 3 for r in lines)
     assert all(isinstance(r["outputs"]["output_label"], int) for r in lines)
     assert sum(r["prediction"] == r["label"] for r in lines) >= 30
+def test_every_argument_says_what_it_does_and_its_default() -> None:
+    """Every argument of every command has help text; the ones whose limits or defaults
+    are easy to get wrong state them."""
+    parser = build_parser()
+    missing = []
+    helps: dict[str, list[str]] = {}
+    for p in _parsers(parser):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            if action.help == argparse.SUPPRESS:
+                continue
+            name = action.option_strings[-1] if action.option_strings else action.dest
+            if not action.help:
+                missing.append(f"{p.prog} {name}")
+            helps.setdefault(name, []).append(action.help or "")
+    assert missing == []
+    for flag, fragments in (("--percent", ("0", "100")), ("--selector", ("KEY=VALUE", "label")),
+                            ("--data-dir", ("default",)), ("--chunk-rows", ("default",)),
+                            ("--replica", ("default",)), ("--max-failures", ("default",))):
+        for text in helps[flag]:
+            assert all(f in text or f in flag for f in fragments), (flag, text)
+    rollout = next(p for p in _parsers(parser) if p.prog.endswith("models rollout"))
+    assert "KEY=VALUE" in rollout.format_help()
+
+
+def test_version_flag_prints_the_version() -> None:
+    """`edgecloud --version` prints the package version and exits 0."""
+    from edgecloud.core import __version__
+
+    result = edgecloud("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"edgecloud {__version__}"
+
+
+def test_a_mistyped_flag_shows_the_subcommands_usage(capsys) -> None:
+    """A flag the subcommand does not have gets that subcommand's usage, not the top
+    level's, and exit code 2."""
+    from edgecloud.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["models", "list", "--registry", "/nowhere", "--jsn"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: edgecloud models list")
+    assert "edgecloud models list: error: unrecognized arguments: --jsn" in err
+
+
+def test_operator_commands_print_no_json_log_lines(tmp_path, bad_files) -> None:
+    """An operator command that fails prints one readable error line on stderr and no
+    JSON log lines; --verbose adds the library's warning as text, not JSON."""
+    args = ("models", "publish", "digits", str(bad_files["garbage"]), "--target", "edge",
+            "--registry", str(tmp_path / "registry"))
+    quiet = edgecloud(*args)
+    assert quiet.returncode == 2
+    assert quiet.stderr.splitlines() == [
+        line for line in quiet.stderr.splitlines() if line.startswith("edgecloud: error:")]
+    assert len(quiet.stderr.splitlines()) == 1
+    verbose = edgecloud(*args, "--verbose")
+    assert verbose.returncode == 2
+    assert "model_load_failed" in verbose.stderr
+    assert not any(line.lstrip().startswith("{") for line in verbose.stderr.splitlines())
+
+
+def test_gateway_checks_every_setting_before_creating_anything(tmp_path) -> None:
+    """`gateway serve --config deploy/config/gateway.yaml` on a machine without its key and
+    tokens files exits 2 naming both files, and creates neither the data directory nor the
+    registry (the config's paths are pointed at a temporary folder)."""
+    import yaml
+
+    config = Path(__file__).resolve().parents[2] / "deploy" / "config" / "gateway.yaml"
+    settings = yaml.safe_load(config.read_text())
+    if Path(settings["trust_key"]).exists() or Path(settings["tokens_file"]).exists():
+        pytest.skip("this machine has the deployment's key files")
+    env = {**os.environ, "EDGECLOUD_GATEWAY_DATA_DIR": str(tmp_path / "data"),
+           "EDGECLOUD_GATEWAY_REGISTRY": str(tmp_path / "registry")}
+    result = subprocess.run(
+        [sys.executable, "-m", "edgecloud", "gateway", "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert settings["trust_key"] in result.stderr and settings["tokens_file"] in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "registry").exists()
+
+
+def test_gateway_reports_every_bad_file_at_once(tmp_path, bad_files) -> None:
+    """A gateway given a bad key, an unreadable tokens file, half a TLS pair and a bad model
+    names each problem in one message and creates no data directory."""
+    result = edgecloud(
+        "gateway", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
+        "--trust-key", str(bad_files["a_file"]), "--tokens-file", str(tmp_path / "none.yaml"),
+        "--tls-cert", str(bad_files["a_file"]), "--model", f"digits={bad_files['garbage']}")
+    assert result.returncode == 2, result.stderr
+    for fragment in ("not a PEM public key", "none.yaml", "TLS needs both", "garbage.onnx"):
+        assert fragment in result.stderr, (fragment, result.stderr)
+    assert not (tmp_path / "data").exists()

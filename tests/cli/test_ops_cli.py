@@ -237,3 +237,242 @@ def test_publish_says_which_output_holds_the_class_scores(tmp_path: Path) -> Non
     assert "output 'output_label' of cloud model cloud.onnx is INT64[-1]" in wrong.stderr
     listing = json.loads(edgecloud("models", "list", "--json", "--registry", reg).stdout)
     assert [v["target"] for v in listing["iris"]["versions"]] == ["edge"]
+def _reported(registry: Path, now: float) -> None:
+    """Statuses as three agents reported them: busy with a failed swap behind it, offline
+    and waiting for its policy, and just started (drift window nearly empty)."""
+    from edgecloud.cloud_gateway.registry import Registry
+
+    reg = Registry(registry)
+    reg.write_agent_status("camera-berlin-07", {
+        "agent_id": "camera-berlin-07", "labels": {"site": "berlin"}, "replica": "gw-1",
+        "last_seen": now - 3, "status_interval_s": 10.0,
+        "tasks": [{"name": "digits", "model_version": "12", "policy_version": "3",
+                   "requests": "12045", "rows": "20000", "escalated_rows": "2500",
+                   "fallback_rows": "31", "drift_status": "stable", "drift_psi": 0.02}],
+        "diagnostics": [{"name": "digits", "drift_rows": "500", "drift_min_rows": "50",
+                         "fallback_rows_by_reason": {"unavailable": "30",
+                                                     "deadline_exceeded": "1"}}],
+        "last_swap": {"name": "digits", "version": "12", "kind": "model", "ok": True,
+                      "at": now - 100},
+        "swap_history": [
+            {"name": "digits", "version": "11", "kind": "model", "ok": False,
+             "reason": "smoke test: output 'probabilities' holds NaN", "at": now - 200},
+            {"name": "digits", "version": "12", "kind": "model", "ok": True, "reason": "",
+             "at": now - 100}],
+    })
+    reg.write_agent_status("cam-8", {
+        "agent_id": "cam-8", "labels": {}, "replica": "gw-1", "last_seen": now - 900,
+        "status_interval_s": 10.0,
+        "tasks": [{"name": "digits", "model_version": "1", "waiting_for": "policy"}]})
+    reg.write_agent_status("cam-9", {
+        "agent_id": "cam-9", "labels": {}, "replica": "gw-2", "last_seen": now - 2,
+        "status_interval_s": 10.0,
+        "tasks": [{"name": "digits", "model_version": "1", "policy_version": "1",
+                   "requests": "4", "rows": "4", "drift_status": "", "drift_psi": 6.24}],
+        "diagnostics": [{"name": "digits", "drift_rows": "4", "drift_min_rows": "50"}]})
+
+
+def test_fleet_status_reads_at_80_columns(tmp_path: Path) -> None:
+    """`fleet status` fits 80 columns and shows offline agents, a task waiting for its
+    policy, `insufficient data` for a nearly empty drift window, fallbacks by reason and
+    the swap history with the failed swap a later one replaced; `--json` holds the same."""
+    import os
+    import time
+
+    registry = tmp_path / "registry"
+    _reported(registry, time.time())
+    env = {**os.environ, "COLUMNS": "80"}
+    table = subprocess.run([sys.executable, "-m", "edgecloud", "fleet", "status", "--registry",
+                            str(registry)], capture_output=True, text=True, env=env, timeout=60)
+    assert table.returncode == 0, table.stderr
+    out = table.stdout
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    assert "1 offline" in out and "offline" in out
+    assert "waiting for" in out and "insufficient" in out and "psi 6.24" not in out
+    assert "unavailable" in out and "deadline_exceeded" in out
+    assert "digits model 11 FAILED" in out and "holds NaN" in out
+    assert "digits model 12 ok" in out
+    rows = {r["agent_id"]: r for r in json.loads(edgecloud(
+        "fleet", "status", "--json", "--registry", str(registry)).stdout)}
+    assert not rows["cam-8"]["online"] and rows["cam-9"]["online"]
+    assert rows["cam-9"]["drift"]["status"] == "insufficient_data"
+    busy = rows["camera-berlin-07"]
+    assert busy["fallbacks_by_reason"] == {"unavailable": 30, "deadline_exceeded": 1}
+    assert [(s["version"], s["ok"]) for s in busy["swap_history"]] == [("11", False),
+                                                                      ("12", True)]
+    wide = subprocess.run([sys.executable, "-m", "edgecloud", "fleet", "status", "--wide",
+                           "--registry", str(registry)], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert "site=berlin" in wide.stdout and "gw-2" in wide.stdout
+
+
+def test_fleet_status_with_no_agents_says_so(tmp_path: Path, digits_dir: Path) -> None:
+    """With no agent reported yet, `fleet status` says there are none (not an empty table)."""
+    from fleet_helpers import publish_model
+
+    registry = tmp_path / "registry"
+    publish_model(registry, "digits", digits_dir / "edge.onnx", "edge", version="1")
+    result = edgecloud("fleet", "status", "--registry", str(registry))
+    assert result.returncode == 0, result.stderr
+    assert "no agents" in result.stdout
+
+
+@pytest.mark.e2e
+async def test_agents_report_swap_history_fallback_reasons_and_drift_rows(
+        start_gateway, start_agent, channels, tmp_path, digits_dir):
+    """Through a real gateway: a failed swap stays in the agent's history after a later
+    swap succeeds; rows that fell back are counted by why the cloud failed; a drift window
+    below its minimum reads as insufficient data."""
+    import asyncio
+    import time
+
+    import numpy as np
+    from fleet_helpers import digits_like_model, publish_model, publish_policy, wait_until
+
+    from edgecloud.cloud_gateway.registry import Registry
+    from edgecloud.core import codec
+    from edgecloud.core.tensors import InferRequest
+    from edgecloud.operations import fleet_rows
+
+    registry = tmp_path / "registry"
+    # The gateway's cloud model fits the task but fails when it runs: every escalation fails.
+    crashing = digits_like_model(tmp_path / "crash.onnx", "crash")
+    gateway = await start_gateway(models={"digits": crashing}, registry=registry,
+                                  registry_poll_ms=50)
+    agent = await start_agent(gateway.address, models={}, policies=[], agent_id="cam-1",
+                              status_interval_s=0.2)
+    reg = Registry(registry)
+    await asyncio.to_thread(publish_model, registry, "digits", digits_dir / "edge.onnx",
+                            "edge", version="1")
+    await asyncio.to_thread(publish_policy, registry, digits_dir / "policy.yaml")
+    await wait_until(lambda: agent.service.task_names() == ["digits"], what="task")
+    for version, path in (("2", digits_like_model(tmp_path / "nan.onnx", "nan")),
+                          ("3", digits_dir / "cloud.onnx")):
+        await asyncio.to_thread(publish_model, registry, "digits", path, "edge",
+                                version=version)
+        await asyncio.to_thread(reg.set_rollout, "start", "digits", version=version,
+                                percent=100.0)
+        await wait_until(lambda v=version: any(
+            s.get("version") == v for s in (reg.agent_status("cam-1") or {}).get(
+                "swap_history", [])), what=f"swap to {version} reported")
+    stub = channels(agent.address)
+    request = codec.encode_infer_request(InferRequest(
+        model_name="digits", inputs={"pixels": np.zeros((5, 64), np.float32)},
+        parameters={"route": "cloud"}))
+    await stub.ModelInfer(request, timeout=5)
+
+    def row() -> dict:
+        return fleet_rows([reg.agent_status("cam-1") or {}], time.time())[0]
+
+    await wait_until(lambda: row()["fallbacks_by_reason"], what="fallbacks reported")
+    r = row()
+    assert r["fallbacks_by_reason"] == {"unavailable": 5} and r["fallbacks"] == 5
+    assert [(s["version"], s["ok"]) for s in r["swap_history"] if s["kind"] == "model"] == [
+        ("1", True), ("2", False), ("3", True)]
+    assert any("NaN" in s["reason"] for s in r["swap_history"] if not s["ok"])
+    assert r["drift"]["status"] == "insufficient_data"
+    assert r["drift"]["rows"] == 5 and r["drift"]["min_rows"] > 5
+    assert r["online"]
+
+
+@pytest.mark.e2e
+async def test_cloud_versions_through_the_command_line(start_gateway, tmp_path, digits_dir):
+    """`models publish --target cloud` says a later version is a candidate, `models list`
+    shows what each replica serves, and `models rollout/promote --target cloud` move
+    the replica's requests to it."""
+    import asyncio
+    import os
+
+    from fleet_helpers import wait_until
+
+    registry = tmp_path / "registry"
+    gateway = await start_gateway(models={}, registry=registry, registry_poll_ms=50,
+                                  replica="gw-a")
+
+    async def run(*args: str) -> subprocess.CompletedProcess:
+        result = await asyncio.to_thread(edgecloud, *args, "--registry", str(registry))
+        assert result.returncode == 0, (args, result.stderr)
+        return result
+
+    await run("models", "publish", "digits", str(digits_dir / "cloud.onnx"), "--target",
+              "cloud")
+    second = await run("models", "publish", "digits", str(digits_dir / "edge.onnx"),
+                       "--target", "cloud")
+    assert "candidate" in second.stdout and "--target cloud" in second.stdout
+
+    async def poll(expected: dict) -> None:
+        """Wait until `models list --json` says replica gw-a serves ``expected``."""
+        for _ in range(300):
+            listing = json.loads((await run("models", "list", "--json")).stdout)
+            served = listing["digits"]["served_by"].get("gw-a", {})
+            if all(served.get(k) == v for k, v in expected.items()):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"gw-a serves {served}, not {expected}")
+
+    await wait_until(lambda: gateway.service.served_version("digits") == "1", what="v1")
+    await poll({"version": "1", "candidate": None})
+    table = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "edgecloud", "models", "list", "--registry",
+                         str(registry)], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "COLUMNS": "200"})
+    assert "gw-a" in table.stdout and "candidate 0% of requests" in table.stdout
+    rolled = await run("models", "rollout", "digits", "2", "--percent", "40", "--target",
+                       "cloud")
+    assert "candidate 2 at 40% of requests" in rolled.stdout
+    await poll({"version": "1", "candidate": "2", "percent": 40.0})
+    await run("models", "promote", "digits", "--target", "cloud")
+    await poll({"version": "2", "candidate": None})
+    refused = edgecloud("models", "rollout", "digits", "1", "--percent", "10", "--target",
+                        "cloud", "--selector", "site=a", "--registry", str(registry))
+    assert refused.returncode == 2 and "selector" in refused.stderr
+
+
+@pytest.mark.e2e
+async def test_publishing_unsigned_to_a_gateway_that_trusts_a_key(start_gateway, tmp_path,
+                                                                 digits_dir):
+    """Publishing without --key to a gateway started with --trust-key says a signature is
+    required; a signature by another key says it does not verify; the right key works."""
+    import asyncio
+
+    from edgecloud.core.signing import generate_keypair
+
+    private, public = generate_keypair(tmp_path / "keys")
+    other, _ = generate_keypair(tmp_path / "other")
+    gateway = await start_gateway(models={}, registry=tmp_path / "registry",
+                                  trust_key=public)
+    publish = ("models", "publish", "digits", str(digits_dir / "edge.onnx"), "--target",
+               "edge", "--gateway", gateway.address)
+    unsigned = await asyncio.to_thread(edgecloud, *publish)
+    assert unsigned.returncode == 2
+    assert "a signature is required" in unsigned.stderr and "--key" in unsigned.stderr
+    wrong = await asyncio.to_thread(edgecloud, *publish, "--key", str(other))
+    assert wrong.returncode == 2 and "does not verify" in wrong.stderr
+    signed = await asyncio.to_thread(edgecloud, *publish, "--key", str(private))
+    assert signed.returncode == 0, signed.stderr
+
+
+def test_models_list_marks_a_silent_replica(tmp_path: Path, digits_dir: Path) -> None:
+    """A replica whose record of what it serves has not been rewritten for several
+    heartbeats is shown as silent: it may have stopped without saying so."""
+    import os
+    import time
+
+    from fleet_helpers import publish_model
+
+    from edgecloud.cloud_gateway.registry import Registry
+
+    registry = tmp_path / "registry"
+    publish_model(registry, "digits", digits_dir / "cloud.onnx", "cloud", version="1")
+    reg = Registry(registry)
+    models = {"digits": {"version": "1", "candidate": None, "percent": 0.0}}
+    reg.write_replica_status("gw-live", {"replica": "gw-live", "updated": time.time(),
+                                         "models": models})
+    reg.write_replica_status("gw-gone", {"replica": "gw-gone", "updated": time.time() - 3600,
+                                         "models": models})
+    result = subprocess.run([sys.executable, "-m", "edgecloud", "models", "list",
+                             "--registry", str(registry)], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if "gw-live" in line)
+    assert "gw-gone (silent, 60m ago)" in line and "gw-live (silent" not in line

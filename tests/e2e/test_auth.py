@@ -63,3 +63,45 @@ async def test_roles_and_identity_are_enforced(start_gateway, start_agent, tmp_p
     answer = await agent.service.answer(InferRequest(model_name="digits", inputs={
         "pixels": x[:5]}, parameters={"route": "cloud"}), 5.0)
     assert {r.value for r in answer.routing.routes()} == {"cloud"}
+
+
+@pytest.mark.e2e
+async def test_agent_refused_by_the_gateway_says_so_and_is_not_fleet_ready(
+        start_gateway, start_agent, tmp_path):
+    """An agent whose token is bound to another agent id logs the refusal as an error
+    (not an info-level retry), and its health check reports its fleet link NOT_SERVING
+    while local inference stays up; with its own id it connects and reports SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from structlog.testing import capture_logs
+
+    from edgecloud.edge_agent.app import FLEET_HEALTH
+
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("operators: [op-secret]\nagents: {ag-secret: agent-0}\n")
+    (tmp_path / "agent.token").write_text("ag-secret\n")
+    gateway = await start_gateway(registry=tmp_path / "registry", tokens_file=tokens)
+
+    async def fleet_health(agent) -> int:
+        async with grpc.aio.insecure_channel(agent.address) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=FLEET_HEALTH), timeout=5)
+        return reply.status
+
+    with capture_logs() as logs:
+        wrong = await start_agent(gateway.address, agent_id="agent-1",
+                                  token_file=tmp_path / "agent.token", reconnect_max_s=0.2)
+        await wait_until(lambda: any(e["event"] == "fleet_access_denied" for e in logs),
+                         what="refusal logged")
+    refusal = next(e for e in logs if e["event"] == "fleet_access_denied")
+    assert refusal["log_level"] == "error" and refusal["code"] == "PERMISSION_DENIED"
+    assert "only act as itself" in refusal["error"]
+    assert not any(e["event"] == "fleet_reconnecting" for e in logs)
+    assert wrong.fleet.state == "denied"
+    assert await fleet_health(wrong) == health_pb2.HealthCheckResponse.NOT_SERVING
+    async with grpc.aio.insecure_channel(wrong.address) as channel:
+        assert (await pb_grpc.GRPCInferenceServiceStub(channel).ServerReady(
+            pb.ServerReadyRequest())).ready
+    right = await start_agent(gateway.address, agent_id="agent-0",
+                              token_file=tmp_path / "agent.token")
+    await wait_until(lambda: right.fleet.state == "connected", what="connected")
+    assert await fleet_health(right) == health_pb2.HealthCheckResponse.SERVING

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from prometheus_client import generate_latest
 
 from edgecloud.core import codec
 from edgecloud.core.tensors import InferRequest, InferResponse
-from edgecloud.ops_cli import fleet_rows
+from edgecloud.operations import fleet_rows
 
 TASK = "digits"
 
@@ -67,7 +68,7 @@ async def test_a_cloud_model_that_does_not_fit_is_refused_at_start(
     await wait_until(lambda: reported.exists() and "cloud_problem" in reported.read_text()
                      and json.loads(reported.read_text())["tasks"][0]["cloud_problem"],
                      what="status report with the reason")
-    row = fleet_rows([json.loads(reported.read_text())])[0]
+    row = fleet_rows([json.loads(reported.read_text())], time.time())[0]
     assert fragment in row["cloud_problem"]
 
 

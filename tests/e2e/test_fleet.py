@@ -313,12 +313,27 @@ async def test_agent_restarted_offline_serves_last_verified(start_gateway, start
     assert running_version(third) is None
 
 
+def replica_serving(registry, replica):
+    """What a replica last wrote that it serves, per model."""
+    for status in Registry(registry).replica_statuses():
+        if status["replica"] == replica:
+            return status["models"]
+    return {}
+
+
+async def cloud_answer(stub, x):
+    request = codec.encode_infer_request(InferRequest(
+        model_name=TASK, inputs={"pixels": x}, parameters={"route": "cloud"}))
+    return codec.decode_infer_response(await stub.ModelInfer(request, timeout=5))
+
+
 @pytest.mark.e2e
-async def test_gateway_serves_a_new_cloud_version_once_loaded(start_gateway, start_agent,
-                                                              channels, tmp_path, digits_dir,
-                                                              digits_test, onnx_reference):
-    """A cloud version published to the registry is loaded, smoke-tested and then served;
-    escalations go to it without an error in between."""
+async def test_a_new_cloud_version_is_a_candidate_until_promoted(
+        start_gateway, start_agent, channels, tmp_path, digits_dir, digits_test,
+        onnx_reference):
+    """A cloud version published after the first answers no request until it is
+    promoted; then it is loaded, smoke-tested and served, escalations go to it without an
+    error in between, and the replica's record says what it serves."""
     registry, gateways, agents = await fleet(start_gateway, start_agent, tmp_path, n_agents=1)
     await seed(registry, digits_dir)
     gateway = gateways[0]
@@ -327,12 +342,88 @@ async def test_gateway_serves_a_new_cloud_version_once_loaded(start_gateway, sta
     # Version 2 of the cloud model is the edge network: easy to tell apart.
     await asyncio.to_thread(publish_model, registry, TASK, digits_dir / "edge.onnx", "cloud",
                             version="2")
-    await wait_until(lambda: gateway.service.served_version(TASK) == "2", what="cloud v2")
+    reg = Registry(registry)
+    await wait_until(lambda: gateway.hub.snapshot.generation == reg.generation(),
+                     what="publication seen")
+    assert reg.rollout(TASK, "cloud").candidate == "2"
     x, _ = digits_test
     stub = channels(agents[0].address)
-    request = codec.encode_infer_request(InferRequest(
-        model_name=TASK, inputs={"pixels": x[:5]}, parameters={"route": "cloud"}))
-    reply = codec.decode_infer_response(await stub.ModelInfer(request, timeout=5))
+    assert (await cloud_answer(stub, x[:5])).parameters["cloud_model_version"] == "1"
+    assert replica_serving(registry, gateway.hub.replica)[TASK] == {
+        "version": "1", "candidate": None, "percent": 0.0}
+    await asyncio.to_thread(reg.set_rollout, "promote", TASK, target="cloud")
+    await wait_until(lambda: gateway.service.served_version(TASK) == "2", what="cloud v2")
+    reply = await cloud_answer(stub, x[:5])
     assert reply.parameters["cloud_model_version"] == "2"
     np.testing.assert_allclose(reply.outputs["probabilities"], onnx_reference("edge", x[:5]),
                                rtol=1e-5, atol=1e-6)
+    assert replica_serving(registry, gateway.hub.replica)[TASK]["version"] == "2"
+
+
+@pytest.mark.e2e
+async def test_cloud_rollout_shares_requests_and_rolls_back(start_gateway, start_agent,
+                                                            channels, tmp_path, digits_dir,
+                                                            digits_test):
+    """A cloud candidate rolled out to 100% of the requests answers them while version 1
+    stays stable; a request naming version 1 still gets it; a rollback returns every
+    request to version 1 and the replica's record follows."""
+    registry, gateways, agents = await fleet(start_gateway, start_agent, tmp_path, n_agents=1)
+    await seed(registry, digits_dir)
+    gateway = gateways[0]
+    await wait_until(lambda: running_version(agents[0]) == "1", what="edge v1")
+    await asyncio.to_thread(publish_model, registry, TASK, digits_dir / "edge.onnx", "cloud",
+                            version="2")
+    reg = Registry(registry)
+    await asyncio.to_thread(reg.set_rollout, "start", TASK, version="2", percent=100.0,
+                            target="cloud")
+    replica = gateway.hub.replica
+    await wait_until(lambda: replica_serving(registry, replica).get(TASK, {}).get("candidate")
+                     == "2", what="candidate served")
+    assert replica_serving(registry, replica)[TASK] == {
+        "version": "1", "candidate": "2", "percent": 100.0}
+    x, _ = digits_test
+    stub = channels(agents[0].address)
+    assert {(await cloud_answer(stub, x[i:i + 1])).parameters["cloud_model_version"]
+            for i in range(5)} == {"2"}
+    direct = channels(gateway.address)
+    pinned = codec.encode_infer_request(InferRequest(
+        model_name=TASK, model_version="1", inputs={"pixels": x[:1]}))
+    assert codec.decode_infer_response(await direct.ModelInfer(pinned, timeout=5)
+                                       ).model_version == "1"
+    await asyncio.to_thread(reg.set_rollout, "rollback", TASK, target="cloud")
+    await wait_until(lambda: replica_serving(registry, replica)[TASK]["candidate"] is None,
+                     what="rollback")
+    assert (await cloud_answer(stub, x[:1])).parameters["cloud_model_version"] == "1"
+
+
+@pytest.mark.e2e
+async def test_a_cloud_candidate_that_fails_to_load_counts_against_its_rollout(
+        start_gateway, tmp_path, digits_dir):
+    """A cloud candidate whose smoke test fails is never served; the replica's failure is
+    recorded in the cloud rollout, which halts at its limit."""
+    registry = tmp_path / "registry"
+    await seed(registry, digits_dir)
+    gateway = await start_gateway(models={}, registry=registry, registry_poll_ms=50)
+    bad = digits_like_model(tmp_path / "nan.onnx", "nan")
+    await asyncio.to_thread(publish_model, registry, TASK, bad, "cloud", version="2")
+    reg = Registry(registry)
+    await asyncio.to_thread(reg.set_rollout, "start", TASK, version="2", percent=50.0,
+                            max_failures=1, target="cloud")
+    await wait_until(lambda: reg.rollout(TASK, "cloud").state == "halted", what="halt")
+    assert "NaN" in reg.rollout(TASK, "cloud").failures[gateway.hub.replica]
+    assert gateway.service.serving()[TASK] == {"version": "1", "candidate": None,
+                                               "percent": 0.0}
+
+
+@pytest.mark.e2e
+async def test_same_bytes_as_a_new_version_reach_fleet_status(start_gateway, start_agent,
+                                                             tmp_path, digits_dir):
+    """The same model bytes published as version 2 and promoted are served and reported
+    as version 2: a version is an identity, not only a digest."""
+    registry, _, agents = await fleet(start_gateway, start_agent, tmp_path, n_agents=1)
+    await seed(registry, digits_dir)
+    await wait_until(lambda: reported_version(registry, "agent-0") == "1", what="v1")
+    await asyncio.to_thread(publish_model, registry, TASK, digits_dir / "edge.onnx", "edge",
+                            version="2", promote=True)
+    await wait_until(lambda: reported_version(registry, "agent-0") == "2", what="v2 reported")
+    assert running_version(agents[0]) == "2"

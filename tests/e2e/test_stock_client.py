@@ -104,3 +104,41 @@ async def test_tritonclient_against_gateway_and_agent(start_gateway, start_agent
     np.testing.assert_allclose(streamed, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.array([p for _, p in from_gateway["streamed"]]),
                                onnx_reference("cloud", rows), rtol=1e-5, atol=1e-6)
+
+
+CONFIG_SCRIPT = r"""
+import json, sys
+import tritonclient.grpc as grpcclient
+
+client = grpcclient.InferenceServerClient(url=sys.argv[1])
+print(json.dumps(client.get_model_config(sys.argv[2], as_json=True)["config"]))
+"""
+
+
+@pytest.mark.e2e
+async def test_tritonclient_reads_the_model_config(start_gateway, start_agent):
+    """tritonclient's get_model_config gets name, platform, inputs, outputs and max batch
+    size from the gateway (batched: dims without the batch dimension) and the agent
+    (not batched: full shapes), as Triton answers."""
+    gateway = await start_gateway()
+    agent = await start_agent(gateway.address)
+    configs = {}
+    for side, address in (("gateway", gateway.address), ("agent", agent.address)):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CONFIG_SCRIPT, address, "digits",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 0, stderr.decode()
+        configs[side] = json.loads(stdout)
+    batch = gateway.settings.batching.max_batch_size
+    assert configs["gateway"] == {
+        "name": "digits", "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+        "max_batch_size": batch,
+        "input": [{"name": "pixels", "data_type": "TYPE_FP32", "dims": ["64"]}],
+        "output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": ["10"]}],
+    }
+    assert configs["agent"] == {
+        "name": "digits", "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+        "input": [{"name": "pixels", "data_type": "TYPE_FP32", "dims": ["-1", "64"]}],
+        "output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": ["-1", "10"]}],
+    }

@@ -36,7 +36,11 @@ pool = descriptor_pool.Default()
 out = {}
 for name in names:
     msg = pool.FindMessageTypeByName(name)
-    out[name] = sorted((f.name, f.number, f.type, f.label) for f in msg.fields)
+    out[name] = sorted((f.name, f.number, f.type, f.label,
+                        (f.message_type or f.enum_type).full_name
+                        if (f.message_type or f.enum_type) else "") for f in msg.fields)
+for name in ("inference.DataType", "inference.ModelInput.Format"):
+    out[name] = sorted((v.name, v.number) for v in pool.FindEnumTypeByName(name).values)
 print(json.dumps(out))
 """
 
@@ -49,12 +53,17 @@ MESSAGES = [
     "inference.ModelInferRequest.InferRequestedOutputTensor", "inference.ModelInferResponse",
     "inference.ModelInferResponse.InferOutputTensor", "inference.ModelStreamInferResponse",
     "inference.InferParameter", "inference.InferTensorContents",
+    "inference.ModelConfigRequest", "inference.ModelConfigResponse",
 ]
+PARTIAL_MESSAGES = ["inference.ModelConfig", "inference.ModelInput", "inference.ModelOutput"]
+"""Triton's model configuration is large: we define the fields we fill, with its numbers."""
+ENUMS = ["inference.DataType", "inference.ModelInput.Format"]
 
 
 def _fields(which: str) -> dict:
     result = subprocess.run(
-        [sys.executable, "-P", "-c", FIELDS_SCRIPT, json.dumps(MESSAGES), which],
+        [sys.executable, "-P", "-c", FIELDS_SCRIPT, json.dumps(MESSAGES + PARTIAL_MESSAGES),
+         which],
         capture_output=True, text=True, cwd=ROOT, timeout=60, check=True,
     )
     return json.loads(result.stdout)
@@ -65,4 +74,15 @@ def test_v2_messages_match_the_stock_client() -> None:
     definitions (each side loaded in its own process: both register `inference.*`)."""
     ours, stock = _fields("ours"), _fields("stock")
     for name in MESSAGES:
+        assert ours[name] == stock[name], name
+
+
+def test_model_config_messages_are_part_of_tritons() -> None:
+    """ModelConfig, ModelInput and ModelOutput hold a subset of Triton's fields with the
+    same names, numbers and types, and the data type enum has Triton's numbers."""
+    ours, stock = _fields("ours"), _fields("stock")
+    for name in PARTIAL_MESSAGES:
+        assert ours[name], name
+        assert set(map(tuple, ours[name])) <= set(map(tuple, stock[name])), name
+    for name in ENUMS:
         assert ours[name] == stock[name], name

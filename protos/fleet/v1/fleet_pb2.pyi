@@ -77,7 +77,7 @@ class PublishReply(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class RolloutRequest(_message.Message):
-    __slots__ = ("action", "name", "version", "percent", "selector", "max_failures", "agent_id")
+    __slots__ = ("action", "name", "version", "percent", "selector", "max_failures", "agent_id", "target")
     class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class RolloutRequest(_message.Message):
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
     MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
     action: str
     name: str
     version: str
@@ -99,7 +100,8 @@ class RolloutRequest(_message.Message):
     selector: _containers.ScalarMap[str, str]
     max_failures: int
     agent_id: str
-    def __init__(self, action: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., percent: _Optional[float] = ..., selector: _Optional[_Mapping[str, str]] = ..., max_failures: _Optional[int] = ..., agent_id: _Optional[str] = ...) -> None: ...
+    target: str
+    def __init__(self, action: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., percent: _Optional[float] = ..., selector: _Optional[_Mapping[str, str]] = ..., max_failures: _Optional[int] = ..., agent_id: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
 
 class RolloutRecord(_message.Message):
     __slots__ = ("json", "generation")
@@ -235,7 +237,7 @@ class TaskCounters(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., requests: _Optional[int] = ..., rows: _Optional[int] = ..., escalated_rows: _Optional[int] = ..., fallback_rows: _Optional[int] = ..., errors: _Optional[int] = ..., score_histogram: _Optional[_Iterable[int]] = ..., score_bin_edges: _Optional[_Iterable[float]] = ..., drift_psi: _Optional[float] = ..., drift_ks: _Optional[float] = ..., drift_ks_pvalue: _Optional[float] = ..., drift_status: _Optional[str] = ..., shadow_rows: _Optional[int] = ..., shadow_agree: _Optional[int] = ..., waiting_for: _Optional[str] = ..., cloud_problem: _Optional[str] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("agent_id", "labels", "agent_version", "tasks", "last_swap", "sent_at", "swaps", "applied_generation")
+    __slots__ = ("agent_id", "labels", "agent_version", "tasks", "last_swap", "sent_at", "swaps", "applied_generation", "status_interval_s", "diagnostics")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +253,8 @@ class AgentStatus(_message.Message):
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
     SWAPS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    DIAGNOSTICS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     labels: _containers.ScalarMap[str, str]
     agent_version: str
@@ -259,7 +263,28 @@ class AgentStatus(_message.Message):
     sent_at: float
     swaps: _containers.RepeatedCompositeFieldContainer[SwapOutcome]
     applied_generation: int
-    def __init__(self, agent_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskCounters, _Mapping]]] = ..., last_swap: _Optional[_Union[SwapOutcome, _Mapping]] = ..., sent_at: _Optional[float] = ..., swaps: _Optional[_Iterable[_Union[SwapOutcome, _Mapping]]] = ..., applied_generation: _Optional[int] = ...) -> None: ...
+    status_interval_s: float
+    diagnostics: _containers.RepeatedCompositeFieldContainer[TaskDiagnostics]
+    def __init__(self, agent_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskCounters, _Mapping]]] = ..., last_swap: _Optional[_Union[SwapOutcome, _Mapping]] = ..., sent_at: _Optional[float] = ..., swaps: _Optional[_Iterable[_Union[SwapOutcome, _Mapping]]] = ..., applied_generation: _Optional[int] = ..., status_interval_s: _Optional[float] = ..., diagnostics: _Optional[_Iterable[_Union[TaskDiagnostics, _Mapping]]] = ...) -> None: ...
+
+class TaskDiagnostics(_message.Message):
+    __slots__ = ("name", "fallback_rows_by_reason", "drift_rows", "drift_min_rows")
+    class FallbackRowsByReasonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_ROWS_BY_REASON_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_ROWS_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_MIN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    fallback_rows_by_reason: _containers.ScalarMap[str, int]
+    drift_rows: int
+    drift_min_rows: int
+    def __init__(self, name: _Optional[str] = ..., fallback_rows_by_reason: _Optional[_Mapping[str, int]] = ..., drift_rows: _Optional[int] = ..., drift_min_rows: _Optional[int] = ...) -> None: ...
 
 class StatusAck(_message.Message):
     __slots__ = ("generation",)
