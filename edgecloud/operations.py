@@ -13,10 +13,13 @@ from typing import Protocol
 
 import grpc
 
+from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.registry import Registry
 from edgecloud.core.artifacts import build_model_manifest
 from edgecloud.core.auth import call_metadata
 from edgecloud.core.grpc_errors import from_rpc_error
+from edgecloud.core.hard_example_codec import example_from_pb
+from edgecloud.core.hard_examples import KeptExample
 from edgecloud.core.signing import load_private_key, sign
 from edgecloud.core.tls import open_channel
 from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
@@ -40,6 +43,8 @@ class Operator(Protocol):
     def fleet_status(self) -> list[dict]: ...
 
     def reserve_version(self, name: str, target: str) -> str: ...
+
+    def hard_examples(self, task: str, since: float = 0.0) -> Iterator[KeptExample]: ...
 
     def close(self) -> None: ...
 
@@ -106,6 +111,9 @@ class RegistryOperator:
     def reserve_version(self, name: str, target: str) -> str:
         return self.registry.reserve_version(name, target)
 
+    def hard_examples(self, task: str, since: float = 0.0) -> Iterator[KeptExample]:
+        return HardExampleStore(self.registry.root / "hard_examples").records(task, since)
+
     def close(self) -> None:
         """Nothing to close."""
 
@@ -117,7 +125,8 @@ class GatewayOperator:
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         self._auth = call_metadata(token)
         self._channel = open_channel(
-            target, credentials, options=[("grpc.max_send_message_length", 8 * 2**20)],
+            target, credentials, options=[("grpc.max_send_message_length", 8 * 2**20),
+                                          ("grpc.max_receive_message_length", 64 * 2**20)],
             aio=False,
         )
         self._stub = pb_grpc.AdminServiceStub(self._channel)
@@ -166,6 +175,15 @@ class GatewayOperator:
     def reserve_version(self, name: str, target: str) -> str:
         return self._call(self._stub.ReserveVersion,
                           pb.ReserveVersionRequest(name=name, target=target)).version
+
+    def hard_examples(self, task: str, since: float = 0.0) -> Iterator[KeptExample]:
+        request = pb.ExportHardExamplesRequest(task=task, since=since)
+        try:
+            for message in self._stub.ExportHardExamples(request, timeout=3600,
+                                                          metadata=self._auth):
+                yield example_from_pb(message)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"gateway {self._target}") from None
 
     def close(self) -> None:
         """Close the channel."""

@@ -1,4 +1,5 @@
-"""Operator commands: keys, model publication and rollouts, policies, fleet status."""
+"""Operator commands: keys, model publication and rollouts, policies, fleet status,
+hard-example export."""
 
 from __future__ import annotations
 
@@ -208,6 +209,21 @@ def _ago(seconds: float | None) -> str:
     return f"{delta:.0f}s ago" if delta < 120 else f"{delta / 60:.0f}m ago"
 
 
+_LEDGER_FIELDS = ("kept", "queued", "queued_bytes", "uploaded", "evicted_age",
+                  "evicted_space", "quarantined", "dropped")
+
+
+def _ledger(agent: dict) -> dict | None:
+    """The agent's hard-example counters (uint64 arrive as JSON strings), with the total
+    evicted; None for an agent that keeps none."""
+    ledger = agent.get("hard_examples")
+    if not ledger:
+        return None
+    counts = {name: int(ledger.get(name, 0) or 0) for name in _LEDGER_FIELDS}
+    counts["evicted"] = counts["evicted_age"] + counts["evicted_space"]
+    return counts
+
+
 def fleet_rows(agents: list[dict]) -> list[dict]:
     """One flat record per agent and task (what the table and --json show)."""
     rows = []
@@ -221,6 +237,7 @@ def fleet_rows(agents: list[dict]) -> list[dict]:
             "last_swap": ({"name": last.get("name"), "version": last.get("version"),
                            "kind": last.get("kind"), "ok": bool(last.get("ok")),
                            "reason": last.get("reason", "")} if last.get("name") else None),
+            "hard_examples": _ledger(agent),
         }
         tasks = agent.get("tasks") or [{}]
         for task in tasks:
@@ -243,6 +260,16 @@ def fleet_rows(agents: list[dict]) -> list[dict]:
     return rows
 
 
+def _ledger_text(ledger: dict | None) -> str:
+    if ledger is None:
+        return "-"
+    text = f"{ledger['queued']} queued, {ledger['uploaded']} sent"
+    lost = [f"{ledger[k]} {k}" for k in ("evicted", "quarantined", "dropped") if ledger[k]]
+    if lost:
+        text += f", [red]{', '.join(lost)}[/red]"
+    return text
+
+
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     op = _operator(args)
     try:
@@ -256,7 +283,7 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     table = Table(title=f"fleet: {len(agents)} agents "
                         f"({dt.datetime.now().astimezone().strftime('%H:%M:%S')})")
     for column in ("agent", "labels", "replica", "seen", "task", "model", "policy",
-                   "last swap", "requests", "escalated", "fallbacks", "drift"):
+                   "last swap", "requests", "escalated", "fallbacks", "drift", "hard examples"):
         table.add_column(column)
     for r in rows:
         swap = r["last_swap"]
@@ -275,8 +302,52 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
             str(r["replica"]), _ago(r["last_seen"]), str(r["task"] or "-"),
             versions["model"], versions["policy"], swap_text,
             str(r["requests"]), f"{r['escalation_rate']:.1%}", str(r["fallbacks"]), drift_text,
+            _ledger_text(r["hard_examples"]),
         )
     Console().print(table)
+    return 0
+
+
+# -- hard examples ------------------------------------------------------------------
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``--since``: an ISO 8601 date or time (UTC unless it says otherwise), or a
+    duration back from now (``90s``, ``30m``, ``12h``, ``7d``); returns Unix seconds."""
+    value = text.strip()
+    unit = _DURATION_UNITS.get(value[-1:].lower())
+    if unit is not None:
+        try:
+            amount = float(value[:-1])
+        except ValueError:
+            amount = -1.0
+        if amount >= 0:
+            return (time.time() if now is None else now) - amount * unit
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"--since {text!r}: give an ISO 8601 time (2024-05-01, "
+                       "2024-05-01T12:00:00Z) or a duration (30m, 12h, 7d)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def cmd_examples_export(args: argparse.Namespace) -> int:
+    from edgecloud.dataset_export import export_examples
+
+    since = parse_since(args.since) if args.since else 0.0
+    op = _operator(args)
+    try:
+        summary = export_examples(op.hard_examples(args.task, since), args.out)
+    finally:
+        op.close()
+    shapes = ", ".join(f"{name} {list(shape)}" for name, shape in summary.shapes.items())
+    print(f"exported {summary.records} hard examples of {args.task} to {args.out} "
+          f"({summary.examples_path.name}: {shapes or 'no inputs'}; "
+          f"{summary.index_path.name})")
     return 0
 
 
@@ -284,7 +355,8 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersAction]:
-    """Add ``keys``, ``models``, ``policy`` and ``fleet``; returns their subparsers."""
+    """Add ``keys``, ``models``, ``policy``, ``fleet`` and ``examples``; returns the
+    subparsers other modules add to."""
     keys = sub.add_parser("keys", help="operator signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     gen = ksub.add_parser("generate", help="make an Ed25519 key pair")
@@ -355,4 +427,17 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
     status.add_argument("--json", action="store_true")
     _add_target(status)
     status.set_defaults(handler=cmd_fleet_status)
+
+    examples = sub.add_parser("examples", help="hard examples the fleet kept")
+    esub = examples.add_subparsers(dest="examples_command", required=True, metavar="COMMAND")
+    export = esub.add_parser("export", help="write a task's hard examples as a data set: "
+                             "DIR/examples.npz (inputs) and DIR/index.jsonl (one line each)")
+    export.add_argument("--task", required=True, help="task whose examples to export")
+    export.add_argument("--since", default=None, metavar="TIME",
+                        help="only examples kept since TIME: ISO 8601 (UTC unless given) "
+                        "or a duration back from now (30m, 12h, 7d)")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder to write examples.npz and index.jsonl into")
+    _add_target(export)
+    export.set_defaults(handler=cmd_examples_export)
     return {"models": msub, "policy": psub}
