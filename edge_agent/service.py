@@ -110,6 +110,8 @@ _IS_HARD = tuple(reason in _HARD_REASONS for reason in REASONS)
 _HARD_MASK = np.array(_IS_HARD, dtype=bool)
 _FIRST_ROW = np.zeros(1, dtype=np.int64)
 _FIRST_ROW.flags.writeable = False
+_ANSWERED = np.ones(1, dtype=bool)
+_ANSWERED.flags.writeable = False
 _CLOUD_CODE = ROUTES.index(Route.CLOUD)
 _EDGE_CODE = ROUTES.index(Route.EDGE)
 _SAMPLED_CODE = REASONS.index(Reason.SAMPLED)
@@ -502,18 +504,25 @@ class EdgeService:
         request's buffer alive.
         """
         assert self._hard_examples is not None
-        route = routing.route[rows]
-        answered = route == _CLOUD_CODE
-        cloud = answered.any()
+        if rows is _FIRST_ROW:  # a one-row request: its arrays are the row's, no indexing
+            route, reason, confidence = routing.route, routing.reason, routing.confidence
+            cloud = int(route[0]) == _CLOUD_CODE
+            answered = _ANSWERED if cloud else None
+            kept_inputs = {name: value.copy() for name, value in inputs.items()}
+            edge = edge_scores
+            final = np.array(outputs[current.scores_output]) if cloud else None
+        else:
+            route, reason, confidence = (routing.route[rows], routing.reason[rows],
+                                         routing.confidence[rows])
+            answered = route == _CLOUD_CODE
+            cloud = bool(answered.any())
+            kept_inputs = {name: value[rows] for name, value in inputs.items()}
+            edge = np.asarray(edge_scores)[rows]
+            final = np.asarray(outputs[current.scores_output])[rows] if cloud else None
         self._hard_examples.add(HardRows(
-            task=task.name, model_version=current.model.version,
-            policy_version=current.policy.version,
-            inputs={name: value[rows] for name, value in inputs.items()},
-            edge_scores=np.asarray(edge_scores)[rows],
-            cloud_scores=np.asarray(outputs[current.scores_output])[rows] if cloud else None,
-            cloud_answered=answered if cloud else None,
-            route=route, reason=routing.reason[rows], confidence=routing.confidence[rows],
-            cloud_model_version=cloud_version, at=time.time(),
+            task.name, current.model.version, current.policy.version, kept_inputs, edge,
+            final, answered if cloud else None, route, reason, confidence, cloud_version,
+            time.time(),
         ))
 
     def _shadow(self, task: Task, current: TaskVersion, inputs: dict[str, np.ndarray],
