@@ -72,6 +72,26 @@ async def test_hard_rows_arrive_once_with_both_answers(start_gateway, start_agen
 
 
 @pytest.mark.e2e
+async def test_one_row_requests_keep_their_row(start_gateway, start_agent, tmp_path,
+                                               digits_test, onnx_reference):
+    """Hard rows of one-row requests (the usual device call) are kept with their own
+    input, the edge's scores and the cloud's, like rows of larger requests."""
+    registry = tmp_path / "registry"
+    gateway = await start_gateway(registry=registry)
+    agent = await start_agent(gateway.address, status_interval_s=3600)
+    x, _ = digits_test
+    hard = [i for i in range(60) if await answer_rows(agent, x[i:i + 1])]
+    assert hard
+    assert await agent.uploader.upload() == len(hard)
+    edge, cloud = onnx_reference("edge", x[:60]), onnx_reference("cloud", x[:60])
+    for i, record in zip(hard, sorted(stored(registry), key=lambda r: r.seq), strict=True):
+        np.testing.assert_array_equal(record.example.inputs[0].array(), x[i:i + 1])
+        np.testing.assert_allclose(record.example.edge_scores, edge[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(record.example.cloud_scores, cloud[i], rtol=1e-5,
+                                   atol=1e-6)
+
+
+@pytest.mark.e2e
 async def test_failed_upload_keeps_the_batch(start_gateway, start_agent, tmp_path,
                                              digits_test):
     """With the gateway gone the records stay in the ledger and go up once it is back."""
