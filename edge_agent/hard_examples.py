@@ -47,6 +47,7 @@ import structlog
 
 from edgecloud.core.errors import InvalidInput
 from edgecloud.core.hard_examples import (
+    AGENT_ID_RE,
     HardExample,
     InputRow,
     KeptExample,
@@ -168,6 +169,10 @@ class HardExampleLedger:
 
     def __init__(self, path: Path, agent_id: str, limits: LedgerLimits | None = None, *,
                  clock: Callable[[], float] = time.time) -> None:
+        if not AGENT_ID_RE.match(agent_id):
+            raise InvalidInput(f"agent id {agent_id!r} cannot name hard-example records: use "
+                               "up to 128 letters, digits and _.:@- (starting with a letter "
+                               "or digit)")
         self.path = Path(path)
         self.agent_id = agent_id
         self.limits = limits or LedgerLimits()

@@ -267,9 +267,11 @@ def register(hub: FleetHub, tokens: Tokens | None = None,
     ``examples`` stores hard examples (default: the registry's ``hard_examples/``).
     """
 
+    store = examples or HardExampleStore(hub.registry.root / "hard_examples")
+
     def add(server: grpc.aio.Server) -> None:
         pb_grpc.add_FleetServiceServicer_to_server(
-            FleetServicer(hub, tokens, examples, upload_limits), server)
-        pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(hub, examples), server)
+            FleetServicer(hub, tokens, store, upload_limits), server)
+        pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(hub, store), server)
 
     return add

@@ -205,3 +205,12 @@ def test_a_damaged_ledger_is_moved_aside(tmp_path: Path, garbage: bytes) -> None
     ledger.close()
     if garbage:
         assert list(tmp_path.glob("ledger.sqlite3.damaged-*"))
+
+
+def test_an_agent_id_that_cannot_name_records_is_refused(tmp_path: Path) -> None:
+    """An agent id outside AGENT_ID.SEQ.HASH's alphabet is refused at open, naming it,
+    instead of every record being quarantined later."""
+    from edgecloud.core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="'cam 1'"):
+        HardExampleLedger(tmp_path / "ledger.sqlite3", "cam 1")
