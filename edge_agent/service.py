@@ -5,7 +5,9 @@ task's :class:`~router.runtime.Router` for a plan, carry it out (send only
 the plan's cloud rows to the gateway within the request's remaining
 deadline, start the shadow rows' cloud calls behind the answer), and hand
 the outcome back to the router, which says how each row was answered (a
-failed escalation keeps the local answer with route ``edge_fallback``).
+failed escalation keeps the local answer with route ``edge_fallback``),
+and hand the rows it marked hard to the hard-example ledger's memory buffer
+(an append; the ledger writes them off the request path).
 The router owns every routing decision; this module only carries plans out.
 Nothing here imports grpc; the v2 servicer in ``core.v2_grpc`` calls
 :meth:`EdgeService.infer`.
