@@ -24,15 +24,25 @@ def example_to_pb(kept: KeptExample) -> pb.HardExample:
 
 
 def example_from_pb(message: pb.HardExample) -> KeptExample:
-    """Wire message -> domain record (not checked: see :meth:`KeptExample.problem`)."""
+    """Wire message -> domain record (not checked: see :meth:`KeptExample.problem`).
+
+    A message from an agent older than record ids (no ``record_id``) becomes
+    record 0 of its agent with an id from its content, so its resends are
+    still kept once; its cloud scores, if any, are the cloud's answer.
+    """
+    legacy = not message.record_id
     example = HardExample(
         task=message.task, model_version=message.model_version,
         policy_version=message.policy_version,
         inputs=tuple(InputRow(t.name, t.datatype, tuple(t.shape), t.data)
                      for t in message.inputs),
         edge_scores=float32_values(message.edge_scores),
-        cloud_scores=float32_values(message.cloud_scores) if message.has_cloud_answer else None,
+        cloud_scores=(float32_values(message.cloud_scores)
+                      if message.has_cloud_answer or (legacy and message.cloud_scores)
+                      else None),
         cloud_model_version=message.cloud_model_version, route=message.route,
         reason=message.reason, confidence=message.confidence, at=message.at,
     )
+    if legacy:
+        return KeptExample.new(message.agent_id, 0, example)
     return KeptExample(message.record_id, message.agent_id, message.seq, example)

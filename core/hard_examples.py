@@ -5,7 +5,9 @@ gateway's store and the export command. A record has a stable id made of the
 agent's id, the record's sequence number in that agent's ledger and a hash
 of its content (``AGENT_ID.SEQ.HASH``): a record sent twice has the same id
 twice, so the gateway keeps it once, and two ledgers that reuse a sequence
-number (a wiped data directory) still give different ids.
+number (a wiped data directory) still give different ids. Ledgers number
+their records from 1; sequence number 0 marks a record from an agent older
+than ids, named by its content alone.
 
 The content hash covers everything but the id, in one canonical form that
 both sides compute, so the gateway can check that a record is what its id
@@ -182,7 +184,7 @@ def parse_record_id(value: str) -> tuple[str, int, str]:
     agent_id, _, rest = (value or "").rpartition(".")
     agent_id, _, seq = agent_id.rpartition(".")
     if (not AGENT_ID_RE.match(agent_id) or not seq.isdigit() or len(seq) > 19
-            or not _HASH_RE.match(rest) or not 0 < int(seq) <= _MAX_SEQ):
+            or not _HASH_RE.match(rest) or not 0 <= int(seq) <= _MAX_SEQ):
         raise InvalidInput(f"record id {value[:200]!r} is not AGENT_ID.SEQ.HASH")
     return agent_id, int(seq), rest
 

@@ -284,3 +284,27 @@ async def test_fleet_status_shows_the_ledger(start_gateway, start_agent, tmp_pat
     assert row["hard_examples"] == {"kept": hard, "queued": 0, "queued_bytes": 0,
                                     "uploaded": hard, "evicted_age": 0, "evicted_space": 0,
                                     "quarantined": 0, "dropped": 0, "evicted": 0}
+
+
+@pytest.mark.e2e
+async def test_an_agent_older_than_record_ids_is_still_kept_once(start_gateway, tmp_path):
+    """Hard examples from an agent that sends no record ids (an older version, during an
+    upgrade) are stored, named by their content, so a resend is still kept once."""
+    registry = tmp_path / "registry"
+    gateway = await start_gateway(registry=registry)
+    row = np.arange(64, dtype="<f4").reshape(1, 64)
+    message = pb.HardExample(agent_id="old-agent", task="digits", model_version="1",
+                             inputs=[pb.TensorBlob(name="pixels", datatype="FP32",
+                                                   shape=[1, 64], data=row.tobytes())],
+                             edge_scores=[0.5] * 10, cloud_scores=[0.25] * 10,
+                             route="cloud", reason="low_confidence", confidence=0.2, at=5.0)
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        fleet = pb_grpc.FleetServiceStub(channel)
+        first = await fleet.UploadHardExamples(iter([message]))
+        again = await fleet.UploadHardExamples(iter([message]))
+    assert (first.accepted, first.duplicates, list(first.rejected)) == (1, 0, [])
+    assert (again.accepted, again.duplicates) == (0, 1)
+    (record,) = stored(registry)
+    assert record.agent_id == "old-agent" and record.seq == 0
+    np.testing.assert_array_equal(record.example.inputs[0].array(), row)
+    assert record.example.cloud_scores == (0.25,) * 10
