@@ -12,6 +12,7 @@ import structlog
 from edgecloud.cloud_gateway.batching import BatchingConfig
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.grpc import fleet_servicer
+from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.metrics import GatewayMetrics
 from edgecloud.cloud_gateway.registry import Registry, is_registry, registry_path
 from edgecloud.cloud_gateway.serving import GatewayService
@@ -171,13 +172,19 @@ class GatewayApp(ServingApp):
                        onnx_threads=s.onnx_threads)
         await hub.start()
         self.hub = hub
+        h = s.hard_examples
+        examples = HardExampleStore(registry_root / "hard_examples",
+                                    max_record_bytes=h.max_record_bytes,
+                                    agent_quota_bytes=h.agent_quota_bytes)
+        upload_limits = fleet_servicer.UploadLimits(max_upload_bytes=h.max_upload_bytes,
+                                                    max_records=h.max_records_per_upload)
         if tokens is None:
             log.warning("gateway_open", detail="no --tokens-file: any caller may publish, "
                         "roll out and act as any agent")
         _server, port, lifecycle = await create_server(
             s.listen,
             [v2_grpc.register(service, s.max_request_bytes),
-             fleet_servicer.register(hub, tokens)],
+             fleet_servicer.register(hub, tokens, examples, upload_limits)],
             [v2_grpc.SERVICE_NAME, fleet_servicer.FLEET_SERVICE, fleet_servicer.ADMIN_SERVICE],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20,
                           max_connection_age_s=s.max_connection_age_s),

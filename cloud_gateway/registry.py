@@ -30,7 +30,6 @@ import json
 import os
 import re
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -554,31 +553,6 @@ class Registry:
             else:
                 self._write_rollout(rollout)
             return rollout
-
-    # -- hard examples ----------------------------------------------------------------------
-
-    def store_hard_examples(self, agent_id: str, records: list[dict]) -> int:
-        """Keep uploaded hard examples, one new file per task and upload."""
-        if not _AGENT_ID_RE.match(agent_id or ""):
-            raise InvalidInput(f"agent id {agent_id!r} is not valid")
-        by_task: dict[str, list[dict]] = {}
-        for record in records:
-            if not valid_name(record.get("task", "")):
-                raise InvalidInput(f"hard example names an invalid task {record.get('task')!r}")
-            by_task.setdefault(record["task"], []).append(record)
-        stamp = f"{time.time_ns()}-{os.urandom(3).hex()}"
-        for task, items in by_task.items():
-            lines = "".join(json.dumps(item, sort_keys=True) + "\n" for item in items)
-            _atomic_write(self.root / "hard_examples" / task / f"{agent_id}-{stamp}.jsonl",
-                          lines.encode())
-        return len(records)
-
-    def hard_examples(self, task: str) -> list[dict]:
-        """Every stored hard example of ``task`` (oldest file first)."""
-        out = []
-        for path in sorted((self.root / "hard_examples" / task).glob("*.jsonl")):
-            out.extend(json.loads(line) for line in path.read_text().splitlines() if line)
-        return out
 
     # -- agents ---------------------------------------------------------------------------
 

@@ -28,6 +28,22 @@ class BatchingSection(BaseModel):
     """Batches of one model that may run at the same time."""
 
 
+class HardExamplesSection(BaseModel):
+    """Hard examples uploaded by agents, kept under the registry's ``hard_examples/``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_upload_bytes: int = Field(16 * 2**20, ge=2**16)
+    """Bytes one upload may carry; a larger one is refused while it is read."""
+    max_records_per_upload: int = Field(10_000, ge=1)
+    """Records one upload may carry."""
+    max_record_bytes: int = Field(4 * 2**20, ge=1024)
+    """Bytes of input data one record may hold; a larger record is refused alone."""
+    agent_quota_bytes: int = Field(2**30, ge=2**16)
+    """Disk each agent's stored records may take; past it uploads are refused with
+    RESOURCE_EXHAUSTED (and stay in the agent's ledger)."""
+
+
 class GatewaySettings(EdgecloudSettings):
     """Everything the gateway process reads at start."""
 
@@ -63,6 +79,8 @@ class GatewaySettings(EdgecloudSettings):
     """Bearer tokens with roles (YAML: operators, agents); without it the gateway is open."""
     batching: BatchingSection = Field(default_factory=BatchingSection)
     """Dynamic batching limits."""
+    hard_examples: HardExamplesSection = Field(default_factory=HardExamplesSection)
+    """Limits on hard-example uploads and storage."""
     onnx_threads: int = Field(1, ge=1, le=256)
     """ONNX Runtime intra-op threads per model session."""
     executor_threads: int = Field(4, ge=1, le=256)

@@ -546,6 +546,35 @@ def _raw_bytes(name: str, datatype: str, array: np.ndarray) -> bytes:
     return np.asarray(array, dtype=V2_TO_NUMPY[datatype]).tobytes()
 
 
+def tensor_to_raw(name: str, array: np.ndarray) -> tuple[str, bytes]:
+    """``(datatype, raw bytes)`` of one array, as v2 carries it raw.
+
+    ``ValueError`` for an array v2 cannot carry (as the encoders).
+    """
+    array = np.asarray(array)
+    try:
+        datatype = v2_datatype(array.dtype)
+    except ValueError:
+        raise ValueError(f"tensor '{name}' has dtype {array.dtype}, which v2 cannot carry") \
+            from None
+    return datatype, _raw_bytes(name, datatype, array)
+
+
+def tensor_from_raw(label: str, datatype: str, shape: Sequence[int], data: bytes) -> np.ndarray:
+    """The array that v2 raw bytes of ``datatype`` and ``shape`` hold (read-only).
+
+    :class:`~core.errors.InvalidInput` names ``label`` when the datatype is
+    unknown or the bytes do not fit the shape.
+    """
+    if datatype not in V2_TO_NUMPY:
+        raise InvalidInput(f"{label} has unknown datatype {datatype!r}")
+    shape = _checked_shape(label, shape, DEFAULT_MAX_ELEMENTS)
+    array = _from_raw(label, datatype, data, shape, math.prod(shape))
+    if array.flags.writeable:
+        array.flags.writeable = False
+    return array
+
+
 def _element_bytes(name: str, item: object) -> bytes:
     if type(item) is bytes:
         return item

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import numpy as np
@@ -16,8 +17,9 @@ from edgecloud.core.process import ServingApp, run_until_signal
 from edgecloud.core.signing import load_public_key
 from edgecloud.core.tls import channel_credentials
 from edgecloud.edge_agent.grpc.cloud_client import GrpcCloudClient
+from edgecloud.edge_agent.grpc.examples_client import HardExampleUploader
 from edgecloud.edge_agent.grpc.fleet_client import FleetClient
-from edgecloud.edge_agent.hard_examples import HardExampleSpool
+from edgecloud.edge_agent.hard_examples import HardExampleLedger, LedgerLimits
 from edgecloud.edge_agent.metrics import AgentMetrics
 from edgecloud.edge_agent.model_manager import ArtifactStore, ModelManager
 from edgecloud.edge_agent.policy_watch import PolicyWatcher
@@ -40,8 +42,26 @@ def gateway_credentials(settings: AgentSettings):
     return channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
 
 
-def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None) -> EdgeService:
-    """The agent's data plane with its tasks loaded (must run inside the event loop)."""
+def open_ledger(settings: AgentSettings) -> HardExampleLedger | None:
+    """The hard-example ledger, when the agent keeps hard examples (it has a gateway)."""
+    if not (settings.gateway and settings.upload_hard_examples):
+        return None
+    h = settings.hard_examples
+    return HardExampleLedger(
+        settings.data_dir / "hard" / "ledger.sqlite3", settings.agent_id,
+        LedgerLimits(max_bytes=h.max_bytes, max_age_s=h.max_age_s,
+                     max_record_bytes=h.max_record_bytes,
+                     max_buffered_bytes=h.max_buffered_bytes,
+                     flush_interval_s=h.flush_interval_s),
+    )
+
+
+def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None,
+                  hard_examples: HardExampleLedger | None = None) -> EdgeService:
+    """The agent's data plane with its tasks loaded (must run inside the event loop).
+
+    Hard rows go to ``hard_examples`` when given (the running agent's ledger).
+    """
     if settings.gateway:
         split_host_port(settings.gateway)
     tasks = load_tasks(settings.models, settings.policies, settings.onnx_threads)
@@ -58,8 +78,7 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None) 
         reply_margin_s=settings.reply_margin_ms / 1000.0,
         inline_below_s=settings.inline_run_below_ms / 1000.0,
         shadow_log=ShadowLog(settings.data_dir / "shadow"),
-        hard_examples=(HardExampleSpool(settings.data_dir / "hard")
-                       if settings.gateway and settings.upload_hard_examples else None),
+        hard_examples=hard_examples,
         metrics=metrics,
         rng=np.random.default_rng(settings.shadow_seed),
         scores_outputs=settings.scores_outputs,
@@ -84,6 +103,8 @@ class AgentApp(ServingApp):
         self.manager: ModelManager | None = None
         self.fleet: FleetClient | None = None
         self.policy_watcher: PolicyWatcher | None = None
+        self.ledger: HardExampleLedger | None = None
+        self.uploader: HardExampleUploader | None = None
 
     async def start(self) -> int:
         """Load tasks and start serving apps; returns the bound port."""
@@ -91,7 +112,8 @@ class AgentApp(ServingApp):
         s.data_dir.mkdir(parents=True, exist_ok=True)
         if not s.gateway:
             log.warning("no_gateway", detail="every row is answered at the edge")
-        service = build_service(s, self.metrics)
+        self.ledger = await asyncio.to_thread(open_ledger, s)
+        service = build_service(s, self.metrics, self.ledger)
         self.service = service
         trust = load_public_key(s.trust_key) if s.trust_key else None
         if trust is None:
@@ -101,7 +123,6 @@ class AgentApp(ServingApp):
         fleet = None
         if s.gateway and s.fleet:
             fleet = FleetClient(s.gateway, s.agent_id, dict(s.labels), service,
-                                hard_examples=service.hard_examples,
                                 status_interval_s=s.status_interval_s,
                                 backoff_max_s=s.reconnect_max_s,
                                 token=read_token(s.token_file),
@@ -125,6 +146,15 @@ class AgentApp(ServingApp):
             await lifecycle.set_component(FLEET_HEALTH, False)
             fleet.start(self.manager)
             self.fleet = fleet
+        if self.ledger is not None:
+            self.ledger.start()
+            h = s.hard_examples
+            self.uploader = HardExampleUploader(
+                s.gateway, self.ledger, interval_s=h.upload_interval_s,
+                batch_records=h.upload_batch_records, batch_bytes=h.upload_batch_bytes,
+                backoff_max_s=s.reconnect_max_s, token=read_token(s.token_file),
+                credentials=gateway_credentials(s))
+            self.uploader.start()
         self.policy_watcher = PolicyWatcher(service, list(s.policies),
                                             poll_s=s.policy_poll_s)
         self.policy_watcher.start()
@@ -144,6 +174,22 @@ class AgentApp(ServingApp):
         if self.fleet is not None:
             await self.fleet.aclose()
             self.fleet = None
+        if self.uploader is not None:
+            await self.uploader.aclose()
+            self.uploader = None
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain as every server does, then write the hard rows still buffered.
+
+        The ledger closes last: requests finishing during the drain, and shadow
+        calls cancelled by it, still hand their rows over.
+        """
+        try:
+            await super().stop(grace_s)
+        finally:
+            if self.ledger is not None:
+                await self.ledger.aclose()
+                self.ledger = None
 
 
 async def run_agent(settings: AgentSettings) -> None:

@@ -5,7 +5,9 @@ task's :class:`~router.runtime.Router` for a plan, carry it out (send only
 the plan's cloud rows to the gateway within the request's remaining
 deadline, start the shadow rows' cloud calls behind the answer), and hand
 the outcome back to the router, which says how each row was answered (a
-failed escalation keeps the local answer with route ``edge_fallback``).
+failed escalation keeps the local answer with route ``edge_fallback``),
+and hand the rows it marked hard to the hard-example ledger's memory buffer
+(an append; the ledger writes them off the request path).
 The router owns every routing decision; this module only carries plans out.
 Nothing here imports grpc; the v2 servicer in ``core.v2_grpc`` calls
 :meth:`EdgeService.infer`.
@@ -51,7 +53,7 @@ from edgecloud.core.tensors import (
     signature_mismatch,
 )
 from edgecloud.edge_agent.escalation import CloudClient
-from edgecloud.edge_agent.hard_examples import HardExample, HardExampleSpool
+from edgecloud.edge_agent.hard_examples import HardExampleLedger, HardRows
 from edgecloud.edge_agent.metrics import AgentMetrics
 from edgecloud.edge_agent.shadow_log import ShadowLog
 from edgecloud.router import (
@@ -59,6 +61,7 @@ from edgecloud.router import (
     ROUTES,
     Escalation,
     Policy,
+    Reason,
     RequestContext,
     Route,
     RouteOverride,
@@ -133,6 +136,29 @@ def cloud_problem(model: OnnxModel, cloud_model: str, info: ModelInfo) -> CloudP
 
 _ROUTE_NAMES = tuple(route.value for route in ROUTES)
 _REASON_NAMES = tuple(reason.value for reason in REASONS)
+_HARD_REASONS = frozenset({Reason.LOW_CONFIDENCE, Reason.NO_TIME, Reason.BUDGET_EXHAUSTED,
+                           Reason.CLOUD_UNAVAILABLE, Reason.CLOUD_FAILED})
+"""Rows kept as hard examples when answered: low confidence, escalated or not (no time,
+no budget, no cloud), and rows whose escalation failed. Shadow-sampled rows are kept
+when their cloud call ends, with the cloud's answer; confident and forced rows never."""
+_IS_HARD = tuple(reason in _HARD_REASONS for reason in REASONS)
+_HARD_MASK = np.array(_IS_HARD, dtype=bool)
+_FIRST_ROW = np.zeros(1, dtype=np.int64)
+_FIRST_ROW.flags.writeable = False
+_ANSWERED = np.ones(1, dtype=bool)
+_ANSWERED.flags.writeable = False
+_CLOUD_CODE = ROUTES.index(Route.CLOUD)
+_EDGE_CODE = ROUTES.index(Route.EDGE)
+_SAMPLED_CODE = REASONS.index(Reason.SAMPLED)
+
+
+def hard_rows(reason: np.ndarray) -> np.ndarray | None:
+    """Indices of the rows to keep as hard examples, given each row's reason code; None
+    when there are none (the usual case, answered without building an array)."""
+    if reason.shape[0] == 1:
+        return _FIRST_ROW if _IS_HARD[reason[0]] else None
+    rows = np.flatnonzero(_HARD_MASK[reason])
+    return rows if rows.size else None
 
 
 class Answer(NamedTuple):
@@ -225,7 +251,7 @@ class EdgeService:
         reply_margin_s: float = 0.002,
         inline_below_s: float = 0.0005,
         shadow_log: ShadowLog | None = None,
-        hard_examples: HardExampleSpool | None = None,
+        hard_examples: HardExampleLedger | None = None,
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: np.random.Generator | None = None,
@@ -399,8 +425,8 @@ class EdgeService:
         return self._metrics
 
     @property
-    def hard_examples(self) -> HardExampleSpool | None:
-        """Where escalated rows are kept for upload, if anywhere."""
+    def hard_examples(self) -> HardExampleLedger | None:
+        """Where hard rows are kept for upload, if anywhere."""
         return self._hard_examples
 
     def tasks(self) -> list[Task]:
@@ -490,10 +516,12 @@ class EdgeService:
                 task, current, inputs, outputs, plan.cloud_rows, deadline, request_id)
         routing = router.record(plan, escalation)
         if plan.shadow_rows.size:
-            self._shadow(task, current, inputs, edge_scores, plan.shadow_rows)
-        if self._hard_examples is not None and plan.cloud_rows.size:
-            self._keep_hard_examples(task, current, inputs, edge_scores, outputs, routing,
-                                     plan.cloud_rows)
+            self._shadow(task, current, inputs, edge_scores, plan.shadow_rows, routing)
+        if self._hard_examples is not None:
+            hard = hard_rows(routing.reason)
+            if hard is not None:
+                self._keep_hard_rows(task, current, inputs, edge_scores, outputs, routing,
+                                     hard, cloud_version)
         self._metrics.observe(task.name, routing, self._clock() - started)
         return Answer(
             task=task.name,
@@ -589,52 +617,71 @@ class EdgeService:
                 outputs[name] = merged
         return Escalation(ok=True, rtt_s=rtt), reply.model_version
 
-    def _keep_hard_examples(self, task: Task, current: TaskVersion,
-                            inputs: dict[str, np.ndarray], edge_scores: np.ndarray,
-                            outputs: dict[str, np.ndarray], routing: Routing,
-                            rows: np.ndarray) -> None:
-        """Buffer the escalated rows (no I/O here); each row is copied out of the request."""
+    def _keep_hard_rows(self, task: Task, current: TaskVersion,
+                        inputs: dict[str, np.ndarray], edge_scores: np.ndarray,
+                        outputs: dict[str, np.ndarray], routing: Routing, rows: np.ndarray,
+                        cloud_version: str) -> None:
+        """Hand the hard rows to the ledger's buffer (no I/O, no encoding here).
+
+        Indexing with the row numbers copies, so a kept row never holds the
+        request's buffer alive.
+        """
         assert self._hard_examples is not None
-        final = np.asarray(outputs[current.scores_output])
-        now = time.time()
-        route_codes, reason_codes = routing.route.tolist(), routing.reason.tolist()
-        for i in rows.tolist():
-            route = ROUTES[route_codes[i]]
-            self._hard_examples.add(HardExample(
-                task=task.name, model_version=current.model.version,
-                inputs={name: value[i:i + 1].copy() for name, value in inputs.items()},
-                edge_scores=np.asarray(edge_scores[i], dtype=np.float64).tolist(),
-                cloud_scores=np.asarray(final[i], dtype=np.float64).tolist()
-                if route is Route.CLOUD else None,
-                route=route.value, reason=REASONS[reason_codes[i]].value,
-                confidence=float(routing.confidence[i]), at=now,
-            ))
+        if rows is _FIRST_ROW:  # a one-row request: its arrays are the row's, no indexing
+            route, reason, confidence = routing.route, routing.reason, routing.confidence
+            cloud = int(route[0]) == _CLOUD_CODE
+            answered = _ANSWERED if cloud else None
+            kept_inputs = {name: value.copy() for name, value in inputs.items()}
+            edge = edge_scores
+            final = np.array(outputs[current.scores_output]) if cloud else None
+        else:
+            route, reason, confidence = (routing.route[rows], routing.reason[rows],
+                                         routing.confidence[rows])
+            answered = route == _CLOUD_CODE
+            cloud = bool(answered.any())
+            kept_inputs = {name: value[rows] for name, value in inputs.items()}
+            edge = np.asarray(edge_scores)[rows]
+            final = np.asarray(outputs[current.scores_output])[rows] if cloud else None
+        self._hard_examples.add(HardRows(
+            task.name, current.model.version, current.policy.version, kept_inputs, edge,
+            final, answered if cloud else None, route, reason, confidence, cloud_version,
+            time.time(),
+        ))
 
     def _shadow(self, task: Task, current: TaskVersion, inputs: dict[str, np.ndarray],
-                edge_scores: np.ndarray, rows: np.ndarray) -> None:
+                edge_scores: np.ndarray, rows: np.ndarray, routing: Routing) -> None:
         """Start the cloud call for the plan's shadow rows without delaying the answer."""
         if self._cloud is None:
             return
         sub_inputs = {k: v[rows] for k, v in inputs.items()}
         job = asyncio.create_task(self._shadow_call(task, current, sub_inputs,
-                                                    np.asarray(edge_scores)[rows]))
+                                                    np.asarray(edge_scores)[rows],
+                                                    routing.confidence[rows], time.time()))
         self._background.add(job)
         job.add_done_callback(self._background.discard)
 
     async def _shadow_call(self, task: Task, current: TaskVersion,
-                           inputs: dict[str, np.ndarray], edge_scores: np.ndarray) -> None:
+                           inputs: dict[str, np.ndarray], edge_scores: np.ndarray,
+                           confidence: np.ndarray, at: float) -> None:
         assert self._cloud is not None
         edge_pred = np.argmax(edge_scores, axis=1)
         timeout = current.policy.latency.default_budget_ms / 1000.0 * 4
+        cloud_scores: np.ndarray | None = None
+        cloud_version = ""
         try:
             reply = await self._cloud.infer(
                 InferRequest(model_name=task.cloud_model, inputs=inputs), timeout, ""
             )
             cloud = _map_cloud_outputs(current.model, reply, len(edge_pred))
+            cloud_scores = np.asarray(cloud[current.scores_output])
+            cloud_version = reply.model_version
         except EdgecloudError as exc:
             log.info("shadow_failed", task=task.name, kind=exc.kind.value)
             return
-        cloud_scores = np.asarray(cloud[current.scores_output])
+        finally:
+            # Kept whatever became of the call (answered, failed, or cancelled by a stop).
+            self._keep_shadow_rows(task, current, inputs, edge_scores, confidence,
+                                   cloud_scores, cloud_version, at)
         cloud_pred = np.argmax(cloud_scores, axis=1)
         if self._shadow_log is not None:
             await asyncio.to_thread(self._shadow_log.append, task.name, edge_scores,
@@ -642,6 +689,24 @@ class EdgeService:
         agree = int(np.sum(cloud_pred == edge_pred))
         self._metrics.shadow(task.name, len(edge_pred), agree)
         log.info("shadow_result", task=task.name, rows=len(edge_pred), agree=agree)
+
+    def _keep_shadow_rows(self, task: Task, current: TaskVersion,
+                          inputs: dict[str, np.ndarray], edge_scores: np.ndarray,
+                          confidence: np.ndarray, cloud_scores: np.ndarray | None,
+                          cloud_version: str, at: float) -> None:
+        """Hand shadow-sampled rows to the ledger, with the cloud's answer when it came."""
+        if self._hard_examples is None:
+            return
+        n = len(edge_scores)
+        self._hard_examples.add(HardRows(
+            task=task.name, model_version=current.model.version,
+            policy_version=current.policy.version, inputs=inputs, edge_scores=edge_scores,
+            cloud_scores=cloud_scores,
+            cloud_answered=np.ones(n, dtype=bool) if cloud_scores is not None else None,
+            route=np.full(n, _EDGE_CODE, dtype=np.uint8),
+            reason=np.full(n, _SAMPLED_CODE, dtype=np.uint8), confidence=confidence,
+            cloud_model_version=cloud_version, at=at,
+        ))
 
     async def aclose(self) -> None:
         """Stop checking the cloud, cancel shadow calls, stop worker threads, close the client."""

@@ -5,11 +5,35 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
 from edgecloud.core.logging import LogFormat
 from edgecloud.core.settings import EdgecloudSettings, state_dir
+
+
+class HardExamplesSection(BaseModel):
+    """The hard-example ledger (``DATA_DIR/hard/ledger.sqlite3``) and its upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: int = Field(256 * 2**20, ge=2**16)
+    """Disk the ledger may hold; past it the oldest records are evicted (and counted)."""
+    max_age_s: float = Field(7 * 86400.0, gt=0)
+    """Records older than this are evicted unsent (and counted)."""
+    max_record_bytes: int = Field(4 * 2**20, ge=1024)
+    """Largest record uploaded (bytes of input data); a larger one is quarantined on
+    arrival, counted and never sent. Keep it within the gateway's own limit."""
+    max_buffered_bytes: int = Field(32 * 2**20, ge=2**16)
+    """Memory for rows not yet written; rows past it are dropped (and counted)."""
+    flush_interval_s: float = Field(0.5, gt=0, le=60)
+    """How often buffered rows are written to the ledger (a SIGTERM writes the rest)."""
+    upload_interval_s: float = Field(2.0, gt=0)
+    """How often the queue is sent to the gateway."""
+    upload_batch_records: int = Field(256, ge=1, le=10_000)
+    """Most records in one acknowledged upload."""
+    upload_batch_bytes: int = Field(8 * 2**20, ge=1024)
+    """Most bytes in one acknowledged upload (a single larger record goes alone)."""
 
 
 class AgentSettings(EdgecloudSettings):
@@ -69,7 +93,10 @@ class AgentSettings(EdgecloudSettings):
     fleet: bool = True
     """Follow the gateway's model and policy assignments (when a gateway is set)."""
     upload_hard_examples: bool = True
-    """Keep rows escalated for low confidence and upload them to the gateway."""
+    """Keep the rows the router marks hard (low confidence, fell back, shadow-sampled) in
+    a durable ledger and upload them to the gateway (when a gateway is set)."""
+    hard_examples: HardExamplesSection = Field(default_factory=HardExamplesSection)
+    """Bounds of the hard-example ledger and its upload."""
     status_interval_s: float = Field(10.0, gt=0)
     """Seconds between periodic status reports to the gateway."""
     reconnect_max_s: float = Field(10.0, gt=0)

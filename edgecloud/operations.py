@@ -13,11 +13,14 @@ from typing import Protocol
 
 import grpc
 
+from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.registry import Registry
 from edgecloud.core.artifacts import build_model_manifest
 from edgecloud.core.auth import call_metadata
 from edgecloud.core.errors import FailedPrecondition
 from edgecloud.core.grpc_errors import from_rpc_error
+from edgecloud.core.hard_example_codec import example_from_pb
+from edgecloud.core.hard_examples import KeptExample
 from edgecloud.core.signing import load_private_key, sign
 from edgecloud.core.tensors import class_scores_output
 from edgecloud.core.tls import open_channel
@@ -42,6 +45,8 @@ class Operator(Protocol):
     def fleet_status(self) -> list[dict]: ...
 
     def reserve_version(self, name: str, target: str) -> str: ...
+
+    def hard_examples(self, task: str, since: float = 0.0) -> Iterator[KeptExample]: ...
 
     def close(self) -> None: ...
 
@@ -133,6 +138,9 @@ class RegistryOperator:
     def reserve_version(self, name: str, target: str) -> str:
         return self.registry.reserve_version(name, target)
 
+    def hard_examples(self, task: str, since: float = 0.0) -> Iterator[KeptExample]:
+        return HardExampleStore(self.registry.root / "hard_examples").records(task, since)
+
     def close(self) -> None:
         """Nothing to close."""
 
@@ -144,7 +152,8 @@ class GatewayOperator:
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         self._auth = call_metadata(token)
         self._channel = open_channel(
-            target, credentials, options=[("grpc.max_send_message_length", 8 * 2**20)],
+            target, credentials, options=[("grpc.max_send_message_length", 8 * 2**20),
+                                          ("grpc.max_receive_message_length", 64 * 2**20)],
             aio=False,
         )
         self._stub = pb_grpc.AdminServiceStub(self._channel)
@@ -195,6 +204,15 @@ class GatewayOperator:
         return self._call(self._stub.ReserveVersion,
                           pb.ReserveVersionRequest(name=name, target=target)).version
 
+    def hard_examples(self, task: str, since: float = 0.0) -> Iterator[KeptExample]:
+        request = pb.ExportHardExamplesRequest(task=task, since=since)
+        try:
+            for message in self._stub.ExportHardExamples(request, timeout=3600,
+                                                          metadata=self._auth):
+                yield example_from_pb(message)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"gateway {self._target}") from None
+
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()
@@ -232,6 +250,21 @@ def _swap(swap: dict) -> dict:
             "ok": bool(swap.get("ok")), "reason": swap.get("reason", "")}
 
 
+_LEDGER_FIELDS = ("kept", "queued", "queued_bytes", "uploaded", "evicted_age",
+                  "evicted_space", "quarantined", "dropped")
+
+
+def _ledger(agent: dict) -> dict | None:
+    """The agent's hard-example counters (uint64 arrive as JSON strings), with the total
+    evicted; None for an agent that keeps none."""
+    ledger = agent.get("hard_examples")
+    if not ledger:
+        return None
+    counts = {name: int(ledger.get(name, 0) or 0) for name in _LEDGER_FIELDS}
+    counts["evicted"] = counts["evicted_age"] + counts["evicted_space"]
+    return counts
+
+
 def fleet_rows(agents: list[dict], now: float) -> list[dict]:
     """One flat record per agent and task (what ``fleet status`` shows, and its ``--json``).
 
@@ -251,6 +284,7 @@ def fleet_rows(agents: list[dict], now: float) -> list[dict]:
                            "kind": last.get("kind"), "ok": bool(last.get("ok")),
                            "reason": last.get("reason", "")} if last.get("name") else None),
             "swap_history": [_swap(s) for s in agent.get("swap_history") or []],
+            "hard_examples": _ledger(agent),
         }
         details = {d.get("name"): d for d in agent.get("diagnostics") or []}
         for task in agent.get("tasks") or [{}]:

@@ -1,4 +1,5 @@
-"""Operator commands: keys, model publication and rollouts, policies, fleet status."""
+"""Operator commands: keys, model publication and rollouts, policies, fleet status,
+hard-example export."""
 
 from __future__ import annotations
 
@@ -298,9 +299,30 @@ def _fallback_text(r: dict) -> str:
     return f"{r['fallbacks']} ({by_reason})" if by_reason else str(r["fallbacks"])
 
 
+def _ledger_text(ledger: dict | None) -> str:
+    """An agent's hard-example ledger: what waits, what was sent, what was lost."""
+    if ledger is None:
+        return "-"
+    text = f"{ledger['queued']} queued, {ledger['uploaded']} sent"
+    lost = [f"{ledger[k]} {k}" for k in ("evicted", "quarantined", "dropped") if ledger[k]]
+    if lost:
+        text += f", [red]{', '.join(lost)}[/red]"
+    return text
+
+
 def _table(title: str = "") -> Table:
     return Table(title=title or None, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0),
                  title_justify="left")
+
+
+def _ledger_text(ledger: dict | None) -> str:
+    if ledger is None:
+        return "-"
+    text = f"{ledger['queued']} queued, {ledger['uploaded']} sent"
+    lost = [f"{ledger[k]} {k}" for k in ("evicted", "quarantined", "dropped") if ledger[k]]
+    if lost:
+        text += f", [red]{', '.join(lost)}[/red]"
+    return text
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
@@ -329,7 +351,7 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     table.show_lines = not args.wide
     if args.wide:
         columns = ["agent", "labels", "replica", "seen", "task", "model", "policy",
-                   "requests", "escalated", "fallbacks", "drift", "last swap"]
+                   "requests", "escalated", "fallbacks", "drift", "last swap", "hard examples"]
     else:
         columns = ["agent", "seen", "task", "versions", "traffic", "drift"]
     for column in columns:
@@ -354,7 +376,8 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
                 escape(str(r["replica"] or "-")), seen, task, versions["model"],
                 versions["policy"], str(r["requests"]), escalated,
                 _fallback_text(r), _drift_text(r["drift"], wide=True),
-                _swap_text(r["last_swap"] | {"task": r["task"]}) if r["last_swap"] else "-")
+                _swap_text(r["last_swap"] | {"task": r["task"]}) if r["last_swap"] else "-",
+                _ledger_text(r["hard_examples"]))
         else:
             table.add_row(
                 agent, seen, task,
@@ -362,7 +385,8 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
                           for kind, v in versions.items()),
                 f"{r['requests']} req\n"
                 + (f"{escalated}\n" if r["cloud_problem"] else f"{escalated} esc\n")
-                + f"{r['fallbacks']} fallbacks",
+                + f"{r['fallbacks']} fallbacks"
+                + (f"\nhard: {_ledger_text(r['hard_examples'])}" if r["hard_examples"] else ""),
                 _drift_text(r["drift"], wide=False))
     console.print(table)
     fallbacks = [r for r in rows if r["fallbacks_by_reason"]]
@@ -389,6 +413,49 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- hard examples ------------------------------------------------------------------
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``--since``: an ISO 8601 date or time (UTC unless it says otherwise), or a
+    duration back from now (``90s``, ``30m``, ``12h``, ``7d``); returns Unix seconds."""
+    value = text.strip()
+    unit = _DURATION_UNITS.get(value[-1:].lower())
+    if unit is not None:
+        try:
+            amount = float(value[:-1])
+        except ValueError:
+            amount = -1.0
+        if amount >= 0:
+            return (time.time() if now is None else now) - amount * unit
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"--since {text!r}: give an ISO 8601 time (2024-05-01, "
+                       "2024-05-01T12:00:00Z) or a duration (30m, 12h, 7d)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def cmd_examples_export(args: argparse.Namespace) -> int:
+    from edgecloud.dataset_export import export_examples
+
+    since = parse_since(args.since) if args.since else 0.0
+    op = _operator(args)
+    try:
+        summary = export_examples(op.hard_examples(args.task, since), args.out)
+    finally:
+        op.close()
+    shapes = ", ".join(f"{name} {list(shape)}" for name, shape in summary.shapes.items())
+    print(f"exported {summary.records} hard examples of {args.task} to {args.out} "
+          f"({summary.examples_path.name}: {shapes or 'no inputs'}; "
+          f"{summary.index_path.name})")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------
 
 
@@ -403,7 +470,8 @@ def _model_target(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersAction]:
-    """Add ``keys``, ``models``, ``policy`` and ``fleet``; returns their subparsers."""
+    """Add ``keys``, ``models``, ``policy``, ``fleet`` and ``examples``; returns the
+    subparsers other modules add to."""
     keys = sub.add_parser("keys", help="operator signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     gen = ksub.add_parser("generate", help="make an Ed25519 key pair")
@@ -504,4 +572,17 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
                         "however wide (default: fit the terminal)")
     _add_target(status)
     status.set_defaults(handler=cmd_fleet_status)
+
+    examples = sub.add_parser("examples", help="hard examples the fleet kept")
+    esub = examples.add_subparsers(dest="examples_command", required=True, metavar="COMMAND")
+    export = esub.add_parser("export", help="write a task's hard examples as a data set: "
+                             "DIR/examples.npz (inputs) and DIR/index.jsonl (one line each)")
+    export.add_argument("--task", required=True, help="task whose examples to export")
+    export.add_argument("--since", default=None, metavar="TIME",
+                        help="only examples kept since TIME: ISO 8601 (UTC unless given) "
+                        "or a duration back from now (30m, 12h, 7d)")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder to write examples.npz and index.jsonl into")
+    _add_target(export)
+    export.set_defaults(handler=cmd_examples_export)
     return {"models": msub, "policy": psub}

@@ -306,8 +306,9 @@ def score_rows(policy: Policy, class_scores: np.ndarray) -> tuple[np.ndarray, np
     ``class_scores`` is ``[N, K]`` (or ``[K]`` for one row), holding
     probabilities or logits as the policy says. Returns ``(confidence[N]``
     float64 in [0, 1], ``predicted[N]`` int64). A row that cannot be scored
-    gets confidence 0 and predicted class -1. Treat both arrays as read-only
-    (a one-row answer shares its class array).
+    gets confidence 0 and predicted class -1; no rows (``[0, K]``) give two
+    empty arrays. Treat both arrays as read-only (a one-row answer shares its
+    class array).
     """
     values = np.asarray(class_scores)
     shape = values.shape
@@ -324,6 +325,8 @@ def score_rows(policy: Policy, class_scores: np.ndarray) -> tuple[np.ndarray, np
         )
     if values.shape[1] == 0:
         raise ValueError("class scores have no classes (K = 0)")
+    if values.shape[0] == 0:
+        return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
     if policy.scores_kind is ScoresKind.PROBABILITIES and values.shape[1] > 1:
         # Fast path for the usual case (well-formed probabilities): no error
         # states to silence, nothing to mask. With a temperature, p**(1/T)

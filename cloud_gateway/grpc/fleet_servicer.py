@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
+import itertools
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -14,10 +15,12 @@ import structlog
 from google.protobuf.json_format import MessageToDict
 
 from edgecloud.cloud_gateway.fleet import FleetHub
+from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.rollouts import AgentAssignment
 from edgecloud.core.auth import AGENT, Tokens, principal_of
 from edgecloud.core.errors import InvalidInput, PermissionDenied
 from edgecloud.core.grpc_errors import rpc_boundary
+from edgecloud.core.hard_example_codec import example_from_pb, example_to_pb
 from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
 
@@ -69,12 +72,26 @@ def _check_identity(tokens: Tokens | None, context, agent_id: str) -> None:
                                f"not as {agent_id!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """Limits of one UploadHardExamples call."""
+
+    max_upload_bytes: int = 16 * 2**20
+    """Bytes of messages one upload may carry; past it the call is refused as it reads."""
+    max_records: int = 10_000
+    """Records one upload may carry."""
+
+
 class FleetServicer(pb_grpc.FleetServiceServicer):
     """Agent-facing control plane."""
 
-    def __init__(self, hub: FleetHub, tokens: Tokens | None = None) -> None:
+    def __init__(self, hub: FleetHub, tokens: Tokens | None = None,
+                 examples: HardExampleStore | None = None,
+                 upload_limits: UploadLimits | None = None) -> None:
         self._hub = hub
         self._tokens = tokens
+        self._examples = examples or HardExampleStore(hub.registry.root / "hard_examples")
+        self._upload_limits = upload_limits or UploadLimits()
 
     @rpc_boundary
     async def WatchAssignments(self, request, context):
@@ -115,52 +132,52 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
 
     @rpc_boundary
     async def UploadHardExamples(self, request_iterator, context):
-        records: list[dict] = []
+        """Store an agent's batch by record id; the ack lists the records refused.
+
+        The caller's identity is checked on the first message, before anything
+        is kept, and the upload's size as it is read.
+        """
+        limits = self._upload_limits
+        records = []
         agent_id = ""
+        size = 0
         async for message in request_iterator:
             if not message.agent_id:
                 raise InvalidInput("agent_id is required")
-            if agent_id and message.agent_id != agent_id:
+            if not agent_id:
+                _check_identity(self._tokens, context, message.agent_id)
+                agent_id = message.agent_id
+            elif message.agent_id != agent_id:
                 raise InvalidInput("one upload carries one agent's examples")
-            agent_id = message.agent_id
-            if len(records) >= MAX_HARD_EXAMPLES:
-                raise InvalidInput(f"at most {MAX_HARD_EXAMPLES} examples per upload")
-            records.append(hard_example_record(message))
+            size += message.ByteSize()
+            if size > limits.max_upload_bytes:
+                raise InvalidInput(f"upload is larger than the gateway's limit of "
+                                   f"{limits.max_upload_bytes} bytes; send smaller batches")
+            if len(records) >= limits.max_records:
+                raise InvalidInput(f"at most {limits.max_records} examples per upload")
+            records.append(example_from_pb(message))
         if not records:
-            return pb.HardExampleAck(accepted=0)
-        _check_identity(self._tokens, context, agent_id)
-        accepted = await asyncio.to_thread(self._hub.registry.store_hard_examples, agent_id,
-                                           records)
-        log.info("hard_examples_stored", agent_id=agent_id, count=accepted)
-        return pb.HardExampleAck(accepted=accepted)
+            return pb.HardExampleAck()
+        outcome = await asyncio.to_thread(self._examples.store, agent_id, records)
+        log.info("hard_examples_stored", agent_id=agent_id, stored=outcome.stored,
+                 duplicates=outcome.duplicates, rejected=len(outcome.rejected))
+        return pb.HardExampleAck(
+            accepted=outcome.stored, duplicates=outcome.duplicates,
+            rejected=[pb.RejectedHardExample(record_id=rid, reason=reason)
+                      for rid, reason in outcome.rejected],
+        )
 
 
-MAX_HARD_EXAMPLES = 10_000
-MAX_HARD_EXAMPLE_BYTES = 4 * 2**20
-
-
-def hard_example_record(message: pb.HardExample) -> dict:
-    """Wire hard example -> the JSON kept in the registry (inputs base64)."""
-    size = sum(len(t.data) for t in message.inputs)
-    if not message.inputs or size > MAX_HARD_EXAMPLE_BYTES:
-        raise InvalidInput(f"hard example inputs must be 1 byte to 4 MiB (got {size})")
-    return {
-        "agent_id": message.agent_id, "task": message.task,
-        "model_version": message.model_version,
-        "inputs": {t.name: {"datatype": t.datatype, "shape": list(t.shape),
-                            "data": base64.b64encode(t.data).decode()} for t in message.inputs},
-        "edge_scores": list(message.edge_scores),
-        "cloud_scores": list(message.cloud_scores) or None,
-        "route": message.route, "reason": message.reason, "confidence": message.confidence,
-        "at": message.at,
-    }
+EXPORT_BATCH = 64
+"""Records read from disk per worker-thread hop while exporting."""
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
     """Operator actions on the shared registry."""
 
-    def __init__(self, hub: FleetHub) -> None:
+    def __init__(self, hub: FleetHub, examples: HardExampleStore | None = None) -> None:
         self._hub = hub
+        self._examples = examples or HardExampleStore(hub.registry.root / "hard_examples")
 
     @rpc_boundary
     async def PublishModel(self, request_iterator, context):
@@ -230,12 +247,31 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             agent["connected_here"] = self._hub.connected(agent.get("agent_id", ""))
         return pb.FleetStatusReply(json=json.dumps(agents))
 
+    @rpc_boundary
+    async def ExportHardExamples(self, request, context):
+        records = self._examples.records(request.task, request.since)
+        while True:
+            batch = await asyncio.to_thread(lambda: list(itertools.islice(records,
+                                                                          EXPORT_BATCH)))
+            if not batch:
+                return
+            for kept in batch:
+                yield example_to_pb(kept)
 
-def register(hub: FleetHub, tokens: Tokens | None = None):
-    """Registrar for :func:`core.grpc_server.create_server`."""
+
+def register(hub: FleetHub, tokens: Tokens | None = None,
+             examples: HardExampleStore | None = None,
+             upload_limits: UploadLimits | None = None):
+    """Registrar for :func:`core.grpc_server.create_server`.
+
+    ``examples`` stores hard examples (default: the registry's ``hard_examples/``).
+    """
+
+    store = examples or HardExampleStore(hub.registry.root / "hard_examples")
 
     def add(server: grpc.aio.Server) -> None:
-        pb_grpc.add_FleetServiceServicer_to_server(FleetServicer(hub, tokens), server)
-        pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(hub), server)
+        pb_grpc.add_FleetServiceServicer_to_server(
+            FleetServicer(hub, tokens, store, upload_limits), server)
+        pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(hub, store), server)
 
     return add

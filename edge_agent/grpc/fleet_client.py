@@ -9,7 +9,6 @@ FetchArtifact, and reports status after every change and periodically.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
@@ -22,7 +21,7 @@ from edgecloud.core import __version__
 from edgecloud.core.auth import call_metadata
 from edgecloud.core.grpc_errors import from_rpc_error
 from edgecloud.core.tls import open_channel
-from edgecloud.edge_agent.hard_examples import HardExampleSpool
+from edgecloud.edge_agent.hard_examples import LedgerStats
 from edgecloud.edge_agent.model_manager import ArtifactRef, Assignment, ModelManager, SwapOutcome
 from edgecloud.edge_agent.service import EdgeService
 from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
@@ -40,16 +39,13 @@ def _refs(items) -> tuple[ArtifactRef, ...]:
                  for r in items)
 
 
-def hard_example_message(agent_id: str, record: dict) -> pb.HardExample:
-    """A spooled hard example (JSON) -> wire message."""
-    return pb.HardExample(
-        agent_id=agent_id, task=record["task"], model_version=record["model_version"],
-        inputs=[pb.TensorBlob(name=name, datatype=t["datatype"], shape=t["shape"],
-                              data=base64.b64decode(t["data"]))
-                for name, t in record["inputs"].items()],
-        edge_scores=record["edge_scores"], cloud_scores=record.get("cloud_scores") or [],
-        route=record["route"], reason=record["reason"], confidence=record["confidence"],
-        at=record["at"],
+def ledger_status(stats: LedgerStats) -> pb.HardExampleLedgerStatus:
+    """The hard-example ledger's counters -> wire message."""
+    return pb.HardExampleLedgerStatus(
+        kept=stats.kept, queued=stats.queued, queued_bytes=stats.queued_bytes,
+        uploaded=stats.uploaded, evicted_age=stats.evicted_age,
+        evicted_space=stats.evicted_space, quarantined=stats.quarantined,
+        dropped=stats.dropped,
     )
 
 
@@ -108,6 +104,8 @@ def build_status(agent_id: str, labels: dict[str, str], service: EdgeService,
                             status_interval_s=status_interval_s, diagnostics=diagnostics)
     if manager.last_outcome is not None:
         status.last_swap.CopyFrom(_swap(manager.last_outcome))
+    if service.hard_examples is not None:
+        status.hard_examples.CopyFrom(ledger_status(service.hard_examples.stats))
     return status
 
 
@@ -128,14 +126,12 @@ class FleetClient:
         max_message_bytes: int = 8 * 2**20,
         token: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
-        hard_examples: HardExampleSpool | None = None,
         on_state: Callable[[FleetState], Awaitable[None]] | None = None,
     ) -> None:
         self._auth = call_metadata(token)
         self._on_state = on_state
         self.state: FleetState = "connecting"
         """Where the link to the fleet stands (ready for fleet operations: ``connected``)."""
-        self._hard_examples = hard_examples
         self.agent_id = agent_id
         self.labels = labels
         self._service = service
@@ -251,25 +247,3 @@ class FleetClient:
         while True:
             await asyncio.sleep(self._status_interval_s)
             await self.report()
-            await self.upload_hard_examples()
-
-    async def upload_hard_examples(self) -> int:
-        """Send spooled hard examples; a batch is deleted only once acknowledged."""
-        spool = self._hard_examples
-        if spool is None:
-            return 0
-        await asyncio.to_thread(spool.flush)
-        sent = 0
-        for path, records in await asyncio.to_thread(lambda: list(spool.claim())):
-            messages = [hard_example_message(self.agent_id, r) for r in records]
-            try:
-                ack = await self._stub.UploadHardExamples(iter(messages), timeout=60,
-                                                          metadata=self._auth)
-            except grpc.aio.AioRpcError as exc:
-                log.info("hard_examples_upload_failed", code=exc.code().name)
-                return sent
-            spool.done(path)
-            sent += int(ack.accepted)
-        if sent:
-            log.info("hard_examples_uploaded", count=sent)
-        return sent

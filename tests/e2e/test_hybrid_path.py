@@ -224,3 +224,22 @@ async def test_edge_only_agent_answers_everything_locally(start_agent, channels,
     forced = await call(stub, x[:3], route="cloud")
     assert forced.parameters["route"].split(",") == ["edge"] * 3
     assert forced.parameters["reason"].split(",") == ["cloud_unavailable"] * 3
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("route", ["auto", "cloud"])
+async def test_zero_row_request_gets_empty_outputs(start_gateway, start_agent, channels,
+                                                   route):
+    """A [0, 64] request is answered by the agent and by the gateway with [0, 10] outputs,
+    never INTERNAL, whether routed automatically or forced to the cloud."""
+    gateway = await start_gateway()
+    agent = await start_agent(gateway.address)
+    empty = np.zeros((0, 64), dtype=np.float32)
+    answer = await call(channels(agent.address), empty, route=route)
+    assert answer.outputs["probabilities"].shape == (0, 10)
+    assert answer.parameters["route"] == ""
+    request = codec.encode_infer_request(InferRequest(model_name=TASK,
+                                                      inputs={"pixels": empty}))
+    reply = codec.decode_infer_response(
+        await channels(gateway.address).ModelInfer(request, timeout=5.0))
+    assert reply.outputs["probabilities"].shape == (0, 10)

@@ -161,6 +161,13 @@ def test_bad_shapes_are_refused(shape: tuple[int, ...]) -> None:
         score_rows(make_policy(), np.zeros(shape))
 
 
+def test_zero_rows_give_empty_scores() -> None:
+    """A [0, K] array (a request with no rows) gives empty confidence and class arrays."""
+    confidence, predicted = score_rows(make_policy("max_prob"), np.zeros((0, 10)))
+    assert confidence.shape == (0,) and confidence.dtype == np.float64
+    assert predicted.shape == (0,) and predicted.dtype == np.int64
+
+
 def test_confidence_stays_in_unit_interval() -> None:
     """On random logits at many temperatures every score stays within [0, 1]."""
     rng = np.random.default_rng(7)

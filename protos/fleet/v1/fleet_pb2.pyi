@@ -133,6 +133,14 @@ class FleetStatusReply(_message.Message):
     json: str
     def __init__(self, json: _Optional[str] = ...) -> None: ...
 
+class ExportHardExamplesRequest(_message.Message):
+    __slots__ = ("task", "since")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    since: float
+    def __init__(self, task: _Optional[str] = ..., since: _Optional[float] = ...) -> None: ...
+
 class AgentHello(_message.Message):
     __slots__ = ("agent_id", "labels", "agent_version", "known_generation")
     class LabelsEntry(_message.Message):
@@ -237,7 +245,7 @@ class TaskCounters(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., requests: _Optional[int] = ..., rows: _Optional[int] = ..., escalated_rows: _Optional[int] = ..., fallback_rows: _Optional[int] = ..., errors: _Optional[int] = ..., score_histogram: _Optional[_Iterable[int]] = ..., score_bin_edges: _Optional[_Iterable[float]] = ..., drift_psi: _Optional[float] = ..., drift_ks: _Optional[float] = ..., drift_ks_pvalue: _Optional[float] = ..., drift_status: _Optional[str] = ..., shadow_rows: _Optional[int] = ..., shadow_agree: _Optional[int] = ..., waiting_for: _Optional[str] = ..., cloud_problem: _Optional[str] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("agent_id", "labels", "agent_version", "tasks", "last_swap", "sent_at", "swaps", "applied_generation", "status_interval_s", "diagnostics")
+    __slots__ = ("agent_id", "labels", "agent_version", "tasks", "last_swap", "sent_at", "swaps", "applied_generation", "status_interval_s", "diagnostics", "hard_examples")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +263,7 @@ class AgentStatus(_message.Message):
     APPLIED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     STATUS_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     DIAGNOSTICS_FIELD_NUMBER: _ClassVar[int]
+    HARD_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     labels: _containers.ScalarMap[str, str]
     agent_version: str
@@ -265,7 +274,8 @@ class AgentStatus(_message.Message):
     applied_generation: int
     status_interval_s: float
     diagnostics: _containers.RepeatedCompositeFieldContainer[TaskDiagnostics]
-    def __init__(self, agent_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskCounters, _Mapping]]] = ..., last_swap: _Optional[_Union[SwapOutcome, _Mapping]] = ..., sent_at: _Optional[float] = ..., swaps: _Optional[_Iterable[_Union[SwapOutcome, _Mapping]]] = ..., applied_generation: _Optional[int] = ..., status_interval_s: _Optional[float] = ..., diagnostics: _Optional[_Iterable[_Union[TaskDiagnostics, _Mapping]]] = ...) -> None: ...
+    hard_examples: HardExampleLedgerStatus
+    def __init__(self, agent_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskCounters, _Mapping]]] = ..., last_swap: _Optional[_Union[SwapOutcome, _Mapping]] = ..., sent_at: _Optional[float] = ..., swaps: _Optional[_Iterable[_Union[SwapOutcome, _Mapping]]] = ..., applied_generation: _Optional[int] = ..., status_interval_s: _Optional[float] = ..., diagnostics: _Optional[_Iterable[_Union[TaskDiagnostics, _Mapping]]] = ..., hard_examples: _Optional[_Union[HardExampleLedgerStatus, _Mapping]] = ...) -> None: ...
 
 class TaskDiagnostics(_message.Message):
     __slots__ = ("name", "fallback_rows_by_reason", "drift_rows", "drift_min_rows")
@@ -286,6 +296,26 @@ class TaskDiagnostics(_message.Message):
     drift_min_rows: int
     def __init__(self, name: _Optional[str] = ..., fallback_rows_by_reason: _Optional[_Mapping[str, int]] = ..., drift_rows: _Optional[int] = ..., drift_min_rows: _Optional[int] = ...) -> None: ...
 
+class HardExampleLedgerStatus(_message.Message):
+    __slots__ = ("kept", "queued", "queued_bytes", "uploaded", "evicted_age", "evicted_space", "quarantined", "dropped")
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPLOADED_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_AGE_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_SPACE_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    kept: int
+    queued: int
+    queued_bytes: int
+    uploaded: int
+    evicted_age: int
+    evicted_space: int
+    quarantined: int
+    dropped: int
+    def __init__(self, kept: _Optional[int] = ..., queued: _Optional[int] = ..., queued_bytes: _Optional[int] = ..., uploaded: _Optional[int] = ..., evicted_age: _Optional[int] = ..., evicted_space: _Optional[int] = ..., quarantined: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+
 class StatusAck(_message.Message):
     __slots__ = ("generation",)
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -305,7 +335,7 @@ class TensorBlob(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class HardExample(_message.Message):
-    __slots__ = ("agent_id", "task", "model_version", "inputs", "edge_scores", "cloud_scores", "route", "reason", "confidence", "at")
+    __slots__ = ("agent_id", "task", "model_version", "inputs", "edge_scores", "cloud_scores", "route", "reason", "confidence", "at", "record_id", "seq", "policy_version", "cloud_model_version", "has_cloud_answer")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -316,6 +346,11 @@ class HardExample(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HAS_CLOUD_ANSWER_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     task: str
     model_version: str
@@ -326,10 +361,27 @@ class HardExample(_message.Message):
     reason: str
     confidence: float
     at: float
-    def __init__(self, agent_id: _Optional[str] = ..., task: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorBlob, _Mapping]]] = ..., edge_scores: _Optional[_Iterable[float]] = ..., cloud_scores: _Optional[_Iterable[float]] = ..., route: _Optional[str] = ..., reason: _Optional[str] = ..., confidence: _Optional[float] = ..., at: _Optional[float] = ...) -> None: ...
+    record_id: str
+    seq: int
+    policy_version: str
+    cloud_model_version: str
+    has_cloud_answer: bool
+    def __init__(self, agent_id: _Optional[str] = ..., task: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorBlob, _Mapping]]] = ..., edge_scores: _Optional[_Iterable[float]] = ..., cloud_scores: _Optional[_Iterable[float]] = ..., route: _Optional[str] = ..., reason: _Optional[str] = ..., confidence: _Optional[float] = ..., at: _Optional[float] = ..., record_id: _Optional[str] = ..., seq: _Optional[int] = ..., policy_version: _Optional[str] = ..., cloud_model_version: _Optional[str] = ..., has_cloud_answer: _Optional[bool] = ...) -> None: ...
+
+class RejectedHardExample(_message.Message):
+    __slots__ = ("record_id", "reason")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    reason: str
+    def __init__(self, record_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class HardExampleAck(_message.Message):
-    __slots__ = ("accepted",)
+    __slots__ = ("accepted", "duplicates", "rejected")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     accepted: int
-    def __init__(self, accepted: _Optional[int] = ...) -> None: ...
+    duplicates: int
+    rejected: _containers.RepeatedCompositeFieldContainer[RejectedHardExample]
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedHardExample, _Mapping]]] = ...) -> None: ...

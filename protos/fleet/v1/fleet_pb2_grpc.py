@@ -271,6 +271,11 @@ class AdminServiceStub:
                 request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.SerializeToString,
                 response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusReply.FromString,
                 _registered_method=True)
+        self.ExportHardExamples = channel.unary_stream(
+                '/edgecloud.fleet.v1.AdminService/ExportHardExamples',
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportHardExamplesRequest.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -316,6 +321,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportHardExamples(self, request, context):
+        """Stored hard examples of one task, oldest first per agent, for export.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -348,6 +360,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.FleetStatus,
                     request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.FromString,
                     response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusReply.SerializeToString,
+            ),
+            'ExportHardExamples': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportHardExamples,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportHardExamplesRequest.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -513,6 +530,33 @@ class AdminService:
             '/edgecloud.fleet.v1.AdminService/FleetStatus',
             edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.SerializeToString,
             edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportHardExamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgecloud.fleet.v1.AdminService/ExportHardExamples',
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportHardExamplesRequest.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.FromString,
             options,
             channel_credentials,
             insecure,
