@@ -316,10 +316,22 @@ class Registry:
 
     def publish_policy(self, manifest_bytes: bytes, signature: bytes,
                        document: bytes) -> tuple[Manifest, int]:
-        """Store a policy version after checking that it parses."""
+        """Store a policy version after checking that it parses.
+
+        Whatever the outcome, a reservation of the version (see :meth:`reserve_version`)
+        ends here.
+        """
         manifest = parse_manifest(manifest_bytes)
         if manifest.kind != "policy":
             raise InvalidInput("a policy manifest needs kind 'policy'")
+        try:
+            return self._publish_policy(manifest, manifest_bytes, signature, document)
+        finally:
+            self._envelope_path("policy", manifest.name, manifest.version).with_suffix(
+                ".reserved").unlink(missing_ok=True)
+
+    def _publish_policy(self, manifest: Manifest, manifest_bytes: bytes, signature: bytes,
+                        document: bytes) -> tuple[Manifest, int]:
         self._check_signature(manifest_bytes, signature)
         try:
             policy = parse_policy(document)
@@ -328,6 +340,11 @@ class Registry:
         if policy.name != manifest.name:
             raise InvalidInput(
                 f"policy document is for task {policy.name!r}, manifest names {manifest.name!r}"
+            )
+        if policy.version != manifest.version:
+            raise InvalidInput(
+                f"policy document says version {policy.version!r}, manifest names "
+                f"{manifest.version!r}"
             )
         for edge in self._routed_edge_versions(manifest.name):
             problem = _scores_problem(policy, edge.manifest, manifest.version)
@@ -340,6 +357,10 @@ class Registry:
             )
         self._store_blob([document], manifest.digest, manifest.size)
         with self._locked():
+            if path.exists():  # a publisher racing for the same version got here first
+                raise FailedPrecondition(
+                    f"policy {manifest.name} version {manifest.version} already exists"
+                )
             _atomic_write(path, _envelope_bytes(manifest_bytes, signature))
             generation = self._bump()
         return manifest, generation
@@ -398,17 +419,19 @@ class Registry:
         return sorted(p.name for p in (self.root / "policies").iterdir() if p.is_dir())
 
     def reserve_version(self, name: str, target: str) -> str:
-        """The next numeric version of a model, never handed out twice.
+        """The next numeric version of a model (target ``edge`` or ``cloud``) or of a
+        task's policy (target ``policy``), never handed out twice.
 
         Under the lock: one more than the highest version published or reserved
         (``"1"`` for the first). The reservation holds until a publication of that
         version ends; a publisher that never comes back leaves a gap in the numbers.
         """
         if not valid_name(name):
-            raise InvalidInput(f"model name {name!r} is not valid")
-        if target not in ("edge", "cloud"):
-            raise InvalidInput(f"target must be 'edge' or 'cloud' (got {target!r})")
-        base = self.root / "models" / name / target
+            raise InvalidInput(f"name {name!r} is not valid")
+        if target not in ("edge", "cloud", "policy"):
+            raise InvalidInput(f"target must be 'edge', 'cloud' or 'policy' (got {target!r})")
+        base = (self.root / "policies" / name if target == "policy"
+                else self.root / "models" / name / target)
         with self._locked():
             taken = [p.stem for pattern in ("*.json", "*.reserved") for p in base.glob(pattern)]
             version = str(max((int(v) for v in taken if v.isdigit()), default=0) + 1)

@@ -232,7 +232,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_policy_publish(args: argparse.Namespace) -> int:
     from edgecloud.core.artifacts import build_policy_manifest
     from edgecloud.operations import sign_manifest
-    from edgecloud.router import PolicyError, parse_policy
+    from edgecloud.router import PolicyError, dump_policy, parse_policy
 
     try:
         document = args.file.read_bytes()
@@ -243,11 +243,16 @@ def cmd_policy_publish(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         raise CliError(f"{args.file}: {exc}") from None
     if policy.name != args.name:
-        raise CliError(f"{args.file} is a policy for task {policy.name!r}, not {args.name!r}")
-    manifest = build_policy_manifest(document, name=policy.name, version=policy.version)
-    data = manifest.canonical()
+        raise CliError(f"{args.file} is a policy for task {policy.name!r}, not {args.name!r} "
+                       f"(policy tune --task {args.name} names it)")
     op = _operator(args, create=True)
     try:
+        version = args.version or op.reserve_version(args.name, "policy")
+        if version != policy.version:
+            # The version is the registry's to give: the published document carries it.
+            document = dump_policy(policy.model_copy(update={"version": version})).encode()
+        manifest = build_policy_manifest(document, name=policy.name, version=version)
+        data = manifest.canonical()
         reply = op.publish_policy(data, sign_manifest(data, args.key), document)
     finally:
         op.close()
@@ -556,6 +561,9 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
     ppub = psub.add_parser("publish", help="publish a policy version to the fleet")
     ppub.add_argument("name", help="task name the policy routes (must match the file's)")
     ppub.add_argument("file", type=Path, help="the policy file (YAML or JSON)")
+    ppub.add_argument("--version", default=None,
+                      help="version to publish as (default: the next free number in the "
+                      "registry; the published document carries it)")
     ppub.add_argument("--key", type=Path, default=None, metavar="FILE",
                       help="operator private key to sign with (default: unsigned, refused "
                       "by gateways and agents with --trust-key)")

@@ -81,8 +81,9 @@ def register_policy_commands(commands: argparse._SubParsersAction) -> None:
                       help="policy file to write (YAML)")
     tune.add_argument("--plot", type=Path, default=None, metavar="PNG",
                       help="draw accuracy against escalation to this PNG (needs matplotlib)")
-    tune.add_argument("--name", default=None, metavar="TASK",
-                      help="task the policy routes (default: the base policy's, else 'task')")
+    tune.add_argument("--task", "--name", dest="name", default=None, metavar="TASK",
+                      help="task the policy routes, the name `policy publish` and agents "
+                      "know it by (required unless --base names it)")
     tune.add_argument("--base", type=Path, default=None, metavar="POLICY",
                       help="start from this policy (budget, latency, breaker, shadow rate kept)")
     target = tune.add_mutually_exclusive_group()
@@ -148,6 +149,9 @@ def cmd_policy_tune(args: argparse.Namespace) -> int:
             base = _read_policy(args.base, "--base")
         except PolicyError as exc:
             raise CliError(f"--base {args.base}: {exc}") from None
+    if args.name is None and base is None:
+        raise CliError("policy tune needs --task NAME, the task the policy routes (or --base "
+                       "POLICY, whose task it keeps)")
     kind = args.scores_kind or (base.scores_kind.value if base is not None else "probabilities")
     tuned_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -186,7 +190,7 @@ def _tune_on_data(
         raise CliError("--data needs both --edge and --cloud models")
     base = target.base_policy
     edge_scores, cloud_scores, y, output = _score_data(args, base, console)
-    start = base if base is not None else Policy(name=args.name or "task", threshold=0.5)
+    start = base if base is not None else Policy(name=args.name, threshold=0.5)
     if base is None or base.scores_output is not None or args.scores_output is not None:
         # a base's "chosen automatically" (None) stays
         start = start.model_copy(update={"scores_output": output})

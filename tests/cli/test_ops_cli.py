@@ -476,3 +476,28 @@ def test_models_list_marks_a_silent_replica(tmp_path: Path, digits_dir: Path) ->
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if "gw-live" in line)
     assert "gw-gone (silent, 60m ago)" in line and "gw-live (silent" not in line
+
+
+def test_policy_publish_takes_the_next_version(tmp_path: Path, digits_dir: Path) -> None:
+    """`policy publish` gives a policy file the registry's next version (the published
+    document carries it), so the same tuned file can be published again; --version
+    names one, and a taken version is refused."""
+    from edgecloud.cloud_gateway.registry import Registry
+    from edgecloud.router import parse_policy
+
+    reg = str(tmp_path / "registry")
+    file = str(digits_dir / "policy.yaml")
+    first = edgecloud("policy", "publish", "digits", file, "--registry", reg)
+    second = edgecloud("policy", "publish", "digits", file, "--registry", reg)
+    named = edgecloud("policy", "publish", "digits", file, "--version", "7", "--registry", reg)
+    taken = edgecloud("policy", "publish", "digits", file, "--version", "7", "--registry", reg)
+    assert [r.returncode for r in (first, second, named)] == [0, 0, 0], second.stderr
+    assert "version 1;" in first.stdout and "version 2;" in second.stdout
+    assert "version 7;" in named.stdout
+    assert taken.returncode == 2 and "already exists" in taken.stderr
+    registry = Registry(Path(reg))
+    policies = registry.policy_versions("digits")
+    assert sorted(policies, key=int) == ["1", "2", "7"]
+    for envelope in policies.values():
+        document = registry.blob_path(envelope.manifest.digest).read_bytes()
+        assert parse_policy(document).version == envelope.manifest.version

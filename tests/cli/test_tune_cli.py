@@ -20,7 +20,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _tune_args(digits_dir: Path, out: Path, *extra: str) -> list[str]:
     return ["policy", "tune", "--edge", str(digits_dir / "edge.onnx"),
             "--cloud", str(digits_dir / "cloud.onnx"),
-            "--data", str(digits_dir / "calibration.npz"), "--out", str(out), *extra]
+            "--data", str(digits_dir / "calibration.npz"), "--out", str(out), "--task", "digits",
+            *extra]
 
 
 def test_tune_writes_policy_plot_and_table(digits_dir, tmp_path, capsys) -> None:
@@ -145,9 +146,9 @@ def bad_inputs(tmp_path: Path) -> dict[str, Path]:
 def test_bad_input_exits_2(args, fragment, bad_inputs, digits_dir, capsys) -> None:
     """Each mistake is one clear line on stderr and exit code 2."""
     flags = dict(zip(
-        ["--edge", "--cloud", "--data", "--out"],
+        ["--edge", "--cloud", "--data", "--out", "--task"],
         [str(digits_dir / "edge.onnx"), str(digits_dir / "cloud.onnx"),
-         str(digits_dir / "calibration.npz"), str(bad_inputs["tmp"] / "out.yaml")],
+         str(digits_dir / "calibration.npz"), str(bad_inputs["tmp"] / "out.yaml"), "digits"],
         strict=True,
     ))
     given = [a.format(**bad_inputs) for a in args]
@@ -209,7 +210,7 @@ def test_tune_takes_a_named_scores_output(tmp_path, capsys) -> None:
     np.savez(tmp_path / "iris.npz", X=x, y=y)
     args = ["policy", "tune", "--edge", str(edge), "--cloud", str(edge), "--data",
             str(tmp_path / "iris.npz"), "--out", str(tmp_path / "p.yaml"),
-            "--target-escalation", "0.3"]
+            "--target-escalation", "0.3", "--task", "iris"]
     assert main([*args, "--scores-output", "probabilities"]) == 0
     assert parse_policy((tmp_path / "p.yaml").read_text()).scores_output == "probabilities"
     capsys.readouterr()
@@ -229,9 +230,19 @@ def test_tune_runs_a_batch_of_one_model_row_by_row(tmp_path, capsys) -> None:
     np.savez(tmp_path / "iris.npz", X=x, y=y)
     args = ["policy", "tune", "--edge", str(edge), "--cloud", str(cloud), "--data",
             str(tmp_path / "iris.npz"), "--out", str(tmp_path / "p.yaml"),
-            "--target-escalation", "0.3"]
+            "--target-escalation", "0.3", "--task", "iris"]
     assert main(args) == 0
     assert "1 row per run (its fixed batch size)" in capsys.readouterr().out
     assert parse_policy((tmp_path / "p.yaml").read_text()).calibration_histogram.total == len(y)
     assert main([*args, "--chunk-rows", "64"]) == 2
     assert "takes exactly 1 row per run" in capsys.readouterr().err
+
+
+def test_tune_needs_the_task_it_routes(digits_dir, tmp_path, capsys) -> None:
+    """Without --task (or a --base naming one) tuning is refused with a message naming the
+    flag, so a tuned policy never carries a made-up task name into `policy publish`."""
+    args = [a for a in _tune_args(digits_dir, tmp_path / "p.yaml", "--target-escalation", "0.2")
+            if a not in ("--task", "digits")]
+    assert main(args) == 2
+    assert "--task" in capsys.readouterr().err
+    assert not (tmp_path / "p.yaml").exists()
