@@ -248,7 +248,8 @@ class EdgeService:
         cloud: CloudClient | None,
         *,
         executor_threads: int = 2,
-        reply_margin_s: float = 0.002,
+        reply_margin_s: float = 0.005,
+        reply_share: float = 0.1,
         inline_below_s: float = 0.0005,
         shadow_log: ShadowLog | None = None,
         hard_examples: HardExampleLedger | None = None,
@@ -265,6 +266,7 @@ class EdgeService:
         self._cloud_watch: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="onnx")
         self._reply_margin_s = reply_margin_s
+        self._reply_share = reply_share
         self._inline_below_s = inline_below_s
         self._shadow_log = shadow_log
         self._hard_examples = hard_examples
@@ -501,19 +503,21 @@ class EdgeService:
                                    f"task {task.name!r}")
         if time_left_s is None:
             time_left_s = policy.latency.default_budget_ms / 1000.0
-        deadline = started + time_left_s
+        # The cloud gets the budget less what answering locally after it may take.
+        cloud_deadline = started + time_left_s - max(self._reply_margin_s,
+                                                      self._reply_share * time_left_s)
         inputs = model.validate_inputs(request.inputs)
         outputs = await self._run_local(task, model, inputs)
         edge_scores = outputs[current.scores_output]
         confidence, predicted = score_rows(policy, edge_scores)
 
-        ctx = RequestContext(route, threshold, max(deadline - self._clock(), 0.0))
+        ctx = RequestContext(route, threshold, max(cloud_deadline - self._clock(), 0.0))
         plan = router.plan(confidence, predicted, ctx)
         escalation = None
         cloud_version = ""
         if plan.permit:
             escalation, cloud_version = await self._escalate(
-                task, current, inputs, outputs, plan.cloud_rows, deadline, request_id)
+                task, current, inputs, outputs, plan.cloud_rows, cloud_deadline, request_id)
         routing = router.record(plan, escalation)
         if plan.shadow_rows.size:
             self._shadow(task, current, inputs, edge_scores, plan.shadow_rows, routing)
@@ -574,7 +578,7 @@ class EdgeService:
         inputs: dict[str, np.ndarray],
         outputs: dict[str, np.ndarray],
         rows: np.ndarray,
-        deadline: float,
+        cloud_deadline: float,
         request_id: str,
     ) -> tuple[Escalation, str]:
         """Send the plan's cloud rows to the gateway; splice the answers into ``outputs``.
@@ -589,7 +593,7 @@ class EdgeService:
         try:
             if self._cloud is None:
                 raise Unavailable("no gateway configured")
-            timeout = deadline - sent - self._reply_margin_s
+            timeout = cloud_deadline - sent
             if timeout <= 0:
                 raise Unavailable("no time left for the cloud")
             reply = await self._cloud.infer(

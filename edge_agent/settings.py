@@ -74,8 +74,13 @@ class AgentSettings(EdgecloudSettings):
     """Largest inference request accepted from apps."""
     max_escalation_rows: int = Field(256, ge=1)
     """Most rows sent to the cloud in one call (batch mode splits larger sets)."""
-    reply_margin_ms: float = Field(2.0, ge=0)
-    """Time kept back from the request's deadline to reply after an escalation."""
+    reply_margin_ms: float = Field(5.0, ge=0)
+    """Least time kept back from a request's deadline to answer it locally if the cloud
+    does not answer in time."""
+    reply_share: float = Field(0.1, ge=0, lt=1)
+    """Share of each request's time budget kept back for that local answer when it is more
+    than reply_margin_ms: many escalations timing out together (a stalled link) must
+    still all be answered before their deadlines."""
     inline_run_below_ms: float = Field(0.5, ge=0)
     """Edge models faster than this per request run on the event loop, not a worker thread."""
     shadow_seed: int | None = None

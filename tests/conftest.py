@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -152,3 +153,13 @@ async def channels() -> AsyncIterator[Callable[[str], pb_grpc.GRPCInferenceServi
     yield stub
     for channel in opened:
         await channel.close()
+
+
+@pytest.fixture
+async def processes():
+    """Processes started by a test; any still running are killed at teardown."""
+    started: list = []
+    yield started
+    for process in started:
+        if process.proc.poll() is None:
+            await process.stop(signal.SIGKILL)

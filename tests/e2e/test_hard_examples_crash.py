@@ -8,11 +8,7 @@ exactly the records the agent's ledger kept, sequence numbers 1..N, each once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -20,55 +16,18 @@ import numpy as np
 import pytest
 import yaml
 from fleet_helpers import wait_until
+from processes import (
+    HARD_REASONS,
+    QUICK_LEDGER,
+    Process,
+    ledger_counters,
+    stored_count,
+    stored_seqs,
+)
 
-from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.core import codec
 from edgecloud.core.tensors import InferRequest
 from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-
-HARD_REASONS = {"low_confidence", "no_time", "budget_exhausted", "cloud_unavailable",
-                "cloud_failed"}
-QUICK_LEDGER = {"flush_interval_s": 0.05, "upload_interval_s": 0.05,
-                "upload_batch_records": 3}
-"""Small batches sent back to back: most moments of a run are mid-upload."""
-
-
-class Process:
-    """An `edgecloud` command running as its own process, with a port file."""
-
-    def __init__(self, args: list[str], folder: Path, name: str) -> None:
-        self.port_file = folder / f"{name}.port"
-        self.port_file.unlink(missing_ok=True)
-        self.log = open(folder / f"{name}.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgecloud", *args, "--port-file", str(self.port_file),
-             "--log-format", "json"],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    async def address(self) -> str:
-        """HOST:PORT once the process serves."""
-        await wait_until(lambda: self.port_file.exists() or self.proc.poll() is not None,
-                         timeout_s=60, what="port file")
-        assert self.proc.poll() is None, f"exited with {self.proc.returncode}"
-        return self.port_file.read_text().strip()
-
-    async def stop(self, sig: signal.Signals) -> int:
-        """Send ``sig`` and wait for the exit code."""
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(sig)
-        code = await asyncio.to_thread(self.proc.wait, 60)
-        self.log.close()
-        return code
-
-
-@pytest.fixture
-async def processes():
-    """Processes started by a test; any still running are killed at teardown."""
-    started: list[Process] = []
-    yield started
-    for process in started:
-        if process.proc.poll() is None:
-            await process.stop(signal.SIGKILL)
 
 
 def agent_args(folder: Path, gateway: str, digits_dir: Path, **ledger) -> list[str]:
@@ -79,20 +38,6 @@ def agent_args(folder: Path, gateway: str, digits_dir: Path, **ledger) -> list[s
             "--model", f"digits={digits_dir / 'edge.onnx'}",
             "--policy", str(digits_dir / "policy.yaml"), "--status-interval", "3600",
             "--config", str(config)]
-
-
-def ledger_counters(folder: Path) -> dict[str, int]:
-    """The counters of the agent's ledger, read from its file."""
-    with contextlib.closing(sqlite3.connect(folder / "agent" / "hard" / "ledger.sqlite3")) as db:
-        return dict(db.execute("SELECT name, value FROM counters").fetchall())
-
-
-def stored_seqs(registry: Path) -> list[int]:
-    return [k.seq for k in HardExampleStore(registry / "hard_examples").records("digits")]
-
-
-def stored_count(registry: Path) -> int:
-    return len(list((registry / "hard_examples").glob("digits/*/*.json")))
 
 
 async def send_until_stopped(address: str, x: np.ndarray) -> int:
