@@ -18,7 +18,14 @@ from edgecloud.cloud_gateway.registry import Registry, is_registry, registry_pat
 from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.cloud_gateway.settings import GatewaySettings
 from edgecloud.core import v2_grpc
-from edgecloud.core.auth import AGENT, OPERATOR, AuthInterceptor, Tokens
+from edgecloud.core.auth import (
+    AGENT,
+    OPERATOR,
+    VIEWER,
+    Authenticator,
+    AuthInterceptor,
+    Tokens,
+)
 from edgecloud.core.errors import FailedPrecondition, InvalidInput
 from edgecloud.core.grpc_server import ServerOptions, create_server, split_host_port
 from edgecloud.core.model import OnnxModel
@@ -33,13 +40,16 @@ T = TypeVar("T")
 
 _AGENT_OR_OPERATOR = frozenset({AGENT, OPERATOR})
 _OPERATOR_ONLY = frozenset({OPERATOR})
+_READERS = frozenset({OPERATOR, VIEWER})
 _OPEN_V2 = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata")
+_ADMIN_READS = ("ListModels", "FleetStatus")
+"""Admin calls a viewer may make: they change nothing and return no model or example data."""
 
 
 def gateway_roles(method: str) -> frozenset[str] | None:
     """Roles allowed to call ``method`` (None: open, e.g. health checks)."""
     if method.startswith(f"/{fleet_servicer.ADMIN_SERVICE}/"):
-        return _OPERATOR_ONLY
+        return _READERS if method.rsplit("/", 1)[-1] in _ADMIN_READS else _OPERATOR_ONLY
     if method.startswith(f"/{fleet_servicer.FLEET_SERVICE}/"):
         return _AGENT_OR_OPERATOR
     if method.startswith(f"/{v2_grpc.SERVICE_NAME}/"):
@@ -178,17 +188,20 @@ class GatewayApp(ServingApp):
                                     agent_quota_bytes=h.agent_quota_bytes)
         upload_limits = fleet_servicer.UploadLimits(max_upload_bytes=h.max_upload_bytes,
                                                     max_records=h.max_records_per_upload)
-        if tokens is None:
-            log.warning("gateway_open", detail="no --tokens-file: any caller may publish, "
-                        "roll out and act as any agent")
+        mutual_tls = s.tls_client_ca is not None
+        if tokens is None and not mutual_tls:
+            log.warning("gateway_open", detail="no --tokens-file and no --tls-client-ca: any "
+                        "caller may publish, roll out and act as any agent")
+        auth = Authenticator(tokens, certificates=mutual_tls)
         _server, port, lifecycle = await create_server(
             s.listen,
             [v2_grpc.register(service, s.max_request_bytes),
-             fleet_servicer.register(hub, tokens, examples, upload_limits)],
+             fleet_servicer.register(hub, examples, upload_limits)],
             [v2_grpc.SERVICE_NAME, fleet_servicer.FLEET_SERVICE, fleet_servicer.ADMIN_SERVICE],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20,
                           max_connection_age_s=s.max_connection_age_s),
-            interceptors=[AuthInterceptor(tokens, gateway_roles)] if tokens else [],
+            interceptors=([AuthInterceptor(auth, gateway_roles)]
+                          if tokens is not None or mutual_tls else []),
             credentials=checked.credentials,
         )
         self._serving(port, lifecycle, self.metrics.registry)

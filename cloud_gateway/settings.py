@@ -74,9 +74,13 @@ class GatewaySettings(EdgecloudSettings):
     tls_key: Path | None = None
     """Private key of tls_cert (PEM)."""
     tls_client_ca: Path | None = None
-    """CA of agent and operator certificates; with it every client must present one (mTLS)."""
+    """CA of agent and operator certificates; with it every client must present one (mTLS),
+    and the identity its URI SAN names (``edgecloud://agent/AGENT_ID``,
+    ``edgecloud://operator/NAME``, ``edgecloud://viewer/NAME``) is the caller's."""
     tokens_file: Path | None = None
-    """Bearer tokens with roles (YAML: operators, agents); without it the gateway is open."""
+    """Bearer tokens with roles (YAML: operators, viewers, agents; each token, or its
+    ``sha256:`` hash from ``edgecloud tokens hash``); without it (and without tls_client_ca)
+    the gateway is open."""
     batching: BatchingSection = Field(default_factory=BatchingSection)
     """Dynamic batching limits."""
     hard_examples: HardExamplesSection = Field(default_factory=HardExamplesSection)

@@ -476,3 +476,24 @@ def test_models_list_marks_a_silent_replica(tmp_path: Path, digits_dir: Path) ->
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if "gw-live" in line)
     assert "gw-gone (silent, 60m ago)" in line and "gw-live (silent" not in line
+
+
+def test_tokens_hash_and_generate(tmp_path: Path) -> None:
+    """`tokens hash` prints the hash a tokens file may hold (from stdin or a file) and
+    refuses a token too short; `tokens generate` prints a token and its hash."""
+    from edgecloud.core.auth import Tokens
+
+    token = "a-token-of-twenty-chars"
+    hashed = subprocess.run([sys.executable, "-m", "edgecloud", "tokens", "hash"],
+                            input=token + "\n", capture_output=True, text=True, timeout=60)
+    assert hashed.returncode == 0, hashed.stderr
+    (tmp_path / "t").write_text(token + "\n")
+    assert edgecloud("tokens", "hash", "--token-file", str(tmp_path / "t")).stdout == \
+        hashed.stdout
+    assert Tokens([hashed.stdout.strip()]).principal(token) is not None
+    short = subprocess.run([sys.executable, "-m", "edgecloud", "tokens", "hash"],
+                           input="short\n", capture_output=True, text=True, timeout=60)
+    assert short.returncode == 2 and "at least 16" in short.stderr
+    made = edgecloud("tokens", "generate").stdout.split()
+    new, digest = made[made.index("token:") + 1], made[made.index("hash:") + 1]
+    assert Tokens([digest]).principal(new) is not None

@@ -23,8 +23,8 @@ async def test_roles_and_identity_are_enforced(start_gateway, start_agent, tmp_p
     """Admin calls need the operator role, agents may only act as themselves, inference
     needs a token while liveness stays open; a tokened agent gets models and escalates."""
     tokens = tmp_path / "tokens.yaml"
-    tokens.write_text("operators: [op-secret]\nagents: {ag-secret: agent-0}\n")
-    (tmp_path / "agent.token").write_text("ag-secret\n")
+    tokens.write_text("operators: [op-secret-012345]\nagents: {ag-secret-012345: agent-0}\n")
+    (tmp_path / "agent.token").write_text("ag-secret-012345\n")
     registry = tmp_path / "registry"
     gateway = await start_gateway(registry=registry, registry_poll_ms=50,
                                   tokens_file=tokens)
@@ -34,15 +34,16 @@ async def test_roles_and_identity_are_enforced(start_gateway, start_agent, tmp_p
         v2 = pb_grpc.GRPCInferenceServiceStub(channel)
         for metadata, code in ((None, grpc.StatusCode.UNAUTHENTICATED),
                                (call_metadata("wrong"), grpc.StatusCode.UNAUTHENTICATED),
-                               (call_metadata("ag-secret"), grpc.StatusCode.PERMISSION_DENIED)):
+                               (call_metadata("ag-secret-012345"),
+                                grpc.StatusCode.PERMISSION_DENIED)):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await admin.FleetStatus(fleet_pb2.FleetStatusRequest(), metadata=metadata)
             assert err.value.code() == code
         await admin.FleetStatus(fleet_pb2.FleetStatusRequest(),
-                                metadata=call_metadata("op-secret"))
+                                metadata=call_metadata("op-secret-012345"))
         with pytest.raises(grpc.aio.AioRpcError) as err:
             stream = fleet.WatchAssignments(fleet_pb2.AgentHello(agent_id="agent-1"),
-                                            metadata=call_metadata("ag-secret"))
+                                            metadata=call_metadata("ag-secret-012345"))
             await stream.read()
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "only act as itself" in err.value.details()
@@ -77,8 +78,8 @@ async def test_agent_refused_by_the_gateway_says_so_and_is_not_fleet_ready(
     from edgecloud.edge_agent.app import FLEET_HEALTH
 
     tokens = tmp_path / "tokens.yaml"
-    tokens.write_text("operators: [op-secret]\nagents: {ag-secret: agent-0}\n")
-    (tmp_path / "agent.token").write_text("ag-secret\n")
+    tokens.write_text("operators: [op-secret-012345]\nagents: {ag-secret-012345: agent-0}\n")
+    (tmp_path / "agent.token").write_text("ag-secret-012345\n")
     gateway = await start_gateway(registry=tmp_path / "registry", tokens_file=tokens)
 
     async def fleet_health(agent) -> int:
@@ -105,3 +106,54 @@ async def test_agent_refused_by_the_gateway_says_so_and_is_not_fleet_ready(
                               token_file=tmp_path / "agent.token")
     await wait_until(lambda: right.fleet.state == "connected", what="connected")
     assert await fleet_health(right) == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.e2e
+async def test_viewers_read_and_odd_tokens_are_unknown(start_gateway, tmp_path) -> None:
+    """A viewer token lists the fleet and models but changes nothing; "None", too short and
+    hashed-form tokens are unknown (UNAUTHENTICATED) and the next good call works."""
+    from edgecloud.core.auth import hash_token
+
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f"viewers: ['{hash_token('viewer-token-0123456789')}']\n"
+                      "operators: [op-secret-012345]\n")
+    gateway = await start_gateway(registry=tmp_path / "registry", tokens_file=tokens)
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        admin = fleet_pb2_grpc.AdminServiceStub(channel)
+        viewer = call_metadata("viewer-token-0123456789")
+        assert (await admin.FleetStatus(fleet_pb2.FleetStatusRequest(),
+                                        metadata=viewer)).json == "[]"
+        assert (await admin.ListModels(fleet_pb2.ListModelsRequest(),
+                                       metadata=viewer)).json == "{}"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await admin.SetRollout(fleet_pb2.RolloutRequest(action="promote", name="digits"),
+                                   metadata=viewer)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "viewer role may not call" in err.value.details()
+        for odd in (("authorization", "Bearer None"),
+                    ("authorization", "Bearer op-secret"),
+                    ("authorization", f"Bearer {hash_token('viewer-token-0123456789')}")):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await admin.FleetStatus(fleet_pb2.FleetStatusRequest(), metadata=(odd,))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert err.value.details() == "unknown bearer token"
+            await admin.FleetStatus(fleet_pb2.FleetStatusRequest(),
+                                    metadata=call_metadata("op-secret-012345"))
+
+
+def test_a_tokens_file_with_a_null_token_stops_the_gateway(tmp_path) -> None:
+    """A null list item (once the operator token "None") refuses the gateway's start with
+    the file and the item named."""
+    from edgecloud.cloud_gateway.app import GatewayApp
+    from edgecloud.cloud_gateway.settings import GatewaySettings
+    from edgecloud.core.errors import InvalidInput
+
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("operators:\n  -\n  - op-secret-012345\n")
+    app = GatewayApp(GatewaySettings(listen="127.0.0.1:0", data_dir=tmp_path / "gw",
+                                     tokens_file=tokens))
+    with pytest.raises(InvalidInput) as err:
+        asyncio.run(app.start())
+    assert "operators item 1 is empty (null)" in err.value.message
+    assert str(tokens) in err.value.message
+    assert not (tmp_path / "gw").exists()
