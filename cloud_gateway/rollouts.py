@@ -30,6 +30,10 @@ class AgentAssignment:
                   for e in self.policies),
         )
 
+    def digests(self) -> set[str]:
+        """The artifacts the agent may fetch: its models' and policies' digests."""
+        return {e.manifest.digest for e in (*self.models, *self.policies)}
+
 
 def bucket(name: str, agent_id: str) -> float:
     """A stable position of the agent in [0, 100) for this model's rollouts."""

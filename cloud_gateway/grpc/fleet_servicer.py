@@ -106,6 +106,12 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
 
     @rpc_boundary
     async def FetchArtifact(self, request, context):
+        """Stream an artifact; an agent gets only the artifacts of its own assignment."""
+        who = current_principal()
+        if who is not None and who.role == AGENT and not await self._hub.assigned(
+                who.agent_id, dict(request.labels), request.digest):
+            raise PermissionDenied(f"artifact {request.digest[:80]!r} is not in the "
+                                   f"assignment of agent {who.agent_id}")
         path = self._hub.registry.blob_path(request.digest)
         size = path.stat().st_size
         if request.offset > size:

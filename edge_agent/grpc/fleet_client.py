@@ -153,8 +153,9 @@ class FleetClient:
 
     async def fetch(self, digest: str, offset: int) -> AsyncIterator[bytes]:
         """FetchArtifact from ``offset``; errors come back as domain errors."""
-        call = self._stub.FetchArtifact(pb.FetchRequest(digest=digest, offset=offset),
-                                        metadata=self._auth)
+        call = self._stub.FetchArtifact(
+            pb.FetchRequest(digest=digest, offset=offset, labels=self.labels),
+            metadata=self._auth)
         try:
             async for chunk in call:
                 yield chunk.data

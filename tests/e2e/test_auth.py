@@ -7,11 +7,18 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
-from fleet_helpers import publish_model, publish_policy, running_version, wait_until
+from fleet_helpers import (
+    digits_like_model,
+    publish_model,
+    publish_policy,
+    running_version,
+    wait_until,
+)
 
 from edgecloud.core import codec
 from edgecloud.core.auth import call_metadata
 from edgecloud.core.tensors import InferRequest
+from edgecloud.operations import RegistryOperator
 from edgecloud.protos.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
 from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -157,3 +164,44 @@ def test_a_tokens_file_with_a_null_token_stops_the_gateway(tmp_path) -> None:
     assert "operators item 1 is empty (null)" in err.value.message
     assert str(tokens) in err.value.message
     assert not (tmp_path / "gw").exists()
+
+
+@pytest.mark.e2e
+async def test_agents_fetch_only_the_artifacts_of_their_own_assignment(
+        start_gateway, tmp_path, digits_dir) -> None:
+    """An agent token fetches its assigned model and policy but neither the cloud model nor
+    a candidate that its labels do not select (PERMISSION_DENIED naming the artifact); with
+    the selected labels it gets the candidate, published after this replica last looked at
+    the registry; an operator fetches anything."""
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("operators: [op-secret-012345]\nagents: {ag-secret-012345: agent-0}\n")
+    registry = tmp_path / "registry"
+    edge = publish_model(registry, "digits", digits_dir / "edge.onnx", "edge", version="1")
+    cloud = publish_model(registry, "digits", digits_dir / "cloud.onnx", "cloud", version="1")
+    policy = publish_policy(registry, digits_dir / "policy.yaml")
+    gateway = await start_gateway(registry=registry, tokens_file=tokens,
+                                  registry_poll_ms=60_000)
+    candidate = publish_model(registry, "digits",
+                              digits_like_model(tmp_path / "edge2.onnx", "softmax", seed=3),
+                              "edge", version="2")
+    RegistryOperator(registry).rollout("start", "digits", version="2", percent=100.0,
+                                       selector={"site": "berlin"})
+
+    async def fetch(token: str, digest: str, labels: dict | None = None) -> int:
+        async with grpc.aio.insecure_channel(gateway.address) as channel:
+            stream = fleet_pb2_grpc.FleetServiceStub(channel).FetchArtifact(
+                fleet_pb2.FetchRequest(digest=digest, labels=labels or {}),
+                metadata=call_metadata(token))
+            return sum([len(chunk.data) async for chunk in stream])
+
+    assert await fetch("ag-secret-012345", edge["digest"]) == \
+        (digits_dir / "edge.onnx").stat().st_size
+    assert await fetch("ag-secret-012345", policy["digest"]) > 0
+    for digest in (cloud["digest"], candidate["digest"], "sha256:" + "0" * 64):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await fetch("ag-secret-012345", digest)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "is not in the assignment of agent agent-0" in err.value.details()
+    assert await fetch("ag-secret-012345", candidate["digest"], {"site": "berlin"}) > 0
+    assert await fetch("op-secret-012345", cloud["digest"]) == \
+        (digits_dir / "cloud.onnx").stat().st_size
