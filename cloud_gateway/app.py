@@ -25,6 +25,7 @@ from edgecloud.core.auth import (
     Authenticator,
     AuthInterceptor,
     Tokens,
+    is_loopback,
 )
 from edgecloud.core.errors import FailedPrecondition, InvalidInput
 from edgecloud.core.grpc_server import ServerOptions, create_server, split_host_port
@@ -85,6 +86,24 @@ def _log_class_scores(model: OnnxModel, wanted: str | None) -> None:
         return
     log.info("model_class_scores", model=model.name, scores_output=chosen,
              chosen_by="--scores-output" if wanted else "automatic")
+
+
+def warn_if_tokens_travel_in_plaintext(s: GatewaySettings) -> bool:
+    """Log a loud warning when the gateway takes bearer tokens without TLS on an address
+    other machines can reach; True when it did. ``behind_tls_proxy`` says a proxy in front
+    terminates TLS, and the warning becomes an info line."""
+    host, _ = split_host_port(s.listen)
+    if s.tokens_file is None or s.tls_cert is not None or is_loopback(host):
+        return False
+    if s.behind_tls_proxy:
+        log.info("tokens_behind_tls_proxy", listen=s.listen,
+                 detail="tokens arrive in plaintext from the TLS proxy in front")
+        return False
+    log.warning("tokens_over_plaintext", listen=s.listen,
+                detail="bearer tokens arrive unencrypted on an address other machines can "
+                "reach: anyone on the path can read and reuse them. Serve TLS (--tls-cert, "
+                "--tls-key), or set behind_tls_proxy when a proxy in front terminates TLS")
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +208,7 @@ class GatewayApp(ServingApp):
         upload_limits = fleet_servicer.UploadLimits(max_upload_bytes=h.max_upload_bytes,
                                                     max_records=h.max_records_per_upload)
         mutual_tls = s.tls_client_ca is not None
+        warn_if_tokens_travel_in_plaintext(s)
         if tokens is None and not mutual_tls:
             log.warning("gateway_open", detail="no --tokens-file and no --tls-client-ca: any "
                         "caller may publish, roll out and act as any agent")

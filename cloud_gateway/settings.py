@@ -77,6 +77,10 @@ class GatewaySettings(EdgecloudSettings):
     """CA of agent and operator certificates; with it every client must present one (mTLS),
     and the identity its URI SAN names (``edgecloud://agent/AGENT_ID``,
     ``edgecloud://operator/NAME``, ``edgecloud://viewer/NAME``) is the caller's."""
+    behind_tls_proxy: bool = False
+    """The listen address is reachable only through a proxy that terminates TLS (the example
+    Envoy), so tokens travel in plaintext only on that last hop: no warning at start. The
+    proxy hides client certificates, so identities then come from tokens."""
     tokens_file: Path | None = None
     """Bearer tokens with roles (YAML: operators, viewers, agents; each token, or its
     ``sha256:`` hash from ``edgecloud tokens hash``); without it (and without tls_client_ca)

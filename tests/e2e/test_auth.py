@@ -205,3 +205,38 @@ async def test_agents_fetch_only_the_artifacts_of_their_own_assignment(
     assert await fetch("ag-secret-012345", candidate["digest"], {"site": "berlin"}) > 0
     assert await fetch("op-secret-012345", cloud["digest"]) == \
         (digits_dir / "cloud.onnx").stat().st_size
+
+
+def test_tokens_over_plaintext_off_loopback_are_warned_about(tmp_path) -> None:
+    """A gateway taking tokens, or an agent sending one, without TLS on an address other
+    machines reach logs tokens_over_plaintext; loopback, TLS, or (gateway) a TLS proxy in
+    front do not."""
+    from structlog.testing import capture_logs
+
+    from edgecloud.cloud_gateway.app import warn_if_tokens_travel_in_plaintext
+    from edgecloud.cloud_gateway.settings import GatewaySettings
+    from edgecloud.edge_agent.app import warn_if_token_travels_in_plaintext
+    from edgecloud.edge_agent.settings import AgentSettings
+
+    files = {"tokens_file": tmp_path / "tokens.yaml"}
+    gateways = [({"listen": "0.0.0.0:8001"}, True), ({"listen": "10.1.2.3:8001"}, True),
+                ({"listen": "127.0.0.1:8001"}, False),
+                ({"listen": "0.0.0.0:8001", "behind_tls_proxy": True}, False),
+                ({"listen": "0.0.0.0:8001", "tls_cert": tmp_path / "c",
+                  "tls_key": tmp_path / "k"}, False)]
+    for fields, loud in gateways:
+        with capture_logs() as logs:
+            s = GatewaySettings(data_dir=tmp_path, **files, **fields)
+            assert warn_if_tokens_travel_in_plaintext(s) is loud, fields
+        assert any(e["event"] == "tokens_over_plaintext" and e["log_level"] == "warning"
+                   for e in logs) is loud
+    token = {"token_file": tmp_path / "agent.token"}
+    agents = [({"gateway": "gw.example:8001", **token}, True),
+              ({"gateway": "[::1]:8001", **token}, False),
+              ({"gateway": "gw.example:8001", "tls_ca": tmp_path / "ca.pem", **token}, False),
+              ({"gateway": "gw.example:8001"}, False)]
+    for fields, loud in agents:
+        with capture_logs() as logs:
+            s = AgentSettings(data_dir=tmp_path, **fields)
+            assert warn_if_token_travels_in_plaintext(s) is loud, fields
+        assert any(e["event"] == "tokens_over_plaintext" for e in logs) is loud
