@@ -13,6 +13,7 @@ from edgecloud.cloud_gateway.batching import BatchingConfig
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.grpc import fleet_servicer
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
+from edgecloud.cloud_gateway.limits import EscalationLimiter, LimitedPlane, RateLimit
 from edgecloud.cloud_gateway.metrics import GatewayMetrics
 from edgecloud.cloud_gateway.registry import Registry, is_registry, registry_path
 from edgecloud.cloud_gateway.serving import GatewayService
@@ -104,6 +105,21 @@ def warn_if_tokens_travel_in_plaintext(s: GatewaySettings) -> bool:
                 "reach: anyone on the path can read and reuse them. Serve TLS (--tls-cert, "
                 "--tls-key), or set behind_tls_proxy when a proxy in front terminates TLS")
     return True
+
+
+def escalation_limiter(s: GatewaySettings, hub: FleetHub | None = None) -> EscalationLimiter:
+    """The per-agent escalation limits the settings name (agents' labels from ``hub``)."""
+    limits = s.escalation_limits
+
+    def limit(section) -> RateLimit:
+        return RateLimit.of(section.rows_per_s, section.burst)
+
+    labels = {tuple(label.split("=", 1)): limit(section)
+              for label, section in limits.labels.items()}
+    return EscalationLimiter(
+        limit(limits.default) if limits.default else None,
+        {agent: limit(section) for agent, section in limits.agents.items()}, labels,
+        labels_of=hub.labels_of if hub is not None else (lambda _: None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,9 +229,12 @@ class GatewayApp(ServingApp):
             log.warning("gateway_open", detail="no --tokens-file and no --tls-client-ca: any "
                         "caller may publish, roll out and act as any agent")
         auth = Authenticator(tokens, certificates=mutual_tls)
+        limiter = escalation_limiter(s, hub)
+        plane = (LimitedPlane(service, limiter, self.metrics.limited_rows.inc)
+                 if limiter.enabled else service)
         _server, port, lifecycle = await create_server(
             s.listen,
-            [v2_grpc.register(service, s.max_request_bytes),
+            [v2_grpc.register(plane, s.max_request_bytes),
              fleet_servicer.register(hub, examples, upload_limits)],
             [v2_grpc.SERVICE_NAME, fleet_servicer.FLEET_SERVICE, fleet_servicer.ADMIN_SERVICE],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20,
