@@ -1,5 +1,7 @@
 """Receiving models and policies from the fleet, and swapping them in safely.
 
+Every task's signed minimum version (its floor) is taken first: an agent
+refuses edge model versions below it, and never lowers a floor it has seen.
 For every assigned artifact: check the signed manifest → fetch the bytes to
 a staging file while hashing (resuming from what is already on disk) →
 check the digest → load a new ONNX Runtime session → smoke test on the
@@ -25,7 +27,14 @@ from typing import Protocol
 
 import structlog
 
-from edgecloud.core.artifacts import Manifest, parse_manifest, sha256_file, smoke_test
+from edgecloud.core.artifacts import (
+    Floor,
+    Manifest,
+    parse_floor,
+    parse_manifest,
+    sha256_file,
+    smoke_test,
+)
 from edgecloud.core.errors import EdgecloudError, FailedPrecondition, InvalidInput
 from edgecloud.core.files import atomic_write
 from edgecloud.core.model import OnnxModel
@@ -54,6 +63,14 @@ class ArtifactRef:
 
 
 @dataclass(frozen=True, slots=True)
+class SignedFloor:
+    """A task's minimum version document and its signature, as the operator made them."""
+
+    document: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Assignment:
     """The desired models and policies, as the gateway sent them."""
 
@@ -61,6 +78,7 @@ class Assignment:
     models: tuple[ArtifactRef, ...]
     policies: tuple[ArtifactRef, ...]
     replica: str = ""
+    floors: tuple[SignedFloor, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +192,8 @@ class ModelManager:
         self.waiting: dict[str, Waiting] = {}
         """Assigned tasks that wait for their policy or model, as of the last assignment."""
         self.applied_generation = int(self._state.get("generation", 0))
+        self.floors: dict[str, Floor] = self._saved_floors()
+        """Each task's minimum edge version, as signed by the operator (never lowered)."""
 
     # -- restore -------------------------------------------------------------------
 
@@ -208,6 +228,7 @@ class ModelManager:
             policies = {ref.name: ref for ref in assignment.policies}
             models = {ref.name: ref for ref in assignment.models}
             self.waiting = {}
+            self._take_floors(assignment.floors)
             for name in sorted(set(models) | set(policies)):
                 outcome = await self._apply_task(name, models.get(name), policies.get(name))
                 outcomes.extend(outcome)
@@ -219,6 +240,51 @@ class ModelManager:
             if outcomes:
                 self.last_outcome = outcomes[-1]
             return outcomes
+
+    # -- floors -------------------------------------------------------------------
+
+    def _saved_floors(self) -> dict[str, Floor]:
+        floors = {}
+        for name, record in (self._state.get("floors") or {}).items():
+            try:
+                floors[name] = parse_floor(base64.b64decode(record["document"]))
+            except (KeyError, TypeError, ValueError, InvalidInput):
+                log.error("agent_state_floor_damaged", task=name)
+        return floors
+
+    def _take_floors(self, floors: tuple[SignedFloor, ...]) -> None:
+        """Raise each task's floor to the signed ones received; refuse unsigned or
+        badly signed floors (with a trust key) and never lower one."""
+        for signed in floors:
+            try:
+                floor = parse_floor(signed.document)
+            except InvalidInput as exc:
+                log.error("floor_refused", error=exc.message)
+                continue
+            if self.trust_key is not None and not verify(self.trust_key, signed.document,
+                                                         signed.signature):
+                log.error("floor_refused", task=floor.name, version=floor.version,
+                          error="not signed by the trusted operator key")
+                continue
+            current = self.floors.get(floor.name)
+            if current is not None:
+                if not current.allows(floor.version):  # lower: a replay, or a lie
+                    log.warning("floor_not_lowered", task=floor.name, floor=current.version,
+                                offered=floor.version)
+                    continue
+                if floor.allows(current.version):  # the same version
+                    continue
+            self.floors[floor.name] = floor
+            self._state.setdefault("floors", {})[floor.name] = {
+                "document": base64.b64encode(signed.document).decode(),
+                "signature": base64.b64encode(signed.signature).decode()}
+            log.info("floor_raised", task=floor.name, version=floor.version)
+
+    def _check_floor(self, name: str, manifest: Manifest) -> None:
+        floor = self.floors.get(name)
+        if floor is not None and not floor.allows(manifest.version):
+            raise SwapFailed(f"version {manifest.version} is below the signed minimum version "
+                             f"{floor.version} of task {name}: refused as a downgrade")
 
     def _current(self, name: str):
         try:
@@ -250,6 +316,7 @@ class ModelManager:
             assert model_ref is not None
             try:
                 manifest = self._check_manifest(model_ref, "model")
+                self._check_floor(name, manifest)
                 model = await self._load_model(model_ref, manifest, fetch=True)
                 try:
                     await asyncio.to_thread(smoke_test, model, manifest)

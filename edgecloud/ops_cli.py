@@ -196,6 +196,20 @@ def cmd_models_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_floor(args: argparse.Namespace) -> int:
+    from edgecloud.operations import publish_floor
+
+    op = _operator(args)
+    try:
+        reply = publish_floor(op, args.name, args.version, key=args.key)
+    finally:
+        op.close()
+    print(f"floor of {reply['name']}: version {reply['version']} "
+          f"({'signed' if reply['signed'] else 'UNSIGNED'}); agents refuse older edge "
+          f"versions; generation {reply['generation']}")
+    return 0
+
+
 def _simple_action(action: str):
     def run(args: argparse.Namespace) -> int:
         op = _operator(args)
@@ -246,6 +260,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if not described:
         Console().print("no models: nothing has been published to this registry yet")
         return 0
+    from edgecloud.core.artifacts import version_key
+
     now = time.time()
     table = Table(title="models", title_justify="left")
     for column in ("model", "version", "target", "size", "signed", "created", "role",
@@ -258,6 +274,12 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             role = ("stable" if v["version"] == rollout.get("stable") else
                     f"candidate {rollout.get('percent', 0):g}%{share} ({rollout.get('state')})"
                     if v["version"] == rollout.get("candidate") else "")
+            floor = (info.get("floor") or {}).get("version")
+            if floor is not None and v["target"] == "edge":
+                if v["version"] == floor:
+                    role = f"{role}, floor" if role else "floor"
+                elif version_key(v["version"]) < version_key(floor):
+                    role = f"{role}, below floor" if role else "below floor"
             table.add_row(escape(name), escape(v["version"]), v["target"], f"{v['size']:,}",
                           "yes" if v["signed"] else "no", v["created"], role,
                           _served_by(info, v["version"], v["target"], now))
@@ -594,6 +616,19 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
         _model_target(p)
         _add_target(p)
         p.set_defaults(handler=_simple_action(action))
+    floor = msub.add_parser(
+        "floor", help="set a task's signed minimum edge version: agents refuse older ones",
+        description="Publish a signed minimum version of a task's edge model. Agents that "
+        "trust the key refuse every older version, whatever a gateway or the network tells "
+        "them, and never lower a floor they have seen. The floor only rises, and the versions "
+        "the rollout assigns must be at or above it.")
+    _name(floor)
+    floor.add_argument("version", help="the oldest edge version agents may run (published)")
+    floor.add_argument("--key", type=Path, default=None, metavar="FILE",
+                       help="operator private key to sign with (default: unsigned, refused "
+                       "by gateways and agents with --trust-key)")
+    _add_target(floor)
+    floor.set_defaults(handler=cmd_models_floor)
     pin = msub.add_parser("pin", help="pin one agent to an edge version")
     _name(pin)
     pin.add_argument("version", help="the edge version the agent runs, whatever the rollout")

@@ -47,6 +47,8 @@ def assignment_message(assignment: AgentAssignment, replica: str) -> pb.Assignme
         models=[_ref(e) for e in assignment.models],
         policies=[_ref(e) for e in assignment.policies],
         replica=replica,
+        floors=[pb.VersionFloor(document=f.document, signature=f.signature)
+                for f in assignment.floors],
     )
 
 
@@ -238,6 +240,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             agent_id=request.agent_id, target=request.target or "edge",
         )
         return pb.RolloutRecord(json=rollout.model_dump_json(), generation=generation)
+
+    @rpc_boundary
+    async def PublishFloor(self, request, context):
+        floor, generation = await asyncio.to_thread(
+            self._hub.registry.publish_floor, request.document, request.signature)
+        log.info("floor_published", model=floor.name, version=floor.version,
+                 generation=generation)
+        return pb.PublishReply(name=floor.name, version=floor.version, generation=generation)
 
     @rpc_boundary
     async def ListModels(self, request, context):

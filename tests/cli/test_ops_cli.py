@@ -497,3 +497,23 @@ def test_tokens_hash_and_generate(tmp_path: Path) -> None:
     made = edgecloud("tokens", "generate").stdout.split()
     new, digest = made[made.index("token:") + 1], made[made.index("hash:") + 1]
     assert Tokens([digest]).principal(new) is not None
+
+
+@pytest.mark.e2e
+def test_models_floor_publishes_a_signed_minimum_version(tmp_path: Path, digits_dir: Path):
+    """`models floor` signs and publishes a task's minimum edge version, `models list`
+    shows it, and a floor below the current one is refused with exit code 2."""
+    reg = str(tmp_path / "registry")
+    assert edgecloud("keys", "generate", "--out", str(tmp_path / "k")).returncode == 0
+    key = str(tmp_path / "k" / "operator.key")
+    for _ in range(2):
+        published = edgecloud("models", "publish", "digits", str(digits_dir / "edge.onnx"),
+                              "--target", "edge", "--key", key, "--promote", "--registry", reg)
+        assert published.returncode == 0, published.stderr
+    floor = edgecloud("models", "floor", "digits", "2", "--key", key, "--registry", reg)
+    assert floor.returncode == 0, floor.stderr
+    assert "floor of digits: version 2 (signed)" in floor.stdout
+    listing = json.loads(edgecloud("models", "list", "--json", "--registry", reg).stdout)
+    assert listing["digits"]["floor"]["version"] == "2" and listing["digits"]["floor"]["signed"]
+    lower = edgecloud("models", "floor", "digits", "1", "--registry", reg)
+    assert lower.returncode == 2 and "never goes down" in lower.stderr

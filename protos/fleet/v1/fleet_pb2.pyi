@@ -73,6 +73,14 @@ class PublishPolicyRequest(_message.Message):
     document: bytes
     def __init__(self, header: _Optional[_Union[PublishHeader, _Mapping]] = ..., document: _Optional[bytes] = ...) -> None: ...
 
+class PublishFloorRequest(_message.Message):
+    __slots__ = ("document", "signature")
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    document: bytes
+    signature: bytes
+    def __init__(self, document: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
 class PublishReply(_message.Message):
     __slots__ = ("name", "version", "digest", "generation")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -186,16 +194,26 @@ class ArtifactRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("generation", "models", "policies", "replica")
+    __slots__ = ("generation", "models", "policies", "replica", "floors")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    FLOORS_FIELD_NUMBER: _ClassVar[int]
     generation: int
     models: _containers.RepeatedCompositeFieldContainer[ArtifactRef]
     policies: _containers.RepeatedCompositeFieldContainer[ArtifactRef]
     replica: str
-    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., replica: _Optional[str] = ...) -> None: ...
+    floors: _containers.RepeatedCompositeFieldContainer[VersionFloor]
+    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., replica: _Optional[str] = ..., floors: _Optional[_Iterable[_Union[VersionFloor, _Mapping]]] = ...) -> None: ...
+
+class VersionFloor(_message.Message):
+    __slots__ = ("document", "signature")
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    document: bytes
+    signature: bytes
+    def __init__(self, document: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SwapOutcome(_message.Message):
     __slots__ = ("name", "version", "kind", "ok", "reason", "at")
