@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,9 @@ class GatewayApp(ServingApp):
         trust, tokens = checked.trust_key, checked.tokens
         registry_root = checked.registry_root
         registry = Registry(registry_root, trust_key=trust)
+        orphans = await asyncio.to_thread(registry.remove_orphans)
+        if orphans:
+            log.info("orphans_removed", folder=str(registry_root), files=len(orphans))
         hub = FleetHub(registry, s.replica, service, poll_s=s.registry_poll_ms / 1000.0,
                        onnx_threads=s.onnx_threads)
         await hub.start()

@@ -48,13 +48,21 @@ from edgecloud.core.artifacts import (
     version_key,
 )
 from edgecloud.core.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
-from edgecloud.core.files import atomic_write
+from edgecloud.core.files import (
+    atomic_write,
+    is_atomic_write_temp,
+    remove_orphans,
+    replace_durably,
+)
 from edgecloud.core.signing import verify
 from edgecloud.router import Policy, PolicyError, parse_policy
 
 RolloutState = Literal["none", "active", "paused", "halted", "promoted", "rolled_back"]
 Target = Literal["edge", "cloud"]
 TARGETS = ("edge", "cloud")
+ORPHAN_AGE_S = 3600.0
+"""Temp files untouched this long are orphans of a crashed writer (an upload in progress
+writes its temp file continuously; an atomic write lives for milliseconds)."""
 REPLICA_HEARTBEAT_S = 30.0
 """How often a gateway replica rewrites what it serves even when nothing changed; an entry
 much older than this belongs to a replica that stopped without saying so."""
@@ -195,6 +203,18 @@ class Registry:
         _atomic_write(self.root / "generation", f"{generation}\n".encode())
         return generation
 
+    def remove_orphans(self, older_than_s: float = ORPHAN_AGE_S) -> list[Path]:
+        """Delete temp files that crashed writers left (uploads under ``blobs/tmp/``,
+        atomic writes' ``.NAME.XXXX.tmp``) once untouched for ``older_than_s``: replicas
+        share the registry, and a younger one may be another replica's write in progress.
+        Returns the files removed."""
+        folders = [self.root, self.root / "rollouts", self.root / "rollouts" / "cloud",
+                   self.root / "agents", self.root / "replicas", self.root / "floors",
+                   *(self.root / "policies").glob("*"), *(self.root / "models").glob("*/*")]
+        return [*remove_orphans([self.root / "blobs" / "tmp"], lambda _: True,
+                                older_than_s=older_than_s),
+                *remove_orphans(folders, is_atomic_write_temp, older_than_s=older_than_s)]
+
     # -- blobs -------------------------------------------------------------------
 
     def blob_path(self, digest: str) -> Path:
@@ -231,7 +251,7 @@ class Registry:
             if got != digest:
                 raise InvalidInput(f"artifact digest {got} does not match the manifest {digest}")
             os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
+            replace_durably(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -145,8 +145,12 @@ class AgentApp(ServingApp):
                                 token=read_token(s.token_file),
                                 credentials=gateway_credentials(s),
                                 on_state=self._fleet_state)
-        self.manager = ModelManager(service, ArtifactStore(s.data_dir / "store"), fleet,
-                                    trust_key=trust, onnx_threads=s.onnx_threads)
+        store = ArtifactStore(s.data_dir / "store")
+        orphans = await asyncio.to_thread(store.remove_orphans)
+        if orphans:
+            log.info("orphans_removed", folder=str(store.root), files=len(orphans))
+        self.manager = ModelManager(service, store, fleet, trust_key=trust,
+                                    onnx_threads=s.onnx_threads)
         await self.manager.restore(skip=set(s.models))
         if not service.task_names() and fleet is None:
             raise InvalidInput("no tasks to serve: give --model NAME=FILE, or --gateway to "

@@ -36,7 +36,12 @@ from edgecloud.core.artifacts import (
     smoke_test,
 )
 from edgecloud.core.errors import EdgecloudError, FailedPrecondition, InvalidInput
-from edgecloud.core.files import atomic_write
+from edgecloud.core.files import (
+    atomic_write,
+    is_atomic_write_temp,
+    remove_orphans,
+    replace_durably,
+)
 from edgecloud.core.model import OnnxModel
 from edgecloud.core.signing import verify
 from edgecloud.core.tensors import signature_mismatch
@@ -151,6 +156,14 @@ class ArtifactStore:
     def save_state(self, state: dict) -> None:
         """Write the state atomically (temp file, fsync, rename)."""
         atomic_write(self.state_path, json.dumps(state, indent=2, sort_keys=True).encode())
+
+    def remove_orphans(self) -> list[Path]:
+        """Delete what an earlier run left half-written: downloads (``staging/*.part``,
+        whose unsynced tails a crash may have garbled, so they are fetched again rather
+        than resumed) and temp files of atomic writes. Call it at start, before any
+        download; returns the files removed."""
+        return [*remove_orphans([self.staging], lambda name: name.endswith(".part")),
+                *remove_orphans([self.root, self.blobs], is_atomic_write_temp)]
 
     def keep_only(self, digests: set[str]) -> None:
         """Delete verified artifacts that are neither current nor previous."""
@@ -512,7 +525,7 @@ class ModelManager:
             staging.unlink(missing_ok=True)
             raise SwapFailed(f"digest mismatch: downloaded {got}, manifest says {ref.digest}")
         final = self.store.blob(ref.digest)
-        os.replace(staging, final)
+        await asyncio.to_thread(replace_durably, staging, final)
         return final
 
     async def _load_model(self, ref: ArtifactRef, manifest: Manifest, fetch: bool) -> OnnxModel:
