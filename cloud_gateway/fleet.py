@@ -69,6 +69,8 @@ class FleetHub:
         """Cloud models loaded from the registry, by (name, version, digest)."""
         self._failed: set[tuple[str, str, str]] = set()
         self._reported_at = 0.0
+        self._labels: dict[str, dict[str, str]] = {}
+        """Labels each agent last announced to this replica (hello or status report)."""
 
     @property
     def snapshot(self) -> Snapshot:
@@ -189,6 +191,7 @@ class FleetHub:
         """The agent's assignment now, then again whenever it changes."""
         assert self._changed is not None
         self._connected[agent_id] = self._connected.get(agent_id, 0) + 1
+        self._labels[agent_id] = dict(labels)
         sent_key = None
         seen = -1
         try:
@@ -213,11 +216,35 @@ class FleetHub:
         """True while the agent holds a stream on this replica."""
         return agent_id in self._connected
 
+    def labels_of(self, agent_id: str) -> dict[str, str] | None:
+        """The labels the agent last announced to this replica; None when it has not."""
+        return self._labels.get(agent_id)
+
+    async def assigned(self, agent_id: str, labels: Mapping[str, str] | None,
+                       digest: str) -> bool:
+        """True when ``digest`` is one of the artifacts assigned to the agent.
+
+        ``labels`` are the agent's (the ones it last announced here when None or
+        empty). This replica may lag the one that sent the assignment by a poll
+        interval, so a digest missing from its snapshot is looked up again in the
+        registry as it is now, when the registry has moved on.
+        """
+        labels = labels or self._labels.get(agent_id) or {}
+        if digest in assignment_for(self.snapshot, agent_id, labels).digests():
+            return True
+        generation = await asyncio.to_thread(self.registry.generation)
+        if generation == self.snapshot.generation:
+            return False
+        snapshot = await asyncio.to_thread(self.registry.snapshot)
+        return digest in assignment_for(snapshot, agent_id, labels).digests()
+
     async def report(self, status: dict, failed_swaps: list[tuple[str, str, str]]) -> None:
         """Count failed swaps against rollouts, then store the agent's status.
 
         In that order, so whoever reads a status sees its failures counted.
         """
+        if isinstance(status.get("labels"), dict):
+            self._labels[status["agent_id"]] = dict(status["labels"])
         previous = await asyncio.to_thread(self.registry.agent_status, status["agent_id"])
         status = {**status, "replica": self.replica, "last_seen": self._clock(),
                   "swap_history": swap_history((previous or {}).get("swap_history") or [],

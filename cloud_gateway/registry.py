@@ -11,6 +11,7 @@ Layout under the root::
     policies/<name>/<version>.json    signed manifest envelope, immutable
     rollouts/<name>.json              one rollout record per edge model (what agents run)
     rollouts/cloud/<name>.json        one rollout record per cloud model (what replicas serve)
+    floors/<name>.json                the task's signed minimum edge version (it only rises)
     replicas/<replica>.json           what each gateway replica serves, rewritten as it changes
     agents/<agent id>.json            last status each agent reported
     generation                        bumped on every change; replicas watch it
@@ -37,15 +38,31 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgecloud.core.artifacts import NAME_RE, Manifest, now_iso, parse_manifest
+from edgecloud.core.artifacts import (
+    NAME_RE,
+    Floor,
+    Manifest,
+    now_iso,
+    parse_floor,
+    parse_manifest,
+    version_key,
+)
 from edgecloud.core.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
-from edgecloud.core.files import atomic_write
+from edgecloud.core.files import (
+    atomic_write,
+    is_atomic_write_temp,
+    remove_orphans,
+    replace_durably,
+)
 from edgecloud.core.signing import verify
 from edgecloud.router import Policy, PolicyError, parse_policy
 
 RolloutState = Literal["none", "active", "paused", "halted", "promoted", "rolled_back"]
 Target = Literal["edge", "cloud"]
 TARGETS = ("edge", "cloud")
+ORPHAN_AGE_S = 3600.0
+"""Temp files untouched this long are orphans of a crashed writer (an upload in progress
+writes its temp file continuously; an atomic write lives for milliseconds)."""
 REPLICA_HEARTBEAT_S = 30.0
 """How often a gateway replica rewrites what it serves even when nothing changed; an entry
 much older than this belongs to a replica that stopped without saying so."""
@@ -93,6 +110,15 @@ class Envelope:
 
 
 @dataclass(frozen=True, slots=True)
+class FloorEnvelope:
+    """A stored floor with the exact signed bytes."""
+
+    floor: Floor
+    document: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything assignments are computed from, as of one generation."""
 
@@ -106,15 +132,12 @@ class Snapshot:
     """Edge rollouts by model name."""
     cloud_rollouts: dict[str, Rollout] = field(default_factory=dict)
     """Cloud rollouts by model name."""
+    floors: dict[str, FloorEnvelope] = field(default_factory=dict)
+    """Signed minimum edge versions by task name."""
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     atomic_write(path, data, make_parents=True)
-
-
-def _version_key(version: str) -> tuple:
-    parts = re.split(r"[.+-]", version)
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
 
 
 def registry_path(location: str | Path) -> Path:
@@ -152,7 +175,7 @@ class Registry:
             if not create:
                 raise NotFound(f"{self.root} holds no registry (nothing was published there)")
         for sub in ("blobs/sha256", "blobs/tmp", "models", "policies", "rollouts", "agents",
-                    "replicas"):
+                    "replicas", "floors"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock_path = self.root / ".lock"
         self._lock_path.touch(exist_ok=True)
@@ -179,6 +202,18 @@ class Registry:
         generation = self.generation() + 1
         _atomic_write(self.root / "generation", f"{generation}\n".encode())
         return generation
+
+    def remove_orphans(self, older_than_s: float = ORPHAN_AGE_S) -> list[Path]:
+        """Delete temp files that crashed writers left (uploads under ``blobs/tmp/``,
+        atomic writes' ``.NAME.XXXX.tmp``) once untouched for ``older_than_s``: replicas
+        share the registry, and a younger one may be another replica's write in progress.
+        Returns the files removed."""
+        folders = [self.root, self.root / "rollouts", self.root / "rollouts" / "cloud",
+                   self.root / "agents", self.root / "replicas", self.root / "floors",
+                   *(self.root / "policies").glob("*"), *(self.root / "models").glob("*/*")]
+        return [*remove_orphans([self.root / "blobs" / "tmp"], lambda _: True,
+                                older_than_s=older_than_s),
+                *remove_orphans(folders, is_atomic_write_temp, older_than_s=older_than_s)]
 
     # -- blobs -------------------------------------------------------------------
 
@@ -216,7 +251,7 @@ class Registry:
             if got != digest:
                 raise InvalidInput(f"artifact digest {got} does not match the manifest {digest}")
             os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
+            replace_durably(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -276,6 +311,8 @@ class Registry:
                     f"{manifest.target} model {manifest.name} version {manifest.version} does "
                     f"not match the task's signature: {problem}"
                 )
+        if manifest.target == "edge" and promote:
+            self._check_floor(manifest.name, manifest.version, "publish --promote")
         if manifest.target == "edge":
             policy = self._newest_policy(manifest.name)
             if policy is not None:
@@ -399,7 +436,7 @@ class Registry:
             envelope = _read_envelope(path)
             if envelope is not None:
                 out[envelope.manifest.version] = envelope
-        return dict(sorted(out.items(), key=lambda kv: _version_key(kv[0])))
+        return dict(sorted(out.items(), key=lambda kv: version_key(kv[0])))
 
     def model_names(self, target: str = "edge") -> list[str]:
         """Names with at least one model version for ``target``."""
@@ -476,7 +513,62 @@ class Registry:
             record = self.rollout(name, "cloud")
             if record is not None:
                 cloud_rollouts[name] = record
-        return Snapshot(generation, models, cloud, policies, rollouts, cloud_rollouts)
+        floors = {}
+        for path in sorted((self.root / "floors").glob("*.json")):
+            envelope = _read_floor(path)
+            if envelope is not None:
+                floors[envelope.floor.name] = envelope
+        return Snapshot(generation, models, cloud, policies, rollouts, cloud_rollouts, floors)
+
+    # -- floors -------------------------------------------------------------------------
+
+    def floor(self, name: str) -> FloorEnvelope | None:
+        """The task's signed minimum edge version, if it has one."""
+        if not valid_name(name):
+            return None
+        return _read_floor(self.root / "floors" / f"{name}.json")
+
+    def _check_floor(self, name: str, version: str, what: str) -> None:
+        """FailedPrecondition when ``version`` of ``name``'s edge model is below its floor."""
+        envelope = self.floor(name)
+        if envelope is not None and not envelope.floor.allows(version):
+            raise FailedPrecondition(
+                f"{what}: version {version} of {name} is below the task's signed minimum "
+                f"version {envelope.floor.version}; agents would refuse it")
+
+    def publish_floor(self, document: bytes, signature: bytes) -> tuple[Floor, int]:
+        """Store a task's signed minimum edge version; returns it and the new generation.
+
+        The version must be published; a floor never goes down; and the versions the
+        task's rollout assigns (stable, candidate, pins) must be at or above it, or
+        agents would refuse what they are told to run.
+        """
+        floor = parse_floor(document)
+        self._check_signature(document, signature)
+        versions = self.model_versions(floor.name, "edge")
+        if floor.version not in versions:
+            raise NotFound(f"model {floor.name!r} has no edge version {floor.version!r}"
+                           + (f" (versions: {', '.join(versions)})" if versions else ""))
+        with self._locked():
+            current = self.floor(floor.name)
+            if current is not None and not current.floor.allows(floor.version):
+                raise FailedPrecondition(
+                    f"the floor of {floor.name} is version {current.floor.version}; a floor "
+                    f"never goes down (agents that saw it keep it)")
+            rollout = self.rollout(floor.name)
+            if rollout is not None:
+                below = sorted({v for v in (rollout.stable, rollout.candidate,
+                                            *rollout.pinned.values())
+                                if v is not None and not floor.allows(v)}, key=version_key)
+                if below:
+                    raise FailedPrecondition(
+                        f"the rollout of {floor.name} still assigns version(s) "
+                        f"{', '.join(below)} below {floor.version}: promote, roll back or "
+                        "unpin first")
+            _atomic_write(self.root / "floors" / f"{floor.name}.json",
+                          _envelope_bytes(document, signature))
+            generation = self._bump()
+        return floor, generation
 
     # -- rollouts -----------------------------------------------------------------------
 
@@ -511,6 +603,8 @@ class Registry:
                     raise InvalidInput(f"percent must be within [0, 100] (got {percent})")
                 if version == rollout.stable:
                     raise FailedPrecondition(f"version {version} is already stable")
+                if target == "edge":
+                    self._check_floor(name, version, "rollout")
                 if rollout.candidate != version:
                     rollout.failures = {}
                 rollout.candidate = version
@@ -541,6 +635,7 @@ class Registry:
                     raise NotFound(f"model {name!r} has no version {version!r}")
                 if not _AGENT_ID_RE.match(agent_id or ""):
                     raise InvalidInput("pin needs a valid agent id")
+                self._check_floor(name, version, "pin")
                 rollout.pinned[agent_id] = version
                 rollout.history.append(f"{stamp} pin {agent_id} to {version}")
             elif action == "unpin":
@@ -641,7 +736,10 @@ class Registry:
         for n in names:
             record = self.rollout(n)
             cloud_record = self.rollout(n, "cloud")
+            floor = self.floor(n)
             out[n] = {
+                "floor": ({"version": floor.floor.version, "created": floor.floor.created,
+                           "signed": bool(floor.signature)} if floor else None),
                 "versions": [
                     {**e.manifest.model_dump(
                         mode="json", include={"version", "target", "digest", "size", "created"}),
@@ -700,6 +798,16 @@ def _read_envelope(path: Path) -> Envelope | None:
         manifest_bytes = document["manifest"].encode("utf-8")
         signature = base64.b64decode(document["signature"])
         return Envelope(parse_manifest(manifest_bytes), manifest_bytes, signature)
+    except (OSError, KeyError, TypeError, ValueError, InvalidInput):
+        return None
+
+
+def _read_floor(path: Path) -> FloorEnvelope | None:
+    try:
+        document = json.loads(path.read_bytes())
+        floor_bytes = document["manifest"].encode("utf-8")
+        signature = base64.b64decode(document["signature"])
+        return FloorEnvelope(parse_floor(floor_bytes), floor_bytes, signature)
     except (OSError, KeyError, TypeError, ValueError, InvalidInput):
         return None
 

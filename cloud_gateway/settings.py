@@ -44,6 +44,44 @@ class HardExamplesSection(BaseModel):
     RESOURCE_EXHAUSTED (and stay in the agent's ledger)."""
 
 
+class RateLimitSection(BaseModel):
+    """One escalation limit: a token bucket of rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows_per_s: float = Field(gt=0)
+    """Rows per second an agent may send to this replica's models, on average."""
+    burst: int | None = Field(None, ge=1)
+    """Rows it may send at once after a quiet spell (default: one second's worth); a
+    request with more rows is always refused, so keep it at least the agent's
+    ``max_escalation_rows`` when agents escalate whole batches."""
+
+
+class EscalationLimitsSection(BaseModel):
+    """Per-agent limits on rows sent to the cloud models (RESOURCE_EXHAUSTED past them,
+    which agents answer at the edge). Each replica meters its own calls. Operators are
+    never limited; on a gateway without tokens or client certificates nobody is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default: RateLimitSection | None = None
+    """Limit of every agent without one of its own or a label's (default: unlimited)."""
+    agents: dict[str, RateLimitSection] = Field(default_factory=dict)
+    """Agent id -> its limit; wins over labels and the default."""
+    labels: dict[str, RateLimitSection] = Field(default_factory=dict)
+    """``KEY=VALUE`` label -> the limit of agents with that label (the strictest, when
+    several match), as the agent last announced its labels to the replica."""
+
+    @field_validator("labels")
+    @classmethod
+    def _label_pairs(cls, value: dict[str, RateLimitSection]) -> dict[str, RateLimitSection]:
+        for label in value:
+            key, sep, _ = label.partition("=")
+            if not sep or not key:
+                raise ValueError(f"label {label!r} is not KEY=VALUE")
+        return value
+
+
 class GatewaySettings(EdgecloudSettings):
     """Everything the gateway process reads at start."""
 
@@ -74,9 +112,20 @@ class GatewaySettings(EdgecloudSettings):
     tls_key: Path | None = None
     """Private key of tls_cert (PEM)."""
     tls_client_ca: Path | None = None
-    """CA of agent and operator certificates; with it every client must present one (mTLS)."""
+    """CA of agent and operator certificates; with it every client must present one (mTLS),
+    and the identity its URI SAN names (``edgecloud://agent/AGENT_ID``,
+    ``edgecloud://operator/NAME``, ``edgecloud://viewer/NAME``) is the caller's."""
+    behind_tls_proxy: bool = False
+    """The listen address is reachable only through a proxy that terminates TLS (the example
+    Envoy), so tokens travel in plaintext only on that last hop: no warning at start. The
+    proxy hides client certificates, so identities then come from tokens."""
     tokens_file: Path | None = None
-    """Bearer tokens with roles (YAML: operators, agents); without it the gateway is open."""
+    """Bearer tokens with roles (YAML: operators, viewers, agents; each token, or its
+    ``sha256:`` hash from ``edgecloud tokens hash``); without it (and without tls_client_ca)
+    the gateway is open."""
+    escalation_limits: EscalationLimitsSection = Field(
+        default_factory=EscalationLimitsSection)
+    """Per-agent limits on rows escalated to the cloud models."""
     batching: BatchingSection = Field(default_factory=BatchingSection)
     """Dynamic batching limits."""
     hard_examples: HardExamplesSection = Field(default_factory=HardExamplesSection)

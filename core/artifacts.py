@@ -113,6 +113,64 @@ def parse_manifest(data: bytes) -> Manifest:
         raise InvalidInput(f"invalid manifest: {problems}") from None
 
 
+class Floor(BaseModel):
+    """A task's signed minimum version: agents refuse edge model versions older than it.
+
+    Signed with the operator's key like a manifest (its canonical bytes), so a
+    gateway or a man in the middle cannot make one up, and an agent that has seen a
+    floor never goes below it, even if it is later left out of an assignment.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["floor"] = "floor"
+    name: str = Field(pattern=NAME_RE)
+    """The task."""
+    version: str = Field(pattern=VERSION_RE)
+    """The oldest edge model version agents may run (see :func:`version_key`)."""
+    created: str
+
+    def canonical(self) -> bytes:
+        """The exact bytes that are signed and sent to agents."""
+        return canonical_json(self.model_dump(mode="json"))
+
+    def allows(self, version: str) -> bool:
+        """True when ``version`` is at or above the floor."""
+        return version_key(version) >= version_key(self.version)
+
+
+def version_key(version: str) -> tuple:
+    """Sort key of a version: numeric parts compare as numbers (``1.10`` after ``1.9``),
+    other parts as text, after numbers."""
+    parts = re.split(r"[.+-]", version)
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
+
+
+def build_floor(name: str, version: str) -> Floor:
+    """A floor document for task ``name`` at ``version``; InvalidInput for bad names."""
+    try:
+        return Floor(name=name, version=version, created=now_iso())
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid floor: {exc.errors()[0]['msg']}") from None
+
+
+def parse_floor(data: bytes) -> Floor:
+    """Parse and validate floor bytes; InvalidInput says what is wrong."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidInput("floor is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("floor must be a JSON object")
+    try:
+        return Floor.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'floor'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidInput(f"invalid floor: {problems}") from None
+
+
 def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
     """``("sha256:<hex>", size)`` of a file, read in chunks."""
     digest = hashlib.sha256()

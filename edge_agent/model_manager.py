@@ -1,5 +1,7 @@
 """Receiving models and policies from the fleet, and swapping them in safely.
 
+Every task's signed minimum version (its floor) is taken first: an agent
+refuses edge model versions below it, and never lowers a floor it has seen.
 For every assigned artifact: check the signed manifest → fetch the bytes to
 a staging file while hashing (resuming from what is already on disk) →
 check the digest → load a new ONNX Runtime session → smoke test on the
@@ -25,9 +27,21 @@ from typing import Protocol
 
 import structlog
 
-from edgecloud.core.artifacts import Manifest, parse_manifest, sha256_file, smoke_test
+from edgecloud.core.artifacts import (
+    Floor,
+    Manifest,
+    parse_floor,
+    parse_manifest,
+    sha256_file,
+    smoke_test,
+)
 from edgecloud.core.errors import EdgecloudError, FailedPrecondition, InvalidInput
-from edgecloud.core.files import atomic_write
+from edgecloud.core.files import (
+    atomic_write,
+    is_atomic_write_temp,
+    remove_orphans,
+    replace_durably,
+)
 from edgecloud.core.model import OnnxModel
 from edgecloud.core.signing import verify
 from edgecloud.core.tensors import signature_mismatch
@@ -54,6 +68,14 @@ class ArtifactRef:
 
 
 @dataclass(frozen=True, slots=True)
+class SignedFloor:
+    """A task's minimum version document and its signature, as the operator made them."""
+
+    document: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Assignment:
     """The desired models and policies, as the gateway sent them."""
 
@@ -61,6 +83,7 @@ class Assignment:
     models: tuple[ArtifactRef, ...]
     policies: tuple[ArtifactRef, ...]
     replica: str = ""
+    floors: tuple[SignedFloor, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +157,14 @@ class ArtifactStore:
         """Write the state atomically (temp file, fsync, rename)."""
         atomic_write(self.state_path, json.dumps(state, indent=2, sort_keys=True).encode())
 
+    def remove_orphans(self) -> list[Path]:
+        """Delete what an earlier run left half-written: downloads (``staging/*.part``,
+        whose unsynced tails a crash may have garbled, so they are fetched again rather
+        than resumed) and temp files of atomic writes. Call it at start, before any
+        download; returns the files removed."""
+        return [*remove_orphans([self.staging], lambda name: name.endswith(".part")),
+                *remove_orphans([self.root, self.blobs], is_atomic_write_temp)]
+
     def keep_only(self, digests: set[str]) -> None:
         """Delete verified artifacts that are neither current nor previous."""
         keep = {d.removeprefix("sha256:") for d in digests}
@@ -174,6 +205,8 @@ class ModelManager:
         self.waiting: dict[str, Waiting] = {}
         """Assigned tasks that wait for their policy or model, as of the last assignment."""
         self.applied_generation = int(self._state.get("generation", 0))
+        self.floors: dict[str, Floor] = self._saved_floors()
+        """Each task's minimum edge version, as signed by the operator (never lowered)."""
 
     # -- restore -------------------------------------------------------------------
 
@@ -208,6 +241,7 @@ class ModelManager:
             policies = {ref.name: ref for ref in assignment.policies}
             models = {ref.name: ref for ref in assignment.models}
             self.waiting = {}
+            self._take_floors(assignment.floors)
             for name in sorted(set(models) | set(policies)):
                 outcome = await self._apply_task(name, models.get(name), policies.get(name))
                 outcomes.extend(outcome)
@@ -219,6 +253,51 @@ class ModelManager:
             if outcomes:
                 self.last_outcome = outcomes[-1]
             return outcomes
+
+    # -- floors -------------------------------------------------------------------
+
+    def _saved_floors(self) -> dict[str, Floor]:
+        floors = {}
+        for name, record in (self._state.get("floors") or {}).items():
+            try:
+                floors[name] = parse_floor(base64.b64decode(record["document"]))
+            except (KeyError, TypeError, ValueError, InvalidInput):
+                log.error("agent_state_floor_damaged", task=name)
+        return floors
+
+    def _take_floors(self, floors: tuple[SignedFloor, ...]) -> None:
+        """Raise each task's floor to the signed ones received; refuse unsigned or
+        badly signed floors (with a trust key) and never lower one."""
+        for signed in floors:
+            try:
+                floor = parse_floor(signed.document)
+            except InvalidInput as exc:
+                log.error("floor_refused", error=exc.message)
+                continue
+            if self.trust_key is not None and not verify(self.trust_key, signed.document,
+                                                         signed.signature):
+                log.error("floor_refused", task=floor.name, version=floor.version,
+                          error="not signed by the trusted operator key")
+                continue
+            current = self.floors.get(floor.name)
+            if current is not None:
+                if not current.allows(floor.version):  # lower: a replay, or a lie
+                    log.warning("floor_not_lowered", task=floor.name, floor=current.version,
+                                offered=floor.version)
+                    continue
+                if floor.allows(current.version):  # the same version
+                    continue
+            self.floors[floor.name] = floor
+            self._state.setdefault("floors", {})[floor.name] = {
+                "document": base64.b64encode(signed.document).decode(),
+                "signature": base64.b64encode(signed.signature).decode()}
+            log.info("floor_raised", task=floor.name, version=floor.version)
+
+    def _check_floor(self, name: str, manifest: Manifest) -> None:
+        floor = self.floors.get(name)
+        if floor is not None and not floor.allows(manifest.version):
+            raise SwapFailed(f"version {manifest.version} is below the signed minimum version "
+                             f"{floor.version} of task {name}: refused as a downgrade")
 
     def _current(self, name: str):
         try:
@@ -250,6 +329,7 @@ class ModelManager:
             assert model_ref is not None
             try:
                 manifest = self._check_manifest(model_ref, "model")
+                self._check_floor(name, manifest)
                 model = await self._load_model(model_ref, manifest, fetch=True)
                 try:
                     await asyncio.to_thread(smoke_test, model, manifest)
@@ -445,7 +525,7 @@ class ModelManager:
             staging.unlink(missing_ok=True)
             raise SwapFailed(f"digest mismatch: downloaded {got}, manifest says {ref.digest}")
         final = self.store.blob(ref.digest)
-        os.replace(staging, final)
+        await asyncio.to_thread(replace_durably, staging, final)
         return final
 
     async def _load_model(self, ref: ArtifactRef, manifest: Manifest, fetch: bool) -> OnnxModel:

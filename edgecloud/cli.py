@@ -137,14 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="operator public key; refuse publications it did not sign "
                        "(default: accept unsigned)")
     serve.add_argument("--tokens-file", type=Path, default=None, metavar="FILE",
-                       help="YAML of bearer tokens with roles (operators, agents) "
-                       "(default: none, the gateway is open)")
+                       help="YAML of bearer tokens (or their sha256: hashes) with roles: "
+                       "operators, viewers, agents (default: none; without it and "
+                       "--tls-client-ca the gateway is open)")
     serve.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
                        help="server certificate, PEM (default: plaintext)")
     serve.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
                        help="key of --tls-cert, PEM")
     serve.add_argument("--tls-client-ca", type=Path, default=None, metavar="FILE",
-                       help="require client certificates signed by this CA, mTLS "
+                       help="require client certificates signed by this CA, mTLS; a "
+                       "certificate's URI SAN edgecloud://ROLE/NAME names its holder "
                        "(default: no client certificates)")
     _add_process_flags(serve)
     serve.set_defaults(handler=_cmd_gateway_serve)
@@ -176,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CA of the gateway's certificate: talk TLS to the gateway "
                      "(default: plaintext)")
     run.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
-                     help="client certificate, for gateways that require mTLS (default: none)")
+                     help="client certificate, for gateways that require mTLS; its URI SAN "
+                     "edgecloud://agent/AGENT_ID must name this agent (default: none)")
     run.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
                      help="key of --tls-cert")
     run.add_argument("--trust-key", type=Path, default=None, metavar="FILE",

@@ -17,7 +17,7 @@ from google.protobuf.json_format import MessageToDict
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.rollouts import AgentAssignment
-from edgecloud.core.auth import AGENT, Tokens, principal_of
+from edgecloud.core.auth import AGENT, current_principal
 from edgecloud.core.errors import InvalidInput, PermissionDenied
 from edgecloud.core.grpc_errors import rpc_boundary
 from edgecloud.core.hard_example_codec import example_from_pb, example_to_pb
@@ -47,6 +47,8 @@ def assignment_message(assignment: AgentAssignment, replica: str) -> pb.Assignme
         models=[_ref(e) for e in assignment.models],
         policies=[_ref(e) for e in assignment.policies],
         replica=replica,
+        floors=[pb.VersionFloor(document=f.document, signature=f.signature)
+                for f in assignment.floors],
     )
 
 
@@ -64,9 +66,9 @@ def _read_chunks(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
             offset += len(data)
 
 
-def _check_identity(tokens: Tokens | None, context, agent_id: str) -> None:
-    """An agent token may only speak for its own agent id."""
-    who = principal_of(tokens, context)
+def _check_identity(agent_id: str) -> None:
+    """An agent (by token or certificate) may only speak for its own agent id."""
+    who = current_principal()
     if who is not None and who.role == AGENT and who.agent_id != agent_id:
         raise PermissionDenied(f"an agent can only act as itself ({who.agent_id}), "
                                f"not as {agent_id!r}")
@@ -85,11 +87,9 @@ class UploadLimits:
 class FleetServicer(pb_grpc.FleetServiceServicer):
     """Agent-facing control plane."""
 
-    def __init__(self, hub: FleetHub, tokens: Tokens | None = None,
-                 examples: HardExampleStore | None = None,
+    def __init__(self, hub: FleetHub, examples: HardExampleStore | None = None,
                  upload_limits: UploadLimits | None = None) -> None:
         self._hub = hub
-        self._tokens = tokens
         self._examples = examples or HardExampleStore(hub.registry.root / "hard_examples")
         self._upload_limits = upload_limits or UploadLimits()
 
@@ -97,7 +97,7 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
     async def WatchAssignments(self, request, context):
         if not request.agent_id:
             raise InvalidInput("agent_id is required")
-        _check_identity(self._tokens, context, request.agent_id)
+        _check_identity(request.agent_id)
         log.info("agent_connected", agent_id=request.agent_id, labels=dict(request.labels),
                  replica=self._hub.replica)
         try:
@@ -108,6 +108,12 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
 
     @rpc_boundary
     async def FetchArtifact(self, request, context):
+        """Stream an artifact; an agent gets only the artifacts of its own assignment."""
+        who = current_principal()
+        if who is not None and who.role == AGENT and not await self._hub.assigned(
+                who.agent_id, dict(request.labels), request.digest):
+            raise PermissionDenied(f"artifact {request.digest[:80]!r} is not in the "
+                                   f"assignment of agent {who.agent_id}")
         path = self._hub.registry.blob_path(request.digest)
         size = path.stat().st_size
         if request.offset > size:
@@ -124,7 +130,7 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
     async def ReportStatus(self, request, context):
         if not request.agent_id:
             raise InvalidInput("agent_id is required")
-        _check_identity(self._tokens, context, request.agent_id)
+        _check_identity(request.agent_id)
         failed = [(s.name, s.version, s.reason) for s in request.swaps
                   if not s.ok and s.kind == "model"]
         await self._hub.report(status_dict(request), failed)
@@ -145,7 +151,7 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
             if not message.agent_id:
                 raise InvalidInput("agent_id is required")
             if not agent_id:
-                _check_identity(self._tokens, context, message.agent_id)
+                _check_identity(message.agent_id)
                 agent_id = message.agent_id
             elif message.agent_id != agent_id:
                 raise InvalidInput("one upload carries one agent's examples")
@@ -236,6 +242,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return pb.RolloutRecord(json=rollout.model_dump_json(), generation=generation)
 
     @rpc_boundary
+    async def PublishFloor(self, request, context):
+        floor, generation = await asyncio.to_thread(
+            self._hub.registry.publish_floor, request.document, request.signature)
+        log.info("floor_published", model=floor.name, version=floor.version,
+                 generation=generation)
+        return pb.PublishReply(name=floor.name, version=floor.version, generation=generation)
+
+    @rpc_boundary
     async def ListModels(self, request, context):
         described = await asyncio.to_thread(self._hub.registry.describe, request.name)
         return pb.ListModelsReply(json=json.dumps(described))
@@ -259,8 +273,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 yield example_to_pb(kept)
 
 
-def register(hub: FleetHub, tokens: Tokens | None = None,
-             examples: HardExampleStore | None = None,
+def register(hub: FleetHub, examples: HardExampleStore | None = None,
              upload_limits: UploadLimits | None = None):
     """Registrar for :func:`core.grpc_server.create_server`.
 
@@ -271,7 +284,7 @@ def register(hub: FleetHub, tokens: Tokens | None = None,
 
     def add(server: grpc.aio.Server) -> None:
         pb_grpc.add_FleetServiceServicer_to_server(
-            FleetServicer(hub, tokens, store, upload_limits), server)
+            FleetServicer(hub, store, upload_limits), server)
         pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(hub, store), server)
 
     return add

@@ -22,7 +22,13 @@ from edgecloud.core.auth import call_metadata
 from edgecloud.core.grpc_errors import from_rpc_error
 from edgecloud.core.tls import open_channel
 from edgecloud.edge_agent.hard_examples import LedgerStats
-from edgecloud.edge_agent.model_manager import ArtifactRef, Assignment, ModelManager, SwapOutcome
+from edgecloud.edge_agent.model_manager import (
+    ArtifactRef,
+    Assignment,
+    ModelManager,
+    SignedFloor,
+    SwapOutcome,
+)
 from edgecloud.edge_agent.service import EdgeService
 from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
@@ -52,7 +58,8 @@ def ledger_status(stats: LedgerStats) -> pb.HardExampleLedgerStatus:
 def assignment_from(message: pb.Assignment) -> Assignment:
     """Wire assignment -> domain assignment."""
     return Assignment(message.generation, _refs(message.models), _refs(message.policies),
-                      message.replica)
+                      message.replica,
+                      tuple(SignedFloor(f.document, f.signature) for f in message.floors))
 
 
 def _swap(outcome: SwapOutcome) -> pb.SwapOutcome:
@@ -153,8 +160,9 @@ class FleetClient:
 
     async def fetch(self, digest: str, offset: int) -> AsyncIterator[bytes]:
         """FetchArtifact from ``offset``; errors come back as domain errors."""
-        call = self._stub.FetchArtifact(pb.FetchRequest(digest=digest, offset=offset),
-                                        metadata=self._auth)
+        call = self._stub.FetchArtifact(
+            pb.FetchRequest(digest=digest, offset=offset, labels=self.labels),
+            metadata=self._auth)
         try:
             async for chunk in call:
                 yield chunk.data
