@@ -131,7 +131,11 @@ class BreakerPolicy(_Section):
     """Consecutive failed escalations that open the breaker (cloud treated as unavailable)."""
 
     half_open_after_s: PositiveFloat = 10.0
-    """Seconds an open breaker waits before it lets one probe request through."""
+    """Longest wait, in seconds, of an open breaker before it lets one probe request through.
+
+    The first probe goes out a fraction of a second after the breaker opens (at once
+    when the agent's connection to the gateway is re-established); each failed probe
+    doubles the wait, up to this."""
 
 
 class ScoreHistogram(_Section):
