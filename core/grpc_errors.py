@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from edgecloud.core import errors
 from edgecloud.core.errors import EdgecloudError, ErrorKind
@@ -177,9 +177,9 @@ def _parsed(request: Any, per_message: bool) -> Any:
     checked message by message."""
     if request.__class__ is Undecodable:
         raise request.error()
-    if not per_message and hasattr(request, "__aiter__"):
-        return _checked(request)
-    return request
+    if per_message or isinstance(request, Message) or not hasattr(request, "__aiter__"):
+        return request  # a message (the isinstance check first: it is the cheap one)
+    return _checked(request)
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError, peer: str = "peer") -> EdgecloudError:
