@@ -584,6 +584,8 @@ class Registry:
         target = target or "edge"
         if target not in TARGETS:
             raise InvalidInput(f"target must be 'edge' or 'cloud' (got {target!r})")
+        if not valid_name(name):  # a name is a folder: check it before it names a path
+            raise InvalidInput(f"model name {name!r} is not valid")
         versions = self.model_versions(name, target)
         if not versions:
             raise NotFound(f"model {name!r} has no published {target} versions")
@@ -728,6 +730,8 @@ class Registry:
 
     def describe(self, name: str = "") -> dict:
         """Models, versions, rollouts and what each replica serves, as plain data."""
+        if name and not valid_name(name):  # a name is a folder: check it before it names a path
+            raise InvalidInput(f"model name {name!r} is not valid")
         names = [name] if name else sorted({*self.model_names(), *self.model_names("cloud")})
         if name and not (self.model_versions(name) or self.model_versions(name, "cloud")):
             raise NotFound(f"model {name!r} has no published versions")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgecloud.core.errors import EdgecloudError, FailedPrecondition, InvalidInput
 from edgecloud.core.tensors import V2_TO_NUMPY, TensorSpec
@@ -26,6 +27,8 @@ DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
 HASH_CHUNK = 1 << 20
+MAX_SAMPLE_RANK = 32
+"""Most dimensions a sample tensor may have (as a request's tensor)."""
 
 
 class TensorDoc(BaseModel):
@@ -49,17 +52,37 @@ class SampleTensor(BaseModel):
 
     name: str
     datatype: str
-    shape: list[int]
+    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_SAMPLE_RANK)
+    """Concrete dimensions (a sample has no free ones)."""
     data: list = Field(description="Values, flattened row-major.")
 
+    @field_validator("data")
+    @classmethod
+    def _numbers(cls, data: list) -> list:
+        for index, value in enumerate(data):
+            # null: how JSON writes a NaN (a sample of a model that answers NaN)
+            if value is not None and not isinstance(value, bool | int | float):
+                raise ValueError(f"value {index} is a {type(value).__name__}, not a number")
+        return data
+
     def array(self) -> np.ndarray:
-        """The values as a numpy array of the right dtype and shape."""
+        """The values as a numpy array of the right dtype and shape.
+
+        :class:`~core.errors.InvalidInput` names the tensor when the datatype is
+        not one a sample can have, the count does not fit the shape, or a value
+        does not fit the datatype.
+        """
         dtype = V2_TO_NUMPY.get(self.datatype)
         if dtype is None or self.datatype == "BYTES":
             raise InvalidInput(f"sample tensor {self.name!r} has unsupported datatype "
                                f"{self.datatype!r}")
-        values = np.asarray(self.data, dtype=dtype)
-        if values.size != int(np.prod(self.shape)):
+        try:
+            with np.errstate(over="raise", invalid="raise"):
+                values = np.asarray(self.data, dtype=dtype)
+        except (ValueError, TypeError, OverflowError, FloatingPointError):
+            raise InvalidInput(f"sample tensor {self.name!r} has values that do not fit "
+                               f"{self.datatype}") from None
+        if values.ndim != 1 or values.size != math.prod(self.shape):
             raise InvalidInput(f"sample tensor {self.name!r} has {values.size} values for "
                                f"shape {self.shape}")
         return values.reshape(self.shape)
@@ -102,13 +125,18 @@ def parse_manifest(data: bytes) -> Manifest:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("manifest is not valid: it nests too deeply") from None
     if not isinstance(document, dict):
         raise InvalidInput("manifest must be a JSON object")
     try:
         return Manifest.model_validate(document)
+    except RecursionError:
+        raise InvalidInput("manifest is not valid: it nests too deeply") from None
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: "
+            f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
         )
         raise InvalidInput(f"invalid manifest: {problems}") from None
 

@@ -16,7 +16,8 @@ import structlog
 
 from edgecloud.core import codec
 from edgecloud.core.errors import EdgecloudError
-from edgecloud.core.grpc_errors import KIND_TO_CODE, rpc_boundary
+from edgecloud.core.grpc_errors import KIND_TO_CODE, Undecodable, rpc_boundary
+from edgecloud.core.grpc_server import add_servicer
 from edgecloud.core.tensors import InferRequest, InferResponse, ModelInfo
 from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
 from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -130,6 +131,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                           request_id: str) -> pb.ModelStreamInferResponse:
         """One stream message: errors become ``error_message``, the stream goes on."""
         try:
+            if request.__class__ is Undecodable:
+                raise request.error()
             decoded = codec.decode_infer_request(
                 request, max_request_bytes=self._max_request_bytes
             )
@@ -145,7 +148,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelStreamInferResponse(error_message="INTERNAL: internal error")
         return pb.ModelStreamInferResponse(infer_response=codec.encode_infer_response(answer))
 
-    @rpc_boundary
+    @rpc_boundary(per_message=True)  # a message that does not parse is answered like a bad one
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context, request_id: str
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -180,8 +183,7 @@ def register(plane: DataPlane, max_request_bytes: int = 64 * 2**20):
     """A registrar for :func:`core.grpc_server.create_server`."""
 
     def add(server: grpc.aio.Server) -> None:
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(plane, max_request_bytes), server
-        )
+        add_servicer(pb_grpc.add_GRPCInferenceServiceServicer_to_server,
+                     InferenceServicer(plane, max_request_bytes), server)
 
     return add

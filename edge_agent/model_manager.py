@@ -10,6 +10,16 @@ outcome. A failure at any step leaves the running version untouched and is
 reported with its reason. Verified versions stay on disk, so a restart
 without the network comes up on the last verified model, and the previous
 version is kept for an instant rollback.
+
+Failures are of two sorts. A version that fails verification or whose
+content is wrong (signature, digest, manifest, load, smoke test) is
+reported and remembered: the agent does not try it again until it restarts.
+A download that the network or the local disk cut short is *deferred*: not
+a swap failure (a gateway's rolling restart must not halt a rollout), not
+remembered, and :attr:`ModelManager.retry_wanted` asks the caller to apply
+the assignment again after a backoff. Anything else that goes wrong with
+one artifact is reported as its failure, not remembered, and never stops
+the other artifacts or the caller's loop.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ from edgecloud.router import Policy, PolicyError, parse_policy
 log = structlog.get_logger("edgecloud.agent.models")
 
 FETCH_ATTEMPTS = 3
+"""Downloads tried in a row (each resuming where the last stopped) before deferring."""
 MAX_UNREPORTED = 100
 """Swap outcomes kept for the next status report."""
 
@@ -118,6 +129,15 @@ class Fetcher(Protocol):
 
 class SwapFailed(Exception):
     """A step of the swap failed; ``reason`` is what the operator sees."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class FetchDeferred(Exception):
+    """The artifact could not be fetched or staged now (network, gateway, local disk);
+    it is tried again later and says nothing about the version."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -204,6 +224,8 @@ class ModelManager:
         self.last_outcome: SwapOutcome | None = None
         self.waiting: dict[str, Waiting] = {}
         """Assigned tasks that wait for their policy or model, as of the last assignment."""
+        self.retry_wanted = False
+        """The last :meth:`apply` deferred an artifact: apply the assignment again later."""
         self.applied_generation = int(self._state.get("generation", 0))
         self.floors: dict[str, Floor] = self._saved_floors()
         """Each task's minimum edge version, as signed by the operator (never lowered)."""
@@ -227,7 +249,7 @@ class ModelManager:
                 restored.append(name)
                 log.info("task_restored", task=name, model_version=model_ref.version,
                          policy_version=policy_ref.version)
-            except (SwapFailed, EdgecloudError, KeyError, ValueError) as exc:
+            except (SwapFailed, EdgecloudError, KeyError, ValueError, OSError) as exc:
                 reason = getattr(exc, "reason", None) or getattr(exc, "message", str(exc))
                 log.error("task_restore_failed", task=name, error=reason)
         return restored
@@ -242,6 +264,7 @@ class ModelManager:
             models = {ref.name: ref for ref in assignment.models}
             self.waiting = {}
             self._take_floors(assignment.floors)
+            self.retry_wanted = False
             for name in sorted(set(models) | set(policies)):
                 outcome = await self._apply_task(name, models.get(name), policies.get(name))
                 outcomes.extend(outcome)
@@ -322,8 +345,8 @@ class ModelManager:
             assert policy_ref is not None
             try:
                 policy = await self._read_policy(policy_ref, fetch=True)
-            except SwapFailed as exc:
-                outcomes.append(self._fail(policy_ref, "policy", exc.reason))
+            except Exception as exc:  # each artifact fails on its own
+                outcomes.extend(self._failure(policy_ref, "policy", exc))
                 want_policy = False
         if want_model:
             assert model_ref is not None
@@ -333,7 +356,7 @@ class ModelManager:
                 model = await self._load_model(model_ref, manifest, fetch=True)
                 try:
                     await asyncio.to_thread(smoke_test, model, manifest)
-                except FailedPrecondition as exc:
+                except EdgecloudError as exc:
                     raise SwapFailed(exc.message) from None
                 active_policy = policy if policy is not None else (
                     current.policy if current is not None else None)
@@ -364,8 +387,8 @@ class ModelManager:
                 if policy is not None and policy_ref is not None:
                     outcomes.append(self._ok(policy_ref, "policy"))
                 return outcomes
-            except SwapFailed as exc:
-                outcomes.append(self._fail(model_ref, "model", exc.reason))
+            except Exception as exc:  # each artifact fails on its own
+                outcomes.extend(self._failure(model_ref, "model", exc))
         if want_policy and policy is not None and policy_ref is not None:
             current = self._current(name)
             if current is None:
@@ -375,12 +398,12 @@ class ModelManager:
                 return outcomes
             try:
                 self.service.bind(current.model, policy)
-            except FailedPrecondition as exc:
-                outcomes.append(self._fail(policy_ref, "policy", exc.message))
+                await self._remember(name, None, policy_ref)  # before the swap, as for a model
+                self.service.install(current.model, policy, model_digest=current.model_digest,
+                                     policy_digest=policy_ref.digest)
+            except Exception as exc:  # each artifact fails on its own
+                outcomes.extend(self._failure(policy_ref, "policy", exc))
                 return outcomes
-            await self._remember(name, None, policy_ref)  # before the swap, as for a model
-            self.service.install(current.model, policy, model_digest=current.model_digest,
-                                 policy_digest=policy_ref.digest)
             outcomes.append(self._ok(policy_ref, "policy"))
         return outcomes
 
@@ -419,10 +442,33 @@ class ModelManager:
         log.info("swap_succeeded", kind=kind, task=ref.name, version=ref.version)
         return SwapOutcome(ref.name, ref.version, kind, True, "", self._clock())
 
-    def _fail(self, ref: ArtifactRef, kind: str, reason: str) -> SwapOutcome:
-        self._failed[(ref.name, ref.version, ref.digest)] = reason
-        log.error("swap_failed", kind=kind, task=ref.name, version=ref.version, reason=reason)
+    def _fail(self, ref: ArtifactRef, kind: str, reason: str, *,
+              remember: bool = True) -> SwapOutcome:
+        if remember:
+            self._failed[(ref.name, ref.version, ref.digest)] = reason
+        log.error("swap_failed", kind=kind, task=ref.name, version=ref.version, reason=reason,
+                  retried=not remember)
         return SwapOutcome(ref.name, ref.version, kind, False, reason, self._clock())
+
+    def _failure(self, ref: ArtifactRef, kind: str, exc: Exception) -> list[SwapOutcome]:
+        """What an error in one artifact's swap becomes: a failure, remembered when it is the
+        version's fault; nothing but a later retry when the download was cut short."""
+        if isinstance(exc, FetchDeferred | OSError):
+            reason = exc.reason if isinstance(exc, FetchDeferred) else (
+                f"local disk: {exc.strerror or type(exc).__name__}")
+            self.retry_wanted = True
+            self.service.metrics.fetch_deferred()
+            log.warning("swap_deferred", kind=kind, task=ref.name, version=ref.version,
+                        reason=reason)
+            return []
+        if isinstance(exc, SwapFailed):
+            return [self._fail(ref, kind, exc.reason)]
+        if isinstance(exc, EdgecloudError):
+            return [self._fail(ref, kind, exc.message)]
+        log.exception("swap_crashed", kind=kind, task=ref.name, version=ref.version)
+        return [self._fail(ref, kind, f"unexpected {type(exc).__name__} (see the agent's log, "
+                           "event swap_crashed); tried again with the next assignment",
+                           remember=False)]
 
     async def _remember(self, name: str, model_ref: ArtifactRef | None,
                         policy_ref: ArtifactRef | None) -> None:
@@ -483,12 +529,13 @@ class ModelManager:
                 return await self._download(ref)
             except SwapFailed:
                 raise
-            except EdgecloudError as exc:
+            except EdgecloudError as exc:  # from the gateway: the network, not the version
                 last_error = exc.message
                 log.warning("fetch_interrupted", digest=ref.digest, attempt=attempt + 1,
                             error=exc.message)
-                await asyncio.sleep(0.1 * (attempt + 1))
-        raise SwapFailed(f"download failed after {FETCH_ATTEMPTS} attempts: {last_error}")
+                if attempt + 1 < FETCH_ATTEMPTS:
+                    await asyncio.sleep(0.1 * (attempt + 1))
+        raise FetchDeferred(f"download interrupted {FETCH_ATTEMPTS} times: {last_error}")
 
     async def _download(self, ref: ArtifactRef) -> Path:
         assert self.fetcher is not None

@@ -401,13 +401,17 @@ class EdgeService:
             self._recheck.set()
 
     async def _watch_cloud(self) -> None:
-        """Check again on every reconnection, on request, and often while a task is not clear."""
+        """Check again on every reconnection, on request, and often while a task is not clear.
+
+        A reconnection is also news for every task's router: an open breaker
+        probes the gateway at once instead of waiting out its backoff.
+        """
         assert self._cloud is not None and self._recheck is not None
         while True:
             unsettled = any(not t.cloud_checked or t.cloud_problem is not None
                             for t in self._tasks.values())
-            waiters = [asyncio.ensure_future(self._cloud.reconnected()),
-                       asyncio.ensure_future(self._recheck.wait())]
+            reconnected = asyncio.ensure_future(self._cloud.reconnected())
+            waiters = [reconnected, asyncio.ensure_future(self._recheck.wait())]
             try:
                 await asyncio.wait(waiters, timeout=self._cloud_recheck_s if unsettled else None,
                                    return_when=asyncio.FIRST_COMPLETED)
@@ -415,6 +419,11 @@ class EdgeService:
                 for waiter in waiters:
                     waiter.cancel()
                 await asyncio.gather(*waiters, return_exceptions=True)
+            if (reconnected.done() and not reconnected.cancelled()
+                    and reconnected.exception() is None):
+                log.info("cloud_reconnected")
+                for task in self._tasks.values():
+                    task.router.cloud_reconnected()
             self._recheck.clear()
             try:
                 await self.check_cloud()

@@ -20,6 +20,7 @@ from edgecloud.cloud_gateway.rollouts import AgentAssignment
 from edgecloud.core.auth import AGENT, current_principal
 from edgecloud.core.errors import InvalidInput, PermissionDenied
 from edgecloud.core.grpc_errors import rpc_boundary
+from edgecloud.core.grpc_server import add_servicer
 from edgecloud.core.hard_example_codec import example_from_pb, example_to_pb
 from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
@@ -283,8 +284,9 @@ def register(hub: FleetHub, examples: HardExampleStore | None = None,
     store = examples or HardExampleStore(hub.registry.root / "hard_examples")
 
     def add(server: grpc.aio.Server) -> None:
-        pb_grpc.add_FleetServiceServicer_to_server(
-            FleetServicer(hub, store, upload_limits), server)
-        pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(hub, store), server)
+        add_servicer(pb_grpc.add_FleetServiceServicer_to_server,
+                     FleetServicer(hub, store, upload_limits), server)
+        add_servicer(pb_grpc.add_AdminServiceServicer_to_server, AdminServicer(hub, store),
+                     server)
 
     return add

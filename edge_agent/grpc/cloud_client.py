@@ -30,7 +30,10 @@ class GrpcCloudClient:
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 2000),
+                # At most a second between connection attempts while the gateway is
+                # away: its return (the channel READY again) is what lets an open
+                # breaker probe at once, so escalations resume within ~2 s.
+                ("grpc.max_reconnect_backoff_ms", 1000),
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.enable_retries", 0),

@@ -6,7 +6,7 @@ import pytest
 from fleet_helpers import digits_like_model, publish_model, publish_policy
 
 from edgecloud.cloud_gateway.registry import Registry
-from edgecloud.core.errors import FailedPrecondition
+from edgecloud.core.errors import FailedPrecondition, InvalidInput
 from edgecloud.router import Policy, dump_policy
 
 TASK = "digits"
@@ -49,3 +49,15 @@ def test_a_policy_naming_an_output_the_model_lacks_is_refused(tmp_path, digits_d
     other = digits_like_model(tmp_path / "other.onnx", "softmax", output_name="scores")
     with pytest.raises(FailedPrecondition, match="has no output 'probabilities'"):
         publish_model(registry, TASK, other, "edge", version="2")
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "../policies", "digits/edge"])
+def test_a_model_name_that_is_no_name_is_refused_before_it_names_a_path(tmp_path,
+                                                                        name) -> None:
+    """Listing or rolling out a model by a name no publication could have (too long, with a
+    path in it) is INVALID_ARGUMENT naming it, never a file-system error."""
+    registry = Registry(tmp_path / "registry")
+    with pytest.raises(InvalidInput, match=r"model name .* is not valid"):
+        registry.describe(name)
+    with pytest.raises(InvalidInput, match=r"model name .* is not valid"):
+        registry.set_rollout("promote", name, version="1")
