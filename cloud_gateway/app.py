@@ -77,6 +77,21 @@ def _log_class_scores(model: OnnxModel, wanted: str | None) -> None:
              chosen_by="--scores-output" if wanted else "automatic")
 
 
+def batching_config(s: GatewaySettings) -> Callable[[str], BatchingConfig]:
+    """Model name -> its batcher's limits (per-model overrides over the gateway's)."""
+
+    def config(name: str) -> BatchingConfig:
+        limits = s.batching.for_model(name)
+        return BatchingConfig(
+            max_batch_size=int(limits["max_batch_size"]),
+            max_queue_delay_s=limits["max_queue_delay_ms"] / 1000.0,
+            max_queue_rows=int(limits["max_queue_rows"]),
+            workers=int(limits["workers"]),
+        )
+
+    return config
+
+
 @dataclass(frozen=True, slots=True)
 class _Checked:
     """What the settings name, read and checked before anything is created."""
@@ -154,13 +169,7 @@ class GatewayApp(ServingApp):
         s = self.settings
         checked = _check(s)
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        batching = BatchingConfig(
-            max_batch_size=s.batching.max_batch_size,
-            max_queue_delay_s=s.batching.max_queue_delay_ms / 1000.0,
-            max_queue_rows=s.batching.max_queue_rows,
-            workers=s.batching.workers,
-        )
-        service = GatewayService(batching, executor_threads=s.executor_threads,
+        service = GatewayService(batching_config(s), executor_threads=s.executor_threads,
                                  metrics=self.metrics)
         self.service = service
         for model in checked.models:
@@ -187,7 +196,9 @@ class GatewayApp(ServingApp):
              fleet_servicer.register(hub, tokens, examples, upload_limits)],
             [v2_grpc.SERVICE_NAME, fleet_servicer.FLEET_SERVICE, fleet_servicer.ADMIN_SERVICE],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20,
-                          max_connection_age_s=s.max_connection_age_s),
+                          max_connection_age_s=s.max_connection_age_s,
+                          max_concurrent_rpcs=s.max_concurrent_rpcs,
+                          max_streams_per_connection=s.max_streams_per_connection),
             interceptors=[AuthInterceptor(tokens, gateway_roles)] if tokens else [],
             credentials=checked.credentials,
         )
