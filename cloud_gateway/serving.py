@@ -18,7 +18,7 @@ import structlog
 from edgecloud.cloud_gateway.batching import BatchingConfig, DynamicBatcher
 from edgecloud.cloud_gateway.metrics import GatewayMetrics
 from edgecloud.core import __version__
-from edgecloud.core.errors import NotFound, Unavailable
+from edgecloud.core.errors import DeadlineExceeded, NotFound, Unavailable
 from edgecloud.core.model import OnnxModel
 from edgecloud.core.tensors import (
     InferRequest,
@@ -235,6 +235,8 @@ class GatewayService:
         deadline = None if time_left_s is None else self._clock() + time_left_s
         if not self._ready:
             raise Unavailable("gateway is not ready (starting or draining)")
+        if time_left_s is not None and time_left_s <= 0:
+            raise DeadlineExceeded("deadline passed before the request reached a model")
         served = self._pick(request.model_name, request.model_version)
         model = served.model
         inputs = model.validate_inputs(request.inputs)
