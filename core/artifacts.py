@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgecloud.core.errors import EdgecloudError, FailedPrecondition, InvalidInput
 from edgecloud.core.tensors import V2_TO_NUMPY, TensorSpec
@@ -52,13 +52,32 @@ class SampleTensor(BaseModel):
     shape: list[int]
     data: list = Field(description="Values, flattened row-major.")
 
+    @model_validator(mode="after")
+    def _numeric(self) -> SampleTensor:
+        """Refused when parsed (so at publish), not when an agent or replica loads it."""
+        try:
+            self.array()
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+        return self
+
     def array(self) -> np.ndarray:
-        """The values as a numpy array of the right dtype and shape."""
+        """The values as a numpy array of the right dtype and shape (InvalidInput when they
+        are not numbers of that datatype)."""
         dtype = V2_TO_NUMPY.get(self.datatype)
         if dtype is None or self.datatype == "BYTES":
             raise InvalidInput(f"sample tensor {self.name!r} has unsupported datatype "
                                f"{self.datatype!r}")
-        values = np.asarray(self.data, dtype=dtype)
+        if any(d < 0 for d in self.shape):
+            raise InvalidInput(f"sample tensor {self.name!r} has a negative dimension")
+        if not all(type(v) in (int, float, bool) for v in self.data):
+            raise InvalidInput(f"sample tensor {self.name!r} holds values that are not "
+                               f"numbers (a {self.datatype} tensor)")
+        try:
+            values = np.asarray(self.data, dtype=dtype)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidInput(f"sample tensor {self.name!r} does not fit {self.datatype}: "
+                               f"{exc}") from None
         if values.size != int(np.prod(self.shape)):
             raise InvalidInput(f"sample tensor {self.name!r} has {values.size} values for "
                                f"shape {self.shape}")
