@@ -70,7 +70,10 @@ class SampleTensor(BaseModel):
                                f"{self.datatype!r}")
         if any(d < 0 for d in self.shape):
             raise InvalidInput(f"sample tensor {self.name!r} has a negative dimension")
-        if not all(type(v) in (int, float, bool) for v in self.data):
+        # JSON has no NaN: a float tensor's NaN is written as null (and read back as NaN).
+        allowed = (int, float, bool, type(None)) if np.dtype(dtype).kind == "f" else (int, float,
+                                                                                    bool)
+        if not all(type(v) in allowed for v in self.data):
             raise InvalidInput(f"sample tensor {self.name!r} holds values that are not "
                                f"numbers (a {self.datatype} tensor)")
         try:
