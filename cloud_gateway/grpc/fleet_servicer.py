@@ -72,6 +72,15 @@ def _check_identity(tokens: Tokens | None, context, agent_id: str) -> None:
                                f"not as {agent_id!r}")
 
 
+MAX_STATUS_BYTES = 64 * 2**10
+"""Largest AgentStatus a ReportStatus may carry; a larger one is refused with
+INVALID_ARGUMENT (a healthy report is a few KiB), so every agent's status fits in one
+FleetStatus answer."""
+MAX_STATUS_SWAPS = 32
+"""Swap outcomes kept from one report (the newest); the gateway still counts every
+failure it was sent."""
+
+
 @dataclass(frozen=True, slots=True)
 class UploadLimits:
     """Limits of one UploadHardExamples call."""
@@ -125,8 +134,14 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
         if not request.agent_id:
             raise InvalidInput("agent_id is required")
         _check_identity(self._tokens, context, request.agent_id)
+        size = request.ByteSize()
+        if size > MAX_STATUS_BYTES:
+            raise InvalidInput(f"status of {size} bytes is over the limit of "
+                               f"{MAX_STATUS_BYTES} bytes")
         failed = [(s.name, s.version, s.reason) for s in request.swaps
                   if not s.ok and s.kind == "model"]
+        if len(request.swaps) > MAX_STATUS_SWAPS:
+            del request.swaps[:-MAX_STATUS_SWAPS]
         await self._hub.report(status_dict(request), failed)
         return pb.StatusAck(generation=self._hub.snapshot.generation)
 
