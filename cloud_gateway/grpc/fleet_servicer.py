@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 import structlog
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, ParseDict
 
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
@@ -54,6 +54,22 @@ def status_dict(status: pb.AgentStatus) -> dict:
     """Wire status -> plain data kept in the registry."""
     return MessageToDict(status, preserving_proto_field_name=True,
                          always_print_fields_with_no_presence=True)
+
+
+_FLEET_AGENT_KEYS = ("replica", "last_seen", "swap_history", "connected_here")
+
+
+def fleet_agent(entry: dict) -> pb.FleetAgent:
+    """A stored agent status (as :func:`status_dict` and the hub keep it) -> wire entry."""
+    status = {k: v for k, v in entry.items() if k not in _FLEET_AGENT_KEYS}
+    return pb.FleetAgent(
+        status=ParseDict(status, pb.AgentStatus(), ignore_unknown_fields=True),
+        replica=str(entry.get("replica") or ""),
+        last_seen=float(entry.get("last_seen") or 0.0),
+        swap_history=[ParseDict(swap, pb.SwapOutcome(), ignore_unknown_fields=True)
+                      for swap in entry.get("swap_history") or ()],
+        connected_here=bool(entry.get("connected_here")),
+    )
 
 
 def _read_chunks(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
@@ -260,7 +276,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         agents = await asyncio.to_thread(self._hub.registry.agent_statuses)
         for agent in agents:
             agent["connected_here"] = self._hub.connected(agent.get("agent_id", ""))
-        return pb.FleetStatusReply(json=json.dumps(agents))
+        return pb.FleetStatusReply(json=json.dumps(agents),
+                                   agents=[fleet_agent(agent) for agent in agents])
 
     @rpc_boundary
     async def ExportHardExamples(self, request, context):
