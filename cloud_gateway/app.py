@@ -123,6 +123,21 @@ def escalation_limiter(s: GatewaySettings, hub: FleetHub | None = None) -> Escal
         labels_of=hub.labels_of if hub is not None else (lambda _: None))
 
 
+def batching_config(s: GatewaySettings) -> Callable[[str], BatchingConfig]:
+    """Model name -> its batcher's limits (per-model overrides over the gateway's)."""
+
+    def config(name: str) -> BatchingConfig:
+        limits = s.batching.for_model(name)
+        return BatchingConfig(
+            max_batch_size=int(limits["max_batch_size"]),
+            max_queue_delay_s=limits["max_queue_delay_ms"] / 1000.0,
+            max_queue_rows=int(limits["max_queue_rows"]),
+            workers=int(limits["workers"]),
+        )
+
+    return config
+
+
 @dataclass(frozen=True, slots=True)
 class _Checked:
     """What the settings name, read and checked before anything is created."""
@@ -200,13 +215,7 @@ class GatewayApp(ServingApp):
         s = self.settings
         checked = _check(s)
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        batching = BatchingConfig(
-            max_batch_size=s.batching.max_batch_size,
-            max_queue_delay_s=s.batching.max_queue_delay_ms / 1000.0,
-            max_queue_rows=s.batching.max_queue_rows,
-            workers=s.batching.workers,
-        )
-        service = GatewayService(batching, executor_threads=s.executor_threads,
+        service = GatewayService(batching_config(s), executor_threads=s.executor_threads,
                                  metrics=self.metrics)
         self.service = service
         for model in checked.models:
@@ -242,7 +251,9 @@ class GatewayApp(ServingApp):
              fleet_servicer.register(hub, examples, upload_limits)],
             [v2_grpc.SERVICE_NAME, fleet_servicer.FLEET_SERVICE, fleet_servicer.ADMIN_SERVICE],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20,
-                          max_connection_age_s=s.max_connection_age_s),
+                          max_connection_age_s=s.max_connection_age_s,
+                          max_concurrent_rpcs=s.max_concurrent_rpcs,
+                          max_streams_per_connection=s.max_streams_per_connection),
             interceptors=([AuthInterceptor(auth, gateway_roles)]
                           if tokens is not None or mutual_tls else []),
             credentials=checked.credentials,

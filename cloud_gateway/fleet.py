@@ -17,7 +17,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import structlog
 
 from edgecloud.cloud_gateway.registry import REPLICA_HEARTBEAT_S, Envelope, Registry, Snapshot
-from edgecloud.cloud_gateway.rollouts import AgentAssignment, assignment_for, cloud_versions
+from edgecloud.cloud_gateway.rollouts import (
+    AgentAssignment,
+    CloudServing,
+    assignment_for,
+    cloud_versions,
+)
 from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.core.artifacts import smoke_test
 from edgecloud.core.errors import EdgecloudError, Unavailable
@@ -125,18 +130,25 @@ class FleetHub:
             return
         wanted = cloud_versions(snapshot)
         for name, serving in wanted.items():
-            stable = await self._load(serving.stable, candidate=False)
-            if stable is not None and self._serving_key(name) != _key(serving.stable):
-                self._serving.add_model(stable)
-            candidate = None
-            if serving.candidate is not None:
-                candidate = await self._load(serving.candidate, candidate=True)
-            if candidate is not None and name in self._serving.model_names():
-                self._serving.set_candidate(candidate, serving.percent)
-            else:
-                self._serving.drop_candidate(name)
+            try:
+                await self._serve_cloud_model(name, serving)
+            except Exception:  # one bad artifact never blocks the others or the snapshot
+                log.exception("cloud_model_skipped", model=name)
         keep = {_key(e) for s in wanted.values() for e in (s.stable, s.candidate) if e}
         self._loaded = {k: m for k, m in self._loaded.items() if k in keep}
+
+    async def _serve_cloud_model(self, name: str, serving: CloudServing) -> None:
+        assert self._serving is not None
+        stable = await self._load(serving.stable, candidate=False)
+        if stable is not None and self._serving_key(name) != _key(serving.stable):
+            self._serving.add_model(stable)
+        candidate = None
+        if serving.candidate is not None:
+            candidate = await self._load(serving.candidate, candidate=True)
+        if candidate is not None and name in self._serving.model_names():
+            self._serving.set_candidate(candidate, serving.percent)
+        else:
+            self._serving.drop_candidate(name)
 
     def _serving_key(self, name: str) -> tuple[str, str, str] | None:
         """Identity of the stable version served now (None for a model given at start)."""
@@ -163,13 +175,14 @@ class FleetHub:
                 intra_op_threads=self._onnx_threads,
             )
             await asyncio.to_thread(smoke_test, model, manifest, require_sample=False)
-        except EdgecloudError as exc:
+        except Exception as exc:  # a bad artifact is skipped (and logged), never retried
             self._failed.add(key)
+            message = exc.message if isinstance(exc, EdgecloudError) else repr(exc)
             log.error("cloud_model_load_failed", model=manifest.name, version=manifest.version,
-                      error=exc.message)
+                      error=message)
             if candidate:
                 await asyncio.to_thread(self.registry.record_swap_failure, manifest.name,
-                                        manifest.version, self.replica, exc.message, "cloud")
+                                        manifest.version, self.replica, message, "cloud")
             return None
         self._loaded[key] = model
         return model

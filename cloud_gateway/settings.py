@@ -13,19 +13,46 @@ from edgecloud.core.logging import LogFormat
 from edgecloud.core.settings import EdgecloudSettings, state_dir
 
 
+class ModelBatching(BaseModel):
+    """Batching limits of one model; a field left unset takes the gateway-wide value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int | None = Field(None, ge=1, le=65536)
+    """Most rows in one model run; a larger request is split into runs of at most this."""
+    max_queue_delay_ms: float | None = Field(None, ge=0, le=10_000)
+    """Longest a forming batch waits for more requests (a lone request never waits)."""
+    max_queue_rows: int | None = Field(None, ge=1)
+    """Rows allowed to wait; more are refused with RESOURCE_EXHAUSTED, and a single request
+    of more rows than this with INVALID_ARGUMENT."""
+    workers: int | None = Field(None, ge=1, le=64)
+    """Batches of the model that may run at the same time."""
+
+
 class BatchingSection(BaseModel):
-    """Dynamic batching, the same for every model."""
+    """Dynamic batching: gateway-wide limits, and overrides per model name."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(64, ge=1, le=65536)
-    """Most rows in one model run."""
+    """Most rows in one model run; a larger request is split into runs of at most this."""
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
-    """Longest a request waits for others to join its batch."""
+    """Longest a forming batch waits for more requests (a lone request never waits)."""
     max_queue_rows: int = Field(4096, ge=1)
-    """Rows allowed to wait per model; more are refused with RESOURCE_EXHAUSTED."""
+    """Rows allowed to wait per model; more are refused with RESOURCE_EXHAUSTED, and a single
+    request of more rows than this with INVALID_ARGUMENT."""
     workers: int = Field(2, ge=1, le=64)
     """Batches of one model that may run at the same time."""
+    models: dict[str, ModelBatching] = Field(default_factory=dict)
+    """Model name -> limits that differ from the ones above for that model."""
+
+    def for_model(self, name: str) -> dict[str, float | int]:
+        """The limits of model ``name``: its overrides over the gateway-wide values."""
+        limits = self.model_dump(exclude={"models"})
+        override = self.models.get(name)
+        if override is not None:
+            limits.update(override.model_dump(exclude_none=True))
+        return limits
 
 
 class HardExamplesSection(BaseModel):
@@ -134,6 +161,12 @@ class GatewaySettings(EdgecloudSettings):
     """ONNX Runtime intra-op threads per model session."""
     executor_threads: int = Field(4, ge=1, le=256)
     """Worker threads that run model batches."""
+    max_concurrent_rpcs: int | None = Field(32768, ge=1)
+    """RPCs the server runs at once, open streams included (each agent holds a watch stream
+    and an escalation stream); past it new calls are refused with RESOURCE_EXHAUSTED.
+    None: unlimited."""
+    max_streams_per_connection: int = Field(256, ge=1)
+    """HTTP/2 streams (calls) one connection may have open at once; more wait for a free one."""
     max_request_bytes: int = Field(64 * 2**20, ge=1024)
     """Largest inference request accepted."""
     max_connection_age_s: float | None = Field(600.0, gt=0)

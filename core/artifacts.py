@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgecloud.core.errors import EdgecloudError, FailedPrecondition, InvalidInput
 from edgecloud.core.tensors import V2_TO_NUMPY, TensorSpec
@@ -64,6 +71,15 @@ class SampleTensor(BaseModel):
             if value is not None and not isinstance(value, bool | int | float):
                 raise ValueError(f"value {index} is a {type(value).__name__}, not a number")
         return data
+
+    @model_validator(mode="after")
+    def _fits(self) -> SampleTensor:
+        """Refused when parsed (so at publish), not when an agent or replica loads it."""
+        try:
+            self.array()
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+        return self
 
     def array(self) -> np.ndarray:
         """The values as a numpy array of the right dtype and shape.

@@ -37,6 +37,12 @@ class ServerOptions:
     """Close connections after this long so a load balancer can rebalance them."""
     max_connection_age_grace_s: float = 30.0
     """Time given to RPCs on a connection past its maximum age."""
+    max_concurrent_rpcs: int | None = None
+    """RPCs the server runs at once (open streams included); past it new calls are
+    refused with RESOURCE_EXHAUSTED. None: unlimited."""
+    max_streams_per_connection: int | None = None
+    """HTTP/2 streams one connection may have open at once (``grpc.max_concurrent_streams``);
+    a client past it waits for a free stream. None: gRPC's default (unlimited)."""
 
 
 def _channel_args(opts: ServerOptions) -> list[tuple[str, int]]:
@@ -45,6 +51,8 @@ def _channel_args(opts: ServerOptions) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", opts.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if opts.max_streams_per_connection:
+        args.append(("grpc.max_concurrent_streams", opts.max_streams_per_connection))
     if opts.max_connection_age_s:
         args.append(("grpc.max_connection_age_ms", int(opts.max_connection_age_s * 1000)))
         args.append(
@@ -153,7 +161,8 @@ async def create_server(
     """
     opts = options or ServerOptions()
     split_host_port(address)
-    server = grpc.aio.server(options=_channel_args(opts), interceptors=list(interceptors))
+    server = grpc.aio.server(options=_channel_args(opts), interceptors=list(interceptors),
+                             maximum_concurrent_rpcs=opts.max_concurrent_rpcs)
     for register in registrars:
         register(server)
     health_servicer = health.aio.HealthServicer()

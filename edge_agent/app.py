@@ -100,6 +100,7 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None,
         rng=np.random.default_rng(settings.shadow_seed),
         scores_outputs=settings.scores_outputs,
         cloud_recheck_s=settings.cloud_recheck_s,
+        max_escalation_rows=settings.max_escalation_rows,
     )
     for model, policy in tasks:
         task = service.add_task(model, policy, settings.cloud_models.get(model.name))

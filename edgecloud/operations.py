@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.registry import Registry
@@ -220,7 +221,10 @@ class GatewayOperator:
                                      pb.ListModelsRequest(name=name)).json)
 
     def fleet_status(self) -> list[dict]:
-        return json.loads(self._call(self._stub.FleetStatus, pb.FleetStatusRequest()).json)
+        reply = self._call(self._stub.FleetStatus, pb.FleetStatusRequest())
+        if not reply.agents and reply.json:  # a gateway older than typed entries
+            return json.loads(reply.json)
+        return [_fleet_agent_dict(agent) for agent in reply.agents]
 
     def reserve_version(self, name: str, target: str) -> str:
         return self._call(self._stub.ReserveVersion,
@@ -329,3 +333,15 @@ def fleet_rows(agents: list[dict], now: float) -> list[dict]:
                 "drift": _drift(task, detail),
             })
     return rows
+
+
+def _plain(message) -> dict:
+    return MessageToDict(message, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True)
+
+
+def _fleet_agent_dict(agent: pb.FleetAgent) -> dict:
+    """A typed fleet status entry as plain data, in the shape the registry keeps it."""
+    return {**_plain(agent.status), "replica": agent.replica, "last_seen": agent.last_seen,
+            "swap_history": [_plain(swap) for swap in agent.swap_history],
+            "connected_here": agent.connected_here}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 import structlog
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, ParseDict
 
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
@@ -59,6 +59,22 @@ def status_dict(status: pb.AgentStatus) -> dict:
                          always_print_fields_with_no_presence=True)
 
 
+_FLEET_AGENT_KEYS = ("replica", "last_seen", "swap_history", "connected_here")
+
+
+def fleet_agent(entry: dict) -> pb.FleetAgent:
+    """A stored agent status (as :func:`status_dict` and the hub keep it) -> wire entry."""
+    status = {k: v for k, v in entry.items() if k not in _FLEET_AGENT_KEYS}
+    return pb.FleetAgent(
+        status=ParseDict(status, pb.AgentStatus(), ignore_unknown_fields=True),
+        replica=str(entry.get("replica") or ""),
+        last_seen=float(entry.get("last_seen") or 0.0),
+        swap_history=[ParseDict(swap, pb.SwapOutcome(), ignore_unknown_fields=True)
+                      for swap in entry.get("swap_history") or ()],
+        connected_here=bool(entry.get("connected_here")),
+    )
+
+
 def _read_chunks(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
     with open(path, "rb") as f:
         f.seek(offset)
@@ -73,6 +89,15 @@ def _check_identity(agent_id: str) -> None:
     if who is not None and who.role == AGENT and who.agent_id != agent_id:
         raise PermissionDenied(f"an agent can only act as itself ({who.agent_id}), "
                                f"not as {agent_id!r}")
+
+
+MAX_STATUS_BYTES = 64 * 2**10
+"""Largest AgentStatus a ReportStatus may carry; a larger one is refused with
+INVALID_ARGUMENT (a healthy report is a few KiB), so every agent's status fits in one
+FleetStatus answer."""
+MAX_STATUS_SWAPS = 32
+"""Swap outcomes kept from one report (the newest); the gateway still counts every
+failure it was sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +157,14 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
         if not request.agent_id:
             raise InvalidInput("agent_id is required")
         _check_identity(request.agent_id)
+        size = request.ByteSize()
+        if size > MAX_STATUS_BYTES:
+            raise InvalidInput(f"status of {size} bytes is over the limit of "
+                               f"{MAX_STATUS_BYTES} bytes")
         failed = [(s.name, s.version, s.reason) for s in request.swaps
                   if not s.ok and s.kind == "model"]
+        if len(request.swaps) > MAX_STATUS_SWAPS:
+            del request.swaps[:-MAX_STATUS_SWAPS]
         await self._hub.report(status_dict(request), failed)
         return pb.StatusAck(generation=self._hub.snapshot.generation)
 
@@ -260,7 +291,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         agents = await asyncio.to_thread(self._hub.registry.agent_statuses)
         for agent in agents:
             agent["connected_here"] = self._hub.connected(agent.get("agent_id", ""))
-        return pb.FleetStatusReply(json=json.dumps(agents))
+        return pb.FleetStatusReply(json=json.dumps(agents),
+                                   agents=[fleet_agent(agent) for agent in agents])
 
     @rpc_boundary
     async def ExportHardExamples(self, request, context):

@@ -62,7 +62,8 @@ async def fleet_agent(start_gateway, start_agent, tmp_path, **overrides):
 @pytest.mark.e2e
 async def test_a_version_that_fails_its_smoke_test_oddly_is_reported_and_later_ones_apply(
         start_gateway, start_agent, tmp_path, digits_dir):
-    """A manifest whose expected output has the wrong number of values is a reported swap
+    """A manifest whose expected output cannot be compared with the model's (another shape:
+    publish refuses a sample whose values do not fill its own shape) is a reported swap
     failure naming the problem, and a good version rolled out afterwards is applied."""
     registry, _, agent = await fleet_agent(start_gateway, start_agent, tmp_path)
     edge = digits_dir / "edge.onnx"
@@ -72,15 +73,15 @@ async def test_a_version_that_fails_its_smoke_test_oddly_is_reported_and_later_o
     await wait_until(lambda: running_version(agent) == "1", what="v1")
 
     good = build_model_manifest(edge, name=TASK, version="2", target="edge")
-    short = [good.expected_output[0].model_copy(
-        update={"data": good.expected_output[0].data[:-1]})]
+    expected = good.expected_output[0]
+    short = [expected.model_copy(update={"data": expected.data[:5], "shape": [1, 5]})]
     await asyncio.to_thread(publish, registry, edge, "2", expected_output=short)
     await asyncio.to_thread(roll_out, registry, "2")
     await wait_until(lambda: any(s["version"] == "2" and not s["ok"]
                                  for s in reported_swaps(registry, "agent-0")),
                      what="v2's failure reported")
     failure = next(s for s in reported_swaps(registry, "agent-0") if s["version"] == "2")
-    assert "values for shape" in failure["reason"]
+    assert "differs from the manifest's expected output" in failure["reason"]
     assert running_version(agent) == "1"
 
     await asyncio.to_thread(publish, registry, edge, "3")

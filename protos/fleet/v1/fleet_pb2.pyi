@@ -145,10 +145,26 @@ class FleetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FleetStatusReply(_message.Message):
-    __slots__ = ("json",)
+    __slots__ = ("json", "agents")
     JSON_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
     json: str
-    def __init__(self, json: _Optional[str] = ...) -> None: ...
+    agents: _containers.RepeatedCompositeFieldContainer[FleetAgent]
+    def __init__(self, json: _Optional[str] = ..., agents: _Optional[_Iterable[_Union[FleetAgent, _Mapping]]] = ...) -> None: ...
+
+class FleetAgent(_message.Message):
+    __slots__ = ("status", "replica", "last_seen", "swap_history", "connected_here")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    SWAP_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_HERE_FIELD_NUMBER: _ClassVar[int]
+    status: AgentStatus
+    replica: str
+    last_seen: float
+    swap_history: _containers.RepeatedCompositeFieldContainer[SwapOutcome]
+    connected_here: bool
+    def __init__(self, status: _Optional[_Union[AgentStatus, _Mapping]] = ..., replica: _Optional[str] = ..., last_seen: _Optional[float] = ..., swap_history: _Optional[_Iterable[_Union[SwapOutcome, _Mapping]]] = ..., connected_here: _Optional[bool] = ...) -> None: ...
 
 class ExportHardExamplesRequest(_message.Message):
     __slots__ = ("task", "since")
