@@ -32,6 +32,7 @@ from routing_overhead import (
     Server,
     _load,
     _start,
+    cpu_per_request,
     requests_of,
     sequential_p50,
     serve_bare,
@@ -92,20 +93,6 @@ def stream_vs_unary(gateway: Server, requests: list, in_flight: int,
             before = gateway.cpu_seconds
             asyncio.run(load(gateway.address, requests, in_flight))
             used[i] += gateway.cpu_seconds - before
-    return [u / (len(requests) * rounds) * 1e6 for u in used]
-
-
-def cpu_per_request(servers: tuple[Server, Server], requests: list, in_flight: int,
-                    rounds: int) -> list[float]:
-    """Server CPU µs per request with ``in_flight`` concurrent unary calls."""
-    used = [0.0 for _ in servers]
-    for server in servers:  # warm up
-        asyncio.run(_load(server.address, requests[:500], in_flight))
-    for _ in range(rounds):
-        for i, server in enumerate(servers):
-            before = server.cpu_seconds
-            asyncio.run(_load(server.address, requests, in_flight))
-            used[i] += server.cpu_seconds - before
     return [u / (len(requests) * rounds) * 1e6 for u in used]
 
 
