@@ -13,13 +13,22 @@ from edgecloud.cloud_gateway.batching import BatchingConfig
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.grpc import fleet_servicer
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
+from edgecloud.cloud_gateway.limits import EscalationLimiter, LimitedPlane, RateLimit
 from edgecloud.cloud_gateway.metrics import GatewayMetrics
 from edgecloud.cloud_gateway.registry import Registry, is_registry, registry_location
 from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.cloud_gateway.settings import GatewaySettings
 from edgecloud.cloud_gateway.storage import Location
 from edgecloud.core import v2_grpc
-from edgecloud.core.auth import AGENT, OPERATOR, AuthInterceptor, Tokens
+from edgecloud.core.auth import (
+    AGENT,
+    OPERATOR,
+    VIEWER,
+    Authenticator,
+    AuthInterceptor,
+    Tokens,
+    is_loopback,
+)
 from edgecloud.core.errors import FailedPrecondition, InvalidInput
 from edgecloud.core.grpc_server import ServerOptions, create_server, split_host_port
 from edgecloud.core.model import OnnxModel
@@ -34,13 +43,16 @@ T = TypeVar("T")
 
 _AGENT_OR_OPERATOR = frozenset({AGENT, OPERATOR})
 _OPERATOR_ONLY = frozenset({OPERATOR})
+_READERS = frozenset({OPERATOR, VIEWER})
 _OPEN_V2 = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata")
+_ADMIN_READS = ("ListModels", "FleetStatus")
+"""Admin calls a viewer may make: they change nothing and return no model or example data."""
 
 
 def gateway_roles(method: str) -> frozenset[str] | None:
     """Roles allowed to call ``method`` (None: open, e.g. health checks)."""
     if method.startswith(f"/{fleet_servicer.ADMIN_SERVICE}/"):
-        return _OPERATOR_ONLY
+        return _READERS if method.rsplit("/", 1)[-1] in _ADMIN_READS else _OPERATOR_ONLY
     if method.startswith(f"/{fleet_servicer.FLEET_SERVICE}/"):
         return _AGENT_OR_OPERATOR
     if method.startswith(f"/{v2_grpc.SERVICE_NAME}/"):
@@ -76,6 +88,54 @@ def _log_class_scores(model: OnnxModel, wanted: str | None) -> None:
         return
     log.info("model_class_scores", model=model.name, scores_output=chosen,
              chosen_by="--scores-output" if wanted else "automatic")
+
+
+def warn_if_tokens_travel_in_plaintext(s: GatewaySettings) -> bool:
+    """Log a loud warning when the gateway takes bearer tokens without TLS on an address
+    other machines can reach; True when it did. ``behind_tls_proxy`` says a proxy in front
+    terminates TLS, and the warning becomes an info line."""
+    host, _ = split_host_port(s.listen)
+    if s.tokens_file is None or s.tls_cert is not None or is_loopback(host):
+        return False
+    if s.behind_tls_proxy:
+        log.info("tokens_behind_tls_proxy", listen=s.listen,
+                 detail="tokens arrive in plaintext from the TLS proxy in front")
+        return False
+    log.warning("tokens_over_plaintext", listen=s.listen,
+                detail="bearer tokens arrive unencrypted on an address other machines can "
+                "reach: anyone on the path can read and reuse them. Serve TLS (--tls-cert, "
+                "--tls-key), or set behind_tls_proxy when a proxy in front terminates TLS")
+    return True
+
+
+def escalation_limiter(s: GatewaySettings, hub: FleetHub | None = None) -> EscalationLimiter:
+    """The per-agent escalation limits the settings name (agents' labels from ``hub``)."""
+    limits = s.escalation_limits
+
+    def limit(section) -> RateLimit:
+        return RateLimit.of(section.rows_per_s, section.burst)
+
+    labels = {tuple(label.split("=", 1)): limit(section)
+              for label, section in limits.labels.items()}
+    return EscalationLimiter(
+        limit(limits.default) if limits.default else None,
+        {agent: limit(section) for agent, section in limits.agents.items()}, labels,
+        labels_of=hub.labels_of if hub is not None else (lambda _: None))
+
+
+def batching_config(s: GatewaySettings) -> Callable[[str], BatchingConfig]:
+    """Model name -> its batcher's limits (per-model overrides over the gateway's)."""
+
+    def config(name: str) -> BatchingConfig:
+        limits = s.batching.for_model(name)
+        return BatchingConfig(
+            max_batch_size=int(limits["max_batch_size"]),
+            max_queue_delay_s=limits["max_queue_delay_ms"] / 1000.0,
+            max_queue_rows=int(limits["max_queue_rows"]),
+            workers=int(limits["workers"]),
+        )
+
+    return config
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,13 +216,7 @@ class GatewayApp(ServingApp):
         s = self.settings
         checked = _check(s)
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        batching = BatchingConfig(
-            max_batch_size=s.batching.max_batch_size,
-            max_queue_delay_s=s.batching.max_queue_delay_ms / 1000.0,
-            max_queue_rows=s.batching.max_queue_rows,
-            workers=s.batching.workers,
-        )
-        service = GatewayService(batching, executor_threads=s.executor_threads,
+        service = GatewayService(batching_config(s), executor_threads=s.executor_threads,
                                  metrics=self.metrics)
         self.service = service
         for model in checked.models:
@@ -170,7 +224,9 @@ class GatewayApp(ServingApp):
         trust, tokens = checked.trust_key, checked.tokens
         registry = await asyncio.to_thread(Registry, checked.registry, trust_key=trust,
                                            cache_dir=s.data_dir / "registry-cache")
-        await asyncio.to_thread(registry.clean_staging)
+        orphans = await asyncio.to_thread(registry.remove_orphans)
+        if orphans:
+            log.info("orphans_removed", registry=registry.url, files=len(orphans))
         # Hard examples: in the registry's directory; with object storage, in this
         # gateway's data directory (not shared between replicas yet).
         examples_root = (registry.root / "hard_examples" if checked.registry.is_directory
@@ -185,17 +241,26 @@ class GatewayApp(ServingApp):
                                     agent_quota_bytes=h.agent_quota_bytes)
         upload_limits = fleet_servicer.UploadLimits(max_upload_bytes=h.max_upload_bytes,
                                                     max_records=h.max_records_per_upload)
-        if tokens is None:
-            log.warning("gateway_open", detail="no --tokens-file: any caller may publish, "
-                        "roll out and act as any agent")
+        mutual_tls = s.tls_client_ca is not None
+        warn_if_tokens_travel_in_plaintext(s)
+        if tokens is None and not mutual_tls:
+            log.warning("gateway_open", detail="no --tokens-file and no --tls-client-ca: any "
+                        "caller may publish, roll out and act as any agent")
+        auth = Authenticator(tokens, certificates=mutual_tls)
+        limiter = escalation_limiter(s, hub)
+        plane = (LimitedPlane(service, limiter, self.metrics.limited_rows.inc)
+                 if limiter.enabled else service)
         _server, port, lifecycle = await create_server(
             s.listen,
-            [v2_grpc.register(service, s.max_request_bytes),
-             fleet_servicer.register(hub, tokens, examples, upload_limits)],
+            [v2_grpc.register(plane, s.max_request_bytes),
+             fleet_servicer.register(hub, examples, upload_limits)],
             [v2_grpc.SERVICE_NAME, fleet_servicer.FLEET_SERVICE, fleet_servicer.ADMIN_SERVICE],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20,
-                          max_connection_age_s=s.max_connection_age_s),
-            interceptors=[AuthInterceptor(tokens, gateway_roles)] if tokens else [],
+                          max_connection_age_s=s.max_connection_age_s,
+                          max_concurrent_rpcs=s.max_concurrent_rpcs,
+                          max_streams_per_connection=s.max_streams_per_connection),
+            interceptors=([AuthInterceptor(auth, gateway_roles)]
+                          if tokens is not None or mutual_tls else []),
             credentials=checked.credentials,
         )
         self._serving(port, lifecycle, self.metrics.registry)

@@ -1,11 +1,19 @@
 """Per-model dynamic batching.
 
-Requests queue with one future each; a collector forms a batch of up to
-``max_batch_size`` rows, waiting at most ``max_queue_delay_s`` after the
-first request, runs it on a worker thread (ONNX Runtime releases the GIL)
-and splits the results back. The queue is bounded in rows: past
-``max_queue_rows`` a request is refused with :class:`~core.errors.Overloaded`.
-Requests whose deadline has passed are dropped before compute.
+Requests queue with one future each. When a worker is free, the collector
+takes what is queued (up to ``max_batch_size`` rows) and runs it on a worker
+thread (ONNX Runtime releases the GIL), then splits the results back. A lone
+request is never held: the collector waits for more (at most
+``max_queue_delay_s``) only when a batch is already forming, i.e. it took
+two requests or more, which means others arrive while workers are busy.
+
+Limits: a request larger than ``max_batch_size`` rows is split into parts of
+at most that size (each queued and run like any other, answers joined back
+in order); one larger than ``max_queue_rows`` could never be queued whole and
+is refused with :class:`~core.errors.InvalidInput`. The queue is bounded in
+rows: past ``max_queue_rows`` a request is refused with
+:class:`~core.errors.Overloaded`. Requests whose deadline has passed are
+dropped before compute.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from edgecloud.core.errors import DeadlineExceeded, Overloaded, Unavailable
+from edgecloud.core.errors import DeadlineExceeded, InvalidInput, Overloaded, Unavailable
 
 log = structlog.get_logger("edgecloud.gateway.batching")
 
@@ -34,7 +42,8 @@ class BatchingConfig:
     max_batch_size: int = 64
     """Most rows in one model run."""
     max_queue_delay_s: float = 0.002
-    """Longest a request waits for others to join its batch."""
+    """Longest a forming batch (two requests or more) waits for others to join it; a
+    lone request never waits."""
     max_queue_rows: int = 4096
     """Rows allowed to wait; more are refused with RESOURCE_EXHAUSTED."""
     workers: int = 2
@@ -120,15 +129,39 @@ class DynamicBatcher:
         if self._closed or self._wakeup is None:
             raise Unavailable(f"model {self.name} is not accepting requests")
         rows = int(next(iter(inputs.values())).shape[0]) if inputs else 0
-        if self._queued_rows + rows > self.config.max_queue_rows and self._queue:
+        if rows > self.config.max_queue_rows:
+            raise InvalidInput(
+                f"request has {rows} rows; model {self.name} takes at most "
+                f"{self.config.max_queue_rows} in one request"
+            )
+        # A zero-row request still takes a place in the queue (and a model run), so it
+        # counts as one row against the limit: an empty request is never free.
+        if self._queued_rows + max(rows, 1) > self.config.max_queue_rows and self._queue:
             raise Overloaded(
                 f"model {self.name} queue is full ({self._queued_rows} rows waiting); retry later"
             )
+        size = self.config.max_batch_size
+        if rows <= size:
+            return await self._enqueue(inputs, rows, deadline)
+        parts = [self._enqueue({k: v[start:start + size] for k, v in inputs.items()},
+                               min(size, rows - start), deadline)
+                 for start in range(0, rows, size)]
+        try:
+            answers = await asyncio.gather(*parts)
+        finally:
+            for part in parts:  # one part failed or the caller left: drop the rest
+                part.cancel()
+        return {name: np.concatenate([a[name] for a in answers], axis=0)
+                for name in answers[0]}
+
+    def _enqueue(self, inputs: dict[str, np.ndarray], rows: int,
+                 deadline: float | None) -> asyncio.Future:
+        assert self._wakeup is not None
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(inputs, rows, _batch_key(inputs), deadline, future))
-        self._queued_rows += rows
+        self._queued_rows += max(rows, 1)
         self._wakeup.set()
-        return await future
+        return future
 
     async def _next_item(self, wait_s: float | None) -> _Pending | None:
         assert self._wakeup is not None
@@ -142,7 +175,7 @@ class DynamicBatcher:
 
     def _take(self) -> _Pending:
         item = self._queue.popleft()
-        self._queued_rows -= item.rows
+        self._queued_rows -= max(item.rows, 1)
         return item
 
     async def _collect(self) -> None:
@@ -166,18 +199,27 @@ class DynamicBatcher:
         first = self._take()
         batch = [first]
         rows = first.rows
-        end = self._clock() + self.config.max_queue_delay_s
-        while rows < self.config.max_batch_size:
-            remaining = end - self._clock()
-            if remaining <= 0 and not self._queue:
-                break
-            item = await self._next_item(max(remaining, 0.0))
-            if item is None:
-                break
-            if item.key != first.key or rows + item.rows > self.config.max_batch_size:
-                break
+        size = self.config.max_batch_size
+
+        def fits(item: _Pending) -> bool:
+            return item.key == first.key and rows + item.rows <= size
+
+        while self._queue and rows < size and fits(self._queue[0]):
             batch.append(self._take())
-            rows += item.rows
+            rows += batch[-1].rows
+        if len(batch) > 1 and self.config.max_queue_delay_s > 0:
+            # Others arrived while the workers were busy: a batch is forming, give it
+            # up to the delay to fill.
+            end = self._clock() + self.config.max_queue_delay_s
+            while rows < size:
+                remaining = end - self._clock()
+                if remaining <= 0 and not self._queue:
+                    break
+                item = await self._next_item(max(remaining, 0.0))
+                if item is None or not fits(item):
+                    break
+                batch.append(self._take())
+                rows += item.rows
         now = self._clock()
         live = []
         for item in batch:

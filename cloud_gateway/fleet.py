@@ -17,7 +17,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import structlog
 
 from edgecloud.cloud_gateway.registry import REPLICA_HEARTBEAT_S, Envelope, Registry, Snapshot
-from edgecloud.cloud_gateway.rollouts import AgentAssignment, assignment_for, cloud_versions
+from edgecloud.cloud_gateway.rollouts import (
+    AgentAssignment,
+    CloudServing,
+    assignment_for,
+    cloud_versions,
+)
 from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.core.artifacts import smoke_test
 from edgecloud.core.errors import EdgecloudError, Unavailable
@@ -69,6 +74,8 @@ class FleetHub:
         """Cloud models loaded from the registry, by (name, version, digest)."""
         self._failed: set[tuple[str, str, str]] = set()
         self._reported_at = 0.0
+        self._labels: dict[str, dict[str, str]] = {}
+        """Labels each agent last announced to this replica (hello or status report)."""
 
     @property
     def snapshot(self) -> Snapshot:
@@ -123,18 +130,25 @@ class FleetHub:
             return
         wanted = cloud_versions(snapshot)
         for name, serving in wanted.items():
-            stable = await self._load(serving.stable, candidate=False)
-            if stable is not None and self._serving_key(name) != _key(serving.stable):
-                self._serving.add_model(stable)
-            candidate = None
-            if serving.candidate is not None:
-                candidate = await self._load(serving.candidate, candidate=True)
-            if candidate is not None and name in self._serving.model_names():
-                self._serving.set_candidate(candidate, serving.percent)
-            else:
-                self._serving.drop_candidate(name)
+            try:
+                await self._serve_cloud_model(name, serving)
+            except Exception:  # one bad artifact never blocks the others or the snapshot
+                log.exception("cloud_model_skipped", model=name)
         keep = {_key(e) for s in wanted.values() for e in (s.stable, s.candidate) if e}
         self._loaded = {k: m for k, m in self._loaded.items() if k in keep}
+
+    async def _serve_cloud_model(self, name: str, serving: CloudServing) -> None:
+        assert self._serving is not None
+        stable = await self._load(serving.stable, candidate=False)
+        if stable is not None and self._serving_key(name) != _key(serving.stable):
+            self._serving.add_model(stable)
+        candidate = None
+        if serving.candidate is not None:
+            candidate = await self._load(serving.candidate, candidate=True)
+        if candidate is not None and name in self._serving.model_names():
+            self._serving.set_candidate(candidate, serving.percent)
+        else:
+            self._serving.drop_candidate(name)
 
     def _serving_key(self, name: str) -> tuple[str, str, str] | None:
         """Identity of the stable version served now (None for a model given at start)."""
@@ -161,13 +175,14 @@ class FleetHub:
                 intra_op_threads=self._onnx_threads,
             )
             await asyncio.to_thread(smoke_test, model, manifest, require_sample=False)
-        except EdgecloudError as exc:
+        except Exception as exc:  # a bad artifact is skipped (and logged), never retried
             self._failed.add(key)
+            message = exc.message if isinstance(exc, EdgecloudError) else repr(exc)
             log.error("cloud_model_load_failed", model=manifest.name, version=manifest.version,
-                      error=exc.message)
+                      error=message)
             if candidate:
                 await asyncio.to_thread(self.registry.record_swap_failure, manifest.name,
-                                        manifest.version, self.replica, exc.message, "cloud")
+                                        manifest.version, self.replica, message, "cloud")
             return None
         self._loaded[key] = model
         return model
@@ -189,6 +204,7 @@ class FleetHub:
         """The agent's assignment now, then again whenever it changes."""
         assert self._changed is not None
         self._connected[agent_id] = self._connected.get(agent_id, 0) + 1
+        self._labels[agent_id] = dict(labels)
         sent_key = None
         seen = -1
         try:
@@ -213,11 +229,35 @@ class FleetHub:
         """True while the agent holds a stream on this replica."""
         return agent_id in self._connected
 
+    def labels_of(self, agent_id: str) -> dict[str, str] | None:
+        """The labels the agent last announced to this replica; None when it has not."""
+        return self._labels.get(agent_id)
+
+    async def assigned(self, agent_id: str, labels: Mapping[str, str] | None,
+                       digest: str) -> bool:
+        """True when ``digest`` is one of the artifacts assigned to the agent.
+
+        ``labels`` are the agent's (the ones it last announced here when None or
+        empty). This replica may lag the one that sent the assignment by a poll
+        interval, so a digest missing from its snapshot is looked up again in the
+        registry as it is now, when the registry has moved on.
+        """
+        labels = labels or self._labels.get(agent_id) or {}
+        if digest in assignment_for(self.snapshot, agent_id, labels).digests():
+            return True
+        generation = await asyncio.to_thread(self.registry.generation)
+        if generation == self.snapshot.generation:
+            return False
+        snapshot = await asyncio.to_thread(self.registry.snapshot)
+        return digest in assignment_for(snapshot, agent_id, labels).digests()
+
     async def report(self, status: dict, failed_swaps: list[tuple[str, str, str]]) -> None:
         """Count failed swaps against rollouts, then store the agent's status.
 
         In that order, so whoever reads a status sees its failures counted.
         """
+        if isinstance(status.get("labels"), dict):
+            self._labels[status["agent_id"]] = dict(status["labels"])
         previous = await asyncio.to_thread(self.registry.agent_status, status["agent_id"])
         status = {**status, "replica": self.replica, "last_seen": self._clock(),
                   "swap_history": swap_history((previous or {}).get("swap_history") or [],

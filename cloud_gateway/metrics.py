@@ -33,6 +33,11 @@ class GatewayMetrics:
             "edgecloud_gateway_batch_rows", "Rows per model run", ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
         )
+        self.limited_rows = Counter(
+            "edgecloud_gateway_limited_rows",
+            "Rows refused because the calling agent was over its escalation limit",
+            registry=self.registry,
+        )
         self.queue_rows = Gauge(
             "edgecloud_gateway_queue_rows", "Rows waiting for a batch", ["model"],
             registry=self.registry,

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from edgecloud.cloud_gateway.registry import Envelope, Rollout, Snapshot
+from edgecloud.cloud_gateway.registry import Envelope, FloorEnvelope, Rollout, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,8 @@ class AgentAssignment:
     generation: int
     models: tuple[Envelope, ...]
     policies: tuple[Envelope, ...]
+    floors: tuple[FloorEnvelope, ...] = ()
+    """Every task's signed minimum edge version."""
 
     def key(self) -> tuple:
         """What identifies the assignment's content (generation aside)."""
@@ -28,7 +30,12 @@ class AgentAssignment:
             tuple((e.manifest.name, e.manifest.version, e.manifest.digest) for e in self.models),
             tuple((e.manifest.name, e.manifest.version, e.manifest.digest)
                   for e in self.policies),
+            tuple((f.floor.name, f.floor.version) for f in self.floors),
         )
+
+    def digests(self) -> set[str]:
+        """The artifacts the agent may fetch: its models' and policies' digests."""
+        return {e.manifest.digest for e in (*self.models, *self.policies)}
 
 
 def bucket(name: str, agent_id: str) -> float:
@@ -58,7 +65,8 @@ def desired_version(rollout: Rollout, agent_id: str, labels: Mapping[str, str]) 
 
 def assignment_for(snapshot: Snapshot, agent_id: str,
                    labels: Mapping[str, str]) -> AgentAssignment:
-    """Edge models (by rollout) and the latest policy of every task, for one agent."""
+    """Edge models (by rollout), the latest policy and the floor of every task, for one
+    agent."""
     models = []
     for name, versions in snapshot.models.items():
         if not versions:
@@ -68,7 +76,8 @@ def assignment_for(snapshot: Snapshot, agent_id: str,
         if version in versions:
             models.append(versions[version])
     policies = [list(v.values())[-1] for v in snapshot.policies.values() if v]
-    return AgentAssignment(snapshot.generation, tuple(models), tuple(policies))
+    return AgentAssignment(snapshot.generation, tuple(models), tuple(policies),
+                           tuple(snapshot.floors.values()))
 
 
 @dataclass(frozen=True, slots=True)

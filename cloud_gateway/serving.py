@@ -18,7 +18,7 @@ import structlog
 from edgecloud.cloud_gateway.batching import BatchingConfig, DynamicBatcher
 from edgecloud.cloud_gateway.metrics import GatewayMetrics
 from edgecloud.core import __version__
-from edgecloud.core.errors import NotFound, Unavailable
+from edgecloud.core.errors import DeadlineExceeded, NotFound, Unavailable
 from edgecloud.core.model import OnnxModel
 from edgecloud.core.tensors import (
     InferRequest,
@@ -61,14 +61,15 @@ class GatewayService:
 
     def __init__(
         self,
-        batching: BatchingConfig,
+        batching: BatchingConfig | Callable[[str], BatchingConfig],
         *,
         executor_threads: int = 4,
         metrics: GatewayMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        self._batching = batching
+        self._batching = batching if callable(batching) else (lambda _name, b=batching: b)
+        """Model name -> the limits of its batcher."""
         self._executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="onnx")
         self._metrics = metrics
         self._clock = clock
@@ -90,7 +91,7 @@ class GatewayService:
             batcher = DynamicBatcher(
                 model.name,
                 lambda inputs, m=model: m.run_async(inputs, executor=self._executor),
-                self._batching,
+                self._batching(model.name),
                 clock=self._clock,
                 on_batch=self._metrics.batch_observer(model.name) if self._metrics else None,
             )
@@ -219,7 +220,8 @@ class GatewayService:
             versions += (candidate[0].model.version,)
         return ModelInfo(model.name, versions, model.platform, model.inputs,
                          model.outputs,
-                         self._batching.max_batch_size if served.batcher is not None else 0)
+                         served.batcher.config.max_batch_size if served.batcher is not None
+                         else 0)
 
     async def infer(
         self, request: InferRequest, time_left_s: float | None = None, request_id: str = ""
@@ -233,6 +235,8 @@ class GatewayService:
         deadline = None if time_left_s is None else self._clock() + time_left_s
         if not self._ready:
             raise Unavailable("gateway is not ready (starting or draining)")
+        if time_left_s is not None and time_left_s <= 0:
+            raise DeadlineExceeded("deadline passed before the request reached a model")
         served = self._pick(request.model_name, request.model_version)
         model = served.model
         inputs = model.validate_inputs(request.inputs)

@@ -13,19 +13,46 @@ from edgecloud.core.logging import LogFormat
 from edgecloud.core.settings import EdgecloudSettings, state_dir
 
 
+class ModelBatching(BaseModel):
+    """Batching limits of one model; a field left unset takes the gateway-wide value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int | None = Field(None, ge=1, le=65536)
+    """Most rows in one model run; a larger request is split into runs of at most this."""
+    max_queue_delay_ms: float | None = Field(None, ge=0, le=10_000)
+    """Longest a forming batch waits for more requests (a lone request never waits)."""
+    max_queue_rows: int | None = Field(None, ge=1)
+    """Rows allowed to wait; more are refused with RESOURCE_EXHAUSTED, and a single request
+    of more rows than this with INVALID_ARGUMENT."""
+    workers: int | None = Field(None, ge=1, le=64)
+    """Batches of the model that may run at the same time."""
+
+
 class BatchingSection(BaseModel):
-    """Dynamic batching, the same for every model."""
+    """Dynamic batching: gateway-wide limits, and overrides per model name."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(64, ge=1, le=65536)
-    """Most rows in one model run."""
+    """Most rows in one model run; a larger request is split into runs of at most this."""
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
-    """Longest a request waits for others to join its batch."""
+    """Longest a forming batch waits for more requests (a lone request never waits)."""
     max_queue_rows: int = Field(4096, ge=1)
-    """Rows allowed to wait per model; more are refused with RESOURCE_EXHAUSTED."""
+    """Rows allowed to wait per model; more are refused with RESOURCE_EXHAUSTED, and a single
+    request of more rows than this with INVALID_ARGUMENT."""
     workers: int = Field(2, ge=1, le=64)
     """Batches of one model that may run at the same time."""
+    models: dict[str, ModelBatching] = Field(default_factory=dict)
+    """Model name -> limits that differ from the ones above for that model."""
+
+    def for_model(self, name: str) -> dict[str, float | int]:
+        """The limits of model ``name``: its overrides over the gateway-wide values."""
+        limits = self.model_dump(exclude={"models"})
+        override = self.models.get(name)
+        if override is not None:
+            limits.update(override.model_dump(exclude_none=True))
+        return limits
 
 
 class HardExamplesSection(BaseModel):
@@ -42,6 +69,44 @@ class HardExamplesSection(BaseModel):
     agent_quota_bytes: int = Field(2**30, ge=2**16)
     """Disk each agent's stored records may take; past it uploads are refused with
     RESOURCE_EXHAUSTED (and stay in the agent's ledger)."""
+
+
+class RateLimitSection(BaseModel):
+    """One escalation limit: a token bucket of rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows_per_s: float = Field(gt=0)
+    """Rows per second an agent may send to this replica's models, on average."""
+    burst: int | None = Field(None, ge=1)
+    """Rows it may send at once after a quiet spell (default: one second's worth); a
+    request with more rows is always refused, so keep it at least the agent's
+    ``max_escalation_rows`` when agents escalate whole batches."""
+
+
+class EscalationLimitsSection(BaseModel):
+    """Per-agent limits on rows sent to the cloud models (RESOURCE_EXHAUSTED past them,
+    which agents answer at the edge). Each replica meters its own calls. Operators are
+    never limited; on a gateway without tokens or client certificates nobody is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default: RateLimitSection | None = None
+    """Limit of every agent without one of its own or a label's (default: unlimited)."""
+    agents: dict[str, RateLimitSection] = Field(default_factory=dict)
+    """Agent id -> its limit; wins over labels and the default."""
+    labels: dict[str, RateLimitSection] = Field(default_factory=dict)
+    """``KEY=VALUE`` label -> the limit of agents with that label (the strictest, when
+    several match), as the agent last announced its labels to the replica."""
+
+    @field_validator("labels")
+    @classmethod
+    def _label_pairs(cls, value: dict[str, RateLimitSection]) -> dict[str, RateLimitSection]:
+        for label in value:
+            key, sep, _ = label.partition("=")
+            if not sep or not key:
+                raise ValueError(f"label {label!r} is not KEY=VALUE")
+        return value
 
 
 class GatewaySettings(EdgecloudSettings):
@@ -78,9 +143,20 @@ class GatewaySettings(EdgecloudSettings):
     tls_key: Path | None = None
     """Private key of tls_cert (PEM)."""
     tls_client_ca: Path | None = None
-    """CA of agent and operator certificates; with it every client must present one (mTLS)."""
+    """CA of agent and operator certificates; with it every client must present one (mTLS),
+    and the identity its URI SAN names (``edgecloud://agent/AGENT_ID``,
+    ``edgecloud://operator/NAME``, ``edgecloud://viewer/NAME``) is the caller's."""
+    behind_tls_proxy: bool = False
+    """The listen address is reachable only through a proxy that terminates TLS (the example
+    Envoy), so tokens travel in plaintext only on that last hop: no warning at start. The
+    proxy hides client certificates, so identities then come from tokens."""
     tokens_file: Path | None = None
-    """Bearer tokens with roles (YAML: operators, agents); without it the gateway is open."""
+    """Bearer tokens with roles (YAML: operators, viewers, agents; each token, or its
+    ``sha256:`` hash from ``edgecloud tokens hash``); without it (and without tls_client_ca)
+    the gateway is open."""
+    escalation_limits: EscalationLimitsSection = Field(
+        default_factory=EscalationLimitsSection)
+    """Per-agent limits on rows escalated to the cloud models."""
     batching: BatchingSection = Field(default_factory=BatchingSection)
     """Dynamic batching limits."""
     hard_examples: HardExamplesSection = Field(default_factory=HardExamplesSection)
@@ -89,6 +165,12 @@ class GatewaySettings(EdgecloudSettings):
     """ONNX Runtime intra-op threads per model session."""
     executor_threads: int = Field(4, ge=1, le=256)
     """Worker threads that run model batches."""
+    max_concurrent_rpcs: int | None = Field(32768, ge=1)
+    """RPCs the server runs at once, open streams included (each agent holds a watch stream
+    and an escalation stream); past it new calls are refused with RESOURCE_EXHAUSTED.
+    None: unlimited."""
+    max_streams_per_connection: int = Field(256, ge=1)
+    """HTTP/2 streams (calls) one connection may have open at once; more wait for a free one."""
     max_request_bytes: int = Field(64 * 2**20, ge=1024)
     """Largest inference request accepted."""
     max_connection_age_s: float | None = Field(600.0, gt=0)

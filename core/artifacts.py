@@ -11,13 +11,21 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgecloud.core.errors import EdgecloudError, FailedPrecondition, InvalidInput
 from edgecloud.core.tensors import V2_TO_NUMPY, TensorSpec
@@ -26,6 +34,8 @@ DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
 HASH_CHUNK = 1 << 20
+MAX_SAMPLE_RANK = 32
+"""Most dimensions a sample tensor may have (as a request's tensor)."""
 
 
 class TensorDoc(BaseModel):
@@ -49,17 +59,46 @@ class SampleTensor(BaseModel):
 
     name: str
     datatype: str
-    shape: list[int]
+    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_SAMPLE_RANK)
+    """Concrete dimensions (a sample has no free ones)."""
     data: list = Field(description="Values, flattened row-major.")
 
+    @field_validator("data")
+    @classmethod
+    def _numbers(cls, data: list) -> list:
+        for index, value in enumerate(data):
+            # null: how JSON writes a NaN (a sample of a model that answers NaN)
+            if value is not None and not isinstance(value, bool | int | float):
+                raise ValueError(f"value {index} is a {type(value).__name__}, not a number")
+        return data
+
+    @model_validator(mode="after")
+    def _fits(self) -> SampleTensor:
+        """Refused when parsed (so at publish), not when an agent or replica loads it."""
+        try:
+            self.array()
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+        return self
+
     def array(self) -> np.ndarray:
-        """The values as a numpy array of the right dtype and shape."""
+        """The values as a numpy array of the right dtype and shape.
+
+        :class:`~core.errors.InvalidInput` names the tensor when the datatype is
+        not one a sample can have, the count does not fit the shape, or a value
+        does not fit the datatype.
+        """
         dtype = V2_TO_NUMPY.get(self.datatype)
         if dtype is None or self.datatype == "BYTES":
             raise InvalidInput(f"sample tensor {self.name!r} has unsupported datatype "
                                f"{self.datatype!r}")
-        values = np.asarray(self.data, dtype=dtype)
-        if values.size != int(np.prod(self.shape)):
+        try:
+            with np.errstate(over="raise", invalid="raise"):
+                values = np.asarray(self.data, dtype=dtype)
+        except (ValueError, TypeError, OverflowError, FloatingPointError):
+            raise InvalidInput(f"sample tensor {self.name!r} has values that do not fit "
+                               f"{self.datatype}") from None
+        if values.ndim != 1 or values.size != math.prod(self.shape):
             raise InvalidInput(f"sample tensor {self.name!r} has {values.size} values for "
                                f"shape {self.shape}")
         return values.reshape(self.shape)
@@ -102,15 +141,78 @@ def parse_manifest(data: bytes) -> Manifest:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("manifest is not valid: it nests too deeply") from None
     if not isinstance(document, dict):
         raise InvalidInput("manifest must be a JSON object")
     try:
         return Manifest.model_validate(document)
+    except RecursionError:
+        raise InvalidInput("manifest is not valid: it nests too deeply") from None
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: "
+            f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
         )
         raise InvalidInput(f"invalid manifest: {problems}") from None
+
+
+class Floor(BaseModel):
+    """A task's signed minimum version: agents refuse edge model versions older than it.
+
+    Signed with the operator's key like a manifest (its canonical bytes), so a
+    gateway or a man in the middle cannot make one up, and an agent that has seen a
+    floor never goes below it, even if it is later left out of an assignment.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["floor"] = "floor"
+    name: str = Field(pattern=NAME_RE)
+    """The task."""
+    version: str = Field(pattern=VERSION_RE)
+    """The oldest edge model version agents may run (see :func:`version_key`)."""
+    created: str
+
+    def canonical(self) -> bytes:
+        """The exact bytes that are signed and sent to agents."""
+        return canonical_json(self.model_dump(mode="json"))
+
+    def allows(self, version: str) -> bool:
+        """True when ``version`` is at or above the floor."""
+        return version_key(version) >= version_key(self.version)
+
+
+def version_key(version: str) -> tuple:
+    """Sort key of a version: numeric parts compare as numbers (``1.10`` after ``1.9``),
+    other parts as text, after numbers."""
+    parts = re.split(r"[.+-]", version)
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
+
+
+def build_floor(name: str, version: str) -> Floor:
+    """A floor document for task ``name`` at ``version``; InvalidInput for bad names."""
+    try:
+        return Floor(name=name, version=version, created=now_iso())
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid floor: {exc.errors()[0]['msg']}") from None
+
+
+def parse_floor(data: bytes) -> Floor:
+    """Parse and validate floor bytes; InvalidInput says what is wrong."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidInput("floor is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("floor must be a JSON object")
+    try:
+        return Floor.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'floor'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidInput(f"invalid floor: {problems}") from None
 
 
 def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> tuple[str, int]:

@@ -3,12 +3,16 @@
 :func:`create_server` binds a grpc.aio server with health checking and
 reflection and returns ``(server, port)``; :class:`ServerLifecycle` flips
 health to NOT_SERVING and stops the server gracefully (the drain on SIGTERM).
+Registrars add servicers with :func:`add_servicer`, so a request whose
+bytes do not parse reaches the servicer's error boundary instead of failing
+inside grpc.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
@@ -16,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgecloud.core.errors import InvalidInput
+from edgecloud.core.grpc_errors import tolerant
 
 log = structlog.get_logger("edgecloud.server")
 
@@ -32,6 +37,12 @@ class ServerOptions:
     """Close connections after this long so a load balancer can rebalance them."""
     max_connection_age_grace_s: float = 30.0
     """Time given to RPCs on a connection past its maximum age."""
+    max_concurrent_rpcs: int | None = None
+    """RPCs the server runs at once (open streams included); past it new calls are
+    refused with RESOURCE_EXHAUSTED. None: unlimited."""
+    max_streams_per_connection: int | None = None
+    """HTTP/2 streams one connection may have open at once (``grpc.max_concurrent_streams``);
+    a client past it waits for a free stream. None: gRPC's default (unlimited)."""
 
 
 def _channel_args(opts: ServerOptions) -> list[tuple[str, int]]:
@@ -40,12 +51,55 @@ def _channel_args(opts: ServerOptions) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", opts.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if opts.max_streams_per_connection:
+        args.append(("grpc.max_concurrent_streams", opts.max_streams_per_connection))
     if opts.max_connection_age_s:
         args.append(("grpc.max_connection_age_ms", int(opts.max_connection_age_s * 1000)))
         args.append(
             ("grpc.max_connection_age_grace_ms", int(opts.max_connection_age_grace_s * 1000))
         )
     return args
+
+
+class _TolerantRegistration:
+    """What a generated ``add_*Servicer_to_server`` function sees as the server: it passes
+    the service's handlers on with request deserializers that do not raise."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+        self.registered = False
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Ignored: built again from the same handlers in :meth:`add_registered_method_handlers`."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        tolerant_handlers = {
+            name: handler._replace(request_deserializer=tolerant(
+                handler.request_deserializer, _message_name(handler, service, name)))
+            for name, handler in handlers.items()
+        }
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, tolerant_handlers),))
+        self._server.add_registered_method_handlers(service, tolerant_handlers)
+        self.registered = True
+
+
+def _message_name(handler: grpc.RpcMethodHandler, service: str, method: str) -> str:
+    owner = getattr(handler.request_deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    return descriptor.full_name if descriptor is not None else f"{service}.{method} request"
+
+
+def add_servicer(add_to_server: Callable[[Any, Any], None], servicer: Any,
+                 server: grpc.aio.Server) -> None:
+    """Register ``servicer`` with its generated ``add_*Servicer_to_server`` function, its
+    request deserializers made tolerant (:func:`core.grpc_errors.tolerant`)."""
+    registration = _TolerantRegistration(server)
+    add_to_server(servicer, registration)
+    if not registration.registered:
+        raise RuntimeError(f"{add_to_server.__name__} registered no method handlers")
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -107,7 +161,8 @@ async def create_server(
     """
     opts = options or ServerOptions()
     split_host_port(address)
-    server = grpc.aio.server(options=_channel_args(opts), interceptors=list(interceptors))
+    server = grpc.aio.server(options=_channel_args(opts), interceptors=list(interceptors),
+                             maximum_concurrent_rpcs=opts.max_concurrent_rpcs)
     for register in registrars:
         register(server)
     health_servicer = health.aio.HealthServicer()

@@ -15,8 +15,9 @@ import grpc
 import structlog
 
 from edgecloud.core import codec
-from edgecloud.core.errors import EdgecloudError
-from edgecloud.core.grpc_errors import KIND_TO_CODE, rpc_boundary
+from edgecloud.core.errors import EdgecloudError, InvalidInput
+from edgecloud.core.grpc_errors import KIND_TO_CODE, Undecodable, rpc_boundary
+from edgecloud.core.grpc_server import add_servicer
 from edgecloud.core.tensors import InferRequest, InferResponse, ModelInfo
 from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
 from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -26,6 +27,17 @@ log = structlog.get_logger("edgecloud.v2")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 STREAM_WINDOW = 32
 """Requests of one stream processed at the same time (answers keep their order)."""
+UNORDERED_STREAM_WINDOW = 512
+"""Requests of one stream processed at the same time when answers may come as they are
+ready; past it the server reads no more (HTTP/2 flow control holds the sender back)."""
+TIMEOUT_PARAM = "timeout_ms"
+"""Request parameter (milliseconds, int or float): the time the sender still gives one
+message of a stream, from when the server reads it. The message is dropped before compute
+once it runs out. It travels as a duration, not a point in time, so the sender's and the
+server's clocks need not agree."""
+ORDER_KEY = "x-edgecloud-stream-order"
+"""Stream metadata: ``completion`` asks for each answer as soon as it is ready (matched to
+its request by ``id``), instead of in request order (the default, as stock clients expect)."""
 
 
 class DataPlane(Protocol):
@@ -128,33 +140,56 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _answer_one(self, request: pb.ModelInferRequest, time_left_s: float | None,
                           request_id: str) -> pb.ModelStreamInferResponse:
-        """One stream message: errors become ``error_message``, the stream goes on."""
+        """One stream message, answered like a ModelInfer call: errors become
+        ``error_message`` (with the request's ``id``), and the stream goes on.
+
+        ``time_left_s`` is what is left of the stream's own deadline when the
+        message was read; the message's ``timeout_ms`` parameter shortens it.
+        """
         try:
+            if request.__class__ is Undecodable:
+                raise request.error()
             decoded = codec.decode_infer_request(
                 request, max_request_bytes=self._max_request_bytes
             )
+            timeout_ms = decoded.parameters.get(TIMEOUT_PARAM)
+            if timeout_ms is not None:
+                if type(timeout_ms) not in (int, float):
+                    raise InvalidInput(f"parameter {TIMEOUT_PARAM!r} must be a number")
+                own = timeout_ms / 1000.0
+                time_left_s = own if time_left_s is None else min(own, time_left_s)
             answer = await self._plane.infer(decoded, time_left_s,
                                              f"{request_id}-{decoded.id}" if decoded.id
                                              else request_id)
         except EdgecloudError as exc:
             code = KIND_TO_CODE[exc.kind]
             log.info("stream_request_refused", code=code.name, error=exc.message)
-            return pb.ModelStreamInferResponse(error_message=f"{code.name}: {exc.message}")
+            return pb.ModelStreamInferResponse(error_message=f"{code.name}: {exc.message}",
+                                               infer_response=pb.ModelInferResponse(
+                                                   id=_message_id(request)))
         except Exception:
             log.exception("stream_request_crashed")
-            return pb.ModelStreamInferResponse(error_message="INTERNAL: internal error")
+            return pb.ModelStreamInferResponse(error_message="INTERNAL: internal error",
+                                               infer_response=pb.ModelInferResponse(
+                                                   id=_message_id(request)))
         return pb.ModelStreamInferResponse(infer_response=codec.encode_infer_response(answer))
 
-    @rpc_boundary
+    @rpc_boundary(per_message=True)  # a message that does not parse is answered like a bad one
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context, request_id: str
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        order = dict(context.invocation_metadata() or ()).get(ORDER_KEY)
+        if order == "completion":
+            async for reply in self._answer_as_ready(request_iterator, context, request_id):
+                yield reply
+            return
         pending: asyncio.Queue[asyncio.Task | None] = asyncio.Queue(STREAM_WINDOW)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    task = asyncio.create_task(self._answer_one(request, None, request_id))
+                    task = asyncio.create_task(
+                        self._answer_one(request, context.time_remaining(), request_id))
                     await pending.put(task)
             finally:
                 await pending.put(None)
@@ -176,12 +211,55 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await asyncio.gather(reader, return_exceptions=True)
 
 
+    async def _answer_as_ready(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context, request_id: str
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Answers in completion order, at most UNORDERED_STREAM_WINDOW at a time."""
+        done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        window = asyncio.Semaphore(UNORDERED_STREAM_WINDOW)
+        running: set[asyncio.Task] = set()
+
+        def finished(task: asyncio.Task) -> None:
+            running.discard(task)
+            window.release()
+            if not task.cancelled():
+                done.put_nowait(task.result())
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    task = asyncio.create_task(
+                        self._answer_one(request, context.time_remaining(), request_id))
+                    running.add(task)
+                    task.add_done_callback(finished)
+            finally:
+                while running:  # answer what was read before ending the stream
+                    await asyncio.wait(set(running))
+                done.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await done.get()) is not None:
+                yield reply
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+            await asyncio.gather(reader, *running, return_exceptions=True)
+
+
+def _message_id(request: pb.ModelInferRequest | Undecodable) -> str:
+    """The id an answer to a stream message carries (none for bytes that did not parse)."""
+    return "" if request.__class__ is Undecodable else request.id
+
+
 def register(plane: DataPlane, max_request_bytes: int = 64 * 2**20):
     """A registrar for :func:`core.grpc_server.create_server`."""
 
     def add(server: grpc.aio.Server) -> None:
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(plane, max_request_bytes), server
-        )
+        add_servicer(pb_grpc.add_GRPCInferenceServiceServicer_to_server,
+                     InferenceServicer(plane, max_request_bytes), server)
 
     return add

@@ -10,7 +10,7 @@ import structlog
 
 from edgecloud.core import v2_grpc
 from edgecloud.core.artifacts import sha256_file
-from edgecloud.core.auth import read_token
+from edgecloud.core.auth import is_loopback, read_token
 from edgecloud.core.errors import InvalidInput
 from edgecloud.core.grpc_server import ServerOptions, create_server, split_host_port
 from edgecloud.core.process import ServingApp, run_until_signal
@@ -40,6 +40,22 @@ def gateway_credentials(settings: AgentSettings):
     if settings.tls_ca is None and settings.tls_cert is None:
         return None
     return channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
+
+
+def warn_if_token_travels_in_plaintext(settings: AgentSettings) -> bool:
+    """Log a loud warning when the agent sends its token without TLS to a gateway on
+    another machine; True when it did."""
+    tls = settings.tls_ca is not None or settings.tls_cert is not None
+    if not settings.gateway or settings.token_file is None or tls:
+        return False
+    host, _ = split_host_port(settings.gateway)
+    if is_loopback(host):
+        return False
+    log.warning("tokens_over_plaintext", gateway=settings.gateway,
+                detail="this agent's bearer token travels unencrypted to the gateway: anyone "
+                "on the path can read it and act as this agent. Set tls_ca (the CA of the "
+                "gateway's certificate)")
+    return True
 
 
 def open_ledger(settings: AgentSettings) -> HardExampleLedger | None:
@@ -84,6 +100,7 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None,
         rng=np.random.default_rng(settings.shadow_seed),
         scores_outputs=settings.scores_outputs,
         cloud_recheck_s=settings.cloud_recheck_s,
+        max_escalation_rows=settings.max_escalation_rows,
     )
     for model, policy in tasks:
         task = service.add_task(model, policy, settings.cloud_models.get(model.name))
@@ -113,6 +130,7 @@ class AgentApp(ServingApp):
         s.data_dir.mkdir(parents=True, exist_ok=True)
         if not s.gateway:
             log.warning("no_gateway", detail="every row is answered at the edge")
+        warn_if_token_travels_in_plaintext(s)
         self.ledger = await asyncio.to_thread(open_ledger, s)
         service = build_service(s, self.metrics, self.ledger)
         self.service = service
@@ -129,8 +147,12 @@ class AgentApp(ServingApp):
                                 token=read_token(s.token_file),
                                 credentials=gateway_credentials(s),
                                 on_state=self._fleet_state)
-        self.manager = ModelManager(service, ArtifactStore(s.data_dir / "store"), fleet,
-                                    trust_key=trust, onnx_threads=s.onnx_threads)
+        store = ArtifactStore(s.data_dir / "store")
+        orphans = await asyncio.to_thread(store.remove_orphans)
+        if orphans:
+            log.info("orphans_removed", folder=str(store.root), files=len(orphans))
+        self.manager = ModelManager(service, store, fleet, trust_key=trust,
+                                    onnx_threads=s.onnx_threads)
         await self.manager.restore(skip=set(s.models))
         if not service.task_names() and fleet is None:
             raise InvalidInput("no tasks to serve: give --model NAME=FILE, or --gateway to "

@@ -91,6 +91,10 @@ class AgentMetrics:
         self.shadow_agree: dict[str, int] = {}
         self.cloud_problems: dict[str, str] = {}
         """Task -> why its escalation is refused (``not_served``, ``mismatch``), while it is."""
+        self.loop_errors: dict[str, int] = {}
+        """Background loop (``fleet_watch``, ``fleet_report``) -> errors it survived."""
+        self.deferred_fetches = 0
+        """Artifact downloads cut short by the network or the disk, to be tried again."""
         self.registry.register(_AgentCollector(self))
 
     def observe(self, task: str, routing: Routing, seconds: float) -> None:
@@ -158,6 +162,14 @@ class AgentMetrics:
         else:
             self.cloud_problems[task] = problem
 
+    def fetch_deferred(self) -> None:
+        """Count an artifact whose download was cut short, to be tried again."""
+        self.deferred_fetches += 1
+
+    def loop_error(self, loop: str) -> None:
+        """Count an error that background ``loop`` caught, logged and survived."""
+        self.loop_errors[loop] = self.loop_errors.get(loop, 0) + 1
+
     def shadow(self, task: str, rows: int, agree: int) -> None:
         """Count shadow-sampled rows and how many the edge got right."""
         self.shadow_rows[task] = self.shadow_rows.get(task, 0) + rows
@@ -218,6 +230,17 @@ class _AgentCollector:
         for task, problem in sorted(m.cloud_problems.items()):
             refused.add_metric([task, problem], 1.0)
         yield refused
+        loop_errors = CounterMetricFamily(
+            "edgecloud_agent_loop_errors",
+            "Errors a background loop caught, logged and went on after (with a backoff)",
+            labels=["loop"])
+        for loop, value in sorted(m.loop_errors.items()):
+            loop_errors.add_metric([loop], value)
+        yield loop_errors
+        yield CounterMetricFamily(
+            "edgecloud_agent_deferred_fetches",
+            "Artifact downloads cut short by the network or the disk (tried again later)",
+            value=m.deferred_fetches)
         for name, doc, data in (
             ("edgecloud_agent_shadow_rows", "Shadow-sampled rows answered by the cloud",
              m.shadow_rows),

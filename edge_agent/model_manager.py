@@ -1,5 +1,7 @@
 """Receiving models and policies from the fleet, and swapping them in safely.
 
+Every task's signed minimum version (its floor) is taken first: an agent
+refuses edge model versions below it, and never lowers a floor it has seen.
 For every assigned artifact: check the signed manifest → fetch the bytes to
 a staging file while hashing (resuming from what is already on disk) →
 check the digest → load a new ONNX Runtime session → smoke test on the
@@ -8,6 +10,16 @@ outcome. A failure at any step leaves the running version untouched and is
 reported with its reason. Verified versions stay on disk, so a restart
 without the network comes up on the last verified model, and the previous
 version is kept for an instant rollback.
+
+Failures are of two sorts. A version that fails verification or whose
+content is wrong (signature, digest, manifest, load, smoke test) is
+reported and remembered: the agent does not try it again until it restarts.
+A download that the network or the local disk cut short is *deferred*: not
+a swap failure (a gateway's rolling restart must not halt a rollout), not
+remembered, and :attr:`ModelManager.retry_wanted` asks the caller to apply
+the assignment again after a backoff. Anything else that goes wrong with
+one artifact is reported as its failure, not remembered, and never stops
+the other artifacts or the caller's loop.
 """
 
 from __future__ import annotations
@@ -25,9 +37,21 @@ from typing import Protocol
 
 import structlog
 
-from edgecloud.core.artifacts import Manifest, parse_manifest, sha256_file, smoke_test
+from edgecloud.core.artifacts import (
+    Floor,
+    Manifest,
+    parse_floor,
+    parse_manifest,
+    sha256_file,
+    smoke_test,
+)
 from edgecloud.core.errors import EdgecloudError, FailedPrecondition, InvalidInput
-from edgecloud.core.files import atomic_write
+from edgecloud.core.files import (
+    atomic_write,
+    is_atomic_write_temp,
+    remove_orphans,
+    replace_durably,
+)
 from edgecloud.core.model import OnnxModel
 from edgecloud.core.signing import verify
 from edgecloud.core.tensors import signature_mismatch
@@ -37,6 +61,7 @@ from edgecloud.router import Policy, PolicyError, parse_policy
 log = structlog.get_logger("edgecloud.agent.models")
 
 FETCH_ATTEMPTS = 3
+"""Downloads tried in a row (each resuming where the last stopped) before deferring."""
 MAX_UNREPORTED = 100
 """Swap outcomes kept for the next status report."""
 
@@ -54,6 +79,14 @@ class ArtifactRef:
 
 
 @dataclass(frozen=True, slots=True)
+class SignedFloor:
+    """A task's minimum version document and its signature, as the operator made them."""
+
+    document: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Assignment:
     """The desired models and policies, as the gateway sent them."""
 
@@ -61,6 +94,7 @@ class Assignment:
     models: tuple[ArtifactRef, ...]
     policies: tuple[ArtifactRef, ...]
     replica: str = ""
+    floors: tuple[SignedFloor, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +135,15 @@ class SwapFailed(Exception):
         self.reason = reason
 
 
+class FetchDeferred(Exception):
+    """The artifact could not be fetched or staged now (network, gateway, local disk);
+    it is tried again later and says nothing about the version."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class ArtifactStore:
     """Verified artifacts and the agent's current state, on local disk."""
 
@@ -133,6 +176,14 @@ class ArtifactStore:
     def save_state(self, state: dict) -> None:
         """Write the state atomically (temp file, fsync, rename)."""
         atomic_write(self.state_path, json.dumps(state, indent=2, sort_keys=True).encode())
+
+    def remove_orphans(self) -> list[Path]:
+        """Delete what an earlier run left half-written: downloads (``staging/*.part``,
+        whose unsynced tails a crash may have garbled, so they are fetched again rather
+        than resumed) and temp files of atomic writes. Call it at start, before any
+        download; returns the files removed."""
+        return [*remove_orphans([self.staging], lambda name: name.endswith(".part")),
+                *remove_orphans([self.root, self.blobs], is_atomic_write_temp)]
 
     def keep_only(self, digests: set[str]) -> None:
         """Delete verified artifacts that are neither current nor previous."""
@@ -173,7 +224,11 @@ class ModelManager:
         self.last_outcome: SwapOutcome | None = None
         self.waiting: dict[str, Waiting] = {}
         """Assigned tasks that wait for their policy or model, as of the last assignment."""
+        self.retry_wanted = False
+        """The last :meth:`apply` deferred an artifact: apply the assignment again later."""
         self.applied_generation = int(self._state.get("generation", 0))
+        self.floors: dict[str, Floor] = self._saved_floors()
+        """Each task's minimum edge version, as signed by the operator (never lowered)."""
 
     # -- restore -------------------------------------------------------------------
 
@@ -194,7 +249,7 @@ class ModelManager:
                 restored.append(name)
                 log.info("task_restored", task=name, model_version=model_ref.version,
                          policy_version=policy_ref.version)
-            except (SwapFailed, EdgecloudError, KeyError, ValueError) as exc:
+            except (SwapFailed, EdgecloudError, KeyError, ValueError, OSError) as exc:
                 reason = getattr(exc, "reason", None) or getattr(exc, "message", str(exc))
                 log.error("task_restore_failed", task=name, error=reason)
         return restored
@@ -208,6 +263,8 @@ class ModelManager:
             policies = {ref.name: ref for ref in assignment.policies}
             models = {ref.name: ref for ref in assignment.models}
             self.waiting = {}
+            self._take_floors(assignment.floors)
+            self.retry_wanted = False
             for name in sorted(set(models) | set(policies)):
                 outcome = await self._apply_task(name, models.get(name), policies.get(name))
                 outcomes.extend(outcome)
@@ -219,6 +276,51 @@ class ModelManager:
             if outcomes:
                 self.last_outcome = outcomes[-1]
             return outcomes
+
+    # -- floors -------------------------------------------------------------------
+
+    def _saved_floors(self) -> dict[str, Floor]:
+        floors = {}
+        for name, record in (self._state.get("floors") or {}).items():
+            try:
+                floors[name] = parse_floor(base64.b64decode(record["document"]))
+            except (KeyError, TypeError, ValueError, InvalidInput):
+                log.error("agent_state_floor_damaged", task=name)
+        return floors
+
+    def _take_floors(self, floors: tuple[SignedFloor, ...]) -> None:
+        """Raise each task's floor to the signed ones received; refuse unsigned or
+        badly signed floors (with a trust key) and never lower one."""
+        for signed in floors:
+            try:
+                floor = parse_floor(signed.document)
+            except InvalidInput as exc:
+                log.error("floor_refused", error=exc.message)
+                continue
+            if self.trust_key is not None and not verify(self.trust_key, signed.document,
+                                                         signed.signature):
+                log.error("floor_refused", task=floor.name, version=floor.version,
+                          error="not signed by the trusted operator key")
+                continue
+            current = self.floors.get(floor.name)
+            if current is not None:
+                if not current.allows(floor.version):  # lower: a replay, or a lie
+                    log.warning("floor_not_lowered", task=floor.name, floor=current.version,
+                                offered=floor.version)
+                    continue
+                if floor.allows(current.version):  # the same version
+                    continue
+            self.floors[floor.name] = floor
+            self._state.setdefault("floors", {})[floor.name] = {
+                "document": base64.b64encode(signed.document).decode(),
+                "signature": base64.b64encode(signed.signature).decode()}
+            log.info("floor_raised", task=floor.name, version=floor.version)
+
+    def _check_floor(self, name: str, manifest: Manifest) -> None:
+        floor = self.floors.get(name)
+        if floor is not None and not floor.allows(manifest.version):
+            raise SwapFailed(f"version {manifest.version} is below the signed minimum version "
+                             f"{floor.version} of task {name}: refused as a downgrade")
 
     def _current(self, name: str):
         try:
@@ -243,17 +345,18 @@ class ModelManager:
             assert policy_ref is not None
             try:
                 policy = await self._read_policy(policy_ref, fetch=True)
-            except SwapFailed as exc:
-                outcomes.append(self._fail(policy_ref, "policy", exc.reason))
+            except Exception as exc:  # each artifact fails on its own
+                outcomes.extend(self._failure(policy_ref, "policy", exc))
                 want_policy = False
         if want_model:
             assert model_ref is not None
             try:
                 manifest = self._check_manifest(model_ref, "model")
+                self._check_floor(name, manifest)
                 model = await self._load_model(model_ref, manifest, fetch=True)
                 try:
                     await asyncio.to_thread(smoke_test, model, manifest)
-                except FailedPrecondition as exc:
+                except EdgecloudError as exc:
                     raise SwapFailed(exc.message) from None
                 active_policy = policy if policy is not None else (
                     current.policy if current is not None else None)
@@ -284,8 +387,8 @@ class ModelManager:
                 if policy is not None and policy_ref is not None:
                     outcomes.append(self._ok(policy_ref, "policy"))
                 return outcomes
-            except SwapFailed as exc:
-                outcomes.append(self._fail(model_ref, "model", exc.reason))
+            except Exception as exc:  # each artifact fails on its own
+                outcomes.extend(self._failure(model_ref, "model", exc))
         if want_policy and policy is not None and policy_ref is not None:
             current = self._current(name)
             if current is None:
@@ -295,12 +398,12 @@ class ModelManager:
                 return outcomes
             try:
                 self.service.bind(current.model, policy)
-            except FailedPrecondition as exc:
-                outcomes.append(self._fail(policy_ref, "policy", exc.message))
+                await self._remember(name, None, policy_ref)  # before the swap, as for a model
+                self.service.install(current.model, policy, model_digest=current.model_digest,
+                                     policy_digest=policy_ref.digest)
+            except Exception as exc:  # each artifact fails on its own
+                outcomes.extend(self._failure(policy_ref, "policy", exc))
                 return outcomes
-            await self._remember(name, None, policy_ref)  # before the swap, as for a model
-            self.service.install(current.model, policy, model_digest=current.model_digest,
-                                 policy_digest=policy_ref.digest)
             outcomes.append(self._ok(policy_ref, "policy"))
         return outcomes
 
@@ -339,10 +442,33 @@ class ModelManager:
         log.info("swap_succeeded", kind=kind, task=ref.name, version=ref.version)
         return SwapOutcome(ref.name, ref.version, kind, True, "", self._clock())
 
-    def _fail(self, ref: ArtifactRef, kind: str, reason: str) -> SwapOutcome:
-        self._failed[(ref.name, ref.version, ref.digest)] = reason
-        log.error("swap_failed", kind=kind, task=ref.name, version=ref.version, reason=reason)
+    def _fail(self, ref: ArtifactRef, kind: str, reason: str, *,
+              remember: bool = True) -> SwapOutcome:
+        if remember:
+            self._failed[(ref.name, ref.version, ref.digest)] = reason
+        log.error("swap_failed", kind=kind, task=ref.name, version=ref.version, reason=reason,
+                  retried=not remember)
         return SwapOutcome(ref.name, ref.version, kind, False, reason, self._clock())
+
+    def _failure(self, ref: ArtifactRef, kind: str, exc: Exception) -> list[SwapOutcome]:
+        """What an error in one artifact's swap becomes: a failure, remembered when it is the
+        version's fault; nothing but a later retry when the download was cut short."""
+        if isinstance(exc, FetchDeferred | OSError):
+            reason = exc.reason if isinstance(exc, FetchDeferred) else (
+                f"local disk: {exc.strerror or type(exc).__name__}")
+            self.retry_wanted = True
+            self.service.metrics.fetch_deferred()
+            log.warning("swap_deferred", kind=kind, task=ref.name, version=ref.version,
+                        reason=reason)
+            return []
+        if isinstance(exc, SwapFailed):
+            return [self._fail(ref, kind, exc.reason)]
+        if isinstance(exc, EdgecloudError):
+            return [self._fail(ref, kind, exc.message)]
+        log.exception("swap_crashed", kind=kind, task=ref.name, version=ref.version)
+        return [self._fail(ref, kind, f"unexpected {type(exc).__name__} (see the agent's log, "
+                           "event swap_crashed); tried again with the next assignment",
+                           remember=False)]
 
     async def _remember(self, name: str, model_ref: ArtifactRef | None,
                         policy_ref: ArtifactRef | None) -> None:
@@ -403,12 +529,13 @@ class ModelManager:
                 return await self._download(ref)
             except SwapFailed:
                 raise
-            except EdgecloudError as exc:
+            except EdgecloudError as exc:  # from the gateway: the network, not the version
                 last_error = exc.message
                 log.warning("fetch_interrupted", digest=ref.digest, attempt=attempt + 1,
                             error=exc.message)
-                await asyncio.sleep(0.1 * (attempt + 1))
-        raise SwapFailed(f"download failed after {FETCH_ATTEMPTS} attempts: {last_error}")
+                if attempt + 1 < FETCH_ATTEMPTS:
+                    await asyncio.sleep(0.1 * (attempt + 1))
+        raise FetchDeferred(f"download interrupted {FETCH_ATTEMPTS} times: {last_error}")
 
     async def _download(self, ref: ArtifactRef) -> Path:
         assert self.fetcher is not None
@@ -445,7 +572,7 @@ class ModelManager:
             staging.unlink(missing_ok=True)
             raise SwapFailed(f"digest mismatch: downloaded {got}, manifest says {ref.digest}")
         final = self.store.blob(ref.digest)
-        os.replace(staging, final)
+        await asyncio.to_thread(replace_durably, staging, final)
         return final
 
     async def _load_model(self, ref: ArtifactRef, manifest: Manifest, fetch: bool) -> OnnxModel:

@@ -258,8 +258,10 @@ class EdgeService:
         rng: np.random.Generator | None = None,
         scores_outputs: Mapping[str, str] | None = None,
         cloud_recheck_s: float = CLOUD_RECHECK_S,
+        max_escalation_rows: int = 256,
     ) -> None:
         self._cloud = cloud
+        self._max_escalation_rows = max_escalation_rows
         self._scores_outputs = dict(scores_outputs or {})
         self._cloud_recheck_s = cloud_recheck_s
         self._recheck: asyncio.Event | None = None
@@ -401,13 +403,17 @@ class EdgeService:
             self._recheck.set()
 
     async def _watch_cloud(self) -> None:
-        """Check again on every reconnection, on request, and often while a task is not clear."""
+        """Check again on every reconnection, on request, and often while a task is not clear.
+
+        A reconnection is also news for every task's router: an open breaker
+        probes the gateway at once instead of waiting out its backoff.
+        """
         assert self._cloud is not None and self._recheck is not None
         while True:
             unsettled = any(not t.cloud_checked or t.cloud_problem is not None
                             for t in self._tasks.values())
-            waiters = [asyncio.ensure_future(self._cloud.reconnected()),
-                       asyncio.ensure_future(self._recheck.wait())]
+            reconnected = asyncio.ensure_future(self._cloud.reconnected())
+            waiters = [reconnected, asyncio.ensure_future(self._recheck.wait())]
             try:
                 await asyncio.wait(waiters, timeout=self._cloud_recheck_s if unsettled else None,
                                    return_when=asyncio.FIRST_COMPLETED)
@@ -415,6 +421,11 @@ class EdgeService:
                 for waiter in waiters:
                     waiter.cancel()
                 await asyncio.gather(*waiters, return_exceptions=True)
+            if (reconnected.done() and not reconnected.cancelled()
+                    and reconnected.exception() is None):
+                log.info("cloud_reconnected")
+                for task in self._tasks.values():
+                    task.router.cloud_reconnected()
             self._recheck.clear()
             try:
                 await self.check_cloud()
@@ -596,12 +607,18 @@ class EdgeService:
             timeout = cloud_deadline - sent
             if timeout <= 0:
                 raise Unavailable("no time left for the cloud")
-            reply = await self._cloud.infer(
-                InferRequest(model_name=task.cloud_model, inputs=sub_inputs, id=request_id),
-                timeout,
-                request_id,
-            )
-            cloud_outputs = _map_cloud_outputs(model, reply, rows.shape[0], outputs)
+            count = int(rows.shape[0])
+            if count <= self._max_escalation_rows:
+                reply = await self._cloud.infer(
+                    InferRequest(model_name=task.cloud_model, inputs=sub_inputs, id=request_id),
+                    timeout,
+                    request_id,
+                )
+                cloud_outputs = _map_cloud_outputs(model, reply, count, outputs)
+                cloud_version = reply.model_version
+            else:
+                cloud_outputs, cloud_version = await self._escalate_in_parts(
+                    task, model, sub_inputs, count, outputs, timeout, request_id)
         except EdgecloudError as exc:
             if isinstance(exc, FailedPrecondition):  # the gateway's model changed: look again
                 self._request_cloud_check(task)
@@ -619,7 +636,28 @@ class EdgeService:
                 merged = np.array(outputs[name], copy=True)
                 merged[rows] = value
                 outputs[name] = merged
-        return Escalation(ok=True, rtt_s=rtt), reply.model_version
+        return Escalation(ok=True, rtt_s=rtt), cloud_version
+
+    async def _escalate_in_parts(
+        self, task: Task, model: OnnxModel, inputs: dict[str, np.ndarray], count: int,
+        outputs: dict[str, np.ndarray], timeout_s: float, request_id: str,
+    ) -> tuple[dict[str, np.ndarray], str]:
+        """Send ``count`` rows as parts of at most max_escalation_rows, all at once; the
+        answers joined in order (any part failing fails the whole)."""
+        assert self._cloud is not None
+        size = self._max_escalation_rows
+        starts = range(0, count, size)
+        replies = await asyncio.gather(*(
+            self._cloud.infer(
+                InferRequest(model_name=task.cloud_model,
+                             inputs={k: v[start:start + size] for k, v in inputs.items()},
+                             id=request_id),
+                timeout_s, request_id)
+            for start in starts))
+        parts = [_map_cloud_outputs(model, reply, min(size, count - start), outputs)
+                 for start, reply in zip(starts, replies, strict=True)]
+        joined = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        return joined, replies[0].model_version
 
     def _keep_hard_rows(self, task: Task, current: TaskVersion,
                         inputs: dict[str, np.ndarray], edge_scores: np.ndarray,

@@ -73,7 +73,8 @@ class AgentSettings(EdgecloudSettings):
     max_request_bytes: int = Field(64 * 2**20, ge=1024)
     """Largest inference request accepted from apps."""
     max_escalation_rows: int = Field(256, ge=1)
-    """Most rows sent to the cloud in one call (batch mode splits larger sets)."""
+    """Most rows sent to the cloud in one call: a request escalating more rows sends them as
+    several calls of at most this many, at the same time."""
     reply_margin_ms: float = Field(5.0, ge=0)
     """Least time kept back from a request's deadline to answer it locally if the cloud
     does not answer in time."""

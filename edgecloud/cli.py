@@ -56,6 +56,45 @@ def _add_scores_output_flag(p: argparse.ArgumentParser, what: str) -> None:
                    "scores_output, else the model's one float [N, classes] output)")
 
 
+_BATCHING_FLAGS = (
+    ("--max-batch-size", "max_batch_size", int, "N",
+     "most rows in one model run; larger requests are split (default 64)"),
+    ("--max-queue-delay-ms", "max_queue_delay_ms", float, "MS",
+     "longest a forming batch waits for more requests; a lone request never waits "
+     "(default 2)"),
+    ("--max-queue-rows", "max_queue_rows", int, "N",
+     "rows allowed to wait; more are refused with RESOURCE_EXHAUSTED (default 4096)"),
+    ("--batch-workers", "workers", int, "N",
+     "batches of one model run at the same time (default 2)"),
+)
+
+
+def _add_batching_flags(p: argparse.ArgumentParser) -> None:
+    for flag, _field, _kind, metavar, text in _BATCHING_FLAGS:
+        p.add_argument(flag, action="append", metavar=f"[NAME=]{metavar}",
+                       help=f"{text}; NAME={metavar} for one model, {metavar} for every model "
+                       "(repeatable)")
+
+
+def _batching(args: argparse.Namespace) -> dict | None:
+    """The batching section the batching flags give, or None when none was given."""
+    section: dict = {}
+    for flag, field, kind, _metavar, _text in _BATCHING_FLAGS:
+        for item in getattr(args, flag[2:].replace("-", "_")) or ():
+            name, sep, text = item.rpartition("=")
+            try:
+                value = kind(text)
+            except ValueError:
+                raise CliError(f"{flag} must be a number or NAME=number (got {item!r})") from None
+            if sep and not name:
+                raise CliError(f"{flag} must be a number or NAME=number (got {item!r})")
+            target = section.setdefault("models", {}).setdefault(name, {}) if sep else section
+            if field in target:
+                raise CliError(f"{flag} given twice for {name or 'every model'}")
+            target[field] = value
+    return section or None
+
+
 def _add_logging_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=("auto", "json", "console"), default=None,
                    help="log output format (default: auto, console on a terminal, else JSON)")
@@ -141,15 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="operator public key; refuse publications it did not sign "
                        "(default: accept unsigned)")
     serve.add_argument("--tokens-file", type=Path, default=None, metavar="FILE",
-                       help="YAML of bearer tokens with roles (operators, agents) "
-                       "(default: none, the gateway is open)")
+                       help="YAML of bearer tokens (or their sha256: hashes) with roles: "
+                       "operators, viewers, agents (default: none; without it and "
+                       "--tls-client-ca the gateway is open)")
     serve.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
                        help="server certificate, PEM (default: plaintext)")
     serve.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
                        help="key of --tls-cert, PEM")
     serve.add_argument("--tls-client-ca", type=Path, default=None, metavar="FILE",
-                       help="require client certificates signed by this CA, mTLS "
+                       help="require client certificates signed by this CA, mTLS; a "
+                       "certificate's URI SAN edgecloud://ROLE/NAME names its holder "
                        "(default: no client certificates)")
+    _add_batching_flags(serve)
+    serve.add_argument("--max-concurrent-rpcs", type=int, default=None, metavar="N",
+                       help="calls served at once, open streams included; more are refused "
+                       "with RESOURCE_EXHAUSTED (default 32768)")
+    serve.add_argument("--max-streams-per-connection", type=int, default=None, metavar="N",
+                       help="calls one connection may have open at once (default 256)")
     _add_process_flags(serve)
     serve.set_defaults(handler=_cmd_gateway_serve)
 
@@ -180,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CA of the gateway's certificate: talk TLS to the gateway "
                      "(default: plaintext)")
     run.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
-                     help="client certificate, for gateways that require mTLS (default: none)")
+                     help="client certificate, for gateways that require mTLS; its URI SAN "
+                     "edgecloud://agent/AGENT_ID must name this agent (default: none)")
     run.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
                      help="key of --tls-cert")
     run.add_argument("--trust-key", type=Path, default=None, metavar="FILE",
@@ -240,7 +288,9 @@ def _cmd_gateway_serve(args: argparse.Namespace) -> int:
         registry=args.registry, s3_endpoint=args.s3_endpoint, replica=args.replica,
         trust_key=args.trust_key,
         tokens_file=args.tokens_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
+        tls_client_ca=args.tls_client_ca, batching=_batching(args),
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_streams_per_connection=args.max_streams_per_connection,
     )
     _setup_logging(settings)
     asyncio.run(run_gateway(settings))

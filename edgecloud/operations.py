@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.registry import Registry
 from edgecloud.cloud_gateway.storage import Location
-from edgecloud.core.artifacts import build_model_manifest
+from edgecloud.core.artifacts import build_floor, build_model_manifest
 from edgecloud.core.auth import call_metadata
 from edgecloud.core.errors import FailedPrecondition
 from edgecloud.core.grpc_errors import from_rpc_error
@@ -38,6 +39,8 @@ class Operator(Protocol):
                       progress: Callable[[int], None] | None = None) -> dict: ...
 
     def publish_policy(self, manifest: bytes, signature: bytes, document: bytes) -> dict: ...
+
+    def publish_floor(self, document: bytes, signature: bytes) -> dict: ...
 
     def rollout(self, action: str, name: str, **fields) -> dict: ...
 
@@ -102,6 +105,17 @@ def publish_model_file(op: Operator, path: Path, *, name: str, target: str,
     return {**reply, "signed": bool(signature), "scores_output": chosen}
 
 
+def publish_floor(op: Operator, name: str, version: str, key: Path | None = None) -> dict:
+    """Sign and publish task ``name``'s minimum edge version; agents refuse older versions.
+
+    Returns the publication (name, version, generation) and whether it is signed.
+    """
+    private = load_private_key(key) if key is not None else None
+    document = build_floor(name, version).canonical()
+    signature = sign(private, document) if private is not None else b""
+    return {**op.publish_floor(document, signature), "signed": bool(signature)}
+
+
 def _skipped_outputs(path: Path) -> tuple[tuple[str, str], ...]:
     """Outputs of the model file that v2 cannot carry (for messages only)."""
     from edgecloud.core.model import OnnxModel
@@ -130,6 +144,10 @@ class RegistryOperator:
         m, generation = self.registry.publish_policy(manifest, signature, document)
         return {"name": m.name, "version": m.version, "digest": m.digest,
                 "generation": generation}
+
+    def publish_floor(self, document, signature) -> dict:
+        floor, generation = self.registry.publish_floor(document, signature)
+        return {"name": floor.name, "version": floor.version, "generation": generation}
 
     def rollout(self, action, name, **fields) -> dict:
         record, _ = self.registry.set_rollout(action, name, **fields)
@@ -195,6 +213,11 @@ class GatewayOperator:
         return {"name": reply.name, "version": reply.version, "digest": reply.digest,
                 "generation": reply.generation}
 
+    def publish_floor(self, document, signature) -> dict:
+        reply = self._call(self._stub.PublishFloor, pb.PublishFloorRequest(
+            document=document, signature=signature))
+        return {"name": reply.name, "version": reply.version, "generation": reply.generation}
+
     def rollout(self, action, name, **fields) -> dict:
         reply = self._call(self._stub.SetRollout, pb.RolloutRequest(
             action=action, name=name, version=fields.get("version", ""),
@@ -208,7 +231,10 @@ class GatewayOperator:
                                      pb.ListModelsRequest(name=name)).json)
 
     def fleet_status(self) -> list[dict]:
-        return json.loads(self._call(self._stub.FleetStatus, pb.FleetStatusRequest()).json)
+        reply = self._call(self._stub.FleetStatus, pb.FleetStatusRequest())
+        if not reply.agents and reply.json:  # a gateway older than typed entries
+            return json.loads(reply.json)
+        return [_fleet_agent_dict(agent) for agent in reply.agents]
 
     def reserve_version(self, name: str, target: str) -> str:
         return self._call(self._stub.ReserveVersion,
@@ -317,3 +343,15 @@ def fleet_rows(agents: list[dict], now: float) -> list[dict]:
                 "drift": _drift(task, detail),
             })
     return rows
+
+
+def _plain(message) -> dict:
+    return MessageToDict(message, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True)
+
+
+def _fleet_agent_dict(agent: pb.FleetAgent) -> dict:
+    """A typed fleet status entry as plain data, in the shape the registry keeps it."""
+    return {**_plain(agent.status), "replica": agent.replica, "last_seen": agent.last_seen,
+            "swap_history": [_plain(swap) for swap in agent.swap_history],
+            "connected_here": agent.connected_here}

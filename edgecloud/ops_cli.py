@@ -1,4 +1,4 @@
-"""Operator commands: keys, model publication and rollouts, policies, fleet status,
+"""Operator commands: keys, tokens, model publication and rollouts, policies, fleet status,
 hard-example export."""
 
 from __future__ import annotations
@@ -62,12 +62,21 @@ def _operator(args: argparse.Namespace, *, create: bool = False):
     from edgecloud.operations import GatewayOperator, RegistryOperator
 
     if args.gateway:
-        from edgecloud.core.auth import read_token
+        import sys
+
+        from edgecloud.core.auth import check_token, is_loopback, read_token
+        from edgecloud.core.grpc_server import split_host_port
         from edgecloud.core.tls import channel_credentials
 
-        token = read_token(args.token_file) or os.environ.get("EDGECLOUD_TOKEN") or None
+        host, _ = split_host_port(args.gateway)
+        variable = os.environ.get("EDGECLOUD_TOKEN") or None
+        token = read_token(args.token_file) or (
+            check_token(variable, "the token in EDGECLOUD_TOKEN") if variable else None)
         credentials = (channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
                        if args.tls_ca or args.tls_cert else None)
+        if token and credentials is None and not is_loopback(host):
+            print(f"WARNING: sending the operator token to {args.gateway} in plaintext; "
+                  "anyone on the path can read and reuse it (give --tls-ca)", file=sys.stderr)
         return GatewayOperator(args.gateway, token=token, credentials=credentials)
     trust = load_public_key(args.trust_key) if args.trust_key is not None else None
     if args.registry is not None:
@@ -94,6 +103,36 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     private, public = generate_keypair(args.out)
     print(f"private key: {private} (keep it with the operator; mode 0600)")
     print(f"public key:  {public} (give it to agents as --trust-key)")
+    return 0
+
+
+# -- tokens -------------------------------------------------------------------------
+
+
+def _token_input(args: argparse.Namespace) -> str:
+    """The token to hash: from --token-file, else the first line of standard input."""
+    import sys
+
+    from edgecloud.core.auth import check_token, read_token
+
+    if args.token_file is not None:
+        return read_token(args.token_file) or ""
+    return check_token(sys.stdin.readline().strip(), "the token read from standard input")
+
+
+def cmd_tokens_hash(args: argparse.Namespace) -> int:
+    from edgecloud.core.auth import hash_token
+
+    print(hash_token(_token_input(args)))
+    return 0
+
+
+def cmd_tokens_generate(args: argparse.Namespace) -> int:
+    from edgecloud.core.auth import generate_token, hash_token
+
+    token = generate_token()
+    print(f"token: {token}  (give it to the agent or operator; keep it secret)")
+    print(f"hash:  {hash_token(token)}  (what the gateway's tokens file may hold instead)")
     return 0
 
 
@@ -167,6 +206,20 @@ def cmd_models_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_floor(args: argparse.Namespace) -> int:
+    from edgecloud.operations import publish_floor
+
+    op = _operator(args)
+    try:
+        reply = publish_floor(op, args.name, args.version, key=args.key)
+    finally:
+        op.close()
+    print(f"floor of {reply['name']}: version {reply['version']} "
+          f"({'signed' if reply['signed'] else 'UNSIGNED'}); agents refuse older edge "
+          f"versions; generation {reply['generation']}")
+    return 0
+
+
 def _simple_action(action: str):
     def run(args: argparse.Namespace) -> int:
         op = _operator(args)
@@ -217,6 +270,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if not described:
         Console().print("no models: nothing has been published to this registry yet")
         return 0
+    from edgecloud.core.artifacts import version_key
+
     now = time.time()
     table = Table(title="models", title_justify="left")
     for column in ("model", "version", "target", "size", "signed", "created", "role",
@@ -229,6 +284,12 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             role = ("stable" if v["version"] == rollout.get("stable") else
                     f"candidate {rollout.get('percent', 0):g}%{share} ({rollout.get('state')})"
                     if v["version"] == rollout.get("candidate") else "")
+            floor = (info.get("floor") or {}).get("version")
+            if floor is not None and v["target"] == "edge":
+                if v["version"] == floor:
+                    role = f"{role}, floor" if role else "floor"
+                elif version_key(v["version"]) < version_key(floor):
+                    role = f"{role}, below floor" if role else "below floor"
             table.add_row(escape(name), escape(v["version"]), v["target"], f"{v['size']:,}",
                           "yes" if v["signed"] else "no", v["created"], role,
                           _served_by(info, v["version"], v["target"], now))
@@ -485,7 +546,7 @@ def _model_target(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersAction]:
-    """Add ``keys``, ``models``, ``policy``, ``fleet`` and ``examples``; returns the
+    """Add ``keys``, ``tokens``, ``models``, ``policy``, ``fleet`` and ``examples``; returns the
     subparsers other modules add to."""
     keys = sub.add_parser("keys", help="operator signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
@@ -495,6 +556,22 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
                      "existing keys are never overwritten)")
     add_verbose(gen)
     gen.set_defaults(handler=cmd_keys_generate)
+
+    tokens = sub.add_parser("tokens", help="bearer tokens for the gateway's tokens file")
+    tsub = tokens.add_subparsers(dest="tokens_command", required=True, metavar="COMMAND")
+    thash = tsub.add_parser("hash", help="print a token's hash (sha256:...), which the "
+                            "tokens file may hold instead of the token itself",
+                            description="Read a token from --token-file or the first line of "
+                            "standard input (never the command line, where it would stay in "
+                            "the shell's history) and print its hash.")
+    thash.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                       help="file whose first line is the token (default: standard input)")
+    add_verbose(thash)
+    thash.set_defaults(handler=cmd_tokens_hash)
+    tgen = tsub.add_parser("generate", help="make a new random token and print it with its "
+                           "hash")
+    add_verbose(tgen)
+    tgen.set_defaults(handler=cmd_tokens_generate)
 
     models = sub.add_parser("models", help="publish and roll out models")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
@@ -554,6 +631,19 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
         _model_target(p)
         _add_target(p)
         p.set_defaults(handler=_simple_action(action))
+    floor = msub.add_parser(
+        "floor", help="set a task's signed minimum edge version: agents refuse older ones",
+        description="Publish a signed minimum version of a task's edge model. Agents that "
+        "trust the key refuse every older version, whatever a gateway or the network tells "
+        "them, and never lower a floor they have seen. The floor only rises, and the versions "
+        "the rollout assigns must be at or above it.")
+    _name(floor)
+    floor.add_argument("version", help="the oldest edge version agents may run (published)")
+    floor.add_argument("--key", type=Path, default=None, metavar="FILE",
+                       help="operator private key to sign with (default: unsigned, refused "
+                       "by gateways and agents with --trust-key)")
+    _add_target(floor)
+    floor.set_defaults(handler=cmd_models_floor)
     pin = msub.add_parser("pin", help="pin one agent to an edge version")
     _name(pin)
     pin.add_argument("version", help="the edge version the agent runs, whatever the rollout")

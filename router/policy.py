@@ -131,7 +131,11 @@ class BreakerPolicy(_Section):
     """Consecutive failed escalations that open the breaker (cloud treated as unavailable)."""
 
     half_open_after_s: PositiveFloat = 10.0
-    """Seconds an open breaker waits before it lets one probe request through."""
+    """Longest wait, in seconds, of an open breaker before it lets one probe request through.
+
+    The first probe goes out a fraction of a second after the breaker opens (at once
+    when the agent's connection to the gateway is re-established); each failed probe
+    doubles the wait, up to this."""
 
 
 class ScoreHistogram(_Section):
@@ -302,8 +306,21 @@ def _describe(error: ValidationError) -> list[str]:
     return lines
 
 
+MAX_FLOW_NESTING = 64
+"""Deepest ``[``/``{`` nesting a YAML policy may have (a real one nests three deep); the
+scanner is stopped there rather than after reading ahead through the whole document."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe YAML loader that refuses a key given twice in one mapping."""
+    """Safe YAML loader that refuses a key given twice in one mapping, and flow
+    collections nested deeper than :data:`MAX_FLOW_NESTING`."""
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        if self.flow_level >= MAX_FLOW_NESTING:
+            raise yaml.scanner.ScannerError(
+                None, None, f"collections nest deeper than {MAX_FLOW_NESTING} levels",
+                self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -363,7 +380,10 @@ def parse_policy(text: str | bytes) -> Policy:
             text = text.decode("utf-8")
         except UnicodeDecodeError:
             raise PolicyError("policy is not UTF-8 text") from None
-    document = _load_document(text)
+    try:
+        document = _load_document(text)
+    except RecursionError:
+        raise PolicyError("policy document nests too deeply") from None
     if document is None:
         raise PolicyError("policy document is empty")
     if not isinstance(document, dict):
@@ -374,6 +394,8 @@ def parse_policy(text: str | bytes) -> Policy:
         return Policy.model_validate(document)
     except ValidationError as exc:
         raise PolicyError(_describe(exc)) from None
+    except RecursionError:
+        raise PolicyError("policy document nests too deeply") from None
 
 
 def dump_policy(policy: Policy) -> str:

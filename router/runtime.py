@@ -56,6 +56,11 @@ _ROUTE_OF_SIDE = np.array([_EDGE_CODE, _CLOUD_CODE, _EDGE_CODE], dtype=np.uint8)
 _ROUTE_OF_ONE_SIDE = tuple(_ROUTE_OF_SIDE.tolist())
 
 
+FIRST_PROBE_AFTER_S = 0.25
+"""How soon an open breaker first probes the cloud; later probes back off up to the
+policy's ``breaker.half_open_after_s`` (see :class:`router.signals.CircuitBreaker`)."""
+
+
 class Escalation(NamedTuple):
     """What became of a plan's escalation."""
 
@@ -104,7 +109,7 @@ class Router:
     """
 
     def __init__(self, policy: Policy, *, clock: Clock, rng: np.random.Generator,
-                 cloud: bool = True) -> None:
+                 cloud: bool = True, first_probe_after_s: float = FIRST_PROBE_AFTER_S) -> None:
         self.policy = policy
         """The policy the rules and signals come from."""
         self.cloud = cloud
@@ -119,7 +124,8 @@ class Router:
         )
         """Escalation-rate budget."""
         self.breaker = CircuitBreaker(
-            policy.breaker.failures_to_open, policy.breaker.half_open_after_s, clock
+            policy.breaker.failures_to_open, policy.breaker.half_open_after_s, clock,
+            first_probe_after_s=first_probe_after_s, rng=rng,
         )
         """Circuit breaker on the escalation path."""
         self.sampler = ShadowSampler(policy.shadow_rate, rng)
@@ -130,6 +136,15 @@ class Router:
             else None
         )
         """Drift of the observed confidences against the calibration histogram, if any."""
+
+    def cloud_reconnected(self) -> None:
+        """The connection to the cloud is up again after it was down: probe it now.
+
+        An open breaker lets the next escalation through as its probe instead
+        of waiting out its backoff, so escalations resume as soon as the
+        gateway is back.
+        """
+        self.breaker.reconnected()
 
     def plan(self, confidence: np.ndarray, predicted: np.ndarray,
              ctx: RequestContext) -> Plan:

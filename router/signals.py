@@ -8,7 +8,8 @@ generator it is given:
 - :class:`EscalationBudget`: a threshold shift that holds the escalation rate
   near a target.
 - :class:`CircuitBreaker`: stops escalating after repeated failures, and
-  probes the cloud again after a while.
+  probes the cloud again after a short, growing, jittered wait, or as soon
+  as the connection to it is re-established.
 - :class:`ShadowSampler`: picks a random fraction of rows to escalate anyway.
 
 :class:`router.runtime.Router` keeps the four for one policy and turns them
@@ -172,29 +173,48 @@ class BreakerState(StrEnum):
 class CircuitBreaker:
     """Stops escalating after ``failures_to_open`` consecutive failures.
 
-    closed ──failures──▶ open ──half_open_after_s──▶ half_open (one probe)
-    half_open ──success──▶ closed; half_open ──failure──▶ open.
+    closed ──failures──▶ open ──wait──▶ half_open (one probe)
+    half_open ──success──▶ closed; half_open ──failure──▶ open (a longer wait).
 
     Call :meth:`allow` right before sending an escalation, and report its
     outcome with :meth:`record_success` or :meth:`record_failure`.
     :meth:`available` asks the same question without taking the probe slot.
     A probe whose outcome is never reported (a cancelled request) frees its
-    slot after another ``half_open_after_s``.
+    slot after ``half_open_after_s``.
+
+    The wait before a probe: with ``first_probe_after_s`` (and a generator
+    for the jitter), the first probe goes out ``first_probe_after_s`` after
+    the breaker opens, and each failed probe doubles the wait, up to
+    ``half_open_after_s``; every wait is drawn in [½, 1] of its nominal length,
+    so agents that lost the same gateway do not probe it in step. Without
+    ``first_probe_after_s`` every wait is ``half_open_after_s``.
+    :meth:`reconnected` (the connection to the cloud is up again) makes an
+    open breaker probe at once, whatever the wait.
     """
 
-    def __init__(self, failures_to_open: int, half_open_after_s: float, clock: Clock) -> None:
+    def __init__(self, failures_to_open: int, half_open_after_s: float, clock: Clock, *,
+                 first_probe_after_s: float | None = None,
+                 rng: np.random.Generator | None = None) -> None:
         if failures_to_open < 1:
             raise ValueError(f"failures to open must be at least 1, got {failures_to_open}")
         if not half_open_after_s > 0.0:
             raise ValueError(f"half-open delay must be > 0, got {half_open_after_s}")
+        if first_probe_after_s is not None and not first_probe_after_s > 0.0:
+            raise ValueError(f"first probe delay must be > 0, got {first_probe_after_s}")
         self.failures_to_open = failures_to_open
         """Consecutive failures that open the breaker."""
         self.half_open_after_s = half_open_after_s
-        """Seconds open before a probe is let through."""
+        """Longest wait before a probe (every wait, without ``first_probe_after_s``); also
+        how long an unreported probe holds the probe slot."""
+        self.first_probe_after_s = first_probe_after_s
+        """Wait before the first probe after the breaker opens; None: ``half_open_after_s``."""
         self._clock = clock
+        self._rng = rng
         self._state = BreakerState.CLOSED
         self._failures = 0
-        self._since = 0.0  # when the breaker opened, or when the probe went out
+        self._failed_probes = 0  # since the breaker last opened from closed
+        self._since = 0.0  # when the probe went out
+        self._probe_at = 0.0  # while open: when the next probe may go out
 
     @property
     def state(self) -> BreakerState:
@@ -206,24 +226,56 @@ class CircuitBreaker:
         """Failures since the last success."""
         return self._failures
 
-    def _waited(self) -> bool:
+    @property
+    def probe_at(self) -> float | None:
+        """While open, the clock reading from which a probe may go out; None otherwise."""
+        return self._probe_at if self._state is BreakerState.OPEN else None
+
+    def _wait_s(self) -> float:
+        cap = self.half_open_after_s
+        first = self.first_probe_after_s
+        if first is None:
+            return cap
+        nominal = min(cap, first * 2.0 ** min(self._failed_probes, 32))
+        if self._rng is None:
+            return nominal
+        return nominal * (0.5 + 0.5 * float(self._rng.random()))
+
+    def _open(self) -> None:
+        self._state = BreakerState.OPEN
+        self._probe_at = self._clock() + self._wait_s()
+
+    def _may_probe(self) -> bool:
+        if self._state is BreakerState.OPEN:
+            return self._clock() >= self._probe_at
+        # half open: the probe slot is free again once a probe went unreported too long
         return self._clock() - self._since >= self.half_open_after_s
 
     def available(self) -> bool:
         """Whether :meth:`allow` would let a request through now; changes nothing."""
         if self._state is BreakerState.CLOSED:
             return True
-        return self._waited()
+        return self._may_probe()
 
     def allow(self) -> bool:
         """Take permission to send one escalation; False while open or while a probe is out."""
         if self._state is BreakerState.CLOSED:
             return True
-        if not self._waited():
+        if not self._may_probe():
             return False
         self._state = BreakerState.HALF_OPEN
         self._since = self._clock()
         return True
+
+    def reconnected(self) -> None:
+        """The connection to the cloud is up again: an open breaker may probe now.
+
+        A probe already out keeps its slot (its outcome decides), and a closed
+        breaker is left as it is.
+        """
+        if self._state is BreakerState.OPEN:
+            self._probe_at = self._clock()
+            self._failed_probes = 0
 
     def record_success(self) -> None:
         """An escalation succeeded: closes a half-open breaker; ignored while open."""
@@ -231,15 +283,19 @@ class CircuitBreaker:
             return  # a late answer to a request sent before the breaker opened
         self._state = BreakerState.CLOSED
         self._failures = 0
+        self._failed_probes = 0
 
     def record_failure(self) -> None:
         """An escalation failed: counts toward opening, and reopens a half-open breaker."""
         if self._state is BreakerState.OPEN:
             return  # a late failure must not push the next probe further out
         self._failures += 1
-        if self._state is BreakerState.HALF_OPEN or self._failures >= self.failures_to_open:
-            self._state = BreakerState.OPEN
-            self._since = self._clock()
+        if self._state is BreakerState.HALF_OPEN:
+            self._failed_probes += 1
+            self._open()
+        elif self._failures >= self.failures_to_open:
+            self._failed_probes = 0
+            self._open()
 
 
 class ShadowSampler:

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import grpc
 import structlog
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, ParseDict
 
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.rollouts import AgentAssignment
 from edgecloud.cloud_gateway.storage.objects import full_disk_errors
-from edgecloud.core.auth import AGENT, Tokens, principal_of
+from edgecloud.core.auth import AGENT, current_principal
 from edgecloud.core.errors import InvalidInput, Overloaded, PermissionDenied
 from edgecloud.core.grpc_errors import rpc_boundary
+from edgecloud.core.grpc_server import add_servicer
 from edgecloud.core.hard_example_codec import example_from_pb, example_to_pb
 from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
@@ -49,6 +50,8 @@ def assignment_message(assignment: AgentAssignment, replica: str) -> pb.Assignme
         models=[_ref(e) for e in assignment.models],
         policies=[_ref(e) for e in assignment.policies],
         replica=replica,
+        floors=[pb.VersionFloor(document=f.document, signature=f.signature)
+                for f in assignment.floors],
     )
 
 
@@ -56,6 +59,22 @@ def status_dict(status: pb.AgentStatus) -> dict:
     """Wire status -> plain data kept in the registry."""
     return MessageToDict(status, preserving_proto_field_name=True,
                          always_print_fields_with_no_presence=True)
+
+
+_FLEET_AGENT_KEYS = ("replica", "last_seen", "swap_history", "connected_here")
+
+
+def fleet_agent(entry: dict) -> pb.FleetAgent:
+    """A stored agent status (as :func:`status_dict` and the hub keep it) -> wire entry."""
+    status = {k: v for k, v in entry.items() if k not in _FLEET_AGENT_KEYS}
+    return pb.FleetAgent(
+        status=ParseDict(status, pb.AgentStatus(), ignore_unknown_fields=True),
+        replica=str(entry.get("replica") or ""),
+        last_seen=float(entry.get("last_seen") or 0.0),
+        swap_history=[ParseDict(swap, pb.SwapOutcome(), ignore_unknown_fields=True)
+                      for swap in entry.get("swap_history") or ()],
+        connected_here=bool(entry.get("connected_here")),
+    )
 
 
 def _read_chunks(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
@@ -66,12 +85,21 @@ def _read_chunks(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
             offset += len(data)
 
 
-def _check_identity(tokens: Tokens | None, context, agent_id: str) -> None:
-    """An agent token may only speak for its own agent id."""
-    who = principal_of(tokens, context)
+def _check_identity(agent_id: str) -> None:
+    """An agent (by token or certificate) may only speak for its own agent id."""
+    who = current_principal()
     if who is not None and who.role == AGENT and who.agent_id != agent_id:
         raise PermissionDenied(f"an agent can only act as itself ({who.agent_id}), "
                                f"not as {agent_id!r}")
+
+
+MAX_STATUS_BYTES = 64 * 2**10
+"""Largest AgentStatus a ReportStatus may carry; a larger one is refused with
+INVALID_ARGUMENT (a healthy report is a few KiB), so every agent's status fits in one
+FleetStatus answer."""
+MAX_STATUS_SWAPS = 32
+"""Swap outcomes kept from one report (the newest); the gateway still counts every
+failure it was sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +115,9 @@ class UploadLimits:
 class FleetServicer(pb_grpc.FleetServiceServicer):
     """Agent-facing control plane."""
 
-    def __init__(self, hub: FleetHub, tokens: Tokens | None = None,
-                 examples: HardExampleStore | None = None,
+    def __init__(self, hub: FleetHub, examples: HardExampleStore | None = None,
                  upload_limits: UploadLimits | None = None) -> None:
         self._hub = hub
-        self._tokens = tokens
         self._examples = examples or HardExampleStore(hub.registry.root / "hard_examples")
         self._upload_limits = upload_limits or UploadLimits()
 
@@ -99,7 +125,7 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
     async def WatchAssignments(self, request, context):
         if not request.agent_id:
             raise InvalidInput("agent_id is required")
-        _check_identity(self._tokens, context, request.agent_id)
+        _check_identity(request.agent_id)
         log.info("agent_connected", agent_id=request.agent_id, labels=dict(request.labels),
                  replica=self._hub.replica)
         try:
@@ -110,6 +136,12 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
 
     @rpc_boundary
     async def FetchArtifact(self, request, context):
+        """Stream an artifact; an agent gets only the artifacts of its own assignment."""
+        who = current_principal()
+        if who is not None and who.role == AGENT and not await self._hub.assigned(
+                who.agent_id, dict(request.labels), request.digest):
+            raise PermissionDenied(f"artifact {request.digest[:80]!r} is not in the "
+                                   f"assignment of agent {who.agent_id}")
         path = self._hub.registry.blob_path(request.digest)
         size = path.stat().st_size
         if request.offset > size:
@@ -126,9 +158,15 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
     async def ReportStatus(self, request, context):
         if not request.agent_id:
             raise InvalidInput("agent_id is required")
-        _check_identity(self._tokens, context, request.agent_id)
+        _check_identity(request.agent_id)
+        size = request.ByteSize()
+        if size > MAX_STATUS_BYTES:
+            raise InvalidInput(f"status of {size} bytes is over the limit of "
+                               f"{MAX_STATUS_BYTES} bytes")
         failed = [(s.name, s.version, s.reason) for s in request.swaps
                   if not s.ok and s.kind == "model"]
+        if len(request.swaps) > MAX_STATUS_SWAPS:
+            del request.swaps[:-MAX_STATUS_SWAPS]
         await self._hub.report(status_dict(request), failed)
         return pb.StatusAck(generation=self._hub.snapshot.generation)
 
@@ -147,7 +185,7 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
             if not message.agent_id:
                 raise InvalidInput("agent_id is required")
             if not agent_id:
-                _check_identity(self._tokens, context, message.agent_id)
+                _check_identity(message.agent_id)
                 agent_id = message.agent_id
             elif message.agent_id != agent_id:
                 raise InvalidInput("one upload carries one agent's examples")
@@ -249,6 +287,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return pb.RolloutRecord(json=rollout.model_dump_json(), generation=generation)
 
     @rpc_boundary
+    async def PublishFloor(self, request, context):
+        floor, generation = await asyncio.to_thread(
+            self._hub.registry.publish_floor, request.document, request.signature)
+        log.info("floor_published", model=floor.name, version=floor.version,
+                 generation=generation)
+        return pb.PublishReply(name=floor.name, version=floor.version, generation=generation)
+
+    @rpc_boundary
     async def ListModels(self, request, context):
         described = await asyncio.to_thread(self._hub.registry.describe, request.name)
         return pb.ListModelsReply(json=json.dumps(described))
@@ -258,7 +304,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         agents = await asyncio.to_thread(self._hub.registry.agent_statuses)
         for agent in agents:
             agent["connected_here"] = self._hub.connected(agent.get("agent_id", ""))
-        return pb.FleetStatusReply(json=json.dumps(agents))
+        return pb.FleetStatusReply(json=json.dumps(agents),
+                                   agents=[fleet_agent(agent) for agent in agents])
 
     @rpc_boundary
     async def ExportHardExamples(self, request, context):
@@ -272,8 +319,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 yield example_to_pb(kept)
 
 
-def register(hub: FleetHub, tokens: Tokens | None = None,
-             examples: HardExampleStore | None = None,
+def register(hub: FleetHub, examples: HardExampleStore | None = None,
              upload_limits: UploadLimits | None = None):
     """Registrar for :func:`core.grpc_server.create_server`.
 
@@ -283,8 +329,9 @@ def register(hub: FleetHub, tokens: Tokens | None = None,
     store = examples or HardExampleStore(hub.registry.root / "hard_examples")
 
     def add(server: grpc.aio.Server) -> None:
-        pb_grpc.add_FleetServiceServicer_to_server(
-            FleetServicer(hub, tokens, store, upload_limits), server)
-        pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(hub, store), server)
+        add_servicer(pb_grpc.add_FleetServiceServicer_to_server,
+                     FleetServicer(hub, store, upload_limits), server)
+        add_servicer(pb_grpc.add_AdminServiceServicer_to_server, AdminServicer(hub, store),
+                     server)
 
     return add

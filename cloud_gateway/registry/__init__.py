@@ -12,6 +12,8 @@ below works the same on both (:mod:`edgecloud.cloud_gateway.storage`). Keys::
     policies/<name>/<version>.json    signed manifest envelope, immutable          (manifests)
     rollouts/<name>.json              one rollout record per edge model      (rollout_state)
     rollouts/cloud/<name>.json        one rollout record per cloud model
+    floors/<name>.json                the task's signed minimum edge version         (floors)
+                                      (it only rises)
     replicas/<replica>.json           what each gateway replica serves              (agents)
     agents/<agent id>.json            last status each agent reported               (agents)
     generation                        bumped on every change; replicas watch it
@@ -21,13 +23,20 @@ are stored before the manifest that names them, so a version is seen whole or
 not at all; a version is created with a create-only write (a racing publisher
 gets ALREADY_EXISTS); a rollout record and the generation change by
 compare-and-swap (read, apply the transition, write if unchanged, else read
-again), so no update is lost.
+again), so no update is lost. A floor is raised by compare-and-swap too, and
+every rollout change checks the floor it reads after the record, so no rollout
+ends up assigning a version below a floor (see :meth:`Registry.publish_floor`).
+
+A crash leaves at most temp files (upload staging, a directory store's
+``.NAME.XXXX.tmp``); :meth:`Registry.remove_orphans` clears those an hour old.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,18 +47,21 @@ from pydantic import ValidationError
 from edgecloud.cloud_gateway.registry import rollout_state
 from edgecloud.cloud_gateway.registry.agents import StatusStore
 from edgecloud.cloud_gateway.registry.blobs import BlobStore
+from edgecloud.cloud_gateway.registry.floors import FloorEnvelope, FloorStore
 from edgecloud.cloud_gateway.registry.manifests import (
     Envelope,
     ManifestStore,
+    envelope_bytes,
     model_key,
     policy_key,
-    version_key,
 )
 from edgecloud.cloud_gateway.registry.rollout_state import (
     AGENT_ID_RE,
     Rollout,
     RolloutAction,
     RolloutState,
+    below_floor,
+    check_floor,
 )
 from edgecloud.cloud_gateway.storage import (
     Conflict,
@@ -59,7 +71,14 @@ from edgecloud.cloud_gateway.storage import (
     open_store,
     parse_location,
 )
-from edgecloud.core.artifacts import NAME_RE, Manifest, parse_manifest
+from edgecloud.core.artifacts import (
+    NAME_RE,
+    Floor,
+    Manifest,
+    parse_floor,
+    parse_manifest,
+    version_key,
+)
 from edgecloud.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -70,13 +89,17 @@ from edgecloud.core.errors import (
 from edgecloud.core.signing import verify
 from edgecloud.router import Policy, PolicyError, parse_policy
 
-__all__ = ["AGENT_ID_RE", "REPLICA_HEARTBEAT_S", "TARGETS", "Envelope", "Registry", "Rollout",
-           "RolloutAction", "RolloutState", "Snapshot", "is_registry", "registry_location",
-           "registry_path", "valid_name", "version_key"]
+__all__ = ["AGENT_ID_RE", "ORPHAN_AGE_S", "REPLICA_HEARTBEAT_S", "TARGETS", "Envelope",
+           "FloorEnvelope", "Registry", "Rollout", "RolloutAction", "RolloutState", "Snapshot",
+           "is_registry", "registry_location", "registry_path", "valid_name", "version_key"]
 
 log = structlog.get_logger("edgecloud.gateway.registry")
 
 TARGETS = ("edge", "cloud")
+ORPHAN_AGE_S = 3600.0
+"""Temp files untouched this long are orphans of a crashed writer (an upload in progress
+writes its staging file continuously; an atomic write lives for milliseconds). Younger
+ones may be another replica's write in progress: replicas share a registry."""
 REPLICA_HEARTBEAT_S = 30.0
 """How often a gateway replica rewrites what it serves even when nothing changed; an entry
 much older than this belongs to a replica that stopped without saying so."""
@@ -98,6 +121,8 @@ class Snapshot:
     """Edge rollouts by model name."""
     cloud_rollouts: dict[str, Rollout] = field(default_factory=dict)
     """Cloud rollouts by model name."""
+    floors: dict[str, FloorEnvelope] = field(default_factory=dict)
+    """Signed minimum edge versions by task name."""
 
 
 def registry_location(location: str | Path, *, s3_endpoint: str | None = None) -> Location:
@@ -157,7 +182,6 @@ class Registry:
             store = location
             self.location = parse_location(store.url)
         self.store: ObjectStore = store
-        self.trust_key = trust_key
         self.url = store.url
         if isinstance(store, DirectoryStore):
             self._open_directory(store.root, create)
@@ -170,8 +194,19 @@ class Registry:
             local = self.root
         self.blobs = BlobStore(store, local)
         self.manifests = ManifestStore(store, trust_key)
+        self.floors = FloorStore(store, trust_key)
+        self.trust_key = trust_key
         self.agents = StatusStore(store, "agents", "agent id")
         self.replicas = StatusStore(store, "replicas", "replica name")
+
+    @property
+    def trust_key(self):
+        """The operator's public key publications must be signed with (None: any)."""
+        return self._trust_key
+
+    @trust_key.setter
+    def trust_key(self, key) -> None:
+        self._trust_key = self.manifests.trust_key = self.floors.trust_key = key
 
     @staticmethod
     def _open_directory(root: Path, create: bool) -> None:
@@ -183,7 +218,7 @@ class Registry:
             if not create:
                 raise NotFound(f"{root} holds no registry (nothing was published there)")
         for sub in ("blobs/sha256", "blobs/tmp", "models", "policies", "rollouts", "agents",
-                    "replicas"):
+                    "replicas", "floors"):
             (root / sub).mkdir(parents=True, exist_ok=True)
 
     # -- generation ----------------------------------------------------------------
@@ -209,9 +244,17 @@ class Registry:
             return current + 1
         raise FailedPrecondition("the registry generation keeps changing; try again")
 
-    def clean_staging(self) -> int:
-        """Remove upload leftovers of processes that crashed (see :class:`BlobStore`)."""
-        return self.blobs.clean_staging()
+    def remove_orphans(self, older_than_s: float = ORPHAN_AGE_S, *,
+                       now: float | None = None) -> list[Path]:
+        """Delete the temp files crashed writers left, once untouched for ``older_than_s``:
+        upload staging files (this machine's staging folder) and, in a directory store,
+        atomic-write temp files (``.NAME.XXXX.tmp``) anywhere in it. A younger one may be
+        another replica's write in progress. Returns the files removed."""
+        now = time.time() if now is None else now
+        removed = self.blobs.remove_orphans(older_than_s, now=now)
+        if isinstance(self.store, DirectoryStore):
+            removed += self.store.remove_orphans(older_than_s, now=now)
+        return removed
 
     # -- blobs -------------------------------------------------------------------
 
@@ -277,6 +320,9 @@ class Registry:
                     f"{manifest.target} model {manifest.name} version {manifest.version} does "
                     f"not match the task's signature: {problem}"
                 )
+        if manifest.target == "edge" and promote:
+            check_floor(self.floor_of(manifest.name), manifest.name, manifest.version,
+                        "publish --promote")
         if manifest.target == "edge":
             policy = self._newest_policy(manifest.name)
             if policy is not None:
@@ -287,8 +333,10 @@ class Registry:
         self.manifests.create(key, manifest_bytes, signature,
                               f"{manifest.target} model {manifest.name} version "
                               f"{manifest.version}")
+        # The floor is read again after the record, on every attempt (see publish_floor).
         self._update_rollout(manifest.name, manifest.target, lambda r: rollout_state.on_publish(
-            r, manifest.version, promote=promote))
+            r, manifest.version, promote=promote,
+            floor=self.floor_of(manifest.name) if promote else None))
         return manifest, self._bump()
 
     def publish_policy(self, manifest_bytes: bytes, signature: bytes,
@@ -478,7 +526,83 @@ class Registry:
         rollouts = {name: r for name in models if (r := self.rollout(name)) is not None}
         cloud_rollouts = {name: r for name in cloud
                           if (r := self.rollout(name, "cloud")) is not None}
-        return Snapshot(generation, models, cloud, policies, rollouts, cloud_rollouts)
+        return Snapshot(generation, models, cloud, policies, rollouts, cloud_rollouts,
+                        self.floors.all())
+
+    # -- floors -------------------------------------------------------------------------
+
+    def floor(self, name: str) -> FloorEnvelope | None:
+        """The task's signed minimum edge version, if it has one."""
+        if not valid_name(name):
+            return None
+        return self.floors.read(name)[0]
+
+    def floor_of(self, name: str) -> Floor | None:
+        """The task's floor document, if it has one."""
+        envelope = self.floor(name)
+        return envelope.floor if envelope is not None else None
+
+    def publish_floor(self, document: bytes, signature: bytes) -> tuple[Floor, int]:
+        """Store a task's signed minimum edge version; returns it and the new generation.
+
+        The version must be published; a floor never goes down; and the versions the
+        task's rollout assigns (stable, candidate, pins) must be at or above it, or
+        agents would refuse what they are told to run.
+
+        With no lock between writers: the floor is replaced by compare-and-swap, then
+        the rollout record is rewritten by compare-and-swap with a check against the new
+        floor. A rollout change reads the floor after the record, so one that read the
+        old floor either landed before that rewrite (which then finds it, puts the old
+        floor back and refuses) or loses its swap and is checked against the new floor.
+        """
+        floor = parse_floor(document)
+        self._check_signature(document, signature)
+        versions = self.model_versions(floor.name, "edge")
+        if floor.version not in versions:
+            raise NotFound(f"model {floor.name!r} has no edge version {floor.version!r}"
+                           + (f" (versions: {', '.join(versions)})" if versions else ""))
+        for _ in range(CAS_ATTEMPTS):
+            current, etag = self.floors.read(floor.name)
+            if current is not None and not current.floor.allows(floor.version):
+                raise FailedPrecondition(
+                    f"the floor of {floor.name} is version {current.floor.version}; a floor "
+                    f"never goes down (agents that saw it keep it)")
+            _refuse_below(self.rollout(floor.name), floor)
+            try:
+                self.floors.replace(floor.name, document, signature, etag)
+            except Conflict:
+                continue
+            break
+        else:
+            raise FailedPrecondition(f"the floor of {floor.name} keeps changing; try again")
+
+        def recheck(record: Rollout) -> Rollout | None:
+            if not record.updated:
+                return None  # no stored record: nothing assigned
+            _refuse_below(record, floor)
+            out = record.model_copy(deep=True)
+            out.note(f"floor {floor.version}")
+            return out
+
+        try:
+            self._update_rollout(floor.name, "edge", recheck)
+        except FailedPrecondition:
+            self._restore_floor(floor.name, current, document, signature)
+            raise
+        return floor, self._bump()
+
+    def _restore_floor(self, name: str, previous: FloorEnvelope | None, document: bytes,
+                       signature: bytes) -> None:
+        """Put back the floor ``previous`` unless the one written (``document``) was
+        replaced meanwhile."""
+        stored = self.store.get(f"floors/{name}.json")
+        if stored is None or stored.data != envelope_bytes(document, signature):
+            return
+        if previous is None:
+            self.store.delete(f"floors/{name}.json")
+            return
+        with contextlib.suppress(Conflict):
+            self.floors.replace(name, previous.document, previous.signature, stored.etag)
 
     # -- rollouts -----------------------------------------------------------------------
 
@@ -500,8 +624,10 @@ class Registry:
         versions = self.model_versions(name, target)
         if not versions:
             raise NotFound(f"model {name!r} has no published {target} versions")
+        # The floor is read after the record, on every attempt (see publish_floor).
         rollout = self._update_rollout(
-            name, target, lambda r: rollout_state.apply(r, request, versions))
+            name, target, lambda r: rollout_state.apply(
+                r, request, versions, self.floor_of(name) if target == "edge" else None))
         assert rollout is not None
         return rollout, self._bump()
 
@@ -562,7 +688,10 @@ class Registry:
         for n in names:
             record = self.rollout(n)
             cloud_record = self.rollout(n, "cloud")
+            floor = self.floor(n)
             out[n] = {
+                "floor": ({"version": floor.floor.version, "created": floor.floor.created,
+                           "signed": bool(floor.signature)} if floor else None),
                 "versions": [
                     {**e.manifest.model_dump(
                         mode="json", include={"version", "target", "digest", "size", "created"}),
@@ -578,6 +707,15 @@ class Registry:
                               for r in replicas if n in (r.get("models") or {})},
             }
         return out
+
+
+def _refuse_below(rollout: Rollout | None, floor: Floor) -> None:
+    """FailedPrecondition when ``rollout`` assigns a version ``floor`` refuses."""
+    below = below_floor(rollout, floor)
+    if below:
+        raise FailedPrecondition(
+            f"the rollout of {floor.name} still assigns version(s) {', '.join(below)} below "
+            f"{floor.version}: promote, roll back or unpin first")
 
 
 def _signature_problem(a: Manifest, b: Manifest) -> str | None:

@@ -3,19 +3,17 @@
 An upload is staged in a local file while it is hashed and counted, checked
 against the manifest's digest and size, and only then stored; a blob is
 therefore whole or absent. Staging files of a process that crashed are removed
-when a gateway starts (those older than :data:`STALE_STAGING_S`: another
+when a gateway starts (:meth:`BlobStore.remove_orphans`, only old ones: another
 replica may be uploading into a shared directory right now). In object
 storage, blobs read on this machine are cached by digest (they never change).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 import tempfile
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,11 +22,10 @@ import structlog
 from edgecloud.cloud_gateway.storage import DirectoryStore, ObjectStore
 from edgecloud.cloud_gateway.storage.objects import full_disk_errors
 from edgecloud.core.errors import InvalidInput, NotFound
+from edgecloud.core.files import remove_orphans, replace_durably
 
 log = structlog.get_logger("edgecloud.gateway.registry")
 
-STALE_STAGING_S = 3600.0
-"""A staging file untouched this long belongs to an upload that died."""
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -57,20 +54,11 @@ class BlobStore:
             os.close(fd)
         return Path(name)
 
-    def clean_staging(self, *, now: float | None = None) -> int:
-        """Remove staging files older than :data:`STALE_STAGING_S`; returns how many."""
-        now = time.time() if now is None else now
-        removed = 0
-        if not self.staging.is_dir():
-            return 0
-        for path in self.staging.iterdir():
-            with contextlib.suppress(OSError):
-                if now - path.stat().st_mtime > STALE_STAGING_S:
-                    path.unlink()
-                    removed += 1
-        if removed:
-            log.info("staging_cleaned", removed=removed, folder=str(self.staging))
-        return removed
+    def remove_orphans(self, older_than_s: float, *, now: float | None = None) -> list[Path]:
+        """Remove staging files untouched for ``older_than_s`` (uploads and fetches of a
+        process that died); returns them."""
+        return remove_orphans([self.staging], lambda _: True, older_than_s=older_than_s,
+                              now=now)
 
     def exists(self, digest: str) -> bool:
         return self._store.exists(blob_key(digest))
@@ -103,7 +91,7 @@ class BlobStore:
                 with full_disk_errors():
                     final.parent.mkdir(parents=True, exist_ok=True)
                     os.chmod(staged, 0o644)
-                    os.replace(staged, final)
+                    replace_durably(staged, final)
             elif not self._store.exists(key):
                 self._store.put_file(key, staged)
         finally:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import threading
 from dataclasses import dataclass
 
 import structlog
 
 from edgecloud.cloud_gateway.storage import Conflict, ObjectStore
-from edgecloud.core.artifacts import Manifest, parse_manifest
+from edgecloud.core.artifacts import Manifest, parse_manifest, version_key
 from edgecloud.core.errors import AlreadyExists, InvalidInput
 from edgecloud.core.signing import verify
 
@@ -37,12 +36,6 @@ class Envelope:
     signature: bytes
     verified: bool = False
     """True when the signature verifies with the registry's trust key."""
-
-
-def version_key(version: str) -> tuple:
-    """Sort key: numeric parts as numbers (``10`` after ``9``)."""
-    parts = re.split(r"[.+-]", version)
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
 
 
 def envelope_bytes(manifest_bytes: bytes, signature: bytes) -> bytes:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgecloud.core.artifacts import now_iso
+from edgecloud.core.artifacts import Floor, now_iso, version_key
 from edgecloud.core.errors import FailedPrecondition, InvalidInput, NotFound
 
 AGENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
@@ -188,26 +188,55 @@ _TRANSITIONS: dict[RolloutAction, Callable[[Rollout, Request, Collection[str]], 
     RolloutAction.UNPIN: _unpin,
 }
 EDGE_ONLY = frozenset({RolloutAction.PIN, RolloutAction.UNPIN})
+ASSIGNING = {RolloutAction.START: "rollout", RolloutAction.PIN: "pin"}
+"""Actions that assign ``request.version`` to agents, so an edge floor bounds them."""
 
 
-def apply(rollout: Rollout, request: Request, versions: Collection[str]) -> Rollout:
-    """The record after an operator's action (a new object; ``rollout`` is untouched)."""
+def check_floor(floor: Floor | None, name: str, version: str, what: str) -> None:
+    """FailedPrecondition when ``version`` of ``name``'s edge model is below ``floor``."""
+    if floor is not None and not floor.allows(version):
+        raise FailedPrecondition(
+            f"{what}: version {version} of {name} is below the task's signed minimum "
+            f"version {floor.version}; agents would refuse it")
+
+
+def apply(rollout: Rollout, request: Request, versions: Collection[str],
+          floor: Floor | None = None) -> Rollout:
+    """The record after an operator's action (a new object; ``rollout`` is untouched).
+
+    ``floor``: the task's signed minimum edge version; an edge rollout or pin below it
+    is refused (agents would refuse the version)."""
     if rollout.target == "cloud" and request.selector:
         raise InvalidInput("a cloud rollout shares requests, not agents: it takes no selector")
     if rollout.target == "cloud" and request.action in EDGE_ONLY:
         raise InvalidInput("agents are pinned to edge versions only")
     out = rollout.model_copy(deep=True)
     _TRANSITIONS[request.action](out, request, versions)
+    if rollout.target == "edge" and request.action in ASSIGNING:
+        check_floor(floor, rollout.name, request.version, ASSIGNING[request.action])
     return out
 
 
-def on_publish(rollout: Rollout, version: str, *, promote: bool) -> Rollout | None:
+def below_floor(rollout: Rollout | None, floor: Floor) -> list[str]:
+    """The versions ``rollout`` assigns (stable, candidate, pins) that ``floor`` refuses,
+    in version order."""
+    if rollout is None:
+        return []
+    assigned = {rollout.stable, rollout.candidate, *rollout.pinned.values()} - {None}
+    return sorted((v for v in assigned if not floor.allows(v)), key=version_key)
+
+
+def on_publish(rollout: Rollout, version: str, *, promote: bool,
+               floor: Floor | None = None) -> Rollout | None:
     """The record after a version is published; None when the publication leaves it as is.
 
     A model's first version (or a promoted one) becomes stable; a later cloud version
-    becomes the candidate at 0% (not served until given a share or promoted).
+    becomes the candidate at 0% (not served until given a share or promoted). An edge
+    version promoted below ``floor`` is refused.
     """
     out = rollout.model_copy(deep=True)
+    if promote and out.target == "edge":
+        check_floor(floor, out.name, version, "publish --promote")
     if out.stable is None or promote:
         out.stable, out.candidate, out.percent, out.failures = version, None, 0.0, {}
         out.state = RolloutState.PROMOTED if promote else RolloutState.NONE

@@ -22,7 +22,13 @@ from pathlib import Path
 
 from edgecloud.cloud_gateway.storage.objects import Conflict, Stored, full_disk_errors
 from edgecloud.core.errors import InvalidInput
-from edgecloud.core.files import atomic_write
+from edgecloud.core.files import (
+    atomic_write,
+    is_atomic_write_temp,
+    remove_orphans,
+    replace_durably,
+    sync_directory,
+)
 
 
 def etag_of(data: bytes) -> str:
@@ -89,6 +95,7 @@ class DirectoryStore:
                 os.link(temp, path)
             except FileExistsError:
                 raise Conflict(str(path)) from None
+            sync_directory(path.parent)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
@@ -105,7 +112,7 @@ class DirectoryStore:
                 with open(temp, "rb+") as f:
                     os.fsync(f.fileno())
                 os.chmod(temp, 0o644)
-                os.replace(temp, final)
+                replace_durably(temp, final)
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
@@ -136,6 +143,13 @@ class DirectoryStore:
                     continue  # temp files and the lock
                 out.append(name if rel == "." else f"{rel}/{name}")
         return sorted(out)
+
+    def remove_orphans(self, older_than_s: float, *, now: float | None = None) -> list[Path]:
+        """Delete the temp files of writes that died (``.NAME.XXXX.tmp``, anywhere under
+        the root) once untouched for ``older_than_s``; returns them."""
+        folders = [Path(directory) for directory, _, _ in os.walk(self.root)]
+        return remove_orphans(folders, is_atomic_write_temp, older_than_s=older_than_s,
+                              now=now)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):

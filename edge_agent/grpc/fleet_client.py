@@ -4,6 +4,11 @@ Holds a WatchAssignments stream to the gateway (reconnecting with
 exponential backoff and jitter), hands each assignment to the
 :class:`~edge_agent.model_manager.ModelManager`, fetches artifacts with
 FetchArtifact, and reports status after every change and periodically.
+Both loops outlive any error short of cancellation: it is counted
+(``edgecloud_agent_loop_errors``), logged, and followed by a jittered,
+growing backoff. While the manager wants a deferred download retried
+(:attr:`~edge_agent.model_manager.ModelManager.retry_wanted`), the latest
+assignment is applied again with the same kind of backoff.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ from edgecloud.core.auth import call_metadata
 from edgecloud.core.grpc_errors import from_rpc_error
 from edgecloud.core.tls import open_channel
 from edgecloud.edge_agent.hard_examples import LedgerStats
-from edgecloud.edge_agent.model_manager import ArtifactRef, Assignment, ModelManager, SwapOutcome
+from edgecloud.edge_agent.model_manager import (
+    ArtifactRef,
+    Assignment,
+    ModelManager,
+    SignedFloor,
+    SwapOutcome,
+)
 from edgecloud.edge_agent.service import EdgeService
 from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
@@ -52,7 +63,8 @@ def ledger_status(stats: LedgerStats) -> pb.HardExampleLedgerStatus:
 def assignment_from(message: pb.Assignment) -> Assignment:
     """Wire assignment -> domain assignment."""
     return Assignment(message.generation, _refs(message.models), _refs(message.policies),
-                      message.replica)
+                      message.replica,
+                      tuple(SignedFloor(f.document, f.signature) for f in message.floors))
 
 
 def _swap(outcome: SwapOutcome) -> pb.SwapOutcome:
@@ -149,12 +161,14 @@ class FleetClient:
         self._stub = pb_grpc.FleetServiceStub(self._channel)
         self.manager: ModelManager | None = None
         self._tasks: list[asyncio.Task] = []
+        self._attempt = 0  # reconnections since the last assignment arrived
         self.connected = asyncio.Event()
 
     async def fetch(self, digest: str, offset: int) -> AsyncIterator[bytes]:
         """FetchArtifact from ``offset``; errors come back as domain errors."""
-        call = self._stub.FetchArtifact(pb.FetchRequest(digest=digest, offset=offset),
-                                        metadata=self._auth)
+        call = self._stub.FetchArtifact(
+            pb.FetchRequest(digest=digest, offset=offset, labels=self.labels),
+            metadata=self._auth)
         try:
             async for chunk in call:
                 yield chunk.data
@@ -188,28 +202,25 @@ class FleetClient:
             await self._on_state(state)
 
     async def _watch_loop(self) -> None:
+        """Hold the assignment stream; survives anything short of cancellation.
+
+        A refusal waits the longest backoff; any other end of the stream, and
+        any error while applying, is logged (an error also counted) and the
+        stream is opened again after a jittered, growing backoff.
+        """
         assert self.manager is not None
-        attempt = 0
         while True:
-            hello = pb.AgentHello(agent_id=self.agent_id, labels=self.labels,
-                                  agent_version=__version__,
-                                  known_generation=self.manager.applied_generation)
             refused = None
             try:
-                async for message in self._stub.WatchAssignments(hello, metadata=self._auth):
-                    attempt = 0
-                    self.connected.set()
-                    await self._set_state("connected")
-                    assignment = assignment_from(message)
-                    outcomes = await self.manager.apply(assignment)
-                    log.info("assignment_applied", generation=assignment.generation,
-                             replica=assignment.replica, outcomes=len(outcomes))
-                    await self.report()
-                reason = "stream ended"
+                reason = await self._watch_once()
             except grpc.aio.AioRpcError as exc:
                 reason = f"{exc.code().name}: {exc.details()}"
                 if exc.code() in _REFUSED:
                     refused = exc
+            except Exception as exc:  # the loop outlives any bug or disk error; not cancellation
+                self._service.metrics.loop_error("fleet_watch")
+                log.exception("fleet_watch_failed", error_type=type(exc).__name__)
+                reason = f"error: {type(exc).__name__}"
             self.connected.clear()
             if refused is not None:
                 # A refusal does not pass by itself: say so loudly, and ask again only as
@@ -223,10 +234,62 @@ class FleetClient:
                           "updates until it is fixed", retry_s=round(delay, 1))
             else:
                 await self._set_state("disconnected")
-                delay = self._delay(attempt)
-                attempt += 1
+                delay = self._delay(self._attempt)
+                self._attempt += 1
                 log.info("fleet_reconnecting", reason=reason, delay_s=round(delay, 3))
             await asyncio.sleep(delay)
+
+    async def _watch_once(self) -> str:
+        """One WatchAssignments stream: apply each assignment as it comes, and apply the
+        latest again (with a backoff) while the manager wants a deferred download retried.
+        Returns why the stream ended; raises what broke it."""
+        assert self.manager is not None
+        hello = pb.AgentHello(agent_id=self.agent_id, labels=self.labels,
+                              agent_version=__version__,
+                              known_generation=self.manager.applied_generation)
+        call = self._stub.WatchAssignments(hello, metadata=self._auth)
+        read: asyncio.Future | None = None
+        latest: Assignment | None = None
+        retries = 0
+        try:
+            while True:
+                if read is None:
+                    read = asyncio.ensure_future(call.read())
+                wait_s = (self._delay(retries) if latest is not None
+                          and self.manager.retry_wanted else None)
+                done, _ = await asyncio.wait({read}, timeout=wait_s)
+                if not done:
+                    assert latest is not None
+                    retries += 1
+                    log.info("assignment_retry", generation=latest.generation, attempt=retries)
+                    await self._apply(latest)
+                    continue
+                message, read = read.result(), None
+                if message is grpc.aio.EOF:
+                    return "stream ended"
+                self._attempt = 0
+                retries = 0
+                self.connected.set()
+                await self._set_state("connected")
+                latest = assignment_from(message)
+                await self._apply(latest)
+        finally:
+            if read is not None:
+                read.cancel()
+                read.add_done_callback(_retrieve)
+            call.cancel()
+
+    async def _apply(self, assignment: Assignment) -> None:
+        assert self.manager is not None
+        outcomes = await self.manager.apply(assignment)
+        log.info("assignment_applied", generation=assignment.generation,
+                 replica=assignment.replica, outcomes=len(outcomes),
+                 retry=self.manager.retry_wanted)
+        try:
+            await self.report()
+        except Exception as exc:  # a report that cannot be built must not drop the stream
+            self._service.metrics.loop_error("fleet_report")
+            log.exception("fleet_report_failed", error_type=type(exc).__name__)
 
     async def report(self) -> None:
         """Send one ReportStatus (outcomes not yet reported go with it)."""
@@ -244,6 +307,24 @@ class FleetClient:
         del self.manager.outcomes[:len(swaps)]
 
     async def _report_loop(self) -> None:
+        """Report every ``status_interval_s``; survives anything short of cancellation
+        (after an error, the next report comes after a jittered, growing backoff)."""
+        failures = 0
         while True:
-            await asyncio.sleep(self._status_interval_s)
-            await self.report()
+            await asyncio.sleep(self._delay(failures - 1) if failures
+                                else self._status_interval_s)
+            try:
+                await self.report()
+            except Exception as exc:  # the loop outlives any bug or disk error
+                failures += 1
+                self._service.metrics.loop_error("fleet_report")
+                log.exception("fleet_report_failed", error_type=type(exc).__name__,
+                              failures=failures)
+            else:
+                failures = 0
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Collect an abandoned read's outcome, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()

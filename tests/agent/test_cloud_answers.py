@@ -63,3 +63,42 @@ async def test_an_unusable_cloud_answer_falls_back_and_never_fails(digits_dir, d
                                    model.run({"pixels": x[:50]})["probabilities"])
     finally:
         await service.aclose()
+
+
+class RowCountingCloud(ElevenClassCloud):
+    """A CloudClient that answers 10 classes (class = first pixel) and records each call's rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[int] = []
+
+    async def infer(self, request: InferRequest, timeout_s: float,
+                    request_id: str) -> InferResponse:
+        x = next(iter(request.inputs.values()))
+        self.rows.append(int(x.shape[0]))
+        probabilities = np.eye(10, dtype=np.float32)[x[:, 0].astype(int) % 10]
+        return InferResponse(model_name=request.model_name, outputs={"p": probabilities},
+                             model_version="7")
+
+
+async def test_escalation_is_sent_in_parts_of_max_escalation_rows(digits_dir, digits_test):
+    """A request escalating more rows than max_escalation_rows is sent as several calls of
+    at most that many rows, and the answers come back in row order."""
+    cloud = RowCountingCloud()
+    service = EdgeService(cloud, max_escalation_rows=8)
+    model = OnnxModel.load(digits_dir / "edge.onnx", name=TASK)
+    service.add_task(model, Policy(name=TASK, threshold=0.9))
+    service.set_ready(True)
+    await service.start()
+    try:
+        x, _ = digits_test
+        x = x[:50].copy()
+        x[:, 0] = np.arange(50) % 10
+        answer = await service.answer(InferRequest(model_name=TASK, inputs={"pixels": x},
+                                                   parameters={"route": "cloud"}), 5.0)
+    finally:
+        await service.aclose()
+    assert cloud.rows == [8, 8, 8, 8, 8, 8, 2]
+    assert {route.value for route in answer.routing.routes()} == {"cloud"}
+    np.testing.assert_array_equal(np.argmax(answer.scores, axis=1), np.arange(50) % 10)
+    assert answer.cloud_model_version == "7"

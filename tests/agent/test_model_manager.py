@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from edgecloud.core.artifacts import build_model_manifest, build_policy_manifest
+from edgecloud.core.artifacts import build_floor, build_model_manifest, build_policy_manifest
 from edgecloud.core.errors import Unavailable
-from edgecloud.edge_agent.model_manager import ArtifactRef, ArtifactStore, Assignment, ModelManager
+from edgecloud.core.signing import generate_keypair, load_private_key, load_public_key, sign
+from edgecloud.edge_agent.model_manager import (
+    ArtifactRef,
+    ArtifactStore,
+    Assignment,
+    ModelManager,
+    SignedFloor,
+)
 from edgecloud.edge_agent.service import EdgeService
 
 
@@ -150,4 +158,58 @@ async def test_same_bytes_under_a_new_version_are_applied(tmp_path, digits_dir):
     assert service.task("digits").current.model.version == "2"
     assert await manager.apply(_assignment(tmp_path, digits_dir, 3, "2", "edge.onnx",
                                            files)) == []
+    await service.aclose()
+
+
+def _floor(version: str, key: Path | None) -> SignedFloor:
+    document = build_floor("digits", version).canonical()
+    return SignedFloor(document, sign(load_private_key(key), document) if key else b"")
+
+
+def _with(assignment: Assignment, *floors: SignedFloor, key: Path) -> Assignment:
+    """``assignment`` with its manifests signed by ``key``, carrying ``floors``."""
+    private = load_private_key(key)
+
+    def signed(refs):
+        return tuple(dataclasses.replace(r, signature=sign(private, r.manifest)) for r in refs)
+
+    return dataclasses.replace(assignment, models=signed(assignment.models),
+                               policies=signed(assignment.policies), floors=floors)
+
+
+async def test_versions_below_a_signed_floor_are_refused_and_the_floor_is_kept(
+        tmp_path, digits_dir) -> None:
+    """With a floor at 2, version 1 is refused as a downgrade (reported, the running
+    version untouched), even once assignments stop carrying the floor and after a
+    restart; a lower floor, or one not signed with the trusted key, changes nothing."""
+    private, public = generate_keypair(tmp_path / "keys")
+    generate_keypair(tmp_path / "stranger")
+    store = ArtifactStore(tmp_path / "store")
+    service = EdgeService(None)
+    files: dict[str, Path] = {}
+    manager = ModelManager(service, store, FileFetcher(files),
+                           trust_key=load_public_key(public))
+    second = _assignment(tmp_path, digits_dir, 1, "2", "edge.onnx", files)
+    assert all(o.ok for o in await manager.apply(_with(second, _floor("2", private),
+                                                       key=private)))
+    assert manager.floors["digits"].version == "2"
+
+    downgrade = _assignment(tmp_path, digits_dir, 2, "1", "cloud.onnx", files)
+    (outcome,) = await manager.apply(_with(downgrade, key=private))
+    assert not outcome.ok and outcome.version == "1"
+    assert "below the signed minimum version 2" in outcome.reason
+    assert service.task("digits").current.model.version == "2"
+
+    restarted = ModelManager(service, store, FileFetcher(files),
+                             trust_key=load_public_key(public))
+    unsigned = _floor("1", None)
+    forged = _floor("0", tmp_path / "stranger" / "operator.key")
+    lower = _floor("1", private)
+    (outcome,) = await restarted.apply(_with(downgrade, unsigned, forged, lower, key=private))
+    assert not outcome.ok and "below the signed minimum version 2" in outcome.reason
+    assert restarted.floors["digits"].version == "2"
+    third = _assignment(tmp_path, digits_dir, 3, "3", "cloud.onnx", files)
+    assert all(o.ok for o in await restarted.apply(_with(third, _floor("3", private),
+                                                         key=private)))
+    assert restarted.floors["digits"].version == "3"
     await service.aclose()

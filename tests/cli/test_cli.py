@@ -71,6 +71,7 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
           "--scores-output", "logits"], "has no output 'logits'"),
         (["agent", "run", "--model", "digits={edge}", "--scores-output", "digits="],
          "OUTPUT or NAME=OUTPUT"),
+        (["gateway", "serve", "--max-batch-size", "digits=many"], "NAME=number"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(args, fragment, bad_files, digits_dir, tmp_path):
@@ -107,6 +108,25 @@ def test_gateway_takes_registry_and_its_former_flag() -> None:
     parser = build_parser()
     for flag in ("--registry", "--registry-dir"):
         assert parser.parse_args(["gateway", "serve", flag, "/shared"]).registry == "/shared"
+
+
+def test_gateway_takes_batching_limits_per_model_as_flags(tmp_path) -> None:
+    """`gateway serve` batching flags set gateway-wide limits (N) and one model's (NAME=N),
+    over the config file's."""
+    from edgecloud.cli import _batching
+    from edgecloud.cloud_gateway.settings import GatewaySettings
+    from edgecloud.core.settings import load_settings
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text("batching:\n  max_queue_rows: 500\n  workers: 3\n")
+    args = build_parser().parse_args([
+        "gateway", "serve", "--max-batch-size", "32", "--max-batch-size", "digits=8",
+        "--max-queue-delay-ms", "digits=0", "--batch-workers", "big=1"])
+    settings = load_settings(GatewaySettings, config, batching=_batching(args))
+    assert settings.batching.for_model("digits") == {
+        "max_batch_size": 8, "max_queue_delay_ms": 0.0, "max_queue_rows": 500, "workers": 3}
+    assert settings.batching.for_model("big")["workers"] == 1
+    assert settings.batching.for_model("other")["max_batch_size"] == 32
 
 
 def test_gateway_drains_and_exits_on_sigterm(tmp_path, digits_dir):

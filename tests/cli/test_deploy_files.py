@@ -83,3 +83,27 @@ def test_manifests_and_dashboard_parse() -> None:
     assert envoy["static_resources"]["clusters"][0]["name"] == "edgecloud_gateway"
     dashboard = json.loads((DEPLOY / "grafana" / "edgecloud.json").read_text())
     assert len(dashboard["panels"]) >= 6
+
+
+def test_the_example_deployment_carries_tokens_over_tls_only(tmp_path) -> None:
+    """Envoy's listener serves TLS (HTTP/2), the example agent talks TLS to it with its
+    token, and the example gateway, plaintext behind Envoy, says so: neither warns."""
+    from structlog.testing import capture_logs
+
+    from edgecloud.cloud_gateway.app import warn_if_tokens_travel_in_plaintext
+    from edgecloud.edge_agent.app import warn_if_token_travels_in_plaintext
+
+    envoy = yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text())
+    for listener in envoy["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            tls = chain["transport_socket"]["typed_config"]
+            assert tls["@type"].endswith("DownstreamTlsContext")
+            assert tls["common_tls_context"]["alpn_protocols"] == ["h2"]
+    agent = load_settings(AgentSettings, DEPLOY / "config" / "agent.yaml")
+    gateway = load_settings(GatewaySettings, DEPLOY / "config" / "gateway.yaml")
+    assert agent.token_file is not None and agent.tls_ca is not None
+    assert gateway.tokens_file is not None and gateway.behind_tls_proxy
+    with capture_logs() as logs:
+        assert not warn_if_token_travels_in_plaintext(agent)
+        assert not warn_if_tokens_travel_in_plaintext(gateway)
+    assert not any(e["event"] == "tokens_over_plaintext" for e in logs)

@@ -28,9 +28,9 @@ async def test_export_from_a_registry_and_through_a_gateway(start_gateway, start
     index.jsonl (ids, agent, time, reason, both answers, versions); --since filters; the
     gateway serves the export to operators only."""
     tokens = tmp_path / "tokens.yaml"
-    tokens.write_text("operators: [op-secret]\nagents: {ag-secret: cam-7}\n")
-    (tmp_path / "op.token").write_text("op-secret\n")
-    (tmp_path / "agent.token").write_text("ag-secret\n")
+    tokens.write_text("operators: [op-secret-012345]\nagents: {ag-secret-012345: cam-7}\n")
+    (tmp_path / "op.token").write_text("op-secret-012345\n")
+    (tmp_path / "agent.token").write_text("ag-secret-012345\n")
     registry = tmp_path / "registry"
     gateway = await start_gateway(registry=registry, tokens_file=tokens)
     agent = await start_agent(gateway.address, agent_id="cam-7", status_interval_s=3600,

@@ -501,3 +501,44 @@ def test_policy_publish_takes_the_next_version(tmp_path: Path, digits_dir: Path)
     for envelope in policies.values():
         document = registry.blob_path(envelope.manifest.digest).read_bytes()
         assert parse_policy(document).version == envelope.manifest.version
+
+
+def test_tokens_hash_and_generate(tmp_path: Path) -> None:
+    """`tokens hash` prints the hash a tokens file may hold (from stdin or a file) and
+    refuses a token too short; `tokens generate` prints a token and its hash."""
+    from edgecloud.core.auth import Tokens
+
+    token = "a-token-of-twenty-chars"
+    hashed = subprocess.run([sys.executable, "-m", "edgecloud", "tokens", "hash"],
+                            input=token + "\n", capture_output=True, text=True, timeout=60)
+    assert hashed.returncode == 0, hashed.stderr
+    (tmp_path / "t").write_text(token + "\n")
+    assert edgecloud("tokens", "hash", "--token-file", str(tmp_path / "t")).stdout == \
+        hashed.stdout
+    assert Tokens([hashed.stdout.strip()]).principal(token) is not None
+    short = subprocess.run([sys.executable, "-m", "edgecloud", "tokens", "hash"],
+                           input="short\n", capture_output=True, text=True, timeout=60)
+    assert short.returncode == 2 and "at least 16" in short.stderr
+    made = edgecloud("tokens", "generate").stdout.split()
+    new, digest = made[made.index("token:") + 1], made[made.index("hash:") + 1]
+    assert Tokens([digest]).principal(new) is not None
+
+
+@pytest.mark.e2e
+def test_models_floor_publishes_a_signed_minimum_version(tmp_path: Path, digits_dir: Path):
+    """`models floor` signs and publishes a task's minimum edge version, `models list`
+    shows it, and a floor below the current one is refused with exit code 2."""
+    reg = str(tmp_path / "registry")
+    assert edgecloud("keys", "generate", "--out", str(tmp_path / "k")).returncode == 0
+    key = str(tmp_path / "k" / "operator.key")
+    for _ in range(2):
+        published = edgecloud("models", "publish", "digits", str(digits_dir / "edge.onnx"),
+                              "--target", "edge", "--key", key, "--promote", "--registry", reg)
+        assert published.returncode == 0, published.stderr
+    floor = edgecloud("models", "floor", "digits", "2", "--key", key, "--registry", reg)
+    assert floor.returncode == 0, floor.stderr
+    assert "floor of digits: version 2 (signed)" in floor.stdout
+    listing = json.loads(edgecloud("models", "list", "--json", "--registry", reg).stdout)
+    assert listing["digits"]["floor"]["version"] == "2" and listing["digits"]["floor"]["signed"]
+    lower = edgecloud("models", "floor", "digits", "1", "--registry", reg)
+    assert lower.returncode == 2 and "never goes down" in lower.stderr

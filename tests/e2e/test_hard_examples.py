@@ -150,7 +150,7 @@ async def test_upload_identity_is_checked_before_the_stream_is_read(start_gatewa
     """An agent token uploading as another agent is refused at the first message, while its
     stream is still open, and nothing is stored."""
     tokens = tmp_path / "tokens.yaml"
-    tokens.write_text("operators: [op-secret]\nagents: {ag-secret: agent-0}\n")
+    tokens.write_text("operators: [op-secret-012345]\nagents: {ag-secret-012345: agent-0}\n")
     registry = tmp_path / "registry"
     gateway = await start_gateway(registry=registry, tokens_file=tokens)
     release = asyncio.Event()
@@ -161,7 +161,7 @@ async def test_upload_identity_is_checked_before_the_stream_is_read(start_gatewa
         fleet = pb_grpc.FleetServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await fleet.UploadHardExamples(_stalled([message], release), timeout=30,
-                                           metadata=call_metadata("ag-secret"))
+                                           metadata=call_metadata("ag-secret-012345"))
     release.set()
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert stored(registry) == []

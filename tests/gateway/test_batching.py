@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgecloud.cloud_gateway.batching import BatchingConfig, DynamicBatcher
-from edgecloud.core.errors import DeadlineExceeded, Overloaded, Unavailable
+from edgecloud.core.errors import DeadlineExceeded, InvalidInput, Overloaded, Unavailable
 
 
 class RecordingModel:
@@ -155,3 +155,67 @@ async def test_model_failure_reaches_every_caller_in_the_batch() -> None:
     finally:
         await batcher.aclose()
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def test_lone_request_is_not_held_for_the_queue_delay() -> None:
+    """A request alone in the queue runs at once, whatever the queue delay."""
+    model = RecordingModel()
+    batcher = DynamicBatcher("m", model, BatchingConfig(max_queue_delay_s=3600.0))
+    batcher.start()
+    try:
+        async with asyncio.timeout(60):  # a hang guard, far below the hour-long delay
+            out = await batcher.submit({"x": np.ones((1, 2), np.float32)})
+    finally:
+        await batcher.aclose()
+    np.testing.assert_array_equal(out["y"], np.full((1, 2), 2.0, np.float32))
+    assert model.batches == [1]
+
+
+async def test_request_larger_than_max_batch_size_is_split() -> None:
+    """A request of more rows than max_batch_size runs in parts of at most that size."""
+    model = RecordingModel()
+    batcher = DynamicBatcher("m", model, BatchingConfig(max_batch_size=4, max_queue_delay_s=0.0,
+                                                        workers=1))
+    batcher.start()
+    try:
+        x = np.arange(20, dtype=np.float32).reshape(10, 2)
+        out = await batcher.submit({"x": x})
+    finally:
+        await batcher.aclose()
+    np.testing.assert_array_equal(out["y"], x * 2.0)
+    assert model.batches == [4, 4, 2]
+
+
+async def test_request_larger_than_the_queue_is_refused() -> None:
+    """A request that could never fit in the queue is refused, even when the queue is empty."""
+    model = RecordingModel()
+    batcher = DynamicBatcher("m", model, BatchingConfig(max_batch_size=4, max_queue_rows=8))
+    batcher.start()
+    try:
+        with pytest.raises(InvalidInput, match="at most 8"):
+            await batcher.submit({"x": np.ones((9, 1), np.float32)})
+    finally:
+        await batcher.aclose()
+    assert model.batches == []
+
+
+async def test_zero_row_requests_count_against_the_queue() -> None:
+    """Empty requests take a place in the queue: past max_queue_rows they are shed too."""
+    gate = asyncio.Event()
+    model = RecordingModel(gate)
+    batcher = DynamicBatcher("m", model, BatchingConfig(max_batch_size=1, max_queue_rows=2,
+                                                        max_queue_delay_s=0.0, workers=1))
+    batcher.start()
+    try:
+        first = asyncio.create_task(batcher.submit({"x": np.ones((1, 1), np.float32)}))
+        await model.entered.wait()
+        empty = np.ones((0, 1), np.float32)
+        queued = [asyncio.create_task(batcher.submit({"x": empty})) for _ in range(2)]
+        await wait_for_queue(batcher, 2)
+        with pytest.raises(Overloaded):
+            await batcher.submit({"x": empty})
+        gate.set()
+        await asyncio.gather(first, *queued)
+    finally:
+        gate.set()
+        await batcher.aclose()

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from edgecloud.core import codec
 from edgecloud.core.tensors import InferRequest
 from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
+from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
 
 def infer_request(x: np.ndarray, model: str = "digits") -> pb.ModelInferRequest:
@@ -125,3 +126,57 @@ async def test_drain_finishes_in_flight_work(start_gateway, channels, digits_tes
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ServerLive(pb.ServerLiveRequest(), timeout=1)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_batching_limits_per_model(start_gateway, channels, digits_test,
+                                         onnx_reference) -> None:
+    """A model's own batching limits apply: larger requests are split, never run whole,
+    and one too large for its queue is refused with INVALID_ARGUMENT."""
+    gateway = await start_gateway(batching={"max_batch_size": 64, "max_queue_rows": 100,
+                                            "models": {"digits": {"max_batch_size": 4}}})
+    stub = channels(gateway.address)
+    config = await stub.ModelConfig(pb.ModelConfigRequest(name="digits"))
+    assert config.config.max_batch_size == 4
+    x, _ = digits_test
+    reply = await stub.ModelInfer(infer_request(x[:10]), timeout=5)
+    np.testing.assert_allclose(codec.decode_infer_response(reply).outputs["probabilities"],
+                               onnx_reference("cloud", x[:10]), rtol=1e-5, atol=1e-6)
+    sample = gateway.metrics.registry.get_sample_value
+    runs = {"model": "digits"}
+    assert sample("edgecloud_gateway_batch_rows_sum", runs) == 10
+    assert sample("edgecloud_gateway_batch_rows_count", runs) == 3  # 4 + 4 + 2
+    assert sample("edgecloud_gateway_batch_rows_bucket", {**runs, "le": "4.0"}) == 3
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ModelInfer(infer_request(np.zeros((101, 64), np.float32)), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 100" in err.value.details()
+
+
+async def test_server_limits_concurrent_calls(start_gateway, digits_test) -> None:
+    """Past max_concurrent_rpcs a call is refused with RESOURCE_EXHAUSTED; past the
+    per-connection stream limit a call waits for a free stream on that connection."""
+    gateway = await start_gateway(max_concurrent_rpcs=2, max_streams_per_connection=1)
+    options = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
+    async with (grpc.aio.insecure_channel(gateway.address, options=options) as first,
+                grpc.aio.insecure_channel(gateway.address, options=options) as second,
+                grpc.aio.insecure_channel(gateway.address, options=options) as third):
+        x, _ = digits_test
+        streams = [pb_grpc.GRPCInferenceServiceStub(c).ModelStreamInfer() for c in
+                   (first, second)]
+        for stream in streams:  # each holds a call open on its own connection
+            await stream.write(infer_request(x[:1]))
+            assert not (await stream.read()).error_message
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await pb_grpc.GRPCInferenceServiceStub(third).ModelInfer(infer_request(x[:1]),
+                                                                     timeout=5)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await pb_grpc.GRPCInferenceServiceStub(first).ModelInfer(infer_request(x[:1]),
+                                                                     timeout=1)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # never got a stream
+        for stream in streams:
+            await stream.done_writing()
+            assert await stream.read() is grpc.aio.EOF
+        reply = await pb_grpc.GRPCInferenceServiceStub(first).ModelInfer(
+            infer_request(x[:1]), timeout=5)
+        assert reply.outputs

@@ -208,14 +208,14 @@ def test_staging_leftovers_are_removed_at_start(tmp_path):
     limit; a fresh one (an upload in progress elsewhere) is kept."""
     import os
 
-    from edgecloud.cloud_gateway.registry.blobs import STALE_STAGING_S
+    from edgecloud.cloud_gateway.registry import ORPHAN_AGE_S
 
     registry = Registry(tmp_path / "registry")
     old = registry.blobs.staging_file()
     fresh = registry.blobs.staging_file()
-    stamp = os.stat(old).st_mtime - STALE_STAGING_S - 1
+    stamp = os.stat(old).st_mtime - ORPHAN_AGE_S - 1
     os.utime(old, (stamp, stamp))
-    assert registry.clean_staging() == 1
+    assert registry.remove_orphans() == [old]
     assert not old.exists() and fresh.exists()
     assert isinstance(registry.store, DirectoryStore)
 

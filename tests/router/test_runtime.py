@@ -15,7 +15,7 @@ import pytest
 from edgecloud.router import calibration_histogram
 from edgecloud.router.decide import REASONS, ROUTES, Reason, RequestContext, Route, RouteOverride
 from edgecloud.router.policy import BreakerPolicy, BudgetPolicy, LatencyPolicy, Policy
-from edgecloud.router.runtime import Escalation, Router
+from edgecloud.router.runtime import FIRST_PROBE_AFTER_S, Escalation, Router
 from edgecloud.router.signals import BreakerState
 
 
@@ -153,14 +153,49 @@ def test_plan_takes_the_half_open_probe_and_blocks_a_second() -> None:
 
 
 def test_failed_probe_reopens_the_breaker() -> None:
-    """A failed probe opens the breaker again for another full wait."""
+    """A failed probe opens the breaker again, for twice the first wait (jittered)."""
     clock = FakeClock()
     router = _router(clock=clock)
     _open_then_wait(router, clock)
     assert _request(router, LOW, escalation=FAILED) == (F, R.CLOUD_FAILED)
     assert router.breaker.state is BreakerState.OPEN
-    clock.advance(4.9)
     assert _request(router, LOW) == (E, R.CLOUD_UNAVAILABLE)
+    wait = router.breaker.probe_at - clock()
+    assert FIRST_PROBE_AFTER_S <= wait <= 2 * FIRST_PROBE_AFTER_S
+    clock.advance(wait)
+    assert _request(router, LOW) == (C, R.LOW_CONFIDENCE)
+
+
+def test_open_breaker_probes_soon() -> None:
+    """An open breaker first probes within FIRST_PROBE_AFTER_S, not after the policy's
+    longest wait (half_open_after_s)."""
+    clock = FakeClock()
+    router = _router(clock=clock)
+    _fail_twice(router, clock)
+    assert _request(router, LOW) == (E, R.CLOUD_UNAVAILABLE)
+    clock.advance(FIRST_PROBE_AFTER_S)
+    assert _request(router, LOW) == (C, R.LOW_CONFIDENCE)
+
+
+def test_reconnection_lets_an_open_breaker_probe_at_once() -> None:
+    """Told that the cloud connection is back, an open breaker sends the next escalation
+    as its probe without waiting; told again while the probe is out, it sends no second."""
+    clock = FakeClock()
+    policy = POLICY.model_copy(update={"breaker": BreakerPolicy(failures_to_open=2,
+                                                                 half_open_after_s=3600.0)})
+    router = _router(policy, clock=clock)
+    _fail_twice(router, clock)
+    for _ in range(5):  # failed probes push the wait toward the hour
+        clock.advance(router.breaker.probe_at - clock())
+        assert _request(router, LOW, escalation=FAILED) == (F, R.CLOUD_FAILED)
+    assert _request(router, LOW) == (E, R.CLOUD_UNAVAILABLE)
+    router.cloud_reconnected()
+    probe = router.plan(np.array([LOW]), np.array([0]), RequestContext())
+    assert probe.permit
+    router.cloud_reconnected()
+    assert _request(router, LOW) == (E, R.CLOUD_UNAVAILABLE)
+    router.record(probe, OK)
+    assert _request(router, LOW) == (C, R.LOW_CONFIDENCE)
 
 
 def test_breaker_opening_between_plan_and_escalation() -> None:

@@ -225,6 +225,63 @@ def test_late_outcomes_while_open_are_ignored() -> None:
     assert breaker.allow()
 
 
+def test_probe_waits_grow_from_the_first_to_the_longest() -> None:
+    """With a first-probe delay, each failed probe doubles the wait, capped at
+    half_open_after_s; a success starts the next outage from the first delay again."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(1, 3.0, clock, first_probe_after_s=0.25)
+    breaker.record_failure()
+    waits = []
+    for _ in range(6):
+        waits.append(breaker.probe_at - clock())
+        clock.advance(waits[-1])
+        assert breaker.allow()
+        breaker.record_failure()
+    assert waits == [0.25, 0.5, 1.0, 2.0, 3.0, 3.0]
+    clock.advance(breaker.probe_at - clock())
+    assert breaker.allow()
+    breaker.record_success()
+    breaker.record_failure()
+    assert breaker.probe_at - clock() == 0.25
+
+
+def test_probe_waits_are_jittered_within_half_to_whole() -> None:
+    """With a generator, each wait is drawn in [1/2, 1] of its nominal length, and two
+    breakers seeded differently do not probe in step."""
+    def first_wait(seed: int) -> float:
+        clock = FakeClock()
+        breaker = CircuitBreaker(1, 10.0, clock, first_probe_after_s=1.0,
+                                 rng=np.random.default_rng(seed))
+        breaker.record_failure()
+        return breaker.probe_at - clock()
+
+    waits = {first_wait(seed) for seed in range(20)}
+    assert all(0.5 <= w <= 1.0 for w in waits)
+    assert len(waits) == 20
+
+
+def test_reconnection_makes_an_open_breaker_probe_now() -> None:
+    """reconnected() lets an open breaker probe at once and starts its backoff over; it
+    leaves a closed breaker and a probe already out alone."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(1, 60.0, clock, first_probe_after_s=0.25)
+    breaker.reconnected()
+    assert breaker.state is BreakerState.CLOSED
+    breaker.record_failure()
+    for _ in range(4):
+        clock.advance(breaker.probe_at - clock())
+        assert breaker.allow()
+        breaker.record_failure()
+    assert not breaker.available()
+    breaker.reconnected()
+    assert breaker.allow()
+    breaker.reconnected()
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert not breaker.allow()
+    breaker.record_failure()
+    assert breaker.probe_at - clock() == 0.5  # one failed probe into a new backoff
+
+
 # Shadow sampler
 
 

@@ -7,12 +7,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FetchRequest(_message.Message):
-    __slots__ = ("digest", "offset")
+    __slots__ = ("digest", "offset", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     digest: str
     offset: int
-    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("offset", "data", "size")
@@ -63,6 +72,14 @@ class PublishPolicyRequest(_message.Message):
     header: PublishHeader
     document: bytes
     def __init__(self, header: _Optional[_Union[PublishHeader, _Mapping]] = ..., document: _Optional[bytes] = ...) -> None: ...
+
+class PublishFloorRequest(_message.Message):
+    __slots__ = ("document", "signature")
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    document: bytes
+    signature: bytes
+    def __init__(self, document: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class PublishReply(_message.Message):
     __slots__ = ("name", "version", "digest", "generation")
@@ -128,10 +145,26 @@ class FleetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FleetStatusReply(_message.Message):
-    __slots__ = ("json",)
+    __slots__ = ("json", "agents")
     JSON_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
     json: str
-    def __init__(self, json: _Optional[str] = ...) -> None: ...
+    agents: _containers.RepeatedCompositeFieldContainer[FleetAgent]
+    def __init__(self, json: _Optional[str] = ..., agents: _Optional[_Iterable[_Union[FleetAgent, _Mapping]]] = ...) -> None: ...
+
+class FleetAgent(_message.Message):
+    __slots__ = ("status", "replica", "last_seen", "swap_history", "connected_here")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    SWAP_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_HERE_FIELD_NUMBER: _ClassVar[int]
+    status: AgentStatus
+    replica: str
+    last_seen: float
+    swap_history: _containers.RepeatedCompositeFieldContainer[SwapOutcome]
+    connected_here: bool
+    def __init__(self, status: _Optional[_Union[AgentStatus, _Mapping]] = ..., replica: _Optional[str] = ..., last_seen: _Optional[float] = ..., swap_history: _Optional[_Iterable[_Union[SwapOutcome, _Mapping]]] = ..., connected_here: _Optional[bool] = ...) -> None: ...
 
 class ExportHardExamplesRequest(_message.Message):
     __slots__ = ("task", "since")
@@ -177,16 +210,26 @@ class ArtifactRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("generation", "models", "policies", "replica")
+    __slots__ = ("generation", "models", "policies", "replica", "floors")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    FLOORS_FIELD_NUMBER: _ClassVar[int]
     generation: int
     models: _containers.RepeatedCompositeFieldContainer[ArtifactRef]
     policies: _containers.RepeatedCompositeFieldContainer[ArtifactRef]
     replica: str
-    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., replica: _Optional[str] = ...) -> None: ...
+    floors: _containers.RepeatedCompositeFieldContainer[VersionFloor]
+    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., replica: _Optional[str] = ..., floors: _Optional[_Iterable[_Union[VersionFloor, _Mapping]]] = ...) -> None: ...
+
+class VersionFloor(_message.Message):
+    __slots__ = ("document", "signature")
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    document: bytes
+    signature: bytes
+    def __init__(self, document: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SwapOutcome(_message.Message):
     __slots__ = ("name", "version", "kind", "ok", "reason", "at")

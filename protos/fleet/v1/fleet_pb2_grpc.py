@@ -232,7 +232,8 @@ class FleetService:
 
 
 class AdminServiceStub:
-    """Operator actions; every call needs the operator role.
+    """Operator actions; every call needs the operator role, but for ListModels
+    and FleetStatus, which the read-only viewer role may call too.
     """
 
     def __init__(self, channel):
@@ -266,6 +267,11 @@ class AdminServiceStub:
                 request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsReply.FromString,
                 _registered_method=True)
+        self.PublishFloor = channel.unary_unary(
+                '/edgecloud.fleet.v1.AdminService/PublishFloor',
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishFloorRequest.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
+                _registered_method=True)
         self.FleetStatus = channel.unary_unary(
                 '/edgecloud.fleet.v1.AdminService/FleetStatus',
                 request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.SerializeToString,
@@ -279,7 +285,8 @@ class AdminServiceStub:
 
 
 class AdminServiceServicer:
-    """Operator actions; every call needs the operator role.
+    """Operator actions; every call needs the operator role, but for ListModels
+    and FleetStatus, which the read-only viewer role may call too.
     """
 
     def PublishModel(self, request_iterator, context):
@@ -311,6 +318,13 @@ class AdminServiceServicer:
 
     def ListModels(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishFloor(self, request, context):
+        """A task's signed minimum edge model version (it only rises).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -356,6 +370,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsRequest.FromString,
                     response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsReply.SerializeToString,
             ),
+            'PublishFloor': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishFloor,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishFloorRequest.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.SerializeToString,
+            ),
             'FleetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.FleetStatus,
                     request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.FleetStatusRequest.FromString,
@@ -375,7 +394,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """Operator actions; every call needs the operator role.
+    """Operator actions; every call needs the operator role, but for ListModels
+    and FleetStatus, which the read-only viewer role may call too.
     """
 
     @staticmethod
@@ -503,6 +523,33 @@ class AdminService:
             '/edgecloud.fleet.v1.AdminService/ListModels',
             edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsRequest.SerializeToString,
             edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListModelsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishFloor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecloud.fleet.v1.AdminService/PublishFloor',
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishFloorRequest.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.PublishReply.FromString,
             options,
             channel_credentials,
             insecure,
