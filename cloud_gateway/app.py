@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import structlog
@@ -16,9 +15,10 @@ from edgecloud.cloud_gateway.grpc import fleet_servicer
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.limits import EscalationLimiter, LimitedPlane, RateLimit
 from edgecloud.cloud_gateway.metrics import GatewayMetrics
-from edgecloud.cloud_gateway.registry import Registry, is_registry, registry_path
+from edgecloud.cloud_gateway.registry import Registry, is_registry, registry_location
 from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.cloud_gateway.settings import GatewaySettings
+from edgecloud.cloud_gateway.storage import Location
 from edgecloud.core import v2_grpc
 from edgecloud.core.auth import (
     AGENT,
@@ -142,7 +142,7 @@ def batching_config(s: GatewaySettings) -> Callable[[str], BatchingConfig]:
 class _Checked:
     """What the settings name, read and checked before anything is created."""
 
-    registry_root: Path
+    registry: Location
     trust_key: object
     tokens: Tokens | None
     credentials: object
@@ -163,8 +163,9 @@ def _check(s: GatewaySettings) -> _Checked:
             problems.append(f"{exc.filename}: {exc.strerror or exc}")
         return None
 
-    registry_root = attempt(lambda: registry_path(s.registry) if s.registry
-                            else s.data_dir / "registry")
+    location = attempt(lambda: registry_location(s.registry or s.data_dir / "registry",
+                                                 s3_endpoint=s.s3_endpoint))
+    registry_root = location.path if location is not None and location.is_directory else None
     attempt(lambda: split_host_port(s.listen))
     if s.metrics_listen:
         attempt(lambda: split_host_port(s.metrics_listen))
@@ -194,8 +195,8 @@ def _check(s: GatewaySettings) -> _Checked:
             models.append(model)
     if problems:
         raise InvalidInput("the gateway cannot start:\n" + "\n".join(problems))
-    assert registry_root is not None
-    return _Checked(registry_root, trust, tokens, credentials, tuple(models))
+    assert location is not None
+    return _Checked(location, trust, tokens, credentials, tuple(models))
 
 
 class GatewayApp(ServingApp):
@@ -221,17 +222,21 @@ class GatewayApp(ServingApp):
         for model in checked.models:
             service.add_model(model)
         trust, tokens = checked.trust_key, checked.tokens
-        registry_root = checked.registry_root
-        registry = Registry(registry_root, trust_key=trust)
+        registry = await asyncio.to_thread(Registry, checked.registry, trust_key=trust,
+                                           cache_dir=s.data_dir / "registry-cache")
         orphans = await asyncio.to_thread(registry.remove_orphans)
         if orphans:
-            log.info("orphans_removed", folder=str(registry_root), files=len(orphans))
+            log.info("orphans_removed", registry=registry.url, files=len(orphans))
+        # Hard examples: in the registry's directory; with object storage, in this
+        # gateway's data directory (not shared between replicas yet).
+        examples_root = (registry.root / "hard_examples" if checked.registry.is_directory
+                         else s.data_dir / "hard_examples")
         hub = FleetHub(registry, s.replica, service, poll_s=s.registry_poll_ms / 1000.0,
                        onnx_threads=s.onnx_threads)
         await hub.start()
         self.hub = hub
         h = s.hard_examples
-        examples = HardExampleStore(registry_root / "hard_examples",
+        examples = HardExampleStore(examples_root,
                                     max_record_bytes=h.max_record_bytes,
                                     agent_quota_bytes=h.agent_quota_bytes)
         upload_limits = fleet_servicer.UploadLimits(max_upload_bytes=h.max_upload_bytes,
@@ -260,7 +265,7 @@ class GatewayApp(ServingApp):
         )
         self._serving(port, lifecycle, self.metrics.registry)
         log.info("gateway_ready", address=self.address, models=service.model_names(),
-                 data_dir=str(s.data_dir), registry=str(registry_root))
+                 data_dir=str(s.data_dir), registry=registry.url)
         return port
 
     async def _close_background(self) -> None:

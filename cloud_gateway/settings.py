@@ -125,7 +125,11 @@ class GatewaySettings(EdgecloudSettings):
     """Name of a model in ``models`` -> its output holding class scores, checked at start
     (default: the model's one float [N, classes] output, when it has one)."""
     registry: str | None = None
-    """Where the registry is: a directory (default: DATA_DIR/registry); replicas may share it."""
+    """Where the registry is: a directory (default: DATA_DIR/registry) or
+    ``s3://BUCKET/PREFIX``; replicas share it."""
+    s3_endpoint: str | None = None
+    """S3 endpoint URL of an ``s3://`` registry (default: ``AWS_ENDPOINT_URL``, else AWS);
+    credentials come from ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``."""
     registry_dir: Path | None = None
     """Former name of ``registry``, still read; ``registry`` wins when both are set."""
     replica: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")

@@ -13,6 +13,7 @@ Exception tree::
     ├── DeadlineExceeded      (DEADLINE_EXCEEDED: no time left)
     ├── Unavailable           (UNAVAILABLE: not ready, draining, peer down)
     ├── FailedPrecondition    (FAILED_PRECONDITION: incompatible model/policy)
+    ├── AlreadyExists         (ALREADY_EXISTS: a version another publisher took first)
     ├── PermissionDenied      (PERMISSION_DENIED: role does not allow it)
     ├── Unauthenticated       (UNAUTHENTICATED: missing or bad credentials)
     └── ModelFailure          (INTERNAL: the model itself failed to run)
@@ -32,6 +33,7 @@ class ErrorKind(enum.Enum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     UNAVAILABLE = "unavailable"
     FAILED_PRECONDITION = "failed_precondition"
+    ALREADY_EXISTS = "already_exists"
     PERMISSION_DENIED = "permission_denied"
     UNAUTHENTICATED = "unauthenticated"
     INTERNAL = "internal"
@@ -81,6 +83,12 @@ class FailedPrecondition(EdgecloudError):
     """The request cannot apply to the current state (incompatible signature)."""
 
     kind = ErrorKind.FAILED_PRECONDITION
+
+
+class AlreadyExists(EdgecloudError):
+    """What the request would create exists already (an immutable version)."""
+
+    kind = ErrorKind.ALREADY_EXISTS
 
 
 class PermissionDenied(EdgecloudError):

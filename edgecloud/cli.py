@@ -166,8 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve an ONNX file under NAME (repeatable; default: none, only "
                        "what the registry holds)")
     _add_scores_output_flag(serve, "a --model")
-    serve.add_argument("--registry", default=None, metavar="DIR",
-                       help="registry directory, shared by replicas (default: DATA_DIR/registry)")
+    serve.add_argument("--registry", default=None, metavar="DIR|s3://BUCKET/PREFIX",
+                       help="the registry, shared by replicas: a directory or S3-compatible "
+                       "object storage (default: DATA_DIR/registry)")
+    serve.add_argument("--s3-endpoint", default=None, metavar="URL",
+                       help="S3 endpoint of an s3:// registry (default: $AWS_ENDPOINT_URL, else "
+                       "AWS; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
     serve.add_argument("--registry-dir", dest="registry", help=argparse.SUPPRESS)
     serve.add_argument("--replica", default=None, metavar="NAME",
                        help="this replica's name in fleet status and models list "
@@ -281,7 +285,8 @@ def _cmd_gateway_serve(args: argparse.Namespace) -> int:
         models=models, scores_outputs=_scores_outputs(args.scores_output, models),
         metrics_listen=args.metrics_listen,
         port_file=args.port_file, log_format=args.log_format, log_level=args.log_level,
-        registry=args.registry, replica=args.replica, trust_key=args.trust_key,
+        registry=args.registry, s3_endpoint=args.s3_endpoint, replica=args.replica,
+        trust_key=args.trust_key,
         tokens_file=args.tokens_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, batching=_batching(args),
         max_concurrent_rpcs=args.max_concurrent_rpcs,

@@ -16,6 +16,7 @@ from google.protobuf.json_format import MessageToDict
 
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.registry import Registry
+from edgecloud.cloud_gateway.storage import Location
 from edgecloud.core.artifacts import build_floor, build_model_manifest
 from edgecloud.core.auth import call_metadata
 from edgecloud.core.errors import FailedPrecondition
@@ -123,10 +124,15 @@ def _skipped_outputs(path: Path) -> tuple[tuple[str, str], ...]:
 
 
 class RegistryOperator:
-    """Acts on a registry directory directly (the embedded default)."""
+    """Acts on a registry directly: a directory (the embedded default) or ``s3://``.
 
-    def __init__(self, root: Path, *, create: bool = True) -> None:
-        self.registry = Registry(root, create=create)
+    With ``trust_key`` it holds publications to the gateway's rule (signed with the
+    operator's key) and hides stored versions whose signature does not verify.
+    """
+
+    def __init__(self, location: Path | str | Location, *, create: bool = True,
+                 trust_key=None) -> None:
+        self.registry = Registry(location, trust_key=trust_key, create=create)
 
     def publish_model(self, manifest, signature, path, promote, progress=None) -> dict:
         m, generation = self.registry.publish_model(manifest, signature,
@@ -157,6 +163,10 @@ class RegistryOperator:
         return self.registry.reserve_version(name, target)
 
     def hard_examples(self, task: str, since: float = 0.0) -> Iterator[KeptExample]:
+        if not self.registry.location.is_directory:
+            raise FailedPrecondition(
+                "hard examples are not kept in object storage yet: each gateway on an s3:// "
+                "registry keeps them in its data directory; export through --gateway")
         return HardExampleStore(self.registry.root / "hard_examples").records(task, since)
 
     def close(self) -> None:

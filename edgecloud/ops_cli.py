@@ -29,13 +29,20 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--gateway", metavar="HOST:PORT",
                        help="act through this gateway's admin service (operator role)")
-    group.add_argument("--registry", metavar="DIR",
-                       help="act on a registry directly: the directory the gateway's "
-                       "--registry names (read commands refuse a directory holding none)")
+    group.add_argument("--registry", metavar="DIR|s3://BUCKET/PREFIX",
+                       help="act on a registry directly: the directory or object storage the "
+                       "gateway's --registry names (read commands refuse one holding none)")
     group.add_argument("--data-dir", type=Path, metavar="DIR",
                        help="act on the registry of the gateway started with this --data-dir "
                        "(DIR/registry; the gateway's default data directory is "
                        "~/.local/state/edgecloud/gateway)")
+    p.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="S3 endpoint of an s3:// --registry (default: $AWS_ENDPOINT_URL, else "
+                   "AWS; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+    p.add_argument("--trust-key", type=Path, default=None, metavar="FILE",
+                   help="with --registry or --data-dir: the operator's public key; "
+                   "publications must be signed with its private key, and stored versions "
+                   "whose signature does not verify are hidden (as the gateway does)")
     p.add_argument("--token-file", type=Path, default=None, metavar="FILE",
                    help="operator bearer token for --gateway (default: $EDGECLOUD_TOKEN; "
                    "none: no token sent)")
@@ -50,7 +57,8 @@ def _add_target(p: argparse.ArgumentParser) -> None:
 
 def _operator(args: argparse.Namespace, *, create: bool = False):
     """The target the command acts on; only publishing may create a registry."""
-    from edgecloud.cloud_gateway.registry import is_registry, registry_path
+    from edgecloud.cloud_gateway.registry import is_registry, registry_location
+    from edgecloud.core.signing import load_public_key
     from edgecloud.operations import GatewayOperator, RegistryOperator
 
     if args.gateway:
@@ -70,12 +78,14 @@ def _operator(args: argparse.Namespace, *, create: bool = False):
             print(f"WARNING: sending the operator token to {args.gateway} in plaintext; "
                   "anyone on the path can read and reuse it (give --tls-ca)", file=sys.stderr)
         return GatewayOperator(args.gateway, token=token, credentials=credentials)
+    trust = load_public_key(args.trust_key) if args.trust_key is not None else None
     if args.registry is not None:
-        return RegistryOperator(registry_path(args.registry), create=create)
+        location = registry_location(args.registry, s3_endpoint=args.s3_endpoint)
+        return RegistryOperator(location, create=create, trust_key=trust)
     if is_registry(args.data_dir):
         raise CliError(f"{args.data_dir} is a registry, not a gateway data directory: "
                        f"pass --registry {args.data_dir}")
-    return RegistryOperator(args.data_dir / "registry", create=create)
+    return RegistryOperator(args.data_dir / "registry", create=create, trust_key=trust)
 
 
 def _pairs(values, what: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,9 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.rollouts import AgentAssignment
+from edgecloud.cloud_gateway.storage.objects import full_disk_errors
 from edgecloud.core.auth import AGENT, current_principal
-from edgecloud.core.errors import InvalidInput, PermissionDenied
+from edgecloud.core.errors import InvalidInput, Overloaded, PermissionDenied
 from edgecloud.core.grpc_errors import rpc_boundary
 from edgecloud.core.grpc_server import add_servicer
 from edgecloud.core.hard_example_codec import example_from_pb, example_to_pb
@@ -33,6 +33,8 @@ CHUNK_BYTES = 3 << 20
 """Bytes per FetchArtifact message: large enough to keep per-message overhead low, below
 gRPC's default 4 MiB receive limit."""
 MAX_PUBLISH_BYTES = 4 << 30
+MAX_CONCURRENT_PUBLISHES = 2
+"""Model uploads one gateway stages at once (each may be up to MAX_PUBLISH_BYTES on disk)."""
 
 
 def _ref(envelope) -> pb.ArtifactRef:
@@ -216,31 +218,42 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     def __init__(self, hub: FleetHub, examples: HardExampleStore | None = None) -> None:
         self._hub = hub
         self._examples = examples or HardExampleStore(hub.registry.root / "hard_examples")
+        self._uploads = asyncio.Semaphore(MAX_CONCURRENT_PUBLISHES)
 
     @rpc_boundary
     async def PublishModel(self, request_iterator, context):
+        """Check the header (manifest, signature, free version) before any byte is kept,
+        stage at most the manifest's size, then publish; at most
+        :data:`MAX_CONCURRENT_PUBLISHES` uploads at once (RESOURCE_EXHAUSTED past it)."""
         registry = self._hub.registry
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("header"):
             raise InvalidInput("the first message must be the publish header")
         header = first.header
-        tmp = registry.root / "blobs" / "tmp" / f"upload-{os.getpid()}-{id(header)}"
-        total = 0
-        try:
-            with open(tmp, "wb") as f:  # noqa: ASYNC230 (chunk writes to local disk are short)
-                async for message in request_iterator:
-                    if not message.data:
-                        continue
-                    total += len(message.data)
-                    if total > MAX_PUBLISH_BYTES:
-                        raise InvalidInput("artifact is larger than the 4 GiB limit")
-                    f.write(message.data)
-            manifest, generation = await asyncio.to_thread(
-                registry.publish_model, header.manifest, header.signature,
-                (data for _, data in _read_chunks(tmp, 0)), header.promote,
-            )
-        finally:
-            tmp.unlink(missing_ok=True)
+        manifest = await asyncio.to_thread(registry.check_model_header, header.manifest,
+                                           header.signature)
+        if manifest.size > MAX_PUBLISH_BYTES:
+            raise InvalidInput("artifact is larger than the 4 GiB limit")
+        if self._uploads.locked():
+            raise Overloaded(f"{MAX_CONCURRENT_PUBLISHES} publications are uploading; retry "
+                             "shortly")
+        async with self._uploads:
+            tmp = await asyncio.to_thread(registry.blobs.staging_file)
+            try:
+                total = 0
+                with full_disk_errors(), open(tmp, "wb") as f:  # noqa: ASYNC230 (short local writes)
+                    async for message in request_iterator:
+                        total += len(message.data)
+                        if total > manifest.size:
+                            raise InvalidInput(f"artifact is larger than the manifest's size "
+                                               f"{manifest.size}")
+                        f.write(message.data)
+                manifest, generation = await asyncio.to_thread(
+                    registry.publish_model, header.manifest, header.signature,
+                    (data for _, data in _read_chunks(tmp, 0)), header.promote,
+                )
+            finally:
+                tmp.unlink(missing_ok=True)
         log.info("model_published", model=manifest.name, version=manifest.version,
                  target=manifest.target, generation=generation)
         return pb.PublishReply(name=manifest.name, version=manifest.version,

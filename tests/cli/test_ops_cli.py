@@ -171,7 +171,7 @@ def test_registry_locations_that_cannot_be_right_are_refused(tmp_path: Path, dig
          f"use its registry, {data_dir / 'registry'}"),
         (["models", "list", "--data-dir", str(data_dir / "registry")],
          f"pass --registry {data_dir / 'registry'}"),
-        (["models", "list", "--registry", "s3://bucket/prefix"], "not supported yet"),
+        (["models", "list", "--registry", "ftp://bucket/prefix"], "not a registry location"),
     ):
         result = edgecloud(*args)
         assert result.returncode == 2, (args, result.stderr)

@@ -19,7 +19,7 @@ from fleet_helpers import (
 from edgecloud.cloud_gateway.registry import Registry
 from edgecloud.cloud_gateway.rollouts import bucket
 from edgecloud.core import codec
-from edgecloud.core.errors import FailedPrecondition, InvalidInput, NotFound
+from edgecloud.core.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
 from edgecloud.core.signing import generate_keypair
 from edgecloud.core.tensors import InferRequest
 
@@ -185,7 +185,7 @@ async def test_publications_that_cannot_be_right_are_refused(tmp_path, digits_di
         publish_model(registry, TASK, narrow, "edge", version="9")
     with pytest.raises(InvalidInput, match="not valid JSON"):
         reg.publish_model(b"{not json", b"", [b"x"])
-    with pytest.raises(FailedPrecondition, match="already exists"):
+    with pytest.raises(AlreadyExists, match="already exists"):
         publish_model(registry, TASK, digits_dir / "edge.onnx", "edge", version="1")
     with pytest.raises(NotFound, match="no version '7'"):
         reg.set_rollout("start", TASK, version="7", percent=10)
