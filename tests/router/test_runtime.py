@@ -11,26 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from fake_clock import FakeClock
 
 from edgecloud.router import calibration_histogram
 from edgecloud.router.decide import REASONS, ROUTES, Reason, RequestContext, Route, RouteOverride
 from edgecloud.router.policy import BreakerPolicy, BudgetPolicy, LatencyPolicy, Policy
 from edgecloud.router.runtime import FIRST_PROBE_AFTER_S, Escalation, Router
 from edgecloud.router.signals import BreakerState
-
-
-class FakeClock:
-    """A clock that moves only when a test moves it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 POLICY = Policy(
     name="t",

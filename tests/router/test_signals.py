@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fake_clock import FakeClock
 
 from edgecloud.router.decide import RequestContext
 from edgecloud.router.policy import BudgetPolicy, Policy
@@ -15,20 +16,6 @@ from edgecloud.router.signals import (
     RttEstimator,
     ShadowSampler,
 )
-
-
-class FakeClock:
-    """A clock that moves only when a test moves it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 # Round-trip estimator
 
