@@ -21,6 +21,9 @@ from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
 TASK = "digits"
 
+pytest_plugins = ["s3_server"]
+"""The S3 server fixtures (s3_endpoint, bucket), for the tests that ask for them."""
+
 
 @pytest.fixture(scope="session", autouse=True)
 def state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:

