@@ -184,6 +184,8 @@ class HardExampleLedger:
         self._lock = threading.Lock()
         self._task: asyncio.Task | None = None
         self._last_eviction = 0.0
+        self._write_failing = False
+        """True from a failed write to the next good one (the failure is logged once)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = _open(self.path)
         self._stats = self._read_stats()
@@ -257,12 +259,19 @@ class HardExampleLedger:
         """
         items, dropped = self._take()
         try:
-            return await asyncio.to_thread(self._write, items, dropped)
+            written = await asyncio.to_thread(self._write, items, dropped)
         except (sqlite3.Error, OSError, ValueError) as exc:
             self._give_back(items, dropped)
-            log.error("hard_examples_write_failed", error=str(exc),
-                      rows=sum(len(r.route) for r in items))
+            # Once per failing spell, not once per flush: a full disk stays full a while.
+            if not self._write_failing:
+                log.error("hard_examples_write_failed", error=str(exc),
+                          rows=sum(len(r.route) for r in items))
+            self._write_failing = True
             return 0
+        if self._write_failing:
+            log.info("hard_examples_write_recovered")
+            self._write_failing = False
+        return written
 
     def flush(self) -> int:
         """:meth:`flush_async` in the calling thread (raises what the write raises)."""
