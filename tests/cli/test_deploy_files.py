@@ -58,13 +58,20 @@ def test_kubernetes_manifests_validate_against_the_schemas() -> None:
 
 def test_kustomization_creates_everything_the_gateway_mounts() -> None:
     """Applying the folder is complete: every ConfigMap, Secret and claim the Deployment
-    mounts is created by the kustomization, and the ConfigMap holds the example settings."""
+    mounts or reads variables from is created by the kustomization, and the ConfigMap holds
+    the example settings."""
     kustomization = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())
     docs = _kustomized_resources()
     created = {(d["kind"], d["metadata"]["name"]) for d in docs}
     created |= {("Secret", g["name"]) for g in kustomization["secretGenerator"]}
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
-    for volume in deployment["spec"]["template"]["spec"]["volumes"]:
+    pod = deployment["spec"]["template"]["spec"]
+    for container in pod["containers"]:
+        for var in container.get("env", []):
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                assert ("Secret", ref["name"]) in created
+    for volume in pod["volumes"]:
         if "configMap" in volume:
             assert ("ConfigMap", volume["configMap"]["name"]) in created
         if "secret" in volume:
@@ -75,14 +82,41 @@ def test_kustomization_creates_everything_the_gateway_mounts() -> None:
     (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
     assert yaml.safe_load(config["data"]["gateway.yaml"]) == yaml.safe_load(
         (DEPLOY / "config" / "gateway.yaml").read_text())
-    files = [f for g in kustomization["secretGenerator"] for f in g["files"]]
-    assert files == ["secrets/operator.pub", "secrets/tokens.yaml"]
+    files = [f for g in kustomization["secretGenerator"]
+             for f in g.get("files", []) + g.get("envs", [])]
+    assert files == ["secrets/operator.pub", "secrets/tokens.yaml", "secrets/s3.env"]
+    readme = (DEPLOY.parent / "README.md").read_text()
+    header = (DEPLOY / "kubernetes" / "kustomization.yaml").read_text().split("apiVersion")[0]
+    for name in files:
+        assert f"`{Path(name).name}`" in readme and Path(name).name in header, name
+
+
+def test_gateways_share_an_s3_registry_and_scale_on_cpu() -> None:
+    """The replicas share an s3:// registry with the endpoint and credentials from a Secret
+    (no shared volume claim), a CPU HorizontalPodAutoscaler owns the replica count, and a
+    disruption budget keeps one replica through node drains."""
+    gateway = load_settings(GatewaySettings, DEPLOY / "config" / "gateway.yaml")
+    assert gateway.registry is not None and gateway.registry.startswith("s3://")
+    docs = _kustomized_resources()
+    kinds = {d["kind"]: d for d in docs}
+    assert "PersistentVolumeClaim" not in kinds
+    deployment = kinds["Deployment"]
+    assert "replicas" not in deployment["spec"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    from_secrets = {v["name"] for v in container["env"]
+                    if "secretKeyRef" in v.get("valueFrom", {})}
+    assert from_secrets == {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    hpa = kinds["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+    assert kinds["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
 
 
 def test_manifests_and_dashboard_parse() -> None:
     """Kubernetes and Envoy YAML and the Grafana JSON are well formed."""
     docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "gateway.yaml").read_text()))
-    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "PersistentVolumeClaim"}
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "HorizontalPodAutoscaler"}
     envoy = yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text())
     assert envoy["static_resources"]["clusters"][0]["name"] == "edgecloud_gateway"
     dashboard = json.loads((DEPLOY / "grafana" / "edgecloud.json").read_text())
