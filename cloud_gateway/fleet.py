@@ -57,12 +57,15 @@ class FleetHub:
 
     def __init__(self, registry: Registry, replica: str, serving: GatewayService | None, *,
                  poll_s: float = 0.2, onnx_threads: int = 1,
+                 providers_for: Callable[[str], list[str]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
         self.replica = replica
         self._serving = serving
         self._poll_s = poll_s
         self._onnx_threads = onnx_threads
+        # Model name -> execution providers in order of preference (default: CPU alone).
+        self._providers_for = providers_for or (lambda name: ["CPUExecutionProvider"])
         self._clock = clock
         self._snapshot: Snapshot | None = None
         self._changed: asyncio.Condition | None = None
@@ -173,6 +176,7 @@ class FleetHub:
             model = await asyncio.to_thread(
                 OnnxModel.load, path, name=manifest.name, version=manifest.version,
                 intra_op_threads=self._onnx_threads,
+                providers=self._providers_for(manifest.name),
             )
             await asyncio.to_thread(smoke_test, model, manifest, require_sample=False)
         except Exception as exc:  # a bad artifact is skipped (and logged), never retried

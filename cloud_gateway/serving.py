@@ -221,7 +221,7 @@ class GatewayService:
         return ModelInfo(model.name, versions, model.platform, model.inputs,
                          model.outputs,
                          served.batcher.config.max_batch_size if served.batcher is not None
-                         else 0)
+                         else 0, execution_provider=model.providers[0])
 
     async def infer(
         self, request: InferRequest, time_left_s: float | None = None, request_id: str = ""

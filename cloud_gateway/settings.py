@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -69,6 +70,11 @@ class HardExamplesSection(BaseModel):
     agent_quota_bytes: int = Field(2**30, ge=2**16)
     """Disk each agent's stored records may take; past it uploads are refused with
     RESOURCE_EXHAUSTED (and stay in the agent's ledger)."""
+
+
+ExecutionProvider = Literal[
+    "CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"]
+"""The ONNX Runtime execution providers a gateway model may ask for."""
 
 
 class RateLimitSection(BaseModel):
@@ -163,6 +169,12 @@ class GatewaySettings(EdgecloudSettings):
     """Limits on hard-example uploads and storage."""
     onnx_threads: int = Field(1, ge=1, le=256)
     """ONNX Runtime intra-op threads per model session."""
+    execution_providers: dict[str, list[ExecutionProvider]] = Field(default_factory=dict)
+    """Model name (``--model`` or published) -> ONNX Runtime execution providers in order of
+    preference, e.g. ``[CUDAExecutionProvider, CPUExecutionProvider]``; the key ``default``
+    covers models not named (default: CPU alone). Providers the machine lacks are skipped
+    with a warning and CPU is the fallback; ModelConfig's ``execution_provider`` parameter
+    says which one a model got."""
     executor_threads: int = Field(4, ge=1, le=256)
     """Worker threads that run model batches."""
     max_concurrent_rpcs: int | None = Field(32768, ge=1)
@@ -185,6 +197,11 @@ class GatewaySettings(EdgecloudSettings):
     """``json``, ``console``, or ``auto`` (console on a terminal)."""
     log_level: str = "info"
     """Lowest level logged."""
+
+    def providers_for(self, model: str) -> list[str]:
+        """The execution providers asked for ``model``, in order of preference."""
+        return list(self.execution_providers.get(
+            model, self.execution_providers.get("default", ["CPUExecutionProvider"])))
 
     @field_validator("registry", mode="before")
     @classmethod

@@ -161,6 +161,11 @@ class OnnxModel:
         self.outputs: tuple[TensorSpec, ...] = tuple(outputs)
         self.skipped_outputs: tuple[tuple[str, str], ...] = tuple(skipped)
         """Outputs left out because v2 cannot carry them: (name, ONNX Runtime type)."""
+        self.providers: tuple[str, ...] = tuple(session.get_providers())
+        """The execution providers the session runs on, in ONNX Runtime's order of
+        preference (the first one that has a kernel runs each node)."""
+        log.info("model_providers", model=name, version=version,
+                 execution_provider=self.providers[0], providers=list(self.providers))
         self._output_list = [spec.name for spec in self.outputs]
         self._numeric_outputs = all(spec.datatype != "BYTES" for spec in self.outputs)
         # On CPU alone the session wrapper's run only re-checks input names (done by
@@ -208,10 +213,13 @@ class OnnxModel:
     ) -> OnnxModel:
         """Open the ONNX file at ``path``.
 
-        Thread counts of 0 let ONNX Runtime choose. ``providers`` defaults to
-        ``["CPUExecutionProvider"]``; a provider this build lacks raises
-        ``ValueError``. A missing file, a file that is not an ONNX model or an
-        invalid graph raises :class:`~core.errors.InvalidInput` naming the file.
+        Thread counts of 0 let ONNX Runtime choose. ``providers`` is an ordered
+        preference (default: ``["CPUExecutionProvider"]``); those this build or
+        machine lacks are skipped with a warning, CPU is the fallback, and
+        :attr:`providers` says what the session got (see :func:`usable_providers`).
+        An unknown provider name raises ``ValueError``. A missing file, a file that
+        is not an ONNX model or an invalid graph raises
+        :class:`~core.errors.InvalidInput` naming the file.
         """
         path = Path(path)
         if not path.exists():
@@ -372,6 +380,33 @@ class OnnxModel:
         )
 
 
+CPU_PROVIDER = "CPUExecutionProvider"
+"""ONNX Runtime's CPU execution provider, in every build: the fallback of every model."""
+
+
+def usable_providers(wanted: Sequence[str] | None, *, model: str = "",
+                     version: str = "") -> list[str]:
+    """The execution providers of ``wanted`` (in its order) that this ONNX Runtime has.
+
+    ``wanted`` defaults to CPU alone. Providers this build or machine lacks (CUDA
+    on a CPU-only machine) are skipped with one ``execution_providers_unavailable``
+    warning; when none is left, CPU is the fallback. A name ONNX Runtime does not
+    know at all (a typo) raises ``ValueError``.
+    """
+    wanted = list(wanted) if wanted else [CPU_PROVIDER]
+    unknown = [p for p in wanted if p not in ort.get_all_providers()]
+    if unknown:
+        raise ValueError(f"unknown execution providers {unknown}; "
+                         f"ONNX Runtime knows {ort.get_all_providers()}")
+    available = ort.get_available_providers()
+    usable = [p for p in dict.fromkeys(wanted) if p in available]
+    if len(usable) < len(dict.fromkeys(wanted)):
+        log.warning("execution_providers_unavailable", model=model, version=version,
+                    wanted=wanted, skipped=[p for p in wanted if p not in available],
+                    available=available, using=usable or [CPU_PROVIDER])
+    return usable or [CPU_PROVIDER]
+
+
 def _open_session(
     source: str | bytes,
     *,
@@ -384,11 +419,7 @@ def _open_session(
 ) -> ort.InferenceSession:
     if intra_op_threads < 0 or inter_op_threads < 0:
         raise ValueError("thread counts must be 0 (ONNX Runtime's choice) or more")
-    chosen = list(providers) if providers is not None else ["CPUExecutionProvider"]
-    available = ort.get_available_providers()
-    lacking = [provider for provider in chosen if provider not in available]
-    if lacking or not chosen:
-        raise ValueError(f"execution providers {lacking or chosen} unavailable; have {available}")
+    chosen = usable_providers(providers, model=name, version=version)
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads

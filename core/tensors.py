@@ -116,6 +116,9 @@ class ModelInfo:
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int = 0
     """Most rows the server batches into one run (ModelConfig); 0 when it does not batch."""
+    execution_provider: str = ""
+    """The ONNX Runtime execution provider the model runs on (ModelConfig's
+    ``execution_provider`` parameter); empty when not known."""
 
 
 def requested_outputs(requested: Sequence[str], available: Sequence[str],

@@ -83,6 +83,8 @@ def model_config(info: ModelInfo) -> pb.ModelConfig:
         name=info.name,
         platform=info.platform,
         backend="onnxruntime",
+        parameters=({"execution_provider": pb.ModelParameter(string_value=info.execution_provider)}
+                    if info.execution_provider else {}),
         max_batch_size=info.max_batch_size,
         input=[pb.ModelInput(name=s.name, data_type=_CONFIG_TYPES.get(s.datatype, 0),
                              dims=s.shape[skip:]) for s in info.inputs],

@@ -49,6 +49,23 @@ def _scores_outputs(values: Sequence[str] | None,
     return out
 
 
+def _execution_providers(values: Sequence[str] | None) -> dict[str, list[str]] | None:
+    """``--providers``: ``NAME=P1,P2`` for one model, ``P1,P2`` for every other one."""
+    if not values:
+        return None
+    out: dict[str, list[str]] = {}
+    for item in values:
+        name, sep, listed = item.rpartition("=")
+        key = name if sep else "default"
+        providers = [p.strip() for p in listed.split(",") if p.strip()]
+        if not key or not providers:
+            raise CliError(f"--providers must be P1,P2 or NAME=P1,P2 (got {item!r})")
+        if key in out:
+            raise CliError(f"--providers for {key!r} given twice")
+        out[key] = providers
+    return out
+
+
 def _add_scores_output_flag(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--scores-output", action="append", metavar="[NAME=]OUTPUT",
                    help=f"output of {what} that holds the class scores: NAME=OUTPUT for one "
@@ -166,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve an ONNX file under NAME (repeatable; default: none, only "
                        "what the registry holds)")
     _add_scores_output_flag(serve, "a --model")
+    serve.add_argument("--providers", action="append", metavar="[NAME=]P1,P2",
+                       help="ONNX Runtime execution providers in order of preference "
+                       "(CUDAExecutionProvider, TensorrtExecutionProvider, "
+                       "CPUExecutionProvider): NAME=P1,P2 for one model, P1,P2 for every "
+                       "other (repeatable; default: CPU); missing ones fall back to CPU")
     serve.add_argument("--registry", default=None, metavar="DIR|s3://BUCKET/PREFIX",
                        help="the registry, shared by replicas: a directory or S3-compatible "
                        "object storage (default: DATA_DIR/registry)")
@@ -283,6 +305,7 @@ def _cmd_gateway_serve(args: argparse.Namespace) -> int:
     settings = load_settings(
         GatewaySettings, args.config, listen=args.listen, data_dir=args.data_dir,
         models=models, scores_outputs=_scores_outputs(args.scores_output, models),
+        execution_providers=_execution_providers(args.providers),
         metrics_listen=args.metrics_listen,
         port_file=args.port_file, log_format=args.log_format, log_level=args.log_level,
         registry=args.registry, s3_endpoint=args.s3_endpoint, replica=args.replica,

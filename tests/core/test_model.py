@@ -178,9 +178,42 @@ def test_from_bytes_garbage_is_invalid_input() -> None:
 
 
 def test_unknown_provider_is_a_value_error() -> None:
-    """Asking for an execution provider this build lacks is a configuration error."""
+    """Asking for an execution provider ONNX Runtime does not know (a typo) is a
+    configuration error."""
     with pytest.raises(ValueError, match="NoSuchExecutionProvider"):
         OnnxModel.from_bytes(_string_model(), name="m", providers=["NoSuchExecutionProvider"])
+
+
+def test_unavailable_providers_fall_back_to_cpu_with_one_warning() -> None:
+    """Asking for CUDA and TensorRT on a machine without them runs on CPU: one warning names
+    what was skipped, and the model reports and logs the provider it got."""
+    import onnxruntime as ort
+    from structlog.testing import capture_logs
+
+    wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    if set(wanted) & set(ort.get_available_providers()):
+        pytest.skip("this machine has a GPU provider")
+    with capture_logs() as logs:
+        model = OnnxModel.from_bytes(_add_model(), name="m", providers=wanted)
+    warnings = [e for e in logs if e["event"] == "execution_providers_unavailable"]
+    assert len(warnings) == 1 and warnings[0]["skipped"] == wanted
+    assert model.providers == ("CPUExecutionProvider",)
+    (used,) = [e for e in logs if e["event"] == "model_providers"]
+    assert used["execution_provider"] == "CPUExecutionProvider"
+    x = np.ones((2, 3), np.float32)
+    out = model.run({"x": x, "bias": np.ones(3, np.float32), "ids": np.arange(2)})
+    np.testing.assert_array_equal(out["y"], x + 1)
+
+
+def test_available_providers_keep_their_order_silently() -> None:
+    """Providers the machine has are used in the order given, with no warning."""
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        model = OnnxModel.from_bytes(_add_model(), name="m",
+                                     providers=["CPUExecutionProvider"])
+    assert model.providers == ("CPUExecutionProvider",)
+    assert not [e for e in logs if e["event"] == "execution_providers_unavailable"]
 
 
 # --------------------------------------------------------------------------- validation

@@ -31,3 +31,20 @@ def test_registry_keeps_its_former_name(tmp_path: Path) -> None:
     assert load_settings(GatewaySettings, config).registry == str(tmp_path / "shared")
     assert load_settings(GatewaySettings, config, registry="/flag").registry == "/flag"
     assert GatewaySettings(registry=tmp_path / "r").registry == str(tmp_path / "r")
+
+
+def test_each_model_names_its_execution_providers(tmp_path: Path) -> None:
+    """`execution_providers` gives a model its ordered providers, `default` covers the
+    others, CPU alone when neither is set; an unknown provider is refused at start."""
+    from edgecloud.cli import _execution_providers
+    from edgecloud.core.errors import InvalidInput
+
+    flags = _execution_providers(["heavy=CUDAExecutionProvider,CPUExecutionProvider",
+                                  "TensorrtExecutionProvider"])
+    s = load_settings(GatewaySettings, None, data_dir=tmp_path, execution_providers=flags)
+    assert s.providers_for("heavy") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert s.providers_for("other") == ["TensorrtExecutionProvider"]
+    assert GatewaySettings(data_dir=tmp_path).providers_for("x") == ["CPUExecutionProvider"]
+    with pytest.raises(InvalidInput, match="execution_providers"):
+        load_settings(GatewaySettings, None, data_dir=tmp_path,
+                      execution_providers={"m": ["CudaProvider"]})

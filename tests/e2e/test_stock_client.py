@@ -136,6 +136,8 @@ async def test_tritonclient_reads_the_model_config(start_gateway, start_agent):
         "max_batch_size": batch,
         "input": [{"name": "pixels", "data_type": "TYPE_FP32", "dims": ["64"]}],
         "output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": ["10"]}],
+        # Triton's own field: the stock client reads the provider the model runs on.
+        "parameters": {"execution_provider": {"string_value": "CPUExecutionProvider"}},
     }
     assert configs["agent"] == {
         "name": "digits", "platform": "onnxruntime_onnx", "backend": "onnxruntime",

@@ -180,3 +180,20 @@ async def test_server_limits_concurrent_calls(start_gateway, digits_test) -> Non
         reply = await pb_grpc.GRPCInferenceServiceStub(first).ModelInfer(
             infer_request(x[:1]), timeout=5)
         assert reply.outputs
+
+
+async def test_model_config_names_the_execution_provider_a_model_got(start_gateway,
+                                                                     channels) -> None:
+    """A model asking for CUDA first on a machine without it runs on CPU, and ModelConfig's
+    `execution_provider` parameter says so (v2 ModelMetadata has no field for it)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    gateway = await start_gateway(execution_providers={
+        "digits": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
+    stub = channels(gateway.address)
+    config = await stub.ModelConfig(pb.ModelConfigRequest(name="digits"), timeout=5)
+    assert config.config.parameters["execution_provider"].string_value == "CPUExecutionProvider"
+    metadata = await stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"), timeout=5)
+    assert metadata.platform == "onnxruntime_onnx"
