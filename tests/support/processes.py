@@ -26,7 +26,8 @@ class Process:
     """An `edgecloud` command running as its own process, with a port file."""
 
     def __init__(self, args: list[str], folder: Path, name: str,
-                 preexec_fn: Callable[[], None] | None = None) -> None:
+                 preexec_fn: Callable[[], None] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.port_file = folder / f"{name}.port"
         self.port_file.unlink(missing_ok=True)
         self.log = open(folder / f"{name}.log", "ab")
@@ -34,7 +35,7 @@ class Process:
             [sys.executable, "-m", "edgecloud", *args, "--port-file", str(self.port_file),
              "--log-format", "json"],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=preexec_fn)
+            preexec_fn=preexec_fn, env=env)
 
     async def address(self) -> str:
         """HOST:PORT once the process serves."""
