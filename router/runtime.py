@@ -168,7 +168,7 @@ class Router:
                          self.rtt.estimate(), self.budget.shift, sampled)
         if plan.permit and breaker.state is not BreakerState.CLOSED:
             # available() said yes and nothing ran since, so this takes the probe slot.
-            self.breaker.allow()
+            breaker.allow()
         return plan
 
     def record(self, plan: Plan, escalation: Escalation | None = None) -> Routing:
@@ -201,12 +201,11 @@ class Router:
                 reason = reason.copy()
                 route[plan.cloud_rows] = _FALLBACK_CODE
                 reason[plan.cloud_rows] = _FAILED
-        if plan.forced:
-            pass
-        elif one:
-            self.budget.observe_one(plan.reason[0] == _LOW)
-        else:
-            self.budget.observe(plan.reason == _LOW)
+        if not plan.forced:  # forced rows say nothing about the threshold
+            if one:
+                self.budget.observe_one(plan.reason[0] == _LOW)
+            else:
+                self.budget.observe(plan.reason == _LOW)
         if self.drift is not None:
             self.drift.observe(plan.confidence)
         return Routing(route, reason, plan.confidence)

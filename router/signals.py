@@ -52,18 +52,20 @@ class RttEstimator:
         self.quantile = quantile
         """Which quantile of the window is the estimate."""
         self._samples: deque[float] = deque(maxlen=window)
+        self._estimate: float | None = None
+        """The quantile as of the last observation; every request reads it, few change it."""
 
     def observe(self, seconds: float) -> None:
         """Record one round trip, in seconds."""
         if not (math.isfinite(seconds) and seconds >= 0.0):
             raise ValueError(f"a round trip must be a finite number >= 0, got {seconds}")
         self._samples.append(float(seconds))
+        self._estimate = float(np.quantile(np.fromiter(self._samples, dtype=np.float64),
+                                           self.quantile))
 
     def estimate(self) -> float | None:
         """The expected round trip in seconds; None before any observation."""
-        if not self._samples:
-            return None
-        return float(np.quantile(np.fromiter(self._samples, dtype=np.float64), self.quantile))
+        return self._estimate
 
     @property
     def count(self) -> int:
