@@ -167,8 +167,8 @@ def _check(s: GatewaySettings) -> _Checked:
                                                  s3_endpoint=s.s3_endpoint))
     registry_root = location.path if location is not None and location.is_directory else None
     attempt(lambda: split_host_port(s.listen))
-    if s.metrics_listen:
-        attempt(lambda: split_host_port(s.metrics_listen))
+    if s.http_listen:
+        attempt(lambda: split_host_port(s.http_listen))
     for what, path in (("data_dir", s.data_dir), ("registry", registry_root)):
         if path is not None and path.exists() and not path.is_dir():
             problems.append(f"{what} {path} is a file, not a directory")
@@ -264,7 +264,7 @@ class GatewayApp(ServingApp):
                           if tokens is not None or mutual_tls else []),
             credentials=checked.credentials,
         )
-        self._serving(port, lifecycle, self.metrics.registry)
+        await self._serving(port, lifecycle, self.metrics.registry)
         log.info("gateway_ready", address=self.address, models=service.model_names(),
                  data_dir=str(s.data_dir), registry=registry.url)
         return port

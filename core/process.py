@@ -7,25 +7,29 @@ import signal
 from pathlib import Path
 
 import structlog
-from prometheus_client import CollectorRegistry, start_http_server
+from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from edgecloud.core.files import atomic_write
 from edgecloud.core.grpc_server import split_host_port
+from edgecloud.core.http_server import HttpServer, metrics_route
 
 log = structlog.get_logger("edgecloud.process")
 
 
-def write_port_file(path: Path, host: str, port: int) -> None:
-    """Write ``HOST:PORT`` atomically (temp file, fsync, rename)."""
-    atomic_write(path, f"{host}:{port}\n".encode(), make_parents=True)
+def write_port_file(path: Path, host: str, port: int, http: str | None = None) -> None:
+    """Write ``HOST:PORT`` (the gRPC address) atomically (temp file, fsync, rename); when
+    the process serves HTTP too, a second line ``http HOST:PORT``."""
+    text = f"{host}:{port}\n" + (f"http {http}\n" if http else "")
+    atomic_write(path, text.encode(), make_parents=True)
 
 
-def serve_metrics(address: str, registry: CollectorRegistry):
-    """Start the Prometheus HTTP endpoint on ``address``; returns the server."""
-    host, port = split_host_port(address)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    log.info("metrics_serving", address=address, port=server.server_port)
-    return server
+def read_port_file(path: Path) -> tuple[str, str | None]:
+    """The gRPC ``HOST:PORT`` a port file names, and its HTTP one (None when absent)."""
+    lines = path.read_text().splitlines()
+    http = next((line.split(None, 1)[1] for line in lines[1:] if line.startswith("http ")),
+                None)
+    return lines[0].strip(), http
 
 
 def catch_stop_signals() -> asyncio.Future[str]:
@@ -51,11 +55,12 @@ def release_stop_signals() -> None:
 
 
 class ServingApp:
-    """What every edgecloud server process shares: address, port file, metrics, drain.
+    """What every edgecloud server process shares: address, port file, HTTP port, drain.
 
-    Subclasses build their data plane in ``start()``, call :meth:`_serving`
-    once the gRPC server is up, and close their own background work in
-    :meth:`_close_background` (called after readiness drops, before the drain).
+    Subclasses build their data plane in ``start()``, await :meth:`_serving`
+    once the gRPC server is up, add their HTTP routes in :meth:`_http_routes`, and
+    close their own background work in :meth:`_close_background` (called after
+    readiness drops, before the drain).
     """
 
     kind = "server"
@@ -65,7 +70,8 @@ class ServingApp:
         self.service = None
         self.port: int | None = None
         self._lifecycle = None
-        self._metrics_server = None
+        self._http: HttpServer | None = None
+        self.http_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -73,16 +79,32 @@ class ServingApp:
         host, _ = split_host_port(self.settings.listen)
         return f"{host}:{self.port}"
 
-    def _serving(self, port: int, lifecycle, registry: CollectorRegistry) -> None:
-        """Record the bound port, mark ready, start metrics, write the port file."""
+    @property
+    def http_address(self) -> str | None:
+        """``HOST:PORT`` of the HTTP port; None when the process serves no HTTP."""
+        if self.http_port is None:
+            return None
+        host, _ = split_host_port(self.settings.http_listen)
+        return f"{host}:{self.http_port}"
+
+    def _http_routes(self) -> list[web.RouteDef]:
+        """The process's own HTTP routes (``/metrics`` is added for every process)."""
+        return []
+
+    async def _serving(self, port: int, lifecycle, registry: CollectorRegistry) -> None:
+        """Record the bound port, start the HTTP port, mark ready, write the port file."""
         self.port = port
         self._lifecycle = lifecycle
+        if self.settings.http_listen:
+            http = HttpServer([*self._http_routes(), metrics_route(registry)],
+                              max_body_bytes=self.settings.max_request_bytes)
+            self.http_port = await http.start(self.settings.http_listen,
+                                              shutdown_timeout_s=self.settings.drain_grace_s)
+            self._http = http
         self.service.set_ready(True)
-        if self.settings.metrics_listen:
-            self._metrics_server = serve_metrics(self.settings.metrics_listen, registry)
         if self.settings.port_file is not None:
             host, _ = split_host_port(self.settings.listen)
-            write_port_file(self.settings.port_file, host, port)
+            write_port_file(self.settings.port_file, host, port, self.http_address)
 
     async def _close_background(self) -> None:
         """Stop the subclass's own background work (watchers, streams)."""
@@ -99,9 +121,9 @@ class ServingApp:
         if self.service is not None:
             await self.service.aclose()
             self.service = None
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server = None
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.stop()
         log.info(f"{self.kind}_stopped")
 
     async def start(self) -> int:

@@ -80,6 +80,8 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None,
     """
     if settings.gateway:
         split_host_port(settings.gateway)
+    if settings.http_listen:
+        split_host_port(settings.http_listen)
     tasks = load_tasks(settings.models, settings.policies, settings.onnx_threads)
     token = read_token(settings.token_file)
     cloud = (
@@ -164,7 +166,7 @@ class AgentApp(ServingApp):
             [v2_grpc.SERVICE_NAME],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20),
         )
-        self._serving(port, lifecycle, self.metrics.registry)
+        await self._serving(port, lifecycle, self.metrics.registry)
         if fleet is not None:
             await lifecycle.set_component(FLEET_HEALTH, False)
             fleet.start(self.manager)

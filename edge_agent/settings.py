@@ -109,8 +109,8 @@ class AgentSettings(EdgecloudSettings):
     """Longest wait between reconnection attempts (exponential backoff with jitter)."""
     drain_grace_s: float = Field(5.0, ge=0)
     """On SIGTERM, time given to in-flight requests before the server stops."""
-    metrics_listen: str | None = None
-    """HOST:PORT of the Prometheus metrics HTTP endpoint; none when unset."""
+    http_listen: str | None = None
+    """HOST:PORT of the HTTP port (v2 REST, Prometheus ``/metrics``); none when unset."""
     port_file: Path | None = None
     """Where to write the bound HOST:PORT once serving (for supervisors and the demo)."""
     log_format: LogFormat = "auto"

@@ -123,8 +123,9 @@ def _add_process_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="YAML settings file; flags and EDGECLOUD_* variables override it "
                    "(default: none)")
-    p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
-                   help="serve Prometheus metrics over HTTP on this address (default: off)")
+    p.add_argument("--http-listen", default=None, metavar="HOST:PORT",
+                   help="serve HTTP on this address: v2 REST and Prometheus /metrics "
+                   "(default: off)")
     p.add_argument("--port-file", type=Path, default=None, metavar="FILE",
                    help="write the bound HOST:PORT to this file once serving (default: none)")
     _add_logging_flags(p)
@@ -306,7 +307,7 @@ def _cmd_gateway_serve(args: argparse.Namespace) -> int:
         GatewaySettings, args.config, listen=args.listen, data_dir=args.data_dir,
         models=models, scores_outputs=_scores_outputs(args.scores_output, models),
         execution_providers=_execution_providers(args.providers),
-        metrics_listen=args.metrics_listen,
+        http_listen=args.http_listen,
         port_file=args.port_file, log_format=args.log_format, log_level=args.log_level,
         registry=args.registry, s3_endpoint=args.s3_endpoint, replica=args.replica,
         trust_key=args.trust_key,
@@ -340,7 +341,7 @@ def _cmd_agent_run(args: argparse.Namespace) -> int:
 
     settings = _agent_settings(
         args, listen=args.listen, data_dir=args.data_dir, agent_id=args.agent_id,
-        labels=_pairs(args.labels, "--labels"), metrics_listen=args.metrics_listen,
+        labels=_pairs(args.labels, "--labels"), http_listen=args.http_listen,
         port_file=args.port_file, trust_key=args.trust_key, token_file=args.token_file,
         tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         status_interval_s=args.status_interval,

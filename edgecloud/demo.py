@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from edgecloud.core import codec
+from edgecloud.core.process import read_port_file
 from edgecloud.core.tensors import InferRequest
 from edgecloud.examples.digits import write_example
 from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
@@ -76,7 +77,7 @@ def _spawn(name: str, args: list[str], workdir: Path) -> _Proc:
 def _wait_for_port(proc: _Proc, deadline: float) -> str:
     while time.monotonic() < deadline:
         if proc.port_file.exists():
-            return proc.port_file.read_text().strip()
+            return read_port_file(proc.port_file)[0]
         if proc.popen.poll() is not None:
             tail = proc.log_path.read_text(errors="replace")[-2000:]
             raise DemoError(f"{proc.name} exited with code {proc.popen.returncode}:\n{tail}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from fleet_helpers import wait_until
 
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
+from edgecloud.core.process import read_port_file
 
 HARD_REASONS = {"low_confidence", "no_time", "budget_exhausted", "cloud_unavailable",
                 "cloud_failed"}
@@ -38,11 +39,15 @@ class Process:
             preexec_fn=preexec_fn, env=env)
 
     async def address(self) -> str:
-        """HOST:PORT once the process serves."""
+        """gRPC HOST:PORT once the process serves."""
+        return (await self.addresses())[0]
+
+    async def addresses(self) -> tuple[str, str | None]:
+        """gRPC HOST:PORT and HTTP HOST:PORT (None without --http-listen) once serving."""
         await wait_until(lambda: self.port_file.exists() or self.proc.poll() is not None,
                          timeout_s=60, what="port file")
         assert self.proc.poll() is None, f"exited with {self.proc.returncode}"
-        return self.port_file.read_text().strip()
+        return read_port_file(self.port_file)
 
     async def stop(self, sig: signal.Signals) -> int:
         """Send ``sig`` and wait for the exit code."""
