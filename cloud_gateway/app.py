@@ -210,6 +210,11 @@ class GatewayApp(ServingApp):
         self.metrics = GatewayMetrics()
         self.service: GatewayService | None = None
         self.hub: FleetHub | None = None
+        self._authenticator: Authenticator | None = None
+
+    def _http_authenticator(self) -> Authenticator | None:
+        """The gateway's bearer tokens (client certificates are a gRPC matter)."""
+        return self._authenticator
 
     async def start(self) -> int:
         """Check every setting and file, then load models and start serving; returns the
@@ -248,6 +253,10 @@ class GatewayApp(ServingApp):
             log.warning("gateway_open", detail="no --tokens-file and no --tls-client-ca: any "
                         "caller may publish, roll out and act as any agent")
         auth = Authenticator(tokens, certificates=mutual_tls)
+        # HTTP has no client certificates: where gRPC checks callers, HTTP asks for a
+        # token (a gateway with certificates and no tokens refuses every HTTP caller).
+        self._authenticator = (Authenticator(tokens, certificates=False)
+                               if tokens is not None or mutual_tls else None)
         limiter = escalation_limiter(s, hub)
         plane = (LimitedPlane(service, limiter, self.metrics.limited_rows.inc)
                  if limiter.enabled else service)

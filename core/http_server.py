@@ -13,7 +13,9 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from edgecloud.core.auth import Authenticator
 from edgecloud.core.grpc_server import split_host_port
+from edgecloud.core.http_auth import AUTHENTICATOR_KEY
 
 log = structlog.get_logger("edgecloud.http")
 
@@ -36,9 +38,12 @@ class HttpServer:
 
     def __init__(self, routes: Iterable[web.RouteDef], *,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 middlewares: Iterable = ()) -> None:
-        self.app = web.Application(client_max_size=max_body_bytes,
-                                   middlewares=list(middlewares))
+                 authenticator: Authenticator | None = None) -> None:
+        """``authenticator``: the server's tokens (see :func:`http_auth.admit`); None for
+        an open server."""
+        self.app = web.Application(client_max_size=max_body_bytes)
+        if authenticator is not None:
+            self.app[AUTHENTICATOR_KEY] = authenticator
         self.app.add_routes(list(routes))
         self._runner: web.AppRunner | None = None
         self.port: int | None = None

@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from edgecloud.core.auth import Authenticator
 from edgecloud.core.files import atomic_write
 from edgecloud.core.grpc_server import split_host_port
 from edgecloud.core.http_server import HttpServer, metrics_route
@@ -91,13 +92,18 @@ class ServingApp:
         """The process's own HTTP routes (``/metrics`` is added for every process)."""
         return []
 
+    def _http_authenticator(self) -> Authenticator | None:
+        """Who may call the HTTP routes that check (None: an open server)."""
+        return None
+
     async def _serving(self, port: int, lifecycle, registry: CollectorRegistry) -> None:
         """Record the bound port, start the HTTP port, mark ready, write the port file."""
         self.port = port
         self._lifecycle = lifecycle
         if self.settings.http_listen:
             http = HttpServer([*self._http_routes(), metrics_route(registry)],
-                              max_body_bytes=self.settings.max_request_bytes)
+                              max_body_bytes=self.settings.max_request_bytes,
+                              authenticator=self._http_authenticator())
             self.http_port = await http.start(self.settings.http_listen,
                                               shutdown_timeout_s=self.settings.drain_grace_s)
             self._http = http
