@@ -140,6 +140,19 @@ def params_to_pb(values: Mapping[str, ParamValue], target_map: MutableMapping) -
 
 
 
+def check_parameter(key: str, value: object) -> None:
+    """InvalidInput unless ``value`` is a parameter v2 can carry: a bool, an integer within
+    64 bits, a float or a string (what a text transport must check before decoding)."""
+    try:
+        _param_field(key, value)
+    except (TypeError, ValueError):
+        if type(value) is int:
+            raise InvalidInput(f"parameter '{key}' value {value} does not fit in 64 bits") \
+                from None
+        raise InvalidInput(f"parameter '{key}' must be a bool, a number or a string "
+                           f"(got {type(value).__name__})") from None
+
+
 def _param_field(key: str, value: object) -> tuple[str, ParamValue]:
     """The ``InferParameter`` field and value for one parameter."""
     if not isinstance(key, str):
