@@ -259,7 +259,31 @@ def _values(data: object, datatype: str, label: str) -> np.ndarray:
                            f"{datatype} values") from None
     if array.size == 0:
         return np.empty(0, dtype=V2_TO_NUMPY[datatype])
+    if array.dtype.kind in "fO" and V2_TO_NUMPY[datatype].kind in "iu":
+        return _wide_integers(array.ravel(), data, datatype, label)
     return array.ravel()
+
+
+def _wide_integers(values: np.ndarray, data: list, datatype: str, label: str) -> np.ndarray:
+    """Integers numpy could not hold in one integer dtype (both sides of 2**63: it made
+    floats or objects of them), as ``datatype``; ``values`` as they are otherwise."""
+    items = values.tolist() if values.dtype == object else _flat(data)
+    if not all(type(item) is int for item in items):
+        return values  # the codec names what the data should hold
+    try:
+        return np.array(items, dtype=V2_TO_NUMPY[datatype])
+    except OverflowError:
+        raise InvalidInput(f"{label} has a value out of range for {datatype}") from None
+
+
+def _flat(data: list) -> list:
+    out: list = []
+    for item in data:
+        if type(item) is list:
+            out.extend(_flat(item))
+        else:
+            out.append(item)
+    return out
 
 
 def _flatten_strings(data: list, out: list[bytes], label: str, depth: int = 0) -> None:
