@@ -6,7 +6,7 @@ converts the answer back. Routes, as KServe and Triton define them:
 
     GET  /v2/health/live                       GET  /v2
     GET  /v2/health/ready                      GET  /v2/models/{name}[/versions/{v}]
-    GET  /v2/models/{name}[/versions/{v}]/ready
+    GET  /v2/models/{name}[/versions/{v}]/ready  GET  /v2/models/{name}[/versions/{v}]/config
     POST /v2/models/{name}[/versions/{v}]/infer
 
 One boundary (:func:`_boundary`) per route, as :func:`core.grpc_errors.rpc_boundary`
@@ -34,8 +34,9 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from google.protobuf import json_format
 
-from edgecloud.core import v2_rest
+from edgecloud.core import v2_grpc, v2_rest
 from edgecloud.core.auth import acting_as
 from edgecloud.core.codec import DEFAULT_MAX_REQUEST_BYTES
 from edgecloud.core.errors import EdgecloudError, ErrorKind, InvalidInput
@@ -147,6 +148,8 @@ class V2Routes:
             web.get(version, self.model_metadata),
             web.get(f"{model}/ready", self.model_ready),
             web.get(f"{version}/ready", self.model_ready),
+            web.get(f"{model}/config", self.model_config),
+            web.get(f"{version}/config", self.model_config),
             web.post(f"{model}/infer", self.infer),
             web.post(f"{version}/infer", self.infer),
         ]
@@ -170,6 +173,11 @@ class V2Routes:
     async def model_metadata(self, request: web.Request, request_id: str) -> web.Response:
         name, version = _model(request)
         return _json_response(v2_rest.model_metadata(self._plane.metadata(name, version)))
+
+    @_boundary("ModelConfig")
+    async def model_config(self, request: web.Request, request_id: str) -> web.Response:
+        name, version = _model(request)
+        return _json_response(model_config(self._plane.metadata(name, version)))
 
     @_boundary("ModelReady")
     async def model_ready(self, request: web.Request, request_id: str) -> web.Response:
@@ -227,6 +235,16 @@ class V2Routes:
                    f"the request body is over the limit of {self._max_request_bytes} bytes")
         log.info("http_refused", method="ModelInfer", status=413, error=message)
         return error_response(413, message)
+
+
+def model_config(info) -> dict[str, Any]:
+    """``GET /v2/models/{name}/config``: gRPC's ModelConfig as Triton writes it in JSON
+    (field names as in the proto, integers as numbers)."""
+    config = json_format.MessageToDict(v2_grpc.model_config(info),
+                                       preserving_proto_field_name=True)
+    for tensor in (*config.get("input", ()), *config.get("output", ())):
+        tensor["dims"] = [int(dim) for dim in tensor.get("dims", ())]
+    return config
 
 
 def _model(request: web.Request) -> tuple[str, str]:

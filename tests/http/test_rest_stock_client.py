@@ -53,6 +53,7 @@ print(json.dumps({
     "model_ready": client.is_model_ready(model),
     "server": client.get_server_metadata(),
     "metadata": client.get_model_metadata(model),
+    "config": client.get_model_config(model),
     "json": infer(False),
     "binary": infer(True, timeout=2_000_000),
     "every": {"outputs": every.as_numpy("probabilities").tolist(),
@@ -91,6 +92,8 @@ async def test_tritonclient_http_against_the_agent(start_gateway, start_agent, t
     assert got["server"]["name"] == "edgecloud-agent"
     assert got["metadata"]["inputs"] == [{"name": "pixels", "datatype": "FP32",
                                           "shape": [-1, 64]}]
+    assert got["config"]["output"] == [{"name": "probabilities", "data_type": "TYPE_FP32",
+                                        "dims": [-1, 10]}]
     for kind in ("json", "binary"):
         answer = got[kind]
         assert answer["id"] == "app-7" and answer["binary"] == (kind == "binary")

@@ -167,7 +167,8 @@ async def test_gateway_answers_json_and_binary_as_grpc_does(start_gateway, chann
 
 @pytest.mark.e2e
 async def test_health_and_metadata(start_gateway, start_agent):
-    """Live, ready, server and model metadata, model ready (plain and versions form) on both
+    """Live, ready, server and model metadata, model config (as Triton: the gateway's
+    batched, without the batch dimension), model ready (plain and versions form) on both
     processes; an unknown model is a 404; a draining agent is not ready (503)."""
     gateway = await start_gateway(http_listen="127.0.0.1:0")
     agent = await start_agent(gateway.address, http_listen="127.0.0.1:0")
@@ -185,7 +186,11 @@ async def test_health_and_metadata(start_gateway, start_agent):
             assert doc["name"] == TASK and doc["versions"] == ["1"]
             assert doc["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
             assert doc["outputs"][0]["datatype"] == "FP32"
-        for path in ("/models/nothing", "/models/nothing/ready"):
+        config = (await request("GET", base + f"/models/{TASK}/config")).json()
+        assert config["name"] == TASK and config["backend"] == "onnxruntime"
+        assert config["input"] == [{"name": "pixels", "data_type": "TYPE_FP32",
+                                    "dims": [64] if app is gateway else [-1, 64]}]
+        for path in ("/models/nothing", "/models/nothing/ready", "/models/nothing/config"):
             reply = await request("GET", base + path)
             assert reply.status == 404 and "nothing" in reply.json()["error"]
     agent.service.set_ready(False)
