@@ -185,7 +185,10 @@ def decode_infer_request(
         datatype = _string(tensor.get("datatype"), f"the datatype of {label}")
         codec.check_datatype(label, datatype)
         shape = _shape(tensor.get("shape"), label)
-        size = _object(tensor.get("parameters"), f"the parameters of {label}").get(BINARY_SIZE)
+        tensor_params = _object(tensor.get("parameters"), f"the parameters of {label}")
+        if tensor_params:
+            _refuse_unsupported(tensor_params, label)
+        size = tensor_params.get(BINARY_SIZE)
         data = tensor.get("data")
         if size is not None:
             if data is not None:
@@ -299,6 +302,13 @@ def _flatten_strings(data: list, out: list[bytes], label: str, depth: int = 0) -
                                f"(got {_kind(item)})")
 
 
+def _refuse_unsupported(params: Mapping[str, object], owner: str) -> None:
+    for unsupported in _NOT_SUPPORTED:
+        if unsupported in params:
+            raise InvalidInput(f"{owner}: parameter {unsupported!r} is not supported by this "
+                               "server")
+
+
 def _requested(value: object) -> tuple[tuple[str, ...], Mapping[str, bool]]:
     """The names of the requested outputs and which of them said binary or not."""
     if value is None:
@@ -314,10 +324,7 @@ def _requested(value: object) -> tuple[tuple[str, ...], Mapping[str, bool]]:
         name = _string(output.get("name"), f"the name of requested output #{index}")
         params = _object(output.get("parameters"),
                          f"the parameters of requested output {name!r}")
-        for unsupported in _NOT_SUPPORTED:
-            if unsupported in params:
-                raise InvalidInput(f"requested output {name!r}: parameter {unsupported!r} "
-                                   "is not supported by this server")
+        _refuse_unsupported(params, f"requested output {name!r}")
         wants = params.get(BINARY_OUTPUT)
         if wants is not None:
             if type(wants) is not bool:

@@ -239,6 +239,8 @@ BAD_REQUESTS = [
     ("classification", json.dumps({**json.loads(_doc()), "outputs": [
         {"name": "probabilities", "parameters": {"classification": 3}}]}).encode(),
      JSON, 400, "not supported"),
+    ("shared memory", _doc(data=None, parameters={"shared_memory_region": "r"}), JSON, 400,
+     "not supported"),
     ("binary size without header", _doc(data=None, parameters={"binary_data_size": 256}),
      JSON, 400, "binary data"),
     ("header longer than body", _doc(), {**JSON, HEADER: "100000"}, 400, "body has only"),
