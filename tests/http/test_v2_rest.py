@@ -365,3 +365,23 @@ async def test_a_spent_timeout_is_a_504(start_gateway, digits_test):
     reply = await request("POST", _infer_url(gateway),
                           body=json_body(x[:1], parameters={"timeout": 5_000_000}))
     assert reply.status == 200
+
+
+@pytest.mark.e2e
+async def test_request_ids_reach_the_logs_and_the_answer(start_agent):
+    """The caller's x-request-id is bound to the one log line of a refused request and
+    comes back in the answer; a request without one gets a fresh id, answered the same
+    way."""
+    import structlog
+    from structlog.testing import capture_logs
+
+    agent = await start_agent(None, http_listen="127.0.0.1:0")
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        reply = await request("POST", _infer_url(agent), body=b"{",
+                              headers={**JSON, "x-request-id": "app-req-9"})
+    assert reply.status == 400 and reply.headers["x-request-id"] == "app-req-9"
+    refused = [entry for entry in logs if entry["event"] == "http_refused"]
+    assert len(refused) == 1
+    assert refused[0]["request_id"] == "app-req-9" and refused[0]["status"] == 400
+    reply = await request("GET", f"http://{agent.http_address}/v2/health/live")
+    assert len(reply.headers["x-request-id"]) == 16
