@@ -217,6 +217,7 @@ class GatewayApp(ServingApp):
         escalation limits when any are set."""
 
     def _http_routes(self) -> list[web.RouteDef]:
+        """v2 REST (see :func:`v2_rest_routes`)."""
         return v2_rest_routes(self)
 
     def _http_authenticator(self) -> Authenticator | None:
