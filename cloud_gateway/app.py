@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
+from aiohttp import web
 
 from edgecloud.cloud_gateway.batching import BatchingConfig
 from edgecloud.cloud_gateway.fleet import FleetHub
@@ -19,7 +20,7 @@ from edgecloud.cloud_gateway.registry import Registry, is_registry, registry_loc
 from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.cloud_gateway.settings import GatewaySettings
 from edgecloud.cloud_gateway.storage import Location
-from edgecloud.core import v2_grpc
+from edgecloud.core import v2_grpc, v2_http
 from edgecloud.core.auth import (
     AGENT,
     OPERATOR,
@@ -211,6 +212,13 @@ class GatewayApp(ServingApp):
         self.service: GatewayService | None = None
         self.hub: FleetHub | None = None
         self._authenticator: Authenticator | None = None
+        self.plane: v2_grpc.DataPlane | None = None
+        """What v2 inference calls reach, on gRPC and REST: the service, behind the
+        escalation limits when any are set."""
+
+    def _http_routes(self) -> list[web.RouteDef]:
+        """v2 REST (see :func:`v2_rest_routes`)."""
+        return v2_rest_routes(self)
 
     def _http_authenticator(self) -> Authenticator | None:
         """The gateway's bearer tokens (client certificates are a gRPC matter)."""
@@ -260,6 +268,7 @@ class GatewayApp(ServingApp):
         limiter = escalation_limiter(s, hub)
         plane = (LimitedPlane(service, limiter, self.metrics.limited_rows.inc)
                  if limiter.enabled else service)
+        self.plane = plane
         _server, port, lifecycle = await create_server(
             s.listen,
             [v2_grpc.register(plane, s.max_request_bytes),
@@ -282,6 +291,14 @@ class GatewayApp(ServingApp):
         if self.hub is not None:
             await self.hub.aclose()  # ends agent streams so the drain does not wait on them
             self.hub = None
+
+
+def v2_rest_routes(app: GatewayApp) -> list[web.RouteDef]:
+    """v2 REST on the gateway's HTTP port: the plane gRPC inference reaches (escalation
+    limits included), each route open to the roles of its gRPC method."""
+    assert app.plane is not None
+    return v2_http.routes(app.plane, max_request_bytes=app.settings.max_request_bytes,
+                          roles_for=gateway_roles)
 
 
 async def run_gateway(settings: GatewaySettings) -> None:

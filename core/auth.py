@@ -32,13 +32,14 @@ servicers read the caller of the current call with :func:`current_principal`.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import inspect
 import ipaddress
 import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,6 +277,17 @@ _CALLER: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
 def current_principal() -> Principal | None:
     """The caller of the RPC being served (None on an open server)."""
     return _CALLER.get()
+
+
+@contextlib.contextmanager
+def acting_as(who: Principal | None) -> Iterator[None]:
+    """Within the block, :func:`current_principal` is ``who`` (for transports other than
+    gRPC, whose interceptor sets it per call)."""
+    token = _CALLER.set(who)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
 
 
 def _guard(handler, authenticator: Authenticator, needed: frozenset[str], method: str):

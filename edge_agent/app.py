@@ -7,8 +7,9 @@ import dataclasses
 
 import numpy as np
 import structlog
+from aiohttp import web
 
-from edgecloud.core import v2_grpc
+from edgecloud.core import v2_grpc, v2_http
 from edgecloud.core.artifacts import sha256_file
 from edgecloud.core.auth import is_loopback, read_token
 from edgecloud.core.errors import InvalidInput
@@ -187,6 +188,10 @@ class AgentApp(ServingApp):
         log.info("agent_ready", address=self.address, agent_id=s.agent_id,
                  tasks=service.task_names(), gateway=s.gateway)
         return port
+
+    def _http_routes(self) -> list[web.RouteDef]:
+        """v2 REST, open as the agent's gRPC port is (apps on the device call both)."""
+        return v2_http.routes(self.service, max_request_bytes=self.settings.max_request_bytes)
 
     async def _fleet_state(self, state: str) -> None:
         if self._lifecycle is not None:
