@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
+from aiohttp import web
 
 from edgecloud.cloud_gateway.batching import BatchingConfig
+from edgecloud.cloud_gateway.console import FleetConsole, console_routes
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.grpc import fleet_servicer
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
@@ -210,7 +212,13 @@ class GatewayApp(ServingApp):
         self.metrics = GatewayMetrics()
         self.service: GatewayService | None = None
         self.hub: FleetHub | None = None
+        self.examples: HardExampleStore | None = None
         self._authenticator: Authenticator | None = None
+
+    def _http_routes(self) -> list[web.RouteDef]:
+        """The operators' console (``/console``)."""
+        assert self.hub is not None and self.examples is not None
+        return console_routes(FleetConsole(self.hub, self.examples))
 
     def _http_authenticator(self) -> Authenticator | None:
         """The gateway's bearer tokens (client certificates are a gRPC matter)."""
@@ -245,6 +253,7 @@ class GatewayApp(ServingApp):
         examples = HardExampleStore(examples_root,
                                     max_record_bytes=h.max_record_bytes,
                                     agent_quota_bytes=h.agent_quota_bytes)
+        self.examples = examples
         upload_limits = fleet_servicer.UploadLimits(max_upload_bytes=h.max_upload_bytes,
                                                     max_records=h.max_records_per_upload)
         mutual_tls = s.tls_client_ca is not None

@@ -181,6 +181,23 @@ class HardExampleStore:
                     yield kept
         yield from _legacy_records(base, since)
 
+    def recent(self, limit: int) -> list[KeptExample]:
+        """The ``limit`` newest records of every task (by the time the agent kept them),
+        newest first. Reads at most ``limit`` files per task and agent: each agent's
+        newest by their sequence numbers."""
+        if limit < 1 or not self.root.is_dir():
+            return []
+        found: list[KeptExample] = []
+        for task in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for folder in sorted(p for p in task.iterdir() if p.is_dir()):
+                for path in sorted(folder.glob("*.json"))[-limit:]:
+                    try:
+                        found.append(KeptExample.from_dict(json.loads(path.read_bytes())))
+                    except (OSError, ValueError, InvalidInput):
+                        log.warning("hard_example_unreadable", path=str(path))
+        found.sort(key=lambda kept: kept.example.at, reverse=True)
+        return found[:limit]
+
 
 def _legacy_records(base: Path, since: float) -> Iterator[KeptExample]:
     """Records of earlier gateways: one JSON line each, inputs keyed by name, no ids."""
