@@ -369,20 +369,24 @@ function renderModels(data) {
     sections.length ? h("div", {class: "cards"}, sections) : h("p", {class: "empty"}, "No model is published yet."));
 }
 
-function curveSvg(curve, policyName) {
-  const W = 420, H = 250, L = 52, R = 12, T = 14, B = 40;
-  const acc = curve.accuracy.concat([curve.edge_accuracy, curve.cloud_accuracy]);
+function curveSvg(curve, policyName, index) {
+  const W = 420, H = 250, L = 52, R = 22, T = 14, B = 40;
+  const chosen = curve.chosen;
+  // As the tuner's plot: escalation up to 1.6 times the chosen point's (40% at least).
+  const right = Math.min(1, Math.max(0.4, 1.6 * curve.escalation[chosen]));
+  const shown = curve.accuracy.filter((a, i) => curve.escalation[i] <= right);
+  const acc = shown.concat([curve.edge_accuracy, curve.cloud_accuracy]);
   let lo = Math.min(...acc), hi = Math.max(...acc);
   const pad = Math.max(0.002, (hi - lo) * 0.08);
   lo = Math.max(0, lo - pad); hi = Math.min(1, hi + pad);
-  const x = (e) => L + e * (W - L - R);
+  const x = (e) => L + e / right * (W - L - R);
   const y = (a) => T + (hi - a) / (hi - lo || 1) * (H - T - B);
   const what = curve.labels === "cloud" ? "agreement with the cloud" : "hybrid accuracy";
   const points = curve.escalation.map((e, i) => x(e).toFixed(1) + "," + y(curve.accuracy[i]).toFixed(1)).join(" ");
-  const chosen = curve.chosen;
+  const clip = "curve-clip-" + index;
   const ticks = [];
   for (let i = 0; i <= 4; i++) {
-    const e = i / 4, a = lo + (hi - lo) * i / 4;
+    const e = right * i / 4, a = lo + (hi - lo) * i / 4;
     ticks.push(s("line", {x1: x(e), x2: x(e), y1: T, y2: H - B, class: "grid"}),
       s("text", {x: x(e), y: H - B + 14, "text-anchor": "middle"}, (e * 100).toFixed(0) + "%"),
       s("line", {x1: L, x2: W - R, y1: y(a), y2: y(a), class: "grid"}),
@@ -391,10 +395,12 @@ function curveSvg(curve, policyName) {
   return s("svg", {class: "curve", viewBox: "0 0 " + W + " " + H, width: W, height: H, role: "img",
                    "data-points": curve.escalation.length},
     s("title", {}, policyName + ": " + what + " against escalation (" + curve.rows + " rows)"),
+    s("defs", {}, s("clipPath", {id: clip}, s("rect", {x: L, y: T, width: W - L - R, height: H - T - B}))),
     ticks,
-    s("line", {x1: L, x2: W - R, y1: y(curve.edge_accuracy), y2: y(curve.edge_accuracy), class: "edge-only"}),
-    s("line", {x1: L, x2: W - R, y1: y(curve.cloud_accuracy), y2: y(curve.cloud_accuracy), class: "cloud-only"}),
-    s("polyline", {points, class: "line"}),
+    s("g", {"clip-path": "url(#" + clip + ")"},
+      s("line", {x1: L, x2: W - R, y1: y(curve.edge_accuracy), y2: y(curve.edge_accuracy), class: "edge-only"}),
+      s("line", {x1: L, x2: W - R, y1: y(curve.cloud_accuracy), y2: y(curve.cloud_accuracy), class: "cloud-only"}),
+      s("polyline", {points, class: "line"})),
     s("circle", {cx: x(curve.escalation[chosen]), cy: y(curve.accuracy[chosen]), r: 6, class: "chosen"},
       s("title", {}, "threshold " + curve.thresholds[chosen].toFixed(4) + ": " + pct(curve.escalation[chosen])
         + " escalated, " + pct(curve.accuracy[chosen], 2) + " " + what)),
@@ -424,9 +430,10 @@ function renderPolicies(data) {
                       doc.provenance.tuned_at].filter(Boolean).join(", ") || "-"]]
             .map(([k, val]) => [h("dt", {}, k), h("dd", {}, val)])));
         card.append(doc.curve
-          ? h("figure", {}, curveSvg(doc.curve, p.name),
-              h("figcaption", {}, "line: this policy's score at every threshold; dashed: edge only (grey) "
-                + "and cloud only (black); circle: the threshold in force"))
+          ? h("figure", {}, curveSvg(doc.curve, p.name, cards.length),
+              h("figcaption", {}, "line: " + doc.score + " at every threshold, on the "
+                + doc.curve.rows + " tuning rows; dashed: edge only (grey) and cloud only (black); "
+                + "circle: the threshold in force"))
           : h("p", {class: "empty no-curve"}, "No tuning curve is stored with this version "
               + "(written by hand, or tuned before policies kept their curve)."));
       }
