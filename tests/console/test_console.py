@@ -28,6 +28,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.registry import Registry
 from edgecloud.core.signing import generate_keypair, key_fingerprint, load_public_key
 from edgecloud.core.tensors import InferRequest
@@ -176,7 +177,8 @@ async def test_the_console_shows_the_fleet_and_rolls_back_in_a_browser(
     shows its progress; a rollback clicked and confirmed in the console takes both agents
     back to the previous version (cancelled, it does nothing); models show who signed them,
     policies their tuning curve, hard examples their 8×8 input; a viewer sees no action
-    button and its action call is refused with 403 (401 without a token)."""
+    button and its action call is refused with 403 (401 without a token); a gateway without
+    tokens lets the page in as operator and says so."""
     registry = tmp_path / "registry"
     private, public = generate_keypair(tmp_path / "keys")
     tokens = _write_tokens(tmp_path / "tokens.yaml")
@@ -204,7 +206,9 @@ async def test_the_console_shows_the_fleet_and_rolls_back_in_a_browser(
                      "both agents on version 1")
     x, _ = digits_test
     await agents[0].service.answer(InferRequest(model_name=TASK, inputs={"pixels": x[:80]}), 5.0)
-    assert await agents[0].uploader.upload() > 0
+    await agents[0].uploader.upload()  # or the agent's own upload loop got there first
+    store = HardExampleStore(registry / "hard_examples")
+    await wait_until(lambda: store.recent(1), 20, "hard examples at the gateway")
 
     page = Console(browser, f"http://{gateway.http_address}/console", screenshots)
 
@@ -216,6 +220,7 @@ async def test_the_console_shows_the_fleet_and_rolls_back_in_a_browser(
     await run(page.log_in, "not-a-token-of-this-gateway")
     assert "Token refused: unknown bearer token" in await run(
         page.wait_text, "#login-error", "unknown bearer token")
+    assert not await run(lambda: browser.find_element(By.ID, "nav").is_displayed())
     await run(page.shot, "login-refused")
     await run(page.log_in, TOKENS["agent-0"])
     await run(page.wait_text, "#login-error", "the agent role may not")
@@ -293,7 +298,16 @@ async def test_the_console_shows_the_fleet_and_rolls_back_in_a_browser(
     assert await _post(gateway.http_address, action, None, "application/json") == 401
     assert await _post(gateway.http_address, action, TOKENS["operator"], "text/plain") == 415
     assert Registry(registry).rollout(TASK).state == "rolled_back"
+
+    # A gateway without tokens lets the page in as operator and says so.
+    open_gateway = await start_gateway(models={}, registry=registry, http_listen="127.0.0.1:0",
+                                       trust_key=public)
+    page.url = f"http://{open_gateway.http_address}/console"
+    await run(page.open)
+    await run(page.wait_text, "#banner", "no tokens configured")
+    assert await run(page.text, "#who") == "open gateway (operator)"
+    await run(page.shot, "open-gateway")
     assert {p.name for p in screenshots.glob("*.png")} >= {
         f"{name}.png" for name in ("login-refused", "agents", "rollouts", "rollback-confirmation",
                                    "rollouts-rolled-back", "models", "policies", "examples",
-                                   "viewer-rollouts")}
+                                   "viewer-rollouts", "open-gateway")}
