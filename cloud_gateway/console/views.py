@@ -197,6 +197,8 @@ class FleetConsole:
         self._examples = examples
         self._clock = clock
         self._policies: dict[str, dict | None] = {}
+        self._examples_shown: dict[str, dict] = {}
+        """Hard examples as the page shows them, by record id (a record never changes)."""
         self._lock = threading.Lock()
 
     @property
@@ -292,8 +294,15 @@ class FleetConsole:
 
     def examples(self, limit: int = RECENT_EXAMPLES) -> dict:
         """The newest hard examples the fleet sent, newest first."""
-        return finite({"now": self._clock(),
-                       "examples": [example_entry(k) for k in self._examples.recent(limit)]})
+        entries = []
+        for kept in self._examples.recent(limit):
+            entry = self._examples_shown.get(kept.record_id)
+            if entry is None:
+                entry = finite(example_entry(kept))
+            entries.append(entry)
+        with self._lock:  # only what the page shows now is kept
+            self._examples_shown = {e["record_id"]: e for e in entries}
+        return {"now": self._clock(), "examples": entries}
 
     def act(self, action: str, name: str, target: str) -> dict:
         """Apply ``action`` (one of :data:`CONSOLE_ACTIONS`) to the rollout of ``name``'s

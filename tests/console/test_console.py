@@ -292,6 +292,7 @@ async def test_the_console_shows_the_fleet_and_rolls_back_in_a_browser(
     await run(page.go, "rollouts")
     await run(page.wait_text, ".rollout", "rolled_back")
     assert await run(lambda: browser.find_elements(By.CSS_SELECTOR, "button.action")) == []
+    assert await run(page.text, "#flash") == ""  # the operator's last action stays with them
     await run(page.shot, "viewer-rollouts")
     action = f"/console/api/rollouts/{TASK}/pause"
     assert await _post(gateway.http_address, action, TOKENS["viewer"], "application/json") == 403

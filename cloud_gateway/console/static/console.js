@@ -136,6 +136,7 @@ async function begin(refusedPrefix) {
 function showLogin(message) {
   stopPolling();
   session = null;
+  flash = null;
   $("nav").hidden = true;
   $("page").hidden = true;
   $("logout").hidden = true;
