@@ -129,9 +129,14 @@ class Console:
         return card.get_attribute("data-state")
 
     def click_action(self, action: str) -> None:
-        self.wait(lambda d: d.find_element(
-            By.CSS_SELECTOR, f'button.action[data-action="{action}"][data-model="{TASK}"]'
-            '[data-target="edge"]'), f"the {action} button").click()
+        css = (f'button.action[data-action="{action}"][data-model="{TASK}"]'
+               '[data-target="edge"]')
+
+        def click(driver) -> bool:  # found and clicked in one go: the page redraws as it polls
+            driver.find_element(By.CSS_SELECTOR, css).click()
+            return True
+
+        self.wait(click, f"the {action} button")
         self.wait(lambda d: d.find_element(By.ID, "confirm").get_attribute("open") is not None,
                   "the confirmation dialog")
 
