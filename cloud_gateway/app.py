@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from edgecloud.cloud_gateway.batching import BatchingConfig
+from edgecloud.cloud_gateway.console import FleetConsole, console_routes
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.grpc import fleet_servicer
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
@@ -211,6 +212,7 @@ class GatewayApp(ServingApp):
         self.metrics = GatewayMetrics()
         self.service: GatewayService | None = None
         self.hub: FleetHub | None = None
+        self.examples: HardExampleStore | None = None
         self._authenticator: Authenticator | None = None
         self.plane: v2_grpc.DataPlane | None = None
         """What v2 inference calls reach, on gRPC and REST: the service, behind the
@@ -219,6 +221,11 @@ class GatewayApp(ServingApp):
     def _http_routes(self) -> list[web.RouteDef]:
         """v2 REST (see :func:`v2_rest_routes`)."""
         return v2_rest_routes(self)
+
+    def _http_routes(self) -> list[web.RouteDef]:
+        """The operators' console (``/console``)."""
+        assert self.hub is not None and self.examples is not None
+        return console_routes(FleetConsole(self.hub, self.examples))
 
     def _http_authenticator(self) -> Authenticator | None:
         """The gateway's bearer tokens (client certificates are a gRPC matter)."""
@@ -253,6 +260,7 @@ class GatewayApp(ServingApp):
         examples = HardExampleStore(examples_root,
                                     max_record_bytes=h.max_record_bytes,
                                     agent_quota_bytes=h.agent_quota_bytes)
+        self.examples = examples
         upload_limits = fleet_servicer.UploadLimits(max_upload_bytes=h.max_upload_bytes,
                                                     max_records=h.max_records_per_upload)
         mutual_tls = s.tls_client_ca is not None

@@ -31,6 +31,7 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ from edgecloud.core.hard_examples import AGENT_ID_RE, HardExample, KeptExample
 
 log = structlog.get_logger("edgecloud.gateway.hard")
 
+READ_CACHE = 4096
+"""Records :meth:`HardExampleStore.recent` keeps after reading them."""
 _USAGE_TTL_S = 60.0
 """How long an agent's disk usage is trusted before it is summed again (other replicas
 write to the same registry)."""
@@ -73,6 +76,8 @@ class HardExampleStore:
         self._clock = clock
         self._usage: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
+        self._read: OrderedDict[Path, KeptExample] = OrderedDict()
+        """Records :meth:`recent` read lately, by file (a stored record never changes)."""
 
     def _path(self, kept: KeptExample) -> Path:
         digest = kept.record_id.rpartition(".")[2]
@@ -180,6 +185,40 @@ class HardExampleStore:
                 if kept.example.at >= since:
                     yield kept
         yield from _legacy_records(base, since)
+
+    def recent(self, limit: int) -> list[KeptExample]:
+        """The ``limit`` newest records of every task (by the time the agent kept them),
+        newest first. Reads at most ``limit`` files per task and agent: each agent's
+        newest by their sequence numbers."""
+        if limit < 1 or not self.root.is_dir():
+            return []
+        found: list[KeptExample] = []
+        for task in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for folder in sorted(p for p in task.iterdir() if p.is_dir()):
+                for path in sorted(folder.glob("*.json"))[-limit:]:
+                    kept = self._read_once(path)
+                    if kept is not None:
+                        found.append(kept)
+        found.sort(key=lambda kept: kept.example.at, reverse=True)
+        return found[:limit]
+
+    def _read_once(self, path: Path) -> KeptExample | None:
+        """The record in ``path``, read from disk the first time only (the newest
+        :data:`READ_CACHE` are kept)."""
+        with self._lock:
+            if path in self._read:
+                self._read.move_to_end(path)
+                return self._read[path]
+        try:
+            kept = KeptExample.from_dict(json.loads(path.read_bytes()))
+        except (OSError, ValueError, InvalidInput):
+            log.warning("hard_example_unreadable", path=str(path))
+            return None
+        with self._lock:
+            self._read[path] = kept
+            while len(self._read) > READ_CACHE:
+                self._read.popitem(last=False)
+        return kept
 
 
 def _legacy_records(base: Path, since: float) -> Iterator[KeptExample]:

@@ -51,6 +51,7 @@ from edgecloud.router.policy import (
     ScoreHistogram,
     ScoreName,
     ScoresKind,
+    TuningCurve,
     dump_policy,
     parse_policy,
 )
@@ -122,6 +123,7 @@ __all__ = [
     "ShadowSampler",
     "Side",
     "Signals",
+    "TuningCurve",
     "TuningError",
     "TuningReport",
     "TuningTarget",

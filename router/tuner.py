@@ -44,7 +44,7 @@ from edgecloud.router.curves import (
     oracle_escalation,
 )
 from edgecloud.router.drift import calibration_histogram
-from edgecloud.router.policy import Policy, Provenance, ScoreName, ScoresKind
+from edgecloud.router.policy import Policy, Provenance, ScoreName, ScoresKind, TuningCurve
 from edgecloud.router.scores import score_rows
 from edgecloud.router.selection import (
     MAX_THRESHOLD,
@@ -326,7 +326,8 @@ def _tune(
     curves, losses = _curves(outcomes)
     selection = _select(target, curves, losses, outcomes)
     report = _report(target, outcomes, curves, selection, float(temperature), label_source)
-    policy = _tuned_policy(base, target, report, outcomes.confidences[selection.score])
+    policy = _tuned_policy(base, target, report, outcomes.confidences[selection.score],
+                           stored_curve(curves[selection.score], selection.index, report))
     return policy, report
 
 
@@ -457,10 +458,38 @@ def _point(
     )
 
 
+CURVE_POINTS = 64
+"""Points of the chosen score's operating curve stored with a tuned policy."""
+
+
+def stored_curve(curve: Curve, chosen: int, report: TuningReport) -> TuningCurve:
+    """``curve`` thinned to about :data:`CURVE_POINTS` points for the policy document.
+
+    A point every ``1/CURVE_POINTS`` of the rows escalated (the first threshold that
+    escalates that many), plus both ends and the chosen point, so the drawn curve
+    passes exactly through what the policy does.
+    """
+    last = len(curve.thresholds) - 1
+    steps = np.linspace(0.0, float(curve.n), CURVE_POINTS)
+    picks = np.searchsorted(curve.escalated, steps, side="left")
+    picks = np.unique(np.clip(np.concatenate([picks, [0, chosen, last]]), 0, last))
+    return TuningCurve(
+        rows=curve.n,
+        labels=report.label_source,
+        edge_accuracy=report.edge_accuracy,
+        cloud_accuracy=report.cloud_accuracy,
+        thresholds=[float(curve.thresholds[i]) for i in picks],
+        escalation=[float(curve.escalation[i]) for i in picks],
+        accuracy=[float(curve.accuracy[i]) for i in picks],
+    )
+
+
 def _tuned_policy(
-    base: Policy, target: TuningTarget, report: TuningReport, confidence: np.ndarray
+    base: Policy, target: TuningTarget, report: TuningReport, confidence: np.ndarray,
+    curve: TuningCurve,
 ) -> Policy:
-    """``base`` with the chosen score, temperature, threshold and calibration histogram."""
+    """``base`` with the chosen score, temperature, threshold, calibration histogram and
+    operating curve."""
     summary = report.summary()
     if report.label_source == "cloud":
         summary += "; tuned on field data (labels are the cloud's answers)"
@@ -479,6 +508,7 @@ def _tuned_policy(
         provenance=given.model_copy(
             update={"notes": f"{given.notes}; {summary}" if given.notes else summary}
         ).model_dump(),
+        tuning_curve=curve.model_dump(),
     )
     return Policy.model_validate(document)
 

@@ -76,3 +76,17 @@ def test_records_since_a_time(tmp_path: Path) -> None:
     store.store("cam-1", [kept("cam-1", seq) for seq in range(1, 6)])
     assert [k.seq for k in store.records("digits", since=1003.0)] == [3, 4, 5]
     assert list(store.records("other")) == []
+
+
+def test_recent_gives_the_newest_records_of_every_task_and_agent(tmp_path: Path) -> None:
+    """The newest records across tasks and agents come first, at most ``limit`` of them,
+    whatever the folder they sit in."""
+    store = HardExampleStore(tmp_path)
+    store.store("cam-1", [kept("cam-1", seq, at=1000.0) for seq in (1, 2, 3)])
+    store.store("cam-2", [kept("cam-2", seq, at=2000.0) for seq in (1, 2)])
+    store.store("cam-1", [kept("cam-1", 4, task="other", at=3000.0)])
+    newest = store.recent(3)
+    assert [(k.agent_id, k.example.task, k.seq) for k in newest] == [
+        ("cam-1", "other", 4), ("cam-2", "digits", 2), ("cam-2", "digits", 1)]
+    assert len(store.recent(100)) == 6
+    assert store.recent(0) == [] and HardExampleStore(tmp_path / "none").recent(5) == []

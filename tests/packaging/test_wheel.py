@@ -37,6 +37,9 @@ DATA_FILES = (
     "edgecloud/examples/digits/policy.yaml",
     "edgecloud/examples/digits/calibration.npz",
     "edgecloud/examples/digits/test.npz",
+    "edgecloud/cloud_gateway/console/static/console.html",
+    "edgecloud/cloud_gateway/console/static/console.js",
+    "edgecloud/cloud_gateway/console/static/console.css",
 )
 
 
@@ -70,7 +73,8 @@ def test_wheel_has_one_top_level_package(wheel: Path) -> None:
 
 
 def test_wheel_carries_protos_stubs_and_the_example(wheel: Path) -> None:
-    """The .proto contracts, their generated modules and the bundled digits example ship."""
+    """The .proto contracts, their generated modules, the bundled digits example and the
+    console's page ship."""
     names = set(_names(wheel))
     missing = [name for name in DATA_FILES if name not in names]
     assert not missing, missing
