@@ -219,13 +219,9 @@ class GatewayApp(ServingApp):
         escalation limits when any are set."""
 
     def _http_routes(self) -> list[web.RouteDef]:
-        """v2 REST (see :func:`v2_rest_routes`)."""
-        return v2_rest_routes(self)
-
-    def _http_routes(self) -> list[web.RouteDef]:
-        """The operators' console (``/console``)."""
+        """v2 REST (see :func:`v2_rest_routes`) and the operators' console (``/console``)."""
         assert self.hub is not None and self.examples is not None
-        return console_routes(FleetConsole(self.hub, self.examples))
+        return [*v2_rest_routes(self), *console_routes(FleetConsole(self.hub, self.examples))]
 
     def _http_authenticator(self) -> Authenticator | None:
         """The gateway's bearer tokens (client certificates are a gRPC matter)."""
