@@ -218,7 +218,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     await updates.wait(getter)
                     if not getter.done():
                         continue
-                    task, getter = getter.result(), None
+                if getter is not None:  # a get already under way takes the next request
+                    task, getter = await getter, None
                 else:
                     task = await pending.get()
                 if task is None:
