@@ -209,9 +209,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         getter: asyncio.Future | None = None
         try:
             while True:
-                for reply in updates.take():
-                    yield reply
-                if updates.ready:  # more arrived while those were sent
+                if updates.ready:  # sent before the next answer (more may come meanwhile)
+                    for reply in updates.take():
+                        yield reply
                     continue
                 if updates.waiting:  # answers to come: wait for a request or an update
                     getter = getter or asyncio.ensure_future(pending.get())

@@ -346,6 +346,9 @@ class AnswerStore:
         records = [self._live[answer_id] for answer_id in ids]
         try:
             await asyncio.to_thread(self._write, records)
+        except asyncio.CancelledError:  # the write may not have happened: write them again
+            self._dirty |= ids
+            raise
         except (sqlite3.Error, OSError, ValueError) as exc:
             self._dirty |= ids
             if not self._write_failing:

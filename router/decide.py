@@ -300,11 +300,12 @@ def plan_rows(policy: Policy, conf: np.ndarray, classes: np.ndarray, ctx: Reques
         else policy.latency.default_budget_ms / 1000.0
     )
     # A better answer comes behind the fast one: the request's deadline does not hold it back.
-    fits = ctx.better or rtt_s is None or rtt_s <= time_left
+    better = ctx.better
+    fits = better or rtt_s is None or rtt_s <= time_left
     shift = 0.0 if ctx.threshold_override is not None or shift > 0.0 else shift
     if n == 1:
         plan = _decide_one(policy, conf, classes, ctx, shift, sampled, available, fits)
-        return _deferred(plan) if ctx.better and plan.permit else plan
+        return _deferred(plan) if better and plan.permit else plan
     bases = _bases(policy, classes, ctx, n)
     if shift:  # only ever negative, and the bases are within [0, 1]
         effective = bases + shift
@@ -319,7 +320,7 @@ def plan_rows(policy: Policy, conf: np.ndarray, classes: np.ndarray, ctx: Reques
         cloud_rows = np.arange(n, dtype=np.int64) if to_cloud and n else _EMPTY_ROWS
         plan = Plan(side, reason, conf, effective, cloud_rows, _EMPTY_ROWS,
                     bool(cloud_rows.size), True)
-        return _deferred(plan) if ctx.better and plan.permit else plan
+        return _deferred(plan) if better and plan.permit else plan
     confident = conf >= bases  # False for NaN
     reason = np.full(n, _LOW, dtype=np.uint8)
     below = ~confident
@@ -338,7 +339,7 @@ def plan_rows(policy: Policy, conf: np.ndarray, classes: np.ndarray, ctx: Reques
                    else _EMPTY_ROWS)
     plan = Plan(side, reason, conf, effective, cloud_rows, shadow_rows,
                 bool(cloud_rows.size), False)
-    return _deferred(plan) if ctx.better and plan.permit else plan
+    return _deferred(plan) if better and plan.permit else plan
 
 
 def _deferred(plan: Plan) -> Plan:
