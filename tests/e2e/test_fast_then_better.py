@@ -230,3 +230,60 @@ async def test_with_the_gateway_down_the_answer_ends_saying_the_cloud_failed(
         got = await _poll(apb_grpc.AnswersStub(channel), str(reply.parameters["answer_id"]))
         assert got.state == apb.ANSWER_STATE_CLOUD_FAILED and got.detail
         assert list(got.route) == ["edge_fallback"]
+
+
+@pytest.mark.e2e
+async def test_completion_order_streams_get_updates_too(start_gateway, start_agent,
+                                                        digits_test, onnx_reference):
+    """A stream that asks for answers as they are ready gets each fast answer and each
+    update (matched by id), and ends once the client is done writing and all are sent."""
+    gateway = await start_gateway()
+    agent = await start_agent(gateway.address, fleet=False)
+    x, _ = digits_test
+    async with grpc.aio.insecure_channel(agent.address) as channel:
+        stream = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+            timeout=30, metadata=(("x-edgecloud-stream-order", "completion"),))
+        for i in range(3):
+            await stream.write(_request(x[i:i + 1], f"c{i}", **BETTER))
+        await stream.done_writing()
+        replies = []
+        while (message := await stream.read()) is not grpc.aio.EOF:
+            assert message.error_message == ""
+            replies.append(codec.decode_infer_response(message.infer_response))
+    assert len(replies) == 6
+    cloud = onnx_reference("cloud", x[:3])
+    for i in range(3):
+        first, update = [r for r in replies if r.id == f"c{i}"]
+        assert "update" not in first.parameters and update.parameters["update"] is True
+        assert update.parameters["answer_id"] == first.parameters["answer_id"]
+        np.testing.assert_allclose(update.outputs["probabilities"][0], cloud[i], rtol=1e-5,
+                                   atol=1e-6)
+
+
+@pytest.mark.e2e
+async def test_bad_or_unservable_requests_for_a_better_answer(start_agent, digits_test):
+    """route=edge with answer=fast_then_better is INVALID_ARGUMENT (on a stream: an error
+    message, and the stream goes on); an agent without a gateway answers at the edge with
+    better=cloud_unavailable and a record final at once."""
+    agent = await start_agent(None)
+    x, _ = digits_test
+    async with grpc.aio.insecure_channel(agent.address) as channel:
+        v2 = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await v2.ModelInfer(_request(x[:1], answer="fast_then_better", route="edge"),
+                                timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "route=edge" in refused.value.details()
+        stream = v2.ModelStreamInfer(timeout=30)
+        await stream.write(_request(x[:1], "bad", answer="fast_then_better", route="edge"))
+        await stream.write(_request(x[:2], "alone", **BETTER))
+        await stream.done_writing()
+        bad, alone = await stream.read(), await stream.read()
+        assert await stream.read() is grpc.aio.EOF
+        assert bad.error_message.startswith("INVALID_ARGUMENT")
+        reply = codec.decode_infer_response(alone.infer_response)
+        assert reply.parameters["better"] == "cloud_unavailable,cloud_unavailable"
+        got = await apb_grpc.AnswersStub(channel).Get(
+            apb.GetAnswerRequest(answer_id=str(reply.parameters["answer_id"])), timeout=10)
+        assert got.state == apb.ANSWER_STATE_NOT_ESCALATED
+        assert list(got.better) == ["cloud_unavailable"] * 2
