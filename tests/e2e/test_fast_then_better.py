@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import grpc
 import numpy as np
 import pytest
@@ -287,3 +288,37 @@ async def test_bad_or_unservable_requests_for_a_better_answer(start_agent, digit
             apb.GetAnswerRequest(answer_id=str(reply.parameters["answer_id"])), timeout=10)
         assert got.state == apb.ANSWER_STATE_NOT_ESCALATED
         assert list(got.better) == ["cloud_unavailable"] * 2
+
+
+@pytest.mark.e2e
+async def test_a_rest_caller_gets_the_fast_answer_and_polls_by_id(start_gateway, start_agent,
+                                                                  digits_test, onnx_reference):
+    """v2 REST: POST .../infer with answer=fast_then_better answers from the edge with an
+    answer id; GET /v2/answers/{id} gives the record until it is the cloud's answer."""
+    gateway = await start_gateway()
+    agent = await start_agent(gateway.address, fleet=False, http_listen="127.0.0.1:0")
+    x, _ = digits_test
+    body = {"id": "rest-1", "parameters": BETTER,
+            "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [2, 64],
+                        "data": x[:2].ravel().tolist()}]}
+    base = f"http://{agent.http_address}"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/v2/models/{TASK}/infer", json=body) as response:
+            assert response.status == 200
+            fast = await response.json()
+        assert fast["parameters"]["better"] == "pending,pending"
+        edge = np.array(fast["outputs"][0]["data"], dtype=np.float32).reshape(2, 10)
+        np.testing.assert_allclose(edge, onnx_reference("edge", x[:2]), rtol=1e-5, atol=1e-6)
+        deadline = time.monotonic() + 20
+        while True:
+            async with session.get(f"{base}/v2/answers/{fast['parameters']['answer_id']}"
+                                   ) as response:
+                assert response.status == 200
+                doc = await response.json()
+            if doc["state"] != "pending" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+    assert (doc["state"], doc["source"], doc["answered_by"]) == ("answered", "cloud",
+                                                                 "digits:1")
+    np.testing.assert_allclose(np.array(doc["outputs"][0]["data"]),
+                               onnx_reference("cloud", x[:2]), rtol=1e-5, atol=1e-6)
