@@ -122,9 +122,10 @@ def _request(x: np.ndarray, request_id: str = "", **parameters) -> pb.ModelInfer
 @pytest.mark.e2e
 async def test_a_unary_client_polls_and_a_stream_that_left_still_finds_its_answer(
         start_gateway, start_agent, digits_test, onnx_reference):
-    """A unary ModelInfer caller polls Answers.Get by id until the cloud's answer is there;
-    a stream client that reads the fast answer and ends the call while the link to the
-    gateway is held finds the cloud's answer by id once the link flows again."""
+    """A unary ModelInfer caller polls Answers.Get by id until the cloud's answer is there
+    (its hard rows kept once, when answered); a stream client that reads the fast answer
+    and ends the call while the link to the gateway is held finds the cloud's answer by id
+    once the link flows again."""
     gateway = await start_gateway()
     proxy = StallingProxy(gateway.address)
     try:
@@ -140,6 +141,8 @@ async def test_a_unary_client_polls_and_a_stream_that_left_still_finds_its_answe
             cloud = np.frombuffer(got.outputs[0].raw, dtype="<f4").reshape(2, 10)
             np.testing.assert_allclose(cloud, onnx_reference("cloud", x[:2]), rtol=1e-5,
                                        atol=1e-6)
+            await agent.ledger.flush_async()  # the two hard rows are kept once, when answered
+            assert agent.ledger.stats.kept == 2
 
             proxy.flowing.clear()
             stream = v2.ModelStreamInfer(timeout=30)
@@ -152,6 +155,8 @@ async def test_a_unary_client_polls_and_a_stream_that_left_still_finds_its_answe
             proxy.flowing.set()
             got = await _poll(answers, answer_id)
             assert got.state == apb.ANSWER_STATE_ANSWERED and list(got.route) == ["cloud"]
+            await agent.ledger.flush_async()
+            assert agent.ledger.stats.kept == 3
     finally:
         proxy.flowing.set()
         await proxy.close()
