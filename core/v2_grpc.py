@@ -1,7 +1,10 @@
 """The Open Inference Protocol v2 gRPC servicer, shared by agent and gateway.
 
 A thin shell over one data plane: each method converts the request with
-``core.codec``, awaits one domain call and converts the answer back. Errors
+``core.codec``, awaits one domain call and converts the answer back. An answer
+that a better one will follow (``InferResponse.update``) is followed on a
+stream by a further message with the same ``id`` once the update is ready; the
+stream ends only when those are sent, or when the client ends it. Errors
 are mapped in :func:`core.grpc_errors.rpc_boundary`.
 """
 
@@ -35,10 +38,6 @@ TIMEOUT_PARAM = "timeout_ms"
 message of a stream, from when the server reads it. The message is dropped before compute
 once it runs out. It travels as a duration, not a point in time, so the sender's and the
 server's clocks need not agree."""
-UPDATE_PARAM = "update"
-"""Response parameter (true) of a stream message that brings a later, better answer to a
-request answered before on the same stream (same ``id``); the stream stays open until
-every such answer is sent, or the client ends it."""
 ORDER_KEY = "x-edgecloud-stream-order"
 """Stream metadata: ``completion`` asks for each answer as soon as it is ready (matched to
 its request by ``id``), instead of in request order (the default, as stock clients expect)."""
@@ -233,7 +232,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     await updates.wait()
         finally:
             reader.cancel()
-            if getter is not None:
+            if getter is not None:  # a request it took is cancelled like the ones queued
+                if getter.done() and not getter.cancelled() and getter.result() is not None:
+                    getter.result().cancel()
                 getter.cancel()
             while not pending.empty():
                 leftover = pending.get_nowait()

@@ -100,6 +100,9 @@ ANSWER_PARAM = "answer"
 answer to the rows the router escalates later, by id; any other value, or none, answers
 as usual."""
 FAST_THEN_BETTER = "fast_then_better"
+UPDATE_PARAM = "update"
+"""Response parameter (true) of the later, better answer to a request (a stream sends it
+as a further message with the request's ``id``)."""
 BETTER_TIMEOUT_S = 10.0
 """Longest wait for the cloud's answer to rows escalated behind the answer."""
 
@@ -718,7 +721,7 @@ class EdgeService:
                         Routing(final.route, final.reason, np.asarray(confidence)),
                         model.version, cloud_version, record.answer_id,
                         record.better).parameters()
-        params["update"] = True
+        params[UPDATE_PARAM] = True
         if not update.done():
             update.set_result(InferResponse(model_name=task.name, outputs=kept,
                                             model_version=model.version, id=message_id,
