@@ -594,7 +594,8 @@ class EdgeService:
             if hard is not None:
                 self._keep_hard_rows(task, current, inputs, edge_scores, outputs, routing,
                                      hard, cloud_version)
-        self._metrics.observe(task.name, routing, self._clock() - started)
+        if not later:  # rows escalated behind the answer are counted once they are answered
+            self._metrics.observe(task.name, routing, self._clock() - started)
         answer = Answer(
             task=task.name,
             outputs={name: outputs[name] for name in wanted},
@@ -605,7 +606,8 @@ class EdgeService:
         )
         if better:
             answer = self._better(task, current, router, plan, routing, inputs, outputs,
-                                  edge_scores, predicted, wanted, request.id, request_id, answer)
+                                  edge_scores, predicted, wanted, request.id, request_id, answer,
+                                  self._clock() - started)
         return answer
 
     async def infer(
@@ -633,7 +635,7 @@ class EdgeService:
                 routing: Routing, inputs: dict[str, np.ndarray],
                 outputs: dict[str, np.ndarray], edge_scores: np.ndarray,
                 predicted: np.ndarray, wanted: list[str], message_id: str, request_id: str,
-                answer: Answer) -> Answer:
+                answer: Answer, took_s: float) -> Answer:
         """Keep the answer's record and start the escalation of its later rows.
 
         No I/O: the record is kept in memory (written by the store's flush), and
@@ -656,11 +658,13 @@ class EdgeService:
         )
         self._answers.add(record)
         update: asyncio.Future[InferResponse] | None = None
-        if later:
+        if not later:
+            self._metrics.better_answer(task.name, record.state.value)
+        else:
             update = asyncio.get_running_loop().create_future()
             job = asyncio.create_task(self._better_call(
                 task, current, router, plan, routing, inputs, dict(outputs), edge_scores,
-                wanted, message_id, request_id, record, update))
+                wanted, message_id, request_id, record, update, took_s))
             self._better_jobs.add(job)
             job.add_done_callback(self._better_jobs.discard)
         return answer._replace(answer_id=record.answer_id, better=better, update=update)
@@ -669,9 +673,13 @@ class EdgeService:
                            routing: Routing, inputs: dict[str, np.ndarray],
                            outputs: dict[str, np.ndarray], edge_scores: np.ndarray,
                            wanted: list[str], message_id: str, request_id: str,
-                           record: AnswerRecord, update: asyncio.Future[InferResponse]
-                           ) -> None:
-        """Escalate the later rows; write the outcome to the record and resolve ``update``."""
+                           record: AnswerRecord, update: asyncio.Future[InferResponse],
+                           took_s: float) -> None:
+        """Escalate the later rows; write the outcome to the record and resolve ``update``.
+
+        The request is counted now, with each row's final route and the fast answer's
+        latency (``took_s``).
+        """
         assert self._answers is not None
         escalation, cloud_version = Escalation(ok=False), ""
         detail = "the cloud did not answer: the edge answer stands"
@@ -686,6 +694,7 @@ class EdgeService:
             log.exception("better_answer_crashed", task=task.name, request_id=request_id)
         finally:
             final = router.record_later(plan, routing, escalation)
+            self._metrics.observe(task.name, final, took_s)
             self._settle(task, current, inputs, edge_scores, outputs, final, wanted,
                          message_id, record, update, cloud_version if escalation.ok else "",
                          detail)
@@ -700,10 +709,11 @@ class EdgeService:
         confidence, classes = score_rows(current.policy, outputs[current.scores_output])
         answered = bool(cloud_version)
         kept = {name: outputs[name] for name in wanted}
+        state = AnswerState.ANSWERED if answered else AnswerState.CLOUD_FAILED
+        self._metrics.better_answer(task.name, state.value)
         self._answers.update(AnswerRecord(
             answer_id=record.answer_id, task=record.task,
-            state=AnswerState.ANSWERED if answered else AnswerState.CLOUD_FAILED,
-            source="cloud" if answered else "edge",
+            state=state, source="cloud" if answered else "edge",
             answered_by=(f"{task.cloud_model}:{cloud_version}" if answered
                          else record.answered_by),
             created_at=record.created_at, answered_at=self._wall_clock(),

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 import pytest
 import yaml
+from fleet_helpers import wait_until
 from stalling_proxy import StallingProxy
 
 from edgecloud.core import codec
@@ -176,7 +177,8 @@ async def test_a_spent_budget_says_so_and_leaves_nothing_pending(
         start_gateway, start_agent, tmp_path, digits_test, onnx_reference):
     """With the budget spent by a first fast_then_better row, the next row the budget
     refuses is answered with better=budget_spent and its record is final at once
-    (not_escalated, source edge); the first row's record ends answered by the cloud."""
+    (not_escalated, source edge); the first row's record ends answered by the cloud, and
+    the metrics count it escalated once it is."""
     policy = _budget_policy(tmp_path / "policy.yaml")
     x, _ = digits_test
     confidence, _ = score_rows(policy, onnx_reference("edge", x))
@@ -201,6 +203,9 @@ async def test_a_spent_budget_says_so_and_leaves_nothing_pending(
         assert list(got.better) == ["budget_spent"] and got.detail
         first = await _poll(answers, str(spent.parameters["answer_id"]))
         assert first.state == apb.ANSWER_STATE_ANSWERED
+    await wait_until(lambda: agent.metrics.task_counts(TASK).requests == 2)
+    assert agent.metrics.better_answers == {(TASK, "answered"): 1, (TASK, "not_escalated"): 1}
+    assert agent.metrics.task_counts(TASK).escalated_rows == 1
 
 
 def _closed_port() -> str:
