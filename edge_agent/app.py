@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
+from collections.abc import Callable
 
 import numpy as np
 import structlog
@@ -17,6 +19,9 @@ from edgecloud.core.grpc_server import ServerOptions, create_server, split_host_
 from edgecloud.core.process import ServingApp, run_until_signal
 from edgecloud.core.signing import load_public_key
 from edgecloud.core.tls import channel_credentials
+from edgecloud.edge_agent import answers_http
+from edgecloud.edge_agent.answers import AnswerLimits, AnswerStore
+from edgecloud.edge_agent.grpc import answers_servicer
 from edgecloud.edge_agent.grpc.cloud_client import GrpcCloudClient
 from edgecloud.edge_agent.grpc.examples_client import HardExampleUploader
 from edgecloud.edge_agent.grpc.fleet_client import FleetClient
@@ -73,11 +78,23 @@ def open_ledger(settings: AgentSettings) -> HardExampleLedger | None:
     )
 
 
+def open_answers(settings: AgentSettings, clock: Callable[[], float] = time.time
+                 ) -> AnswerStore:
+    """The better answers by id, in the hard-example ledger's file (blocking)."""
+    a = settings.answers
+    return AnswerStore(settings.data_dir / "hard" / "ledger.sqlite3",
+                       AnswerLimits(max_answers=a.max_answers, max_age_s=a.max_age_s,
+                                    flush_interval_s=a.flush_interval_s), clock=clock)
+
+
 def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None,
-                  hard_examples: HardExampleLedger | None = None) -> EdgeService:
+                  hard_examples: HardExampleLedger | None = None,
+                  answers: AnswerStore | None = None,
+                  wall_clock: Callable[[], float] = time.time) -> EdgeService:
     """The agent's data plane with its tasks loaded (must run inside the event loop).
 
-    Hard rows go to ``hard_examples`` when given (the running agent's ledger).
+    Hard rows go to ``hard_examples`` when given (the running agent's ledger), better
+    answers to ``answers``.
     """
     if settings.gateway:
         split_host_port(settings.gateway)
@@ -104,6 +121,10 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None,
         scores_outputs=settings.scores_outputs,
         cloud_recheck_s=settings.cloud_recheck_s,
         max_escalation_rows=settings.max_escalation_rows,
+        answers=answers,
+        better_timeout_s=settings.answers.cloud_timeout_s,
+        drain_s=settings.drain_grace_s,
+        wall_clock=wall_clock,
     )
     for model, policy in tasks:
         task = service.add_task(model, policy, settings.cloud_models.get(model.name))
@@ -117,8 +138,12 @@ class AgentApp(ServingApp):
 
     kind = "agent"
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, *,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        """``wall_clock``: the time answers are stamped and expire with."""
         super().__init__(settings)
+        self.wall_clock = wall_clock
+        self.answers: AnswerStore | None = None
         self.metrics = AgentMetrics()
         self.service: EdgeService | None = None
         self.manager: ModelManager | None = None
@@ -135,7 +160,9 @@ class AgentApp(ServingApp):
             log.warning("no_gateway", detail="every row is answered at the edge")
         warn_if_token_travels_in_plaintext(s)
         self.ledger = await asyncio.to_thread(open_ledger, s)
-        service = build_service(s, self.metrics, self.ledger)
+        self.answers = await asyncio.to_thread(open_answers, s, self.wall_clock)
+        self.answers.start()
+        service = build_service(s, self.metrics, self.ledger, self.answers, self.wall_clock)
         self.service = service
         trust = load_public_key(s.trust_key) if s.trust_key else None
         if trust is None:
@@ -163,8 +190,9 @@ class AgentApp(ServingApp):
         await service.start()  # checks each task's cloud model before the first request
         _server, port, lifecycle = await create_server(
             s.listen,
-            [v2_grpc.register(service, s.max_request_bytes)],
-            [v2_grpc.SERVICE_NAME],
+            [v2_grpc.register(service, s.max_request_bytes),
+             answers_servicer.register(self.answers)],
+            [v2_grpc.SERVICE_NAME, answers_servicer.SERVICE_NAME],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20),
         )
         await self._serving(port, lifecycle, self.metrics.registry)
@@ -190,8 +218,11 @@ class AgentApp(ServingApp):
         return port
 
     def _http_routes(self) -> list[web.RouteDef]:
-        """v2 REST, open as the agent's gRPC port is (apps on the device call both)."""
-        return v2_http.routes(self.service, max_request_bytes=self.settings.max_request_bytes)
+        """v2 REST and the better answers by id, open as the agent's gRPC port is (apps on
+        the device call both)."""
+        assert self.answers is not None
+        return [*v2_http.routes(self.service, max_request_bytes=self.settings.max_request_bytes),
+                *answers_http.answer_routes(self.answers)]
 
     async def _fleet_state(self, state: str) -> None:
         if self._lifecycle is not None:
@@ -209,14 +240,17 @@ class AgentApp(ServingApp):
             self.uploader = None
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Drain as every server does, then write the hard rows still buffered.
+        """Drain as every server does, then write the hard rows and answers still buffered.
 
-        The ledger closes last: requests finishing during the drain, and shadow
-        calls cancelled by it, still hand their rows over.
+        The ledger and the answers close last: requests finishing during the drain, and
+        shadow calls and better answers cancelled by it, still hand their rows over.
         """
         try:
             await super().stop(grace_s)
         finally:
+            if self.answers is not None:
+                await self.answers.aclose()
+                self.answers = None
             if self.ledger is not None:
                 await self.ledger.aclose()
                 self.ledger = None

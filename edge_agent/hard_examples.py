@@ -187,7 +187,7 @@ class HardExampleLedger:
         self._write_failing = False
         """True from a failed write to the next good one (the failure is logged once)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = _open(self.path)
+        self._db = open_database(self.path)
         self._stats = self._read_stats()
         self._import_spool()
 
@@ -456,8 +456,12 @@ class HardExampleLedger:
         log.info("hard_examples_imported", count=len(examples), files=len(files))
 
 
-def _open(path: Path) -> sqlite3.Connection:
-    """Open (or create) the ledger; a file that is not a database is moved aside."""
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (or create) the ledger; a file that is not a database is moved aside.
+
+    The answers store (:mod:`edge_agent.answers`) keeps its own table in the same
+    file, through a connection of its own opened here too.
+    """
     try:
         return _connect(path)
     except sqlite3.DatabaseError as exc:

@@ -36,6 +36,23 @@ class HardExamplesSection(BaseModel):
     """Most bytes in one acknowledged upload (a single larger record goes alone)."""
 
 
+class AnswersSection(BaseModel):
+    """Better answers by id (``answer=fast_then_better``), kept in the hard-example
+    ledger's file (``DATA_DIR/hard/ledger.sqlite3``, table ``answers``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_answers: int = Field(100_000, ge=1)
+    """Answers kept; past it the oldest are dropped."""
+    max_age_s: float = Field(86400.0, gt=0)
+    """Answers older than this are dropped (and no longer found by id)."""
+    cloud_timeout_s: float = Field(10.0, gt=0)
+    """Longest wait for the cloud's answer to rows escalated behind the fast answer; past
+    it the answer is final as cloud_failed."""
+    flush_interval_s: float = Field(0.5, gt=0, le=60)
+    """How often changed answers are written (a SIGTERM writes the rest)."""
+
+
 class AgentSettings(EdgecloudSettings):
     """Everything the agent process reads at start."""
 
@@ -103,6 +120,8 @@ class AgentSettings(EdgecloudSettings):
     a durable ledger and upload them to the gateway (when a gateway is set)."""
     hard_examples: HardExamplesSection = Field(default_factory=HardExamplesSection)
     """Bounds of the hard-example ledger and its upload."""
+    answers: AnswersSection = Field(default_factory=AnswersSection)
+    """Bounds of the better answers kept by id."""
     status_interval_s: float = Field(10.0, gt=0)
     """Seconds between periodic status reports to the gateway."""
     reconnect_max_s: float = Field(10.0, gt=0)

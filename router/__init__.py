@@ -16,8 +16,10 @@ at a :class:`TuningTarget`.
 
 from edgecloud.router.curves import Curve, fit_temperature, operating_curve
 from edgecloud.router.decide import (
+    BETTER,
     REASONS,
     ROUTES,
+    Better,
     Plan,
     Reason,
     RequestContext,
@@ -25,6 +27,7 @@ from edgecloud.router.decide import (
     RouteOverride,
     Side,
     Signals,
+    better_codes,
     decide,
     route_rows,
 )
@@ -87,8 +90,10 @@ from edgecloud.router.tuner import (
 )
 
 __all__ = [
+    "BETTER",
     "REASONS",
     "ROUTES",
+    "Better",
     "BreakerPolicy",
     "BreakerState",
     "BudgetPolicy",
@@ -128,6 +133,7 @@ __all__ = [
     "TuningReport",
     "TuningTarget",
     "available_scores",
+    "better_codes",
     "calibration_histogram",
     "classify",
     "decide",
