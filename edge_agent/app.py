@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -160,8 +161,17 @@ class AgentApp(ServingApp):
             log.warning("no_gateway", detail="every row is answered at the edge")
         warn_if_token_travels_in_plaintext(s)
         self.ledger = await asyncio.to_thread(open_ledger, s)
-        self.answers = await asyncio.to_thread(open_answers, s, self.wall_clock)
-        self.answers.start()
+        try:
+            self.answers = await asyncio.to_thread(open_answers, s, self.wall_clock)
+        except (sqlite3.Error, OSError) as exc:
+            # Better answers are an extra: a full or broken disk must not stop the agent
+            # from answering. Requests asking for one are refused with FAILED_PRECONDITION.
+            log.error("answers_unavailable", problem=str(exc),
+                      detail="answer=fast_then_better is refused until the agent restarts "
+                      "with a writable data directory")
+            self.answers = None
+        if self.answers is not None:
+            self.answers.start()
         service = build_service(s, self.metrics, self.ledger, self.answers, self.wall_clock)
         self.service = service
         trust = load_public_key(s.trust_key) if s.trust_key else None
@@ -188,11 +198,12 @@ class AgentApp(ServingApp):
             raise InvalidInput("no tasks to serve: give --model NAME=FILE, or --gateway to "
                                "receive models from the fleet")
         await service.start()  # checks each task's cloud model before the first request
+        answers = self.answers is not None  # the Answers service only where answers are kept
         _server, port, lifecycle = await create_server(
             s.listen,
             [v2_grpc.register(service, s.max_request_bytes),
-             answers_servicer.register(self.answers)],
-            [v2_grpc.SERVICE_NAME, answers_servicer.SERVICE_NAME],
+             *([answers_servicer.register(self.answers)] if answers else [])],
+            [v2_grpc.SERVICE_NAME, *([answers_servicer.SERVICE_NAME] if answers else [])],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20),
         )
         await self._serving(port, lifecycle, self.metrics.registry)
@@ -220,9 +231,9 @@ class AgentApp(ServingApp):
     def _http_routes(self) -> list[web.RouteDef]:
         """v2 REST and the better answers by id, open as the agent's gRPC port is (apps on
         the device call both)."""
-        assert self.answers is not None
         return [*v2_http.routes(self.service, max_request_bytes=self.settings.max_request_bytes),
-                *answers_http.answer_routes(self.answers)]
+                *(answers_http.answer_routes(self.answers) if self.answers is not None
+                  else [])]
 
     async def _fleet_state(self, state: str) -> None:
         if self._lifecycle is not None:
