@@ -15,6 +15,7 @@ from edgecloud.core.errors import InvalidInput
 from edgecloud.core.grpc_server import ServerOptions, create_server, split_host_port
 from edgecloud.core.process import ServingApp, run_until_signal
 from edgecloud.core.signing import load_public_key
+from edgecloud.core.targets import parse_target
 from edgecloud.core.tls import channel_credentials
 from edgecloud.edge_agent.grpc.cloud_client import GrpcCloudClient
 from edgecloud.edge_agent.grpc.examples_client import HardExampleUploader
@@ -48,8 +49,7 @@ def warn_if_token_travels_in_plaintext(settings: AgentSettings) -> bool:
     tls = settings.tls_ca is not None or settings.tls_cert is not None
     if not settings.gateway or settings.token_file is None or tls:
         return False
-    host, _ = split_host_port(settings.gateway)
-    if is_loopback(host):
+    if all(is_loopback(host) for host in parse_target(settings.gateway).hosts):
         return False
     log.warning("tokens_over_plaintext", gateway=settings.gateway,
                 detail="this agent's bearer token travels unencrypted to the gateway: anyone "
@@ -79,7 +79,7 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None,
     Hard rows go to ``hard_examples`` when given (the running agent's ledger).
     """
     if settings.gateway:
-        split_host_port(settings.gateway)
+        parse_target(settings.gateway)
     if settings.http_listen:
         split_host_port(settings.http_listen)
     tasks = load_tasks(settings.models, settings.policies, settings.onnx_threads)
