@@ -4,6 +4,7 @@ all of them, round robin, and keeps escalating through the others when one dies.
 from __future__ import annotations
 
 import signal
+import socket
 from collections import Counter
 
 import aiohttp
@@ -39,16 +40,30 @@ async def escalate(stub, x, n: int) -> Counter[str]:
     return routes
 
 
+def ipv6_loopback() -> bool:
+    """Whether this machine can listen on ::1."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 @pytest.mark.e2e
-async def test_escalations_spread_over_every_listed_replica(processes, start_agent, channels,
-                                                            digits_dir, digits_test,
-                                                            tmp_path):
-    """Given `ipv4:A,B`, two gateway replicas on one registry, the agent's escalations reach
-    both (each replica's request counter rises, together by what was escalated); with one
-    replica SIGKILLed, escalations go on through the other, and no request fails."""
+@pytest.mark.parametrize(("scheme", "loopback"), [("ipv4", "127.0.0.1"), ("ipv6", "[::1]")])
+async def test_escalations_spread_over_every_listed_replica(scheme, loopback, processes,
+                                                            start_agent, channels, digits_dir,
+                                                            digits_test, tmp_path):
+    """Given `ipv4:A,B` (or `ipv6:[A],[B]`), two gateway replicas on one registry, the
+    agent's escalations reach both (each replica's request counter rises, together by what
+    was escalated); with one replica SIGKILLed, escalations go on through the other, and no
+    request fails."""
+    if scheme == "ipv6" and not ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback (::1)")
     replicas = []
     for i in range(2):
-        replica = Process(["gateway", "serve", "--listen", "127.0.0.1:0",
+        replica = Process(["gateway", "serve", "--listen", f"{loopback}:0",
                            "--http-listen", "127.0.0.1:0",
                            "--registry", str(tmp_path / "registry"),
                            "--data-dir", str(tmp_path / f"gateway-{i}"),
@@ -57,7 +72,7 @@ async def test_escalations_spread_over_every_listed_replica(processes, start_age
         processes.append(replica)
         replicas.append(replica)
     addresses = [await r.addresses() for r in replicas]
-    target = "ipv4:" + ",".join(grpc_address for grpc_address, _ in addresses)
+    target = f"{scheme}:" + ",".join(grpc_address for grpc_address, _ in addresses)
     agent = await start_agent(target)
     stub = channels(agent.address)
     x, _ = digits_test

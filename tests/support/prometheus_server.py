@@ -138,7 +138,7 @@ async def prometheus(folder: Path, jobs: dict[str, list[str]],
 
 
 async def wait_for_values(server: Prometheus, expected: dict[str, float],
-                          timeout_s: float = 30.0) -> None:
+                          timeout_s: float = 60.0) -> None:
     """Poll until each query in ``expected`` gives exactly one series with that value; the
     assertion on timeout shows what Prometheus answered last."""
     seen: dict[str, list[float]] = {}
