@@ -89,3 +89,42 @@ async def test_escalations_spread_over_every_listed_replica(scheme, loopback, pr
     # Escalations keep flowing: once the agent has seen the replica go, all reach the other.
     assert await escalate(stub, x, 10) == {"cloud": 10}
     assert await gateway_requests(addresses[1][1]) == counts[1] + after["cloud"] + 10
+
+
+def localhost_addresses() -> set[str]:
+    """The addresses ``localhost`` resolves to on this machine."""
+    try:
+        infos = socket.getaddrinfo("localhost", 1, type=socket.SOCK_STREAM)
+    except OSError:
+        return set()
+    return {info[4][0] for info in infos}
+
+
+@pytest.mark.e2e
+async def test_a_name_with_two_addresses_reaches_both_replicas(processes, start_agent,
+                                                               channels, digits_dir,
+                                                               digits_test, tmp_path):
+    """`localhost:P`, where localhost is 127.0.0.1 and ::1 and a replica listens on each
+    with the same port, is a name with two addresses: the agent's escalations reach both
+    replicas (skipped where localhost has one address)."""
+    if not ({"127.0.0.1", "::1"} <= localhost_addresses() and ipv6_loopback()):
+        pytest.skip("localhost does not resolve to both 127.0.0.1 and ::1 here")
+    replicas = []
+    port = None
+    for i, loopback in enumerate(("127.0.0.1", "[::1]")):
+        replica = Process(["gateway", "serve", "--listen", f"{loopback}:{port or 0}",
+                           "--http-listen", "127.0.0.1:0",
+                           "--registry", str(tmp_path / "registry"),
+                           "--data-dir", str(tmp_path / f"gateway-{i}"),
+                           "--model", f"digits={digits_dir / 'cloud.onnx'}"],
+                          tmp_path, f"gateway-{i}")
+        processes.append(replica)
+        replicas.append(replica)
+        grpc_address, _ = await replica.addresses()
+        port = int(grpc_address.rpartition(":")[2])
+    agent = await start_agent(f"localhost:{port}")
+    stub = channels(agent.address)
+    x, _ = digits_test
+    assert await escalate(stub, x, 20) == {"cloud": 20}
+    counts = [await gateway_requests((await r.addresses())[1]) for r in replicas]
+    assert all(c > 0 for c in counts) and sum(counts) == 20, counts
