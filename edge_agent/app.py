@@ -19,6 +19,7 @@ from edgecloud.core.errors import InvalidInput
 from edgecloud.core.grpc_server import ServerOptions, create_server, split_host_port
 from edgecloud.core.process import ServingApp, run_until_signal
 from edgecloud.core.signing import load_public_key
+from edgecloud.core.targets import parse_target
 from edgecloud.core.tls import channel_credentials
 from edgecloud.edge_agent import answers_http
 from edgecloud.edge_agent.answers import AnswerLimits, AnswerStore
@@ -55,8 +56,7 @@ def warn_if_token_travels_in_plaintext(settings: AgentSettings) -> bool:
     tls = settings.tls_ca is not None or settings.tls_cert is not None
     if not settings.gateway or settings.token_file is None or tls:
         return False
-    host, _ = split_host_port(settings.gateway)
-    if is_loopback(host):
+    if all(is_loopback(host) for host in parse_target(settings.gateway).hosts):
         return False
     log.warning("tokens_over_plaintext", gateway=settings.gateway,
                 detail="this agent's bearer token travels unencrypted to the gateway: anyone "
@@ -98,7 +98,7 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None,
     answers to ``answers``.
     """
     if settings.gateway:
-        split_host_port(settings.gateway)
+        parse_target(settings.gateway)
     if settings.http_listen:
         split_host_port(settings.http_listen)
     tasks = load_tasks(settings.models, settings.policies, settings.onnx_threads)

@@ -61,7 +61,9 @@ class AgentSettings(EdgecloudSettings):
     listen: str = "127.0.0.1:8000"
     """Address of the local v2 server that device apps call (port 0 picks one)."""
     gateway: str | None = None
-    """HOST:PORT of the cloud gateway (or its load balancer); none = edge only."""
+    """The cloud gateway: its load balancer's HOST:PORT, a name with several addresses, or an
+    ``ipv4:``/``ipv6:`` list (see :mod:`core.targets`), spread round robin; none = edge
+    only."""
     data_dir: Path = Field(default_factory=lambda: state_dir("agent"))
     """Directory for the agent's own files (default: ``$XDG_STATE_HOME/edgecloud/agent``,
     else ``~/.local/state/edgecloud/agent``)."""

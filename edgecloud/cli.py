@@ -227,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     asub = agent.add_subparsers(dest="agent_command", required=True, metavar="COMMAND")
     run = asub.add_parser("run", help="serve v2 inference to device apps")
     run.add_argument("--gateway", default=None, metavar="HOST:PORT",
-                     help="cloud gateway address; without it every row stays on the edge")
+                     help="cloud gateway address: its balancer's or a name with several "
+                     "addresses (dns:///HOST:PORT), or ipv4:A:P,B:P / ipv6:[A]:P,[B]:P, "
+                     "spread round robin; without it every row stays on the edge")
     run.add_argument("--listen", default=None, metavar="HOST:PORT",
                      help="address apps call (default 127.0.0.1:8000; port 0 picks one)")
     run.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
@@ -264,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch = asub.add_parser("batch", help="route a whole .npz file and write JSON lines")
     batch.add_argument("--gateway", default=None, metavar="HOST:PORT",
-                       help="cloud gateway address; without it every row stays on the edge")
+                       help="cloud gateway address (as for agent run); without it every "
+                       "row stays on the edge")
     batch.add_argument("--model", action="append", required=True, metavar="NAME=FILE",
                        help="task NAME and its edge ONNX file")
     batch.add_argument("--policy", action="append", type=Path, metavar="FILE",
