@@ -16,6 +16,10 @@ from google.protobuf.json_format import MessageToDict
 
 # Re-exported: `fleet status` and its callers read the fleet's rows from here.
 from edgecloud.cloud_gateway.fleet_view import fleet_rows, offline_after_s  # noqa: F401
+from edgecloud.cloud_gateway.grpc.admin_messages import (
+    model_listing_from_reply,
+    rollout_from_message,
+)
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.registry import Registry
 from edgecloud.cloud_gateway.storage import Location
@@ -226,11 +230,11 @@ class GatewayOperator:
             percent=fields.get("percent", 0.0), selector=fields.get("selector") or {},
             max_failures=fields.get("max_failures", 0), agent_id=fields.get("agent_id", ""),
             target=fields.get("target", "edge")))
-        return json.loads(reply.json)
+        return rollout_from_message(reply.rollout).model_dump(mode="json")
 
     def list_models(self, name: str = "") -> dict:
-        return json.loads(self._call(self._stub.ListModels,
-                                     pb.ListModelsRequest(name=name)).json)
+        return model_listing_from_reply(self._call(self._stub.ListModels,
+                                                   pb.ListModelsRequest(name=name)))
 
     def fleet_status(self) -> list[dict]:
         reply = self._call(self._stub.FleetStatus, pb.FleetStatusRequest())

@@ -14,6 +14,7 @@ import structlog
 from google.protobuf.json_format import MessageToDict, ParseDict
 
 from edgecloud.cloud_gateway.fleet import FleetHub
+from edgecloud.cloud_gateway.grpc.admin_messages import model_listing_reply, rollout_message
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.rollouts import AgentAssignment
 from edgecloud.cloud_gateway.storage.objects import full_disk_errors
@@ -284,7 +285,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             selector=dict(request.selector), max_failures=request.max_failures,
             agent_id=request.agent_id, target=request.target or "edge",
         )
-        return pb.RolloutRecord(json=rollout.model_dump_json(), generation=generation)
+        return pb.RolloutRecord(rollout=rollout_message(rollout), generation=generation)
 
     @rpc_boundary
     async def PublishFloor(self, request, context):
@@ -297,7 +298,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     @rpc_boundary
     async def ListModels(self, request, context):
         described = await asyncio.to_thread(self._hub.registry.describe, request.name)
-        return pb.ListModelsReply(json=json.dumps(described))
+        return model_listing_reply(described)
 
     @rpc_boundary
     async def FleetStatus(self, request, context):
