@@ -20,7 +20,7 @@ from edgecloud.cloud_gateway.grpc.admin_messages import (
     model_listing_from_reply,
     rollout_from_message,
 )
-from edgecloud.cloud_gateway.hard_examples import HardExampleStore
+from edgecloud.cloud_gateway.hard_examples import REGISTRY_PREFIX, HardExampleStore
 from edgecloud.cloud_gateway.registry import Registry
 from edgecloud.cloud_gateway.storage import Location
 from edgecloud.core.artifacts import build_floor, build_model_manifest
@@ -169,11 +169,7 @@ class RegistryOperator:
         return self.registry.reserve_version(name, target)
 
     def hard_examples(self, task: str, since: float = 0.0) -> Iterator[KeptExample]:
-        if not self.registry.location.is_directory:
-            raise FailedPrecondition(
-                "hard examples are not kept in object storage yet: each gateway on an s3:// "
-                "registry keeps them in its data directory; export through --gateway")
-        return HardExampleStore(self.registry.root / "hard_examples").records(task, since)
+        return HardExampleStore(self.registry.store, REGISTRY_PREFIX).records(task, since)
 
     def close(self) -> None:
         """Nothing to close."""

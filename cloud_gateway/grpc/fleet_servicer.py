@@ -15,7 +15,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.grpc.admin_messages import model_listing_reply, rollout_message
-from edgecloud.cloud_gateway.hard_examples import HardExampleStore
+from edgecloud.cloud_gateway.hard_examples import REGISTRY_PREFIX, HardExampleStore
 from edgecloud.cloud_gateway.rollouts import AgentAssignment
 from edgecloud.cloud_gateway.storage.objects import full_disk_errors
 from edgecloud.core.auth import AGENT, current_principal
@@ -119,7 +119,7 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
     def __init__(self, hub: FleetHub, examples: HardExampleStore | None = None,
                  upload_limits: UploadLimits | None = None) -> None:
         self._hub = hub
-        self._examples = examples or HardExampleStore(hub.registry.root / "hard_examples")
+        self._examples = examples or HardExampleStore(hub.registry.store, REGISTRY_PREFIX)
         self._upload_limits = upload_limits or UploadLimits()
 
     @rpc_boundary
@@ -218,7 +218,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     def __init__(self, hub: FleetHub, examples: HardExampleStore | None = None) -> None:
         self._hub = hub
-        self._examples = examples or HardExampleStore(hub.registry.root / "hard_examples")
+        self._examples = examples or HardExampleStore(hub.registry.store, REGISTRY_PREFIX)
         self._uploads = asyncio.Semaphore(MAX_CONCURRENT_PUBLISHES)
 
     @rpc_boundary
@@ -324,10 +324,11 @@ def register(hub: FleetHub, examples: HardExampleStore | None = None,
              upload_limits: UploadLimits | None = None):
     """Registrar for :func:`core.grpc_server.create_server`.
 
-    ``examples`` stores hard examples (default: the registry's ``hard_examples/``).
+    ``examples`` stores hard examples (default: in the registry's storage, without limits
+    of its own).
     """
 
-    store = examples or HardExampleStore(hub.registry.root / "hard_examples")
+    store = examples or HardExampleStore(hub.registry.store, REGISTRY_PREFIX)
 
     def add(server: grpc.aio.Server) -> None:
         add_servicer(pb_grpc.add_FleetServiceServicer_to_server,
