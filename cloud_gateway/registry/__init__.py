@@ -16,6 +16,9 @@ below works the same on both (:mod:`edgecloud.cloud_gateway.storage`). Keys::
                                       (it only rises)
     replicas/<replica>.json           what each gateway replica serves              (agents)
     agents/<agent id>.json            last status each agent reported               (agents)
+    hard_examples/<task>/<agent id>/  rows agents uploaded, one object per upload
+                                      (cloud_gateway.hard_examples, beside the registry:
+                                      the gateway sets its limits)
     generation                        bumped on every change; replicas watch it
 
 Guarantees, on either storage, with no lock shared between writers: blobs
