@@ -69,7 +69,7 @@ def model_info_message(name: str, info: dict) -> pb.ModelInfo:
         name=name,
         versions=[pb.ModelVersion(
             version=v["version"], target=v["target"], digest=v["digest"], size=v["size"],
-            created=v["created"],
+            created=v["created"], signed_by=v.get("signed_by") or "",
             signature=pb.SignatureState.Value(_SIGNATURE_PREFIX + v["signature"].upper()))
             for v in info.get("versions") or ()],
         rollout=_optional_rollout(info.get("rollout")),
@@ -112,6 +112,7 @@ def model_info_from_message(message: pb.ModelInfo) -> dict:
         "versions": [{"version": v.version, "target": v.target, "digest": v.digest,
                       "size": v.size, "created": v.created,
                       "signed": v.signature == pb.SIGNATURE_STATE_VERIFIED,
+                      "signed_by": v.signed_by,
                       "signature": _signature_name(v.signature)}
                      for v in message.versions],
         "rollout": (rollout_from_message(message.rollout).model_dump(mode="json")

@@ -10,7 +10,7 @@ import pytest
 from fleet_helpers import publish_model
 
 from edgecloud.core.artifacts import sha256_file
-from edgecloud.core.signing import generate_keypair, load_public_key
+from edgecloud.core.signing import generate_keypair, key_fingerprint, load_public_key
 from edgecloud.operations import GatewayOperator, RegistryOperator, publish_floor
 from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as pb_grpc
@@ -27,10 +27,10 @@ def _without_heartbeats(listing: dict) -> dict:
 @pytest.mark.e2e
 async def test_models_and_rollouts_come_back_typed(start_gateway, tmp_path,
                                                    digits_dir) -> None:
-    """ListModels carries each version's digest, size and signature state, the rollout's
-    state as an enum with its percent and selector, the floor and the replicas serving
-    the cloud model; the client turns it into exactly what the registry itself says, and
-    SetRollout answers with the record it stored."""
+    """ListModels carries each version's digest, size, signature state and signing key,
+    the rollout's state as an enum with its percent and selector, the floor and the
+    replicas serving the cloud model; the client turns it into exactly what the registry
+    itself says, and SetRollout answers with the record it stored."""
     private, public = generate_keypair(tmp_path / "keys")
     registry = tmp_path / "registry"
     edge = digits_dir / "edge.onnx"
@@ -71,6 +71,7 @@ async def test_models_and_rollouts_come_back_typed(start_gateway, tmp_path,
         assert {(v.digest, v.size) for v in info.versions if v.target == "edge"} == {
             (digest, size)}
         assert {v.signature for v in info.versions} == {pb.SIGNATURE_STATE_VERIFIED}
+        assert {v.signed_by for v in info.versions} == {key_fingerprint(load_public_key(public))}
         assert all(v.created for v in info.versions)
         assert info.rollout.state == pb.ROLLOUT_STATE_ACTIVE
         assert (info.rollout.stable, info.rollout.candidate) == ("1", "2")
@@ -123,8 +124,9 @@ async def test_a_registry_without_a_trusted_key_lists_signatures_as_unchecked(
         listing = await asyncio.to_thread(operator.list_models, TASK)
     finally:
         operator.close()
-    assert [(v["signed"], v["signature"]) for v in listing[TASK]["versions"]] == [
-        (False, "unchecked"), (False, "none")]
+    assert [(v["signed"], v["signature"], v["signed_by"])
+            for v in listing[TASK]["versions"]] == [
+        (False, "unchecked", ""), (False, "none", "")]
     assert listing == RegistryOperator(registry).list_models(TASK)
 
 

@@ -219,20 +219,22 @@ class ListModelsReply(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("version", "target", "digest", "size", "created", "signature")
+    __slots__ = ("version", "target", "digest", "size", "created", "signature", "signed_by")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_BY_FIELD_NUMBER: _ClassVar[int]
     version: str
     target: str
     digest: str
     size: int
     created: str
     signature: SignatureState
-    def __init__(self, version: _Optional[str] = ..., target: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., created: _Optional[str] = ..., signature: _Optional[_Union[SignatureState, str]] = ...) -> None: ...
+    signed_by: str
+    def __init__(self, version: _Optional[str] = ..., target: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., created: _Optional[str] = ..., signature: _Optional[_Union[SignatureState, str]] = ..., signed_by: _Optional[str] = ...) -> None: ...
 
 class ModelFloor(_message.Message):
     __slots__ = ("version", "created", "signed")
