@@ -1,20 +1,17 @@
-"""The gateway's hard-example store on a real directory and a real S3 server: once per
-record id, checks, quota, a few objects per upload."""
+"""The gateway's hard-example store on a real directory: once per record id, checks, quota,
+a few objects per upload (on S3 too: tests/gateway/test_registry_storage.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from s3_server import CREDENTIALS
 
 from edgecloud.cloud_gateway.hard_examples import REGISTRY_PREFIX, HardExampleStore
 from edgecloud.cloud_gateway.storage import DirectoryStore
-from edgecloud.cloud_gateway.storage.s3 import S3Store
 from edgecloud.core.errors import Overloaded
 from edgecloud.core.hard_examples import HardExample, InputRow, KeptExample
 
@@ -193,35 +190,3 @@ def test_records_of_earlier_gateways_are_exported_and_not_stored_again(
     exported = list(store.records("digits"))
     assert exported[:2] == [first, second]
     assert exported[2].agent_id == "cam-0" and exported[2].example == example(7)
-
-
-@pytest.fixture
-def s3_objects(s3_endpoint: str, bucket: str, monkeypatch) -> S3Store:
-    """A prefix of its own in the module's bucket on the real S3 server."""
-    for key, value in CREDENTIALS.items():
-        monkeypatch.setenv(key, value)
-    return S3Store(bucket, f"store-{uuid.uuid4().hex[:8]}", endpoint=s3_endpoint)
-
-
-def test_replicas_on_object_storage_share_every_record_once(s3_objects: S3Store) -> None:
-    """Two stores on one S3 prefix (two replicas): records uploaded through one and resent
-    through the other are stored once, either replica exports all of them, and a replica
-    that never served the agent enforces its quota."""
-    a = HardExampleStore(s3_objects, REGISTRY_PREFIX)
-    b = HardExampleStore(s3_objects, REGISTRY_PREFIX)
-    records = [kept("cam-1", seq) for seq in range(1, 11)]
-    assert a.store("cam-1", records[:6]).stored == 6
-    resent = b.store("cam-1", records[3:])
-    assert (resent.stored, resent.duplicates) == (4, 3)
-    assert b.store("cam-1", records).duplicates == 10
-    assert a.store("cam-2", [kept("cam-2", 1)]).stored == 1
-    for store in (a, b):
-        assert [k.record_id for k in store.records("digits")] == [
-            k.record_id for k in [*records, kept("cam-2", 1)]]
-    used = a.usage("cam-1")
-    assert used > 0
-    tight = HardExampleStore(s3_objects, REGISTRY_PREFIX, agent_quota_bytes=used + 10)
-    with pytest.raises(Overloaded, match="quota"):
-        tight.store("cam-1", [kept("cam-1", 11)])
-    keys = s3_objects.list(REGISTRY_PREFIX)
-    assert len([k for k in keys if k.endswith(".jsonl")]) == 3
