@@ -163,6 +163,8 @@ class HardExampleStore:
         example = kept.example
         if not re.match(NAME_RE, example.task):
             return f"task name {example.task[:100]!r} is not valid"
+        if not math.isfinite(example.at):
+            return f"time {example.at} is not a finite number of seconds"
         size = example.nbytes
         if not example.inputs or size > self.max_record_bytes:
             return (f"inputs must hold 1 to {self.max_record_bytes} bytes "

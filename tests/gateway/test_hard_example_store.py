@@ -45,14 +45,15 @@ def test_a_resent_record_is_stored_once(tmp_path: Path) -> None:
 
 
 def test_records_that_are_not_what_they_claim_are_refused_alone(tmp_path: Path) -> None:
-    """A record with another agent's id, a changed content, a bad task name or inputs over
-    the limit is refused with a reason; the good ones of the same upload are stored."""
+    """A record with another agent's id, a changed content, a bad task name, inputs over
+    the limit or no time is refused with a reason; the good ones of the same upload are
+    stored."""
     store = HardExampleStore(tmp_path, max_record_bytes=1024)
     good = kept("cam-1", 1)
     tampered = dataclasses.replace(kept("cam-1", 2),
                                    example=dataclasses.replace(example(2), confidence=0.9))
     batch = [good, kept("cam-2", 3), tampered, kept("cam-1", 4, task="../etc"),
-             kept("cam-1", 5, width=512)]
+             kept("cam-1", 5, width=512), kept("cam-1", 6, at=float("nan"))]
     outcome = store.store("cam-1", batch)
     assert outcome.stored == 1
     reasons = dict(outcome.rejected)
@@ -61,6 +62,7 @@ def test_records_that_are_not_what_they_claim_are_refused_alone(tmp_path: Path) 
     assert "content hash" in reasons[tampered.record_id]
     assert "task name" in reasons[batch[3].record_id]
     assert "1 to 1024 bytes" in reasons[batch[4].record_id]
+    assert "not a finite number" in reasons[batch[5].record_id]
     assert [k.record_id for k in store.records("digits")] == [good.record_id]
 
 
