@@ -14,7 +14,7 @@ from edgecloud.cloud_gateway.batching import BatchingConfig
 from edgecloud.cloud_gateway.console import FleetConsole, console_routes
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.grpc import fleet_servicer
-from edgecloud.cloud_gateway.hard_examples import HardExampleStore
+from edgecloud.cloud_gateway.hard_examples import REGISTRY_PREFIX, HardExampleStore
 from edgecloud.cloud_gateway.limits import EscalationLimiter, LimitedPlane, RateLimit
 from edgecloud.cloud_gateway.metrics import GatewayMetrics
 from edgecloud.cloud_gateway.registry import Registry, is_registry, registry_location
@@ -244,16 +244,14 @@ class GatewayApp(ServingApp):
         orphans = await asyncio.to_thread(registry.remove_orphans)
         if orphans:
             log.info("orphans_removed", registry=registry.url, files=len(orphans))
-        # Hard examples: in the registry's directory; with object storage, in this
-        # gateway's data directory (not shared between replicas yet).
-        examples_root = (registry.root / "hard_examples" if checked.registry.is_directory
-                         else s.data_dir / "hard_examples")
         hub = FleetHub(registry, s.replica, service, poll_s=s.registry_poll_ms / 1000.0,
                        onnx_threads=s.onnx_threads, providers_for=s.providers_for)
         await hub.start()
         self.hub = hub
         h = s.hard_examples
-        examples = HardExampleStore(examples_root,
+        # Hard examples live in the registry's storage: every replica stores and exports
+        # the same records.
+        examples = HardExampleStore(registry.store, REGISTRY_PREFIX,
                                     max_record_bytes=h.max_record_bytes,
                                     agent_quota_bytes=h.agent_quota_bytes)
         self.examples = examples

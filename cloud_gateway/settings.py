@@ -68,7 +68,7 @@ class HardExamplesSection(BaseModel):
     max_record_bytes: int = Field(4 * 2**20, ge=1024)
     """Bytes of input data one record may hold; a larger record is refused alone."""
     agent_quota_bytes: int = Field(2**30, ge=2**16)
-    """Disk each agent's stored records may take; past it uploads are refused with
+    """Storage each agent's stored records may take; past it uploads are refused with
     RESOURCE_EXHAUSTED (and stay in the agent's ledger)."""
 
 

@@ -16,7 +16,11 @@ from google.protobuf.json_format import MessageToDict
 
 # Re-exported: `fleet status` and its callers read the fleet's rows from here.
 from edgecloud.cloud_gateway.fleet_view import fleet_rows, offline_after_s  # noqa: F401
-from edgecloud.cloud_gateway.hard_examples import HardExampleStore
+from edgecloud.cloud_gateway.grpc.admin_messages import (
+    model_listing_from_reply,
+    rollout_from_message,
+)
+from edgecloud.cloud_gateway.hard_examples import REGISTRY_PREFIX, HardExampleStore
 from edgecloud.cloud_gateway.registry import Registry
 from edgecloud.cloud_gateway.storage import Location
 from edgecloud.core.artifacts import build_floor, build_model_manifest
@@ -165,11 +169,7 @@ class RegistryOperator:
         return self.registry.reserve_version(name, target)
 
     def hard_examples(self, task: str, since: float = 0.0) -> Iterator[KeptExample]:
-        if not self.registry.location.is_directory:
-            raise FailedPrecondition(
-                "hard examples are not kept in object storage yet: each gateway on an s3:// "
-                "registry keeps them in its data directory; export through --gateway")
-        return HardExampleStore(self.registry.root / "hard_examples").records(task, since)
+        return HardExampleStore(self.registry.store, REGISTRY_PREFIX).records(task, since)
 
     def close(self) -> None:
         """Nothing to close."""
@@ -226,11 +226,11 @@ class GatewayOperator:
             percent=fields.get("percent", 0.0), selector=fields.get("selector") or {},
             max_failures=fields.get("max_failures", 0), agent_id=fields.get("agent_id", ""),
             target=fields.get("target", "edge")))
-        return json.loads(reply.json)
+        return rollout_from_message(reply.rollout).model_dump(mode="json")
 
     def list_models(self, name: str = "") -> dict:
-        return json.loads(self._call(self._stub.ListModels,
-                                     pb.ListModelsRequest(name=name)).json)
+        return model_listing_from_reply(self._call(self._stub.ListModels,
+                                                   pb.ListModelsRequest(name=name)))
 
     def fleet_status(self) -> list[dict]:
         reply = self._call(self._stub.FleetStatus, pb.FleetStatusRequest())

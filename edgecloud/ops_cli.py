@@ -98,11 +98,13 @@ def _pairs(values, what: str) -> dict[str, str]:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
-    from edgecloud.core.signing import generate_keypair
+    from edgecloud.core.signing import generate_keypair, key_fingerprint, load_public_key
 
     private, public = generate_keypair(args.out)
     print(f"private key: {private} (keep it with the operator; mode 0600)")
     print(f"public key:  {public} (give it to agents as --trust-key)")
+    print(f"fingerprint: {key_fingerprint(load_public_key(public))} (models list shows it "
+          "beside the versions signed with this key)")
     return 0
 
 
@@ -290,8 +292,11 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                     role = f"{role}, floor" if role else "floor"
                 elif version_key(v["version"]) < version_key(floor):
                     role = f"{role}, below floor" if role else "below floor"
+            signed = (f"yes ({v['signed_by']})" if v["signed"] and v.get("signed_by") else
+                      "yes" if v["signed"] else
+                      "unchecked" if v.get("signature") == "unchecked" else "no")
             table.add_row(escape(name), escape(v["version"]), v["target"], f"{v['size']:,}",
-                          "yes" if v["signed"] else "no", v["created"], role,
+                          signed, v["created"], role,
                           _served_by(info, v["version"], v["target"], now))
     Console().print(table)
     return 0

@@ -14,7 +14,8 @@ import structlog
 from google.protobuf.json_format import MessageToDict, ParseDict
 
 from edgecloud.cloud_gateway.fleet import FleetHub
-from edgecloud.cloud_gateway.hard_examples import HardExampleStore
+from edgecloud.cloud_gateway.grpc.admin_messages import model_listing_reply, rollout_message
+from edgecloud.cloud_gateway.hard_examples import REGISTRY_PREFIX, HardExampleStore
 from edgecloud.cloud_gateway.rollouts import AgentAssignment
 from edgecloud.cloud_gateway.storage.objects import full_disk_errors
 from edgecloud.core.auth import AGENT, current_principal
@@ -118,7 +119,7 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
     def __init__(self, hub: FleetHub, examples: HardExampleStore | None = None,
                  upload_limits: UploadLimits | None = None) -> None:
         self._hub = hub
-        self._examples = examples or HardExampleStore(hub.registry.root / "hard_examples")
+        self._examples = examples or HardExampleStore(hub.registry.store, REGISTRY_PREFIX)
         self._upload_limits = upload_limits or UploadLimits()
 
     @rpc_boundary
@@ -217,7 +218,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     def __init__(self, hub: FleetHub, examples: HardExampleStore | None = None) -> None:
         self._hub = hub
-        self._examples = examples or HardExampleStore(hub.registry.root / "hard_examples")
+        self._examples = examples or HardExampleStore(hub.registry.store, REGISTRY_PREFIX)
         self._uploads = asyncio.Semaphore(MAX_CONCURRENT_PUBLISHES)
 
     @rpc_boundary
@@ -284,7 +285,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             selector=dict(request.selector), max_failures=request.max_failures,
             agent_id=request.agent_id, target=request.target or "edge",
         )
-        return pb.RolloutRecord(json=rollout.model_dump_json(), generation=generation)
+        return pb.RolloutRecord(rollout=rollout_message(rollout), generation=generation)
 
     @rpc_boundary
     async def PublishFloor(self, request, context):
@@ -297,7 +298,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     @rpc_boundary
     async def ListModels(self, request, context):
         described = await asyncio.to_thread(self._hub.registry.describe, request.name)
-        return pb.ListModelsReply(json=json.dumps(described))
+        return model_listing_reply(described)
 
     @rpc_boundary
     async def FleetStatus(self, request, context):
@@ -323,10 +324,11 @@ def register(hub: FleetHub, examples: HardExampleStore | None = None,
              upload_limits: UploadLimits | None = None):
     """Registrar for :func:`core.grpc_server.create_server`.
 
-    ``examples`` stores hard examples (default: the registry's ``hard_examples/``).
+    ``examples`` stores hard examples (default: in the registry's storage, without limits
+    of its own).
     """
 
-    store = examples or HardExampleStore(hub.registry.root / "hard_examples")
+    store = examples or HardExampleStore(hub.registry.store, REGISTRY_PREFIX)
 
     def add(server: grpc.aio.Server) -> None:
         add_servicer(pb_grpc.add_FleetServiceServicer_to_server,
