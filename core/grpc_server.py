@@ -43,6 +43,11 @@ class ServerOptions:
     max_streams_per_connection: int | None = None
     """HTTP/2 streams one connection may have open at once (``grpc.max_concurrent_streams``);
     a client past it waits for a free stream. None: gRPC's default (unlimited)."""
+    max_pending_rpcs: int | None = None
+    """New calls the transport may hold while the server is still taking earlier ones (a
+    burst: a whole fleet reconnecting at once after a restart); past it new calls are
+    refused. None: gRPC's default, which starts refusing at random past 1,000 waiting calls
+    and refuses every one past 3,000; the caller sees CANCELLED."""
 
 
 def _channel_args(opts: ServerOptions) -> list[tuple[str, int]]:
@@ -53,6 +58,10 @@ def _channel_args(opts: ServerOptions) -> list[tuple[str, int]]:
     ]
     if opts.max_streams_per_connection:
         args.append(("grpc.max_concurrent_streams", opts.max_streams_per_connection))
+    if opts.max_pending_rpcs:
+        # Soft and hard limit alike: no random refusals below the limit.
+        args.append(("grpc.server.max_pending_requests", opts.max_pending_rpcs))
+        args.append(("grpc.server.max_pending_requests_hard_limit", opts.max_pending_rpcs))
     if opts.max_connection_age_s:
         args.append(("grpc.max_connection_age_ms", int(opts.max_connection_age_s * 1000)))
         args.append(
