@@ -5,7 +5,8 @@ reflection and returns ``(server, port)``; :class:`ServerLifecycle` flips
 health to NOT_SERVING and stops the server gracefully (the drain on SIGTERM).
 Registrars add servicers with :func:`add_servicer`, so a request whose
 bytes do not parse reaches the servicer's error boundary instead of failing
-inside grpc.
+inside grpc, and a servicer may answer with a message already encoded
+(``bytes``), e.g. one encoding shared by many streams.
 """
 
 from __future__ import annotations
@@ -70,9 +71,21 @@ def _channel_args(opts: ServerOptions) -> list[tuple[str, int]]:
     return args
 
 
+def _encoded_passes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """``serializer``, passing a response that is already encoded (``bytes``) through."""
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        return message if message.__class__ is bytes else serializer(message)
+
+    return serialize
+
+
 class _TolerantRegistration:
     """What a generated ``add_*Servicer_to_server`` function sees as the server: it passes
-    the service's handlers on with request deserializers that do not raise."""
+    the service's handlers on with request deserializers that do not raise, and response
+    serializers that take encoded messages as they are."""
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
@@ -85,8 +98,10 @@ class _TolerantRegistration:
         self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
     ) -> None:
         tolerant_handlers = {
-            name: handler._replace(request_deserializer=tolerant(
-                handler.request_deserializer, _message_name(handler, service, name)))
+            name: handler._replace(
+                request_deserializer=tolerant(handler.request_deserializer,
+                                              _message_name(handler, service, name)),
+                response_serializer=_encoded_passes(handler.response_serializer))
             for name, handler in handlers.items()
         }
         self._server.add_generic_rpc_handlers(
@@ -104,7 +119,8 @@ def _message_name(handler: grpc.RpcMethodHandler, service: str, method: str) -> 
 def add_servicer(add_to_server: Callable[[Any, Any], None], servicer: Any,
                  server: grpc.aio.Server) -> None:
     """Register ``servicer`` with its generated ``add_*Servicer_to_server`` function, its
-    request deserializers made tolerant (:func:`core.grpc_errors.tolerant`)."""
+    request deserializers made tolerant (:func:`core.grpc_errors.tolerant`); its methods
+    may answer with encoded messages (``bytes``) as well as messages."""
     registration = _TolerantRegistration(server)
     add_to_server(servicer, registration)
     if not registration.registered:
