@@ -31,6 +31,8 @@ import asyncio
 import multiprocessing as mp
 import os
 import queue
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -204,6 +206,7 @@ class Figures:
     cpu_connect: float = 0.0
     cpu_connect_clients: float = 0.0
     cpu_publish: float = 0.0
+    cpu_publish_clients: float = 0.0
     cpu_rollout: float = 0.0
 
 
@@ -254,6 +257,29 @@ def _start_gateway(work: Path, registry: Path, streams: int, args) -> tuple[subp
     return proc, port_file.read_text().splitlines()[0].strip()
 
 
+class Profile:
+    """py-spy recording the gateway during one step (``--py-spy DIR``), else nothing."""
+
+    def __init__(self, folder: Path | None, pid: int, name: str) -> None:
+        self._proc = None
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._proc = subprocess.Popen(
+                [shutil.which("py-spy", path=Path(sys.executable).parent) or "py-spy",
+                 "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+                 "--nonblocking", "-o", str(folder / f"{name}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # py-spy attaches
+
+    def __enter__(self) -> Profile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGINT)
+            self._proc.wait(30)
+
+
 def run_fleet(work: Path, files: Path, streams: int, args) -> Figures:
     from edgecloud.cloud_gateway.rollouts import bucket
     from edgecloud.operations import RegistryOperator
@@ -286,11 +312,13 @@ def run_fleet(work: Path, files: Path, streams: int, args) -> Figures:
             ready += kind == "ready"
         progress = Progress()
         client_ps = [psutil.Process(p.pid) for p in procs]
-        cpu0, ccpu0 = _cpu(gw), sum(map(_cpu, client_ps))
-        t0 = time.monotonic()
-        go.set()
-        _wait(out, progress, lambda: progress.first()[0] + progress.ended() >= streams,
-              args.connect_timeout)
+        profiles = args.py_spy / str(streams) if args.py_spy else None
+        with Profile(profiles, gateway.pid, "connect"):
+            cpu0, ccpu0 = _cpu(gw), sum(map(_cpu, client_ps))
+            t0 = time.monotonic()
+            go.set()
+            _wait(out, progress, lambda: progress.first()[0] + progress.ended() >= streams,
+                  args.connect_timeout)
         figures.cpu_connect = _cpu(gw) - cpu0
         figures.cpu_connect_clients = sum(map(_cpu, client_ps)) - ccpu0
         figures.assigned, last = progress.first()
@@ -303,12 +331,14 @@ def run_fleet(work: Path, files: Path, streams: int, args) -> Figures:
         figures.rss_open = gw.memory_info().rss
 
         reachable = figures.assigned
-        cpu0 = _cpu(gw)
-        t0 = time.monotonic()
-        _publish(registry, files, "2", True)
-        if _wait(out, progress, lambda: progress.version("2")[0] >= reachable,
-                 args.push_timeout):
-            figures.publish_s = progress.version("2")[1] - t0
+        with Profile(profiles, gateway.pid, "publish"):
+            cpu0, ccpu0 = _cpu(gw), sum(map(_cpu, client_ps))
+            t0 = time.monotonic()
+            _publish(registry, files, "2", True)
+            if _wait(out, progress, lambda: progress.version("2")[0] >= reachable,
+                     args.push_timeout):
+                figures.publish_s = progress.version("2")[1] - t0
+            figures.cpu_publish_clients = sum(map(_cpu, client_ps)) - ccpu0
         figures.publish_reached = progress.version("2")[0]
         figures.cpu_publish = _cpu(gw) - cpu0
         time.sleep(args.settle)
@@ -317,12 +347,14 @@ def run_fleet(work: Path, files: Path, streams: int, args) -> Figures:
         time.sleep(args.settle)  # the gateway sees the unpromoted version (no change pushed)
         figures.rollout_expected = sum(bucket(TASK, _agent(i)[0]) < 50.0
                                        for i in range(streams))
-        cpu0 = _cpu(gw)
-        t0 = time.monotonic()
-        RegistryOperator(registry).rollout("start", TASK, version="3", percent=50.0)
-        if _wait(out, progress, lambda: progress.version("3")[0] >= figures.rollout_expected,
-                 args.push_timeout):
-            figures.rollout_s = progress.version("3")[1] - t0
+        with Profile(profiles, gateway.pid, "rollout"):
+            cpu0 = _cpu(gw)
+            t0 = time.monotonic()
+            RegistryOperator(registry).rollout("start", TASK, version="3", percent=50.0)
+            if _wait(out, progress,
+                     lambda: progress.version("3")[0] >= figures.rollout_expected,
+                     args.push_timeout):
+                figures.rollout_s = progress.version("3")[1] - t0
         figures.rollout_reached = progress.version("3")[0]
         figures.cpu_rollout = _cpu(gw) - cpu0
         return figures
@@ -378,8 +410,9 @@ def report(base: Figures, big: Figures) -> None:
     row("gateway CPU: connect / publish / rollout",
         f"{base.cpu_connect:.1f} / {base.cpu_publish:.2f} / {base.cpu_rollout:.2f} s",
         f"{big.cpu_connect:.1f} / {big.cpu_publish:.2f} / {big.cpu_rollout:.2f} s")
-    row("clients' CPU: connect", f"{base.cpu_connect_clients:.1f} s",
-        f"{big.cpu_connect_clients:.1f} s")
+    row("clients' CPU: connect / publish",
+        f"{base.cpu_connect_clients:.1f} / {base.cpu_publish_clients:.2f} s",
+        f"{big.cpu_connect_clients:.1f} / {big.cpu_publish_clients:.2f} s")
 
 
 def main() -> None:
@@ -397,6 +430,9 @@ def main() -> None:
                         help="seconds of quiet before memory is read and between steps")
     parser.add_argument("--no-auth", action="store_true", help="a gateway without tokens")
     parser.add_argument("--gateway-log-level", default="info")
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
+                        help="record the gateway with py-spy during each step (raw "
+                        "stacks in DIR/STREAMS/STEP.txt)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the gateway's files and log in this folder")
     args = parser.parse_args()
