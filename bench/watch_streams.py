@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import os
 import queue
 import shutil
 import signal
@@ -58,14 +57,15 @@ def _agent(i: int) -> tuple[str, str, dict[str, str]]:
 
 
 def client_main(index: int, address: str, first: int, count: int, per_connection: int,
-                auth: bool, out: mp.Queue, go: mp.Event, stop: mp.Event) -> None:
+                auth: bool, reports: bool, out: mp.Queue, go: mp.Event, stop: mp.Event) -> None:
     """One client process: ``count`` agents' streams from agent number ``first``."""
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
-    asyncio.run(_client(index, address, first, count, per_connection, auth, out, go, stop))
+    asyncio.run(_client(index, address, first, count, per_connection, auth, reports, out, go,
+                        stop))
 
 
 async def _client(index: int, address: str, first: int, count: int, per_connection: int,
-                  auth: bool, out: mp.Queue, go: mp.Event, stop: mp.Event) -> None:
+                  auth: bool, reports: bool, out: mp.Queue, go: mp.Event,
+                  stop: mp.Event) -> None:
     import grpc
 
     from edgecloud.protos.fleet.v1 import fleet_pb2 as pb
@@ -73,13 +73,37 @@ async def _client(index: int, address: str, first: int, count: int, per_connecti
 
     first_at: list[float | None] = [None] * count
     got: dict[str, list[float | None]] = {}
+    reported: dict[str, list[float | None]] = {}
     ended: dict[str, int] = {}
+    report_errors: dict[str, int] = {}
+    background: set[asyncio.Task] = set()
+
+    async def report(stub, n: int, agent_id: str, labels: dict[str, str], metadata,
+                     message) -> None:
+        """What an agent sends once it applied an assignment (here: at once)."""
+        versions = [ref.version for ref in message.models]
+        status = pb.AgentStatus(
+            agent_id=agent_id, labels=labels, sent_at=time.time(), status_interval_s=60.0,
+            applied_generation=message.generation,
+            tasks=[pb.TaskCounters(name=ref.name, model_version=ref.version)
+                   for ref in message.models])
+        try:
+            await stub.ReportStatus(status, metadata=metadata, timeout=120)
+        except grpc.aio.AioRpcError as exc:
+            report_errors[exc.code().name] = report_errors.get(exc.code().name, 0) + 1
+            if len(report_errors) == 1 and sum(report_errors.values()) == 1:
+                print(f"client {index}: ReportStatus: {exc.code().name}: {exc.details()}",
+                      file=sys.stderr)
+            return
+        now = time.monotonic()
+        for version in versions:
+            reported.setdefault(version, [None] * count)[n] = now
 
     async def watch(stub, n: int) -> None:
         agent_id, token, labels = _agent(first + n)
-        call = stub.WatchAssignments(
-            pb.AgentHello(agent_id=agent_id, labels=labels),
-            metadata=(("authorization", f"Bearer {token}"),) if auth else ())
+        metadata = (("authorization", f"Bearer {token}"),) if auth else ()
+        call = stub.WatchAssignments(pb.AgentHello(agent_id=agent_id, labels=labels),
+                                     metadata=metadata)
         try:
             async for message in call:
                 now = time.monotonic()
@@ -89,6 +113,11 @@ async def _client(index: int, address: str, first: int, count: int, per_connecti
                     seen = got.setdefault(ref.version, [None] * count)
                     if seen[n] is None:
                         seen[n] = now
+                if reports:
+                    task = asyncio.create_task(report(stub, n, agent_id, labels, metadata,
+                                                      message))
+                    background.add(task)
+                    task.add_done_callback(background.discard)
             code = "EOF"
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
@@ -103,7 +132,8 @@ async def _client(index: int, address: str, first: int, count: int, per_connecti
             return len(seen), max(seen, default=0.0)
 
         return {"first": stats(first_at), "versions": {v: stats(t) for v, t in got.items()},
-                "ended": dict(ended)}
+                "reported": {v: stats(t) for v, t in reported.items()},
+                "ended": dict(ended), "report_errors": dict(report_errors)}
 
     out.put((index, "ready", None))
     while not go.is_set():  # noqa: ASYNC110 (a process-wide event, not an asyncio one)
@@ -143,6 +173,12 @@ class Progress:
 
     def version(self, v: str) -> tuple[int, float]:
         return self._sum(lambda s: s["versions"].get(v, (0, 0.0)))
+
+    def reported(self, v: str) -> tuple[int, float]:
+        return self._sum(lambda s: s["reported"].get(v, (0, 0.0)))
+
+    def report_errors(self) -> int:
+        return sum(sum(s["report_errors"].values()) for s in self.clients.values())
 
     def ended(self) -> int:
         return sum(sum(s["ended"].values()) for s in self.clients.values())
@@ -207,6 +243,10 @@ class Figures:
     cpu_connect_clients: float = 0.0
     cpu_publish: float = 0.0
     cpu_publish_clients: float = 0.0
+    publish_call_s: float = 0.0
+    reports_s: float | None = None
+    reports_done: int = 0
+    report_errors: int = 0
     cpu_rollout: float = 0.0
 
 
@@ -303,7 +343,7 @@ def run_fleet(work: Path, files: Path, streams: int, args) -> Figures:
             first, count = i * share, min(share, streams - i * share)
             p = ctx.Process(target=client_main, args=(i, address, first, count,
                                                       args.per_connection, not args.no_auth,
-                                                      out, go, stop))
+                                                      args.reports, out, go, stop))
             p.start()
             procs.append(p)
         ready = 0
@@ -333,12 +373,21 @@ def run_fleet(work: Path, files: Path, streams: int, args) -> Figures:
         reachable = figures.assigned
         with Profile(profiles, gateway.pid, "publish"):
             cpu0, ccpu0 = _cpu(gw), sum(map(_cpu, client_ps))
-            t0 = time.monotonic()
+            started = time.monotonic()
             _publish(registry, files, "2", True)
+            t0 = time.monotonic()  # the new version is in the registry
+            figures.publish_call_s = t0 - started
             if _wait(out, progress, lambda: progress.version("2")[0] >= reachable,
                      args.push_timeout):
                 figures.publish_s = progress.version("2")[1] - t0
             figures.cpu_publish_clients = sum(map(_cpu, client_ps)) - ccpu0
+            if args.reports and _wait(
+                    out, progress,
+                    lambda: progress.reported("2")[0] + progress.report_errors() >= reachable,
+                    args.push_timeout):
+                figures.reports_s = progress.reported("2")[1] - t0
+            figures.reports_done = progress.reported("2")[0]
+            figures.report_errors = progress.report_errors()
         figures.publish_reached = progress.version("2")[0]
         figures.cpu_publish = _cpu(gw) - cpu0
         time.sleep(args.settle)
@@ -403,6 +452,14 @@ def report(base: Figures, big: Figures) -> None:
     row("publication → last stream",
         _seconds(base.publish_s, base.publish_reached, base.assigned),
         _seconds(big.publish_s, big.publish_reached, big.assigned), "≤ 2 s")
+    row("(the publication itself: manifest, upload, generation)",
+        f"{base.publish_call_s:.2f} s", f"{big.publish_call_s:.2f} s")
+    if base.reports_done or big.reports_done:
+        row("publication → last status report stored",
+            _seconds(base.reports_s, base.reports_done, base.assigned),
+            _seconds(big.reports_s, big.reports_done, big.assigned))
+        row("status reports refused or failed", f"{base.report_errors:,}",
+            f"{big.report_errors:,}", "none")
     row(f"rollout to 50% → last of its streams ({base.rollout_expected:,} / "
         f"{big.rollout_expected:,})",
         _seconds(base.rollout_s, base.rollout_reached, base.rollout_expected),
@@ -429,6 +486,9 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=2.0,
                         help="seconds of quiet before memory is read and between steps")
     parser.add_argument("--no-auth", action="store_true", help="a gateway without tokens")
+    parser.add_argument("--reports", action="store_true",
+                        help="each agent reports its status (ReportStatus) on every "
+                        "assignment it gets, as an agent does once it applied it")
     parser.add_argument("--gateway-log-level", default="info")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
                         help="record the gateway with py-spy during each step (raw "
