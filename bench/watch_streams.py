@@ -478,9 +478,10 @@ def main() -> None:
     parser.add_argument("--baseline", type=int, default=1_000,
                         help="streams of the baseline fleet measured first")
     parser.add_argument("--clients", type=int, default=8, help="client processes (at most)")
-    parser.add_argument("--per-connection", type=int, default=256,
-                        help="streams per connection (the gateway's "
-                        "max_streams_per_connection by default)")
+    parser.add_argument("--per-connection", type=int, default=None,
+                        help="streams per connection (default: the gateway's "
+                        "max_streams_per_connection, 256; half that with --reports, leaving "
+                        "room for the reports on the same connections)")
     parser.add_argument("--connect-timeout", type=float, default=120.0)
     parser.add_argument("--push-timeout", type=float, default=60.0)
     parser.add_argument("--settle", type=float, default=2.0,
@@ -496,6 +497,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the gateway's files and log in this folder")
     args = parser.parse_args()
+    if args.per_connection is None:
+        args.per_connection = 128 if args.reports else 256
     from edgecloud.examples.digits import write_example
 
     with tempfile.TemporaryDirectory() as tmp:
