@@ -21,7 +21,8 @@ large one side by side (same run, same machine, same client layout rules):
 Goals for 10,000 streams: all assigned within 30 s, gateway at most 500 MB,
 publication to the last stream within 2 s.
 
-    python bench/watch_streams.py [--streams 10000] [--baseline 1000] [--clients 8]
+    python bench/watch_streams.py [--streams 10000] [--baseline 1000] [--clients N]
+                                  [--reports] [--py-spy DIR]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import queue
 import shutil
 import signal
@@ -477,7 +479,10 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=10_000)
     parser.add_argument("--baseline", type=int, default=1_000,
                         help="streams of the baseline fleet measured first")
-    parser.add_argument("--clients", type=int, default=8, help="client processes (at most)")
+    parser.add_argument("--clients", type=int, default=os.cpu_count() or 2,
+                        help="client processes, at most (default: one per core; on a machine "
+                        "that also runs the gateway, more only add client CPU on the cores "
+                        "the gateway needs)")
     parser.add_argument("--per-connection", type=int, default=None,
                         help="streams per connection (default: the gateway's "
                         "max_streams_per_connection, 256; half that with --reports, leaving "
