@@ -248,7 +248,7 @@ class FleetHub:
         the snapshot lasts (callers may cache its encoding by identity).
         """
         self._connected[agent_id] = self._connected.get(agent_id, 0) + 1
-        self._labels[agent_id] = dict(labels)
+        labels = self._labels[agent_id] = dict(labels)
         sent_key = None
         seen = -1
         try:
@@ -309,17 +309,22 @@ class FleetHub:
         """
         if isinstance(status.get("labels"), dict):
             self._labels[status["agent_id"]] = dict(status["labels"])
-        previous = await asyncio.to_thread(self.registry.agent_status, status["agent_id"])
-        status = {**status, "replica": self.replica, "last_seen": self._clock(),
-                  "swap_history": swap_history((previous or {}).get("swap_history") or [],
-                                               status.get("swaps") or [])}
+        status = {**status, "replica": self.replica, "last_seen": self._clock()}
         for name, version, reason in failed_swaps:
             rollout = await asyncio.to_thread(self.registry.record_swap_failure, name, version,
                                               status["agent_id"], reason)
             if rollout is not None and rollout.state == "halted":
                 log.warning("rollout_halted", model=name, version=version,
                             failures=len(rollout.failures), stable=rollout.stable)
-        await asyncio.to_thread(self.registry.write_agent_status, status["agent_id"], status)
+        await asyncio.to_thread(self._store_status, status)
+
+    def _store_status(self, status: dict) -> None:
+        """Add the swap history to the agent's status and store it (one worker-thread hop:
+        read the stored status, write the new one)."""
+        previous = self.registry.agent_status(status["agent_id"]) or {}
+        status["swap_history"] = swap_history(previous.get("swap_history") or [],
+                                              status.get("swaps") or [])
+        self.registry.write_agent_status(status["agent_id"], status)
 
 
 def _key(envelope: Envelope) -> tuple[str, str, str]:

@@ -149,10 +149,11 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
         if not request.agent_id:
             raise InvalidInput("agent_id is required")
         _check_identity(request.agent_id)
-        log.info("agent_connected", agent_id=request.agent_id, labels=dict(request.labels),
+        labels = dict(request.labels)
+        log.info("agent_connected", agent_id=request.agent_id, labels=labels,
                  replica=self._hub.replica)
         try:
-            async for assignment in self._hub.watch(request.agent_id, dict(request.labels)):
+            async for assignment in self._hub.watch(request.agent_id, labels):
                 yield self._encoded(assignment)
         finally:
             log.info("agent_disconnected", agent_id=request.agent_id)
