@@ -279,7 +279,8 @@ class GatewayApp(ServingApp):
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20,
                           max_connection_age_s=s.max_connection_age_s,
                           max_concurrent_rpcs=s.max_concurrent_rpcs,
-                          max_streams_per_connection=s.max_streams_per_connection),
+                          max_streams_per_connection=s.max_streams_per_connection,
+                          max_pending_rpcs=s.max_pending_rpcs),
             interceptors=([AuthInterceptor(auth, gateway_roles)]
                           if tokens is not None or mutual_tls else []),
             credentials=checked.credentials,

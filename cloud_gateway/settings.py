@@ -183,6 +183,12 @@ class GatewaySettings(EdgecloudSettings):
     None: unlimited."""
     max_streams_per_connection: int = Field(256, ge=1)
     """HTTP/2 streams (calls) one connection may have open at once; more wait for a free one."""
+    max_pending_rpcs: int = Field(32768, ge=1)
+    """New calls held while the server is still taking earlier ones: when a whole fleet
+    reconnects at once (a replica restarted, a load balancer moved connections) the calls
+    arrive faster than one event loop takes them. Past it new calls are refused (and agents
+    retry with backoff). gRPC's own default refuses calls from 1,000 waiting on, which
+    turned most of a 10,000-agent reconnect away."""
     max_request_bytes: int = Field(64 * 2**20, ge=1024)
     """Largest inference request accepted."""
     max_connection_age_s: float | None = Field(600.0, gt=0)

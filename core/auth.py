@@ -329,6 +329,11 @@ def _guard(handler, authenticator: Authenticator, needed: frozenset[str], method
         stream_unary=wrap(handler.stream_unary), stream_stream=wrap(handler.stream_stream))
 
 
+MAX_GUARDED_METHODS = 256
+"""Guarded handlers an interceptor keeps (the methods a server serves; callers may name
+methods that do not exist, which get no handler and are not kept)."""
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls whose caller lacks a role the method needs (logged once each)."""
 
@@ -336,13 +341,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                  roles_for: Callable[[str], frozenset[str] | None]) -> None:
         self._authenticator = authenticator
         self._roles_for = roles_for
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        """Method -> its handler and the guarded one, built once (not once per call)."""
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        needed = self._roles_for(handler_call_details.method)
+        method = handler_call_details.method
+        kept = self._guarded.get(method)
+        if kept is not None and kept[0] is handler:
+            return kept[1]
+        needed = self._roles_for(method)
         if handler is None or needed is None:
             return handler
-        return _guard(handler, self._authenticator, needed, handler_call_details.method)
+        guarded = _guard(handler, self._authenticator, needed, method)
+        if len(self._guarded) < MAX_GUARDED_METHODS:
+            self._guarded[method] = (handler, guarded)
+        return guarded
 
 
 def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

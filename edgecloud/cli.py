@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "with RESOURCE_EXHAUSTED (default 32768)")
     serve.add_argument("--max-streams-per-connection", type=int, default=None, metavar="N",
                        help="calls one connection may have open at once (default 256)")
+    serve.add_argument("--max-pending-rpcs", type=int, default=None, metavar="N",
+                       help="new calls held while the server takes earlier ones (a fleet "
+                       "reconnecting at once); more are refused (default 32768)")
     _add_process_flags(serve)
     serve.set_defaults(handler=_cmd_gateway_serve)
 
@@ -318,6 +321,7 @@ def _cmd_gateway_serve(args: argparse.Namespace) -> int:
         tls_client_ca=args.tls_client_ca, batching=_batching(args),
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_streams_per_connection=args.max_streams_per_connection,
+        max_pending_rpcs=args.max_pending_rpcs,
     )
     _setup_logging(settings)
     asyncio.run(run_gateway(settings))

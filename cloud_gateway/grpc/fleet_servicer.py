@@ -56,6 +56,28 @@ def assignment_message(assignment: AgentAssignment, replica: str) -> pb.Assignme
     )
 
 
+class EncodedAssignments:
+    """Each distinct assignment encoded once: the streams that share an assignment object
+    (:meth:`FleetHub.watch <edgecloud.cloud_gateway.fleet.FleetHub.watch>` shares them
+    within a snapshot) send the same bytes. Holds one generation's encodings."""
+
+    def __init__(self, replica: str) -> None:
+        self._replica = replica
+        self._generation = -1
+        self._by_id: dict[int, tuple[AgentAssignment, bytes]] = {}
+
+    def __call__(self, assignment: AgentAssignment) -> bytes:
+        if assignment.generation != self._generation:
+            self._generation, self._by_id = assignment.generation, {}
+        kept = self._by_id.get(id(assignment))
+        if kept is None or kept[0] is not assignment:
+            # The entry holds the assignment, so its id is not reused while kept.
+            kept = (assignment,
+                    assignment_message(assignment, self._replica).SerializeToString())
+            self._by_id[id(assignment)] = kept
+        return kept[1]
+
+
 def status_dict(status: pb.AgentStatus) -> dict:
     """Wire status -> plain data kept in the registry."""
     return MessageToDict(status, preserving_proto_field_name=True,
@@ -121,17 +143,19 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
         self._hub = hub
         self._examples = examples or HardExampleStore(hub.registry.store, REGISTRY_PREFIX)
         self._upload_limits = upload_limits or UploadLimits()
+        self._encoded = EncodedAssignments(hub.replica)
 
     @rpc_boundary
     async def WatchAssignments(self, request, context):
         if not request.agent_id:
             raise InvalidInput("agent_id is required")
         _check_identity(request.agent_id)
-        log.info("agent_connected", agent_id=request.agent_id, labels=dict(request.labels),
+        labels = dict(request.labels)
+        log.info("agent_connected", agent_id=request.agent_id, labels=labels,
                  replica=self._hub.replica)
         try:
-            async for assignment in self._hub.watch(request.agent_id, dict(request.labels)):
-                yield assignment_message(assignment, self._hub.replica)
+            async for assignment in self._hub.watch(request.agent_id, labels):
+                yield self._encoded(assignment)
         finally:
             log.info("agent_disconnected", agent_id=request.agent_id)
 
