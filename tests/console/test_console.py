@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -33,7 +35,6 @@ from edgecloud.cloud_gateway.registry import Registry
 from edgecloud.core.signing import generate_keypair, key_fingerprint, load_public_key
 from edgecloud.core.tensors import InferRequest
 from edgecloud.examples.digits import load_split
-from edgecloud.operations import GatewayOperator
 from edgecloud.router import TuningTarget, dump_policy, parse_policy, tune
 
 TASK = "digits"
@@ -178,7 +179,7 @@ async def test_the_console_shows_the_fleet_and_rolls_back_in_a_browser(
         start_gateway, start_agent, tmp_path, digits_dir, digits_test, onnx_reference, browser,
         screenshots):
     """Against a gateway with an operator and a viewer token and two agents: a bad token is
-    refused on the login form; the agents appear; a rollout started through the admin API
+    refused on the login form; the agents appear; a rollout started from the command line
     shows its progress; a rollback clicked and confirmed in the console takes both agents
     back to the previous version (cancelled, it does nothing); models show who signed them,
     policies their tuning curve, hard examples their 8×8 input; a viewer sees no action
@@ -240,12 +241,15 @@ async def test_the_console_shows_the_fleet_and_rolls_back_in_a_browser(
         assert "(here)" in await run(page.text, row)
     await run(page.shot, "agents")
 
-    # A rollout started through the operator API shows its progress, up to both agents.
-    operator = GatewayOperator(gateway.address, token=TOKENS["operator"])
-    try:
-        await run(lambda: operator.rollout("start", TASK, version="2", percent=100.0))
-    finally:
-        operator.close()
+    # A rollout started from the command line shows its progress, up to both agents.
+    token_file = tmp_path / "operator.token"
+    token_file.write_text(TOKENS["operator"] + "\n")
+    cli = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "edgecloud", "models", "rollout", TASK, "2",
+                         "--percent", "100", "--gateway", gateway.address,
+                         "--token-file", str(token_file)],
+        capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
     await run(page.go, "rollouts")
     await wait_until(lambda: all(running_version(a) == "2" for a in agents), 20,
                      "both agents on version 2")
