@@ -329,6 +329,7 @@ def run_loop(agents: int = 3, streams: int = 2, json_path: Path | None = None,
                 results = _stream_phase(bar, after, addresses, streams, x)
             _check_versions(after, results)
             figures["after"] = phase_figures(results, y, target_gap)
+            running = asyncio.run(_versions(addresses, probe))
         except (DemoError, EdgecloudError, ValueError) as exc:
             console.print(f"[red]demo failed:[/red] {exc}")
             return 1
@@ -350,6 +351,7 @@ def run_loop(agents: int = 3, streams: int = 2, json_path: Path | None = None,
             "agents": agents, "streams_per_agent": streams, "target_gap": target_gap,
             "edge_versions": {"before": published_v1["version"],
                               "after": published_v2["version"]},
+            "agents_running": running,
             "training": {"small_rows": len(small.y), "exported": labelled.exported,
                          "hard_rows_held": held, "reviewed": reviewed,
                          "labelled_by_reviewer": labelled.by_reviewer,
