@@ -396,14 +396,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.streams <= 16:
         raise CliError("--streams must be between 1 and 16")
     if args.loop:
-        import importlib.util
+        import importlib
 
-        missing = [name for name in ("sklearn", "skl2onnx")
-                   if importlib.util.find_spec(name) is None]
-        if missing:
-            raise CliError("demo --loop retrains the edge model with scikit-learn and skl2onnx "
-                           f"({', '.join(missing)} missing): install the examples extra, "
-                           "pip install -e '.[examples]' (or run make demo-loop)")
+        for module in ("sklearn", "skl2onnx"):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise CliError(f"demo --loop retrains the edge model with scikit-learn and "
+                               f"skl2onnx ({module} is missing): install the examples extra, "
+                               "pip install -e '.[examples]' (or run make demo-loop)") from None
         from edgecloud.demo_loop import run_loop
 
         return run_loop(agents=args.agents, streams=args.streams, json_path=args.json)

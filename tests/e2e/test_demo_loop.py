@@ -101,3 +101,16 @@ def test_escalation_for_gap_is_the_least_escalating_point_that_meets_the_target(
     assert looser["escalation_rate"] == 0.0  # the edge alone (8/10) meets 0.8
     unreachable = escalation_for_gap(confidence, edge, cloud, y, gap=-0.2)
     assert unreachable["escalation_rate"] == 1.0  # nothing meets 1.1: everything escalates
+
+
+def test_without_the_examples_extra_the_loop_says_what_to_install():
+    """Where scikit-learn cannot be imported, demo --loop exits 2 naming the extra to
+    install, before it starts anything."""
+    code = ("import sys; sys.modules['sklearn'] = None; from edgecloud.cli import main; "
+            "sys.exit(main(['demo', '--loop']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert "sklearn is missing" in result.stderr
+    assert "pip install -e '.[examples]'" in result.stderr
+    assert "Traceback" not in result.stderr
