@@ -62,11 +62,14 @@ from edgecloud.examples import digits_loop
 from edgecloud.examples.digits import write_example
 from edgecloud.operations import GatewayOperator, publish_model_file, publish_policy_document
 from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from edgecloud.router import Reason
 from edgecloud.router.curves import operating_curve
 
-HARD_REASONS = frozenset({"low_confidence", "no_time", "budget_exhausted",
-                          "cloud_unavailable", "cloud_failed"})
-"""Reasons of the rows an agent keeps as hard examples (routed rows; forced ones never)."""
+HARD_REASONS = frozenset(reason.value for reason in (
+    Reason.LOW_CONFIDENCE, Reason.NO_TIME, Reason.BUDGET_EXHAUSTED, Reason.CLOUD_UNAVAILABLE,
+    Reason.CLOUD_FAILED))
+"""Reasons of the rows an agent keeps as hard examples, as its replies say them (with no
+shadow sampling; forced rows never): how many records the gateway should come to hold."""
 DEFAULT_TARGET_GAP = 0.005
 """The hybrid accuracy both phases are compared at: this far below cloud-only accuracy."""
 ROLLOUT_TIMEOUT_S = 60.0
