@@ -1,0 +1,198 @@
+"""The human review tier, end to end: a real gateway and agent on loopback with tokens.
+
+Rows the cloud answered less surely than the policy's ``review_threshold`` reach the
+gateway's review queue; a reviewer labels them over gRPC; the app that asked for a
+better answer gets the label from the agent's Answers service; bad labels get clear
+statuses and store nothing; export --labelled and policy tune --field use the labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+
+from edgecloud.core import codec
+from edgecloud.core.auth import call_metadata
+from edgecloud.core.tensors import InferRequest
+from edgecloud.protos.answers.v1 import answers_pb2 as apb
+from edgecloud.protos.answers.v1 import answers_pb2_grpc as apb_grpc
+from edgecloud.protos.fleet.v1 import fleet_pb2 as fpb
+from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as fpb_grpc
+from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+
+OPERATOR = "op-secret-0123456789"
+REVIEWER = "rev-secret-0123456789"
+VIEWER = "view-secret-0123456789"
+AGENT = "ag-secret-0123456789"
+BETTER = {"answer": "fast_then_better", "confidence_threshold": 1.0}
+"""Every row escalated behind the fast answer (no row meets a threshold of 1)."""
+
+
+def review_setup(tmp_path: Path, digits_dir: Path) -> tuple[Path, Path]:
+    """A tokens file with every role, and the digits policy with review_threshold 1.0 (every
+    row the cloud answers goes to review)."""
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(yaml.safe_dump({
+        "operators": [OPERATOR], "reviewers": {REVIEWER: "rita"}, "viewers": [VIEWER],
+        "agents": {AGENT: "agent-0"}}))
+    (tmp_path / "agent.token").write_text(AGENT + "\n")
+    policy = yaml.safe_load((digits_dir / "policy.yaml").read_text())
+    policy["review_threshold"] = 1.0
+    path = tmp_path / "review-policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    return tokens, path
+
+
+async def ask_better(agent_address: str, rows: np.ndarray) -> list[str]:
+    """One fast_then_better request per row over gRPC; the answer ids."""
+    ids = []
+    async with grpc.aio.insecure_channel(agent_address) as channel:
+        v2 = pb_grpc.GRPCInferenceServiceStub(channel)
+        for i in range(len(rows)):
+            reply = await v2.ModelInfer(codec.encode_infer_request(InferRequest(
+                model_name="digits", inputs={"pixels": rows[i:i + 1]}, parameters=BETTER)),
+                timeout=10)
+            ids.append(reply.parameters["answer_id"].string_param)
+    return ids
+
+
+async def queue_of(review: fpb_grpc.ReviewServiceStub, token: str, count: int,
+                   timeout_s: float = 30.0) -> fpb.ListReviewsReply:
+    """List the queue until it holds ``count`` rows."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = await review.ListReviews(fpb.ListReviewsRequest(task="digits"),
+                                         metadata=call_metadata(token), timeout=10)
+        if reply.waiting == count or time.monotonic() > deadline:
+            return reply
+        await asyncio.sleep(0.1)
+
+
+async def answer_of(agent_address: str, answer_id: str, source: str,
+                    timeout_s: float = 30.0) -> apb.Answer:
+    """Get the answer until its source is ``source``."""
+    deadline = time.monotonic() + timeout_s
+    async with grpc.aio.insecure_channel(agent_address) as channel:
+        answers = apb_grpc.AnswersStub(channel)
+        while True:
+            got = await answers.Get(apb.GetAnswerRequest(answer_id=answer_id), timeout=10)
+            if got.source == source or time.monotonic() > deadline:
+                return got
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.e2e
+async def test_reviewers_label_queued_rows_and_the_app_gets_the_labels(
+        start_gateway, start_agent, tmp_path, digits_dir, digits_test, onnx_reference):
+    """Three fast_then_better rows reach the queue (oldest first, with both models' top
+    answers); a reviewer's labels reach the app through Answers.Get (source reviewer,
+    answered by the reviewer's name); every bad label gets its status and stores nothing;
+    a viewer reads the queue but cannot label; a reviewer cannot roll out."""
+    tokens, policy = review_setup(tmp_path, digits_dir)
+    registry = tmp_path / "registry"
+    gateway = await start_gateway(registry=registry, tokens_file=tokens)
+    agent = await start_agent(gateway.address, fleet=False, agent_id="agent-0",
+                              token_file=tmp_path / "agent.token", policies=[policy])
+    x, _ = digits_test
+    rows = x[:3]
+    ids = await ask_better(agent.address, rows)
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        review = fpb_grpc.ReviewServiceStub(channel)
+        admin = fpb_grpc.AdminServiceStub(channel)
+        queue = await queue_of(review, REVIEWER, 3)
+        assert queue.waiting == 3
+        items = list(queue.items)
+        assert [item.example.answer_id for item in items] == ids
+        assert [item.example.at for item in items] == sorted(item.example.at for item in items)
+        edge, cloud = onnx_reference("edge", rows), onnx_reference("cloud", rows)
+        for i, item in enumerate(items):
+            assert item.classes == 10 and item.example.reason == "review"
+            assert item.edge_class == int(edge[i].argmax())
+            assert item.cloud_class == int(cloud[i].argmax())
+            np.testing.assert_array_equal(
+                np.frombuffer(item.example.inputs[0].data, np.float32), rows[i])
+        viewer_queue = await review.ListReviews(fpb.ListReviewsRequest(),
+                                                metadata=call_metadata(VIEWER))
+        assert viewer_queue.waiting == 3
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await review.LabelReview(fpb.LabelReviewRequest(review_id=items[0].review_id,
+                                                            label=1),
+                                     metadata=call_metadata(VIEWER))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await admin.SetRollout(fpb.RolloutRequest(action="pause", name="digits"),
+                                   metadata=call_metadata(REVIEWER))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        labels = [(int(cloud[i].argmax()) + 1) % 10 for i in range(3)]
+        for item, label in zip(items[:2], labels[:2], strict=True):
+            given = await review.LabelReview(
+                fpb.LabelReviewRequest(review_id=item.review_id, label=label),
+                metadata=call_metadata(REVIEWER))
+            assert (given.label, given.reviewer, given.answer_id) == (
+                label, "rita", item.example.answer_id)
+        # An operator may label too.
+        await review.LabelReview(fpb.LabelReviewRequest(review_id=items[2].review_id,
+                                                        label=labels[2]),
+                                 metadata=call_metadata(OPERATOR))
+
+        bad = [
+            (items[0].review_id, 3, grpc.StatusCode.FAILED_PRECONDITION, "already labelled"),
+            ("agent-0.999.0123456789abcdef", 3, grpc.StatusCode.NOT_FOUND, "no review row"),
+            ("not an id", 3, grpc.StatusCode.NOT_FOUND, "no review row"),
+        ]
+        for review_id, label, code, words in bad:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await review.LabelReview(fpb.LabelReviewRequest(review_id=review_id,
+                                                                label=label),
+                                         metadata=call_metadata(REVIEWER))
+            assert err.value.code() == code and words in err.value.details()
+        assert (await review.ListReviews(fpb.ListReviewsRequest(),
+                                         metadata=call_metadata(REVIEWER))).waiting == 0
+        stored = sorted(p.name for p in (registry / "reviews" / "labels" / "agent-0").iterdir())
+        assert stored == sorted(f"{item.review_id}.json" for item in items)
+        assert json.loads((registry / "reviews" / "labels" / "agent-0" /
+                           f"{items[0].review_id}.json").read_text())["label"] == labels[0]
+
+    for answer_id, label, who in zip(ids, labels, ("rita", "rita", "operator"), strict=True):
+        got = await answer_of(agent.address, answer_id, "reviewer")
+        assert got.source == "reviewer" and got.state == apb.ANSWER_STATE_ANSWERED
+        assert list(got.labels) == [label] and list(got.classes) == [label]
+        assert got.answered_by == who
+
+
+@pytest.mark.e2e
+async def test_a_label_outside_the_tasks_classes_is_refused(start_gateway, start_agent,
+                                                            tmp_path, digits_dir,
+                                                            digits_test):
+    """Labels below 0 or past the task's classes are INVALID_ARGUMENT and store nothing;
+    the row stays in the queue and a good label then goes through."""
+    tokens, policy = review_setup(tmp_path, digits_dir)
+    registry = tmp_path / "registry"
+    gateway = await start_gateway(registry=registry, tokens_file=tokens)
+    agent = await start_agent(gateway.address, fleet=False, agent_id="agent-0",
+                              token_file=tmp_path / "agent.token", policies=[policy])
+    x, _ = digits_test
+    await ask_better(agent.address, x[:1])
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        review = fpb_grpc.ReviewServiceStub(channel)
+        (item,) = (await queue_of(review, REVIEWER, 1)).items
+        for label in (10, -1, 2**31 - 1):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await review.LabelReview(fpb.LabelReviewRequest(review_id=item.review_id,
+                                                                label=label),
+                                         metadata=call_metadata(REVIEWER))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a class of task 'digits' (0 to 9)" in err.value.details()
+        assert not (registry / "reviews" / "labels").exists()
+        assert (await review.ListReviews(fpb.ListReviewsRequest(),
+                                         metadata=call_metadata(REVIEWER))).waiting == 1
+        await review.LabelReview(fpb.LabelReviewRequest(review_id=item.review_id, label=9),
+                                 metadata=call_metadata(REVIEWER))
