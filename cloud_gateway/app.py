@@ -18,7 +18,7 @@ from edgecloud.cloud_gateway.hard_examples import REGISTRY_PREFIX, HardExampleSt
 from edgecloud.cloud_gateway.limits import EscalationLimiter, LimitedPlane, RateLimit
 from edgecloud.cloud_gateway.metrics import GatewayMetrics
 from edgecloud.cloud_gateway.registry import Registry, is_registry, registry_location
-from edgecloud.cloud_gateway.review import ReviewQueue
+from edgecloud.cloud_gateway.review import LabelFeed, ReviewQueue
 from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.cloud_gateway.settings import GatewaySettings
 from edgecloud.cloud_gateway.storage import Location
@@ -221,7 +221,7 @@ class GatewayApp(ServingApp):
         self.service: GatewayService | None = None
         self.hub: FleetHub | None = None
         self.examples: HardExampleStore | None = None
-        self.reviews: fleet_servicer.LabelFeed | None = None
+        self.reviews: LabelFeed | None = None
         """The human review queue, and the labels agents watch."""
         self._authenticator: Authenticator | None = None
         self.plane: v2_grpc.DataPlane | None = None
@@ -231,7 +231,9 @@ class GatewayApp(ServingApp):
     def _http_routes(self) -> list[web.RouteDef]:
         """v2 REST (see :func:`v2_rest_routes`) and the operators' console (``/console``)."""
         assert self.hub is not None and self.examples is not None
-        return [*v2_rest_routes(self), *console_routes(FleetConsole(self.hub, self.examples))]
+        assert self.reviews is not None
+        console = FleetConsole(self.hub, self.examples, self.reviews.queue)
+        return [*v2_rest_routes(self), *console_routes(console, self.reviews)]
 
     def _http_authenticator(self) -> Authenticator | None:
         """The gateway's bearer tokens (client certificates are a gRPC matter)."""
@@ -265,7 +267,7 @@ class GatewayApp(ServingApp):
                                     max_record_bytes=h.max_record_bytes,
                                     agent_quota_bytes=h.agent_quota_bytes)
         self.examples = examples
-        self.reviews = fleet_servicer.LabelFeed(
+        self.reviews = LabelFeed(
             ReviewQueue(registry.store, max_age_s=s.review.max_age_s),
             poll_s=s.review.label_poll_ms / 1000.0)
         upload_limits = fleet_servicer.UploadLimits(max_upload_bytes=h.max_upload_bytes,

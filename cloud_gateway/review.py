@@ -26,10 +26,12 @@ Objects never change once written, so what is read is kept in memory.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -247,3 +249,38 @@ class ReviewQueue:
         log.info("review_labelled", review_id=review_id, task=example.task, label=int(label),
                  reviewer=reviewer)
         return given
+
+
+class LabelFeed:
+    """Labels of one agent as they are given, for its WatchLabels stream.
+
+    A label given through this replica wakes the streams at once; one given through
+    another replica is found by listing the agent's labels every ``poll_s``.
+    """
+
+    def __init__(self, queue: ReviewQueue, poll_s: float = 1.0) -> None:
+        self.queue = queue
+        self._poll_s = poll_s
+        self._changed: asyncio.Event | None = None
+
+    async def label(self, review_id: str, label: int, reviewer: str) -> Label:
+        """:meth:`ReviewQueue.label` in a worker thread; wakes this replica's streams."""
+        given = await asyncio.to_thread(self.queue.label, review_id, label, reviewer)
+        if self._changed is not None:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+        return given
+
+    async def watch(self, agent_id: str, after: float) -> AsyncIterator[Label]:
+        """``agent_id``'s labels given at or after ``after``, then each new one, once each."""
+        sent: set[str] = set()
+        while True:
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            changed = self._changed
+            for label in await asyncio.to_thread(self.queue.labels, agent_id, after):
+                if label.review_id not in sent:
+                    sent.add(label.review_id)
+                    yield label
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), self._poll_s)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.grpc.admin_messages import model_listing_reply, rollout_message
 from edgecloud.cloud_gateway.hard_examples import REGISTRY_PREFIX, HardExampleStore
-from edgecloud.cloud_gateway.review import Label, ReviewQueue, ReviewRow
+from edgecloud.cloud_gateway.review import Label, LabelFeed, ReviewQueue, ReviewRow
 from edgecloud.cloud_gateway.rollouts import AgentAssignment
 from edgecloud.cloud_gateway.storage.objects import full_disk_errors
 from edgecloud.core.auth import AGENT, current_principal
@@ -383,39 +382,6 @@ def reviewer_name() -> str:
     if who is None:
         return "reviewer"
     return who.name or who.role
-
-
-class LabelFeed:
-    """Labels of one agent as they are given, for its WatchLabels stream.
-
-    A label given through this replica wakes the streams at once; one given through
-    another replica is found by listing the agent's labels every ``poll_s``.
-    """
-
-    def __init__(self, queue: ReviewQueue, poll_s: float = 1.0) -> None:
-        self.queue = queue
-        self._poll_s = poll_s
-        self._changed: asyncio.Event | None = None
-
-    async def label(self, review_id: str, label: int, reviewer: str) -> Label:
-        given = await asyncio.to_thread(self.queue.label, review_id, label, reviewer)
-        if self._changed is not None:
-            changed, self._changed = self._changed, asyncio.Event()
-            changed.set()
-        return given
-
-    async def watch(self, agent_id: str, after: float):
-        sent: set[str] = set()
-        while True:
-            if self._changed is None:
-                self._changed = asyncio.Event()
-            changed = self._changed
-            for label in await asyncio.to_thread(self.queue.labels, agent_id, after):
-                if label.review_id not in sent:
-                    sent.add(label.review_id)
-                    yield label
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), self._poll_s)
 
 
 class ReviewServicer(pb_grpc.ReviewServiceServicer):
