@@ -189,10 +189,12 @@ class ReviewQueue:
                  if (label := self._label(key)) is not None and label.labelled_at >= after]
         return sorted(found, key=lambda label: (label.labelled_at, label.review_id))
 
-    def all_labels(self) -> dict[str, Label]:
-        """Every label kept, by review id (the record id of its row)."""
+    def all_labels(self, task: str = "") -> dict[str, Label]:
+        """Every label kept (of ``task``, or of every task), by review id (the record id
+        of its row)."""
         labels = (self._label(key) for key in self._store.list(self._prefix + _LABELS))
-        return {label.review_id: label for label in labels if label is not None}
+        return {label.review_id: label for label in labels
+                if label is not None and (not task or label.task == task)}
 
     def _label(self, key: str) -> Label | None:
         with self._lock:

@@ -256,9 +256,11 @@ EXPORT_BATCH = 64
 class AdminServicer(pb_grpc.AdminServiceServicer):
     """Operator actions on the shared registry."""
 
-    def __init__(self, hub: FleetHub, examples: HardExampleStore | None = None) -> None:
+    def __init__(self, hub: FleetHub, examples: HardExampleStore | None = None,
+                 reviews: ReviewQueue | None = None) -> None:
         self._hub = hub
         self._examples = examples or HardExampleStore(hub.registry.store, REGISTRY_PREFIX)
+        self._reviews = reviews or ReviewQueue(hub.registry.store)
         self._uploads = asyncio.Semaphore(MAX_CONCURRENT_PUBLISHES)
 
     @rpc_boundary
@@ -359,6 +361,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             for kept in batch:
                 yield example_to_pb(kept)
 
+    @rpc_boundary
+    async def ExportLabels(self, request, context):
+        labels = await asyncio.to_thread(self._reviews.all_labels, request.task)
+        for label in sorted(labels.values(), key=lambda lab: (lab.labelled_at, lab.review_id)):
+            yield label_message(label)
+
 
 def label_message(label: Label) -> pb.ReviewLabel:
     """Domain label -> wire message."""
@@ -416,8 +424,8 @@ def register(hub: FleetHub, examples: HardExampleStore | None = None,
     def add(server: grpc.aio.Server) -> None:
         add_servicer(pb_grpc.add_FleetServiceServicer_to_server,
                      FleetServicer(hub, store, upload_limits, feed), server)
-        add_servicer(pb_grpc.add_AdminServiceServicer_to_server, AdminServicer(hub, store),
-                     server)
+        add_servicer(pb_grpc.add_AdminServiceServicer_to_server,
+                     AdminServicer(hub, store, feed.queue), server)
         add_servicer(pb_grpc.add_ReviewServiceServicer_to_server, ReviewServicer(feed),
                      server)
 

@@ -8,7 +8,10 @@ statuses and store nothing; export --labelled and policy tune --field use the la
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 
 import grpc
 import numpy as np
@@ -99,6 +102,34 @@ async def test_reviewers_label_queued_rows_and_the_app_gets_the_labels(
         assert got.source == "reviewer" and got.state == apb.ANSWER_STATE_ANSWERED
         assert list(got.labels) == [label] and list(got.classes) == [label]
         assert got.answered_by == who
+
+    # The labelled rows are exported with their labels, and the field tuner uses them.
+    (tmp_path / "operator.token").write_text(OPERATOR + "\n")
+    out = tmp_path / "labelled"
+    exported = await edgecloud("examples", "export", "--gateway", gateway.address,
+                               "--token-file", tmp_path / "operator.token", "--task", "digits",
+                               "--labelled", "--out", out)
+    assert "exported 3 labelled rows of digits" in exported
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [(r["record_id"], r["label"], r["reviewer"]) for r in index] == [
+        (item.review_id, label, who)
+        for item, label, who in zip(items, labels, ("rita", "rita", "operator"), strict=True)]
+    with np.load(out / "examples.npz") as data:
+        np.testing.assert_array_equal(data["pixels"], rows)
+    tuned = await edgecloud("policy", "tune", "--field", out / "index.jsonl",
+                            "--out", tmp_path / "tuned.yaml", "--target-escalation", "0.5",
+                            "--name", "digits")
+    assert "3 of 3 rows carry human labels" in " ".join(tuned.split())
+
+
+async def edgecloud(*args) -> str:
+    """Run the edgecloud command; its output (it must succeed)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgecloud", *map(str, args), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
+    output, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, output.decode()
+    return output.decode()
 
 
 @pytest.mark.e2e

@@ -615,6 +615,12 @@ class ReviewLabel(_message.Message):
     labelled_at: float
     def __init__(self, review_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., task: _Optional[str] = ..., answer_id: _Optional[str] = ..., answer_row: _Optional[int] = ..., label: _Optional[int] = ..., reviewer: _Optional[str] = ..., labelled_at: _Optional[float] = ...) -> None: ...
 
+class ExportLabelsRequest(_message.Message):
+    __slots__ = ("task",)
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    def __init__(self, task: _Optional[str] = ...) -> None: ...
+
 class WatchLabelsRequest(_message.Message):
     __slots__ = ("agent_id", "after")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]

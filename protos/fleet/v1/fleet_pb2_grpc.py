@@ -455,6 +455,11 @@ class AdminServiceStub:
                 request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportHardExamplesRequest.SerializeToString,
                 response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.FromString,
                 _registered_method=True)
+        self.ExportLabels = channel.unary_stream(
+                '/edgecloud.fleet.v1.AdminService/ExportLabels',
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportLabelsRequest.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReviewLabel.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -515,6 +520,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportLabels(self, request, context):
+        """Reviewers' labels of one task's rows (every label kept), for an export of the
+        labelled rows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -557,6 +570,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ExportHardExamples,
                     request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportHardExamplesRequest.FromString,
                     response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.SerializeToString,
+            ),
+            'ExportLabels': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportLabels,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportLabelsRequest.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReviewLabel.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -777,6 +795,33 @@ class AdminService:
             '/edgecloud.fleet.v1.AdminService/ExportHardExamples',
             edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportHardExamplesRequest.SerializeToString,
             edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgecloud.fleet.v1.AdminService/ExportLabels',
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportLabelsRequest.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReviewLabel.FromString,
             options,
             channel_credentials,
             insecure,
