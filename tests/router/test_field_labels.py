@@ -29,14 +29,14 @@ def test_labels_replace_the_clouds_answer_where_given():
     _, cloud, y = field_arrays(records)
     assert y.tolist()[:2] == [records[0][2], records[1][2]]
     assert y.tolist()[2:] == cloud.argmax(axis=1).tolist()[2:]
-    with pytest.raises(ValueError, match="not one of the 4 classes"):
+    with pytest.raises(ValueError, match="not one of the 2 classes"):
         field_arrays([([0.5, 0.5], [0.4, 0.6], 2)])
 
 
 def test_the_report_counts_human_labels():
     """The report says how many rows carried human labels; all of them make the labels the
     truth (label source ``labels``), some of them leave it agreement with the cloud."""
-    target = TuningTarget(target_escalation=0.5)
+    target = TuningTarget(kind="probabilities", target_escalation=0.5)
     _, some = tune_from_field(_records(200, 50), target)
     assert some.human_labels == 50 and some.label_source == "cloud"
     assert any("50 of 200 rows carry human labels" in note for note in some.notes)
