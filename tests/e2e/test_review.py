@@ -13,10 +13,20 @@ import json
 import os
 import sys
 
+import aiohttp
 import grpc
 import numpy as np
 import pytest
-from review_helpers import OPERATOR, REVIEWER, VIEWER, answer_of, ask_better, queue_of, review_setup
+from review_helpers import (
+    AGENT,
+    OPERATOR,
+    REVIEWER,
+    VIEWER,
+    answer_of,
+    ask_better,
+    queue_of,
+    review_setup,
+)
 
 from edgecloud.core.auth import call_metadata
 from edgecloud.protos.answers.v1 import answers_pb2 as apb
@@ -160,3 +170,58 @@ async def test_a_label_outside_the_tasks_classes_is_refused(start_gateway, start
                                          metadata=call_metadata(REVIEWER))).waiting == 1
         await review.LabelReview(fpb.LabelReviewRequest(review_id=item.review_id, label=9),
                                  metadata=call_metadata(REVIEWER))
+
+
+@pytest.mark.e2e
+async def test_the_consoles_label_endpoint_answers_as_the_grpc_call(
+        start_gateway, start_agent, tmp_path, digits_dir, digits_test):
+    """POST /console/api/review/ID/label takes {"label": N} from a reviewer: 200 once,
+    then 409; a viewer gets 403, no token 401; a bad body 400 or 415; an unknown row 404;
+    a class outside the task's 400. The queue JSON is open to viewers and reviewers, and
+    an agent's label stream for another agent is refused."""
+    tokens, policy = review_setup(tmp_path, digits_dir)
+    gateway = await start_gateway(registry=tmp_path / "registry", tokens_file=tokens,
+                                  http_listen="127.0.0.1:0")
+    agent = await start_agent(gateway.address, fleet=False, agent_id="agent-0",
+                              token_file=tmp_path / "agent.token", policies=[policy])
+    x, _ = digits_test
+    await ask_better(agent.address, x[:1])
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        (item,) = (await queue_of(fpb_grpc.ReviewServiceStub(channel), REVIEWER, 1)).items
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            stream = fpb_grpc.FleetServiceStub(channel).WatchLabels(
+                fpb.WatchLabelsRequest(agent_id="agent-1"), metadata=call_metadata(AGENT))
+            await stream.read()
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    base = f"http://{gateway.http_address}/console/api"
+    url = f"{base}/review/{item.review_id}/label"
+
+    async def post(session, target: str, token: str | None, body, kind="application/json"):
+        headers = {"Content-Type": kind, **({"Authorization": f"Bearer {token}"}
+                                           if token else {})}
+        async with session.post(target, data=json.dumps(body), headers=headers) as reply:
+            return reply.status, await reply.json()
+
+    async with aiohttp.ClientSession() as session:
+        for token in (VIEWER, REVIEWER):
+            async with session.get(f"{base}/review",
+                                   headers={"Authorization": f"Bearer {token}"}) as reply:
+                queue = await reply.json()
+                assert reply.status == 200 and queue["waiting"] == 1
+                assert queue["rows"][0]["inputs"][0]["image"]["rows"] == 8
+        async with session.get(f"{base}/agents",
+                               headers={"Authorization": f"Bearer {REVIEWER}"}) as reply:
+            assert reply.status == 403
+        assert (await post(session, url, VIEWER, {"label": 1}))[0] == 403
+        assert (await post(session, url, None, {"label": 1}))[0] == 401
+        assert (await post(session, url, REVIEWER, {"label": "1"}))[0] == 400
+        assert (await post(session, url, REVIEWER, {"label": 1}, "text/plain"))[0] == 415
+        status, body = await post(session, url, REVIEWER, {"label": 10})
+        assert status == 400 and "not a class" in body["error"]
+        status, body = await post(session, f"{base}/review/agent-0.9.0123456789abcdef/label",
+                                  REVIEWER, {"label": 1})
+        assert status == 404 and "no review row" in body["error"]
+        status, body = await post(session, url, REVIEWER, {"label": 4})
+        assert status == 200 and (body["label"], body["reviewer"]) == (4, "rita")
+        status, body = await post(session, url, OPERATOR, {"label": 5})
+        assert status == 409 and "already labelled by rita as class 4" in body["error"]
