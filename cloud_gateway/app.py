@@ -307,6 +307,8 @@ class GatewayApp(ServingApp):
         return port
 
     async def _close_background(self) -> None:
+        if self.reviews is not None:
+            await self.reviews.aclose()
         if self.hub is not None:
             await self.hub.aclose()  # ends agent streams so the drain does not wait on them
             self.hub = None

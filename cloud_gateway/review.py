@@ -189,6 +189,20 @@ class ReviewQueue:
                  if (label := self._label(key)) is not None and label.labelled_at >= after]
         return sorted(found, key=lambda label: (label.labelled_at, label.review_id))
 
+    def label_keys(self) -> dict[str, list[str]]:
+        """Every label's key, by agent id (one listing)."""
+        folder = self._prefix + _LABELS
+        keys: dict[str, list[str]] = {}
+        for key in self._store.list(folder):
+            agent_id, _, _ = key[len(folder):].partition("/")
+            keys.setdefault(agent_id, []).append(key)
+        return keys
+
+    def read_labels(self, keys: list[str]) -> list[Label]:
+        """The labels under ``keys`` (each read once per queue), by time."""
+        found = [label for key in keys if (label := self._label(key)) is not None]
+        return sorted(found, key=lambda label: (label.labelled_at, label.review_id))
+
     def all_labels(self, task: str = "") -> dict[str, Label]:
         """Every label kept (of ``task``, or of every task), by review id (the record id
         of its row)."""
@@ -254,35 +268,82 @@ class ReviewQueue:
 
 
 class LabelFeed:
-    """Labels of one agent as they are given, for its WatchLabels stream.
+    """Every agent's labels as they are given, for the agents' WatchLabels streams.
 
-    A label given through this replica wakes the streams at once; one given through
-    another replica is found by listing the agent's labels every ``poll_s``.
+    One refresh task per replica, running while any stream is open, lists the
+    labels once every ``poll_s`` (at once after a label given through this
+    replica) and wakes every stream; each stream then reads only its own agent's
+    new labels (objects never change, so each is read once per replica). Ten
+    thousand streams cost one listing per interval, not ten thousand.
     """
 
     def __init__(self, queue: ReviewQueue, poll_s: float = 1.0) -> None:
         self.queue = queue
         self._poll_s = poll_s
+        self._keys: dict[str, list[str]] = {}
+        """Label keys by agent id, as of the last listing."""
         self._changed: asyncio.Event | None = None
+        """Set (and replaced) after each listing."""
+        self._kick: asyncio.Event | None = None
+        """Set to list again at once."""
+        self._streams = 0
+        self._task: asyncio.Task | None = None
 
     async def label(self, review_id: str, label: int, reviewer: str) -> Label:
-        """:meth:`ReviewQueue.label` in a worker thread; wakes this replica's streams."""
+        """:meth:`ReviewQueue.label` in a worker thread; the streams hear of it at once."""
         given = await asyncio.to_thread(self.queue.label, review_id, label, reviewer)
-        if self._changed is not None:
-            changed, self._changed = self._changed, asyncio.Event()
-            changed.set()
+        if self._kick is not None:
+            self._kick.set()
         return given
 
     async def watch(self, agent_id: str, after: float) -> AsyncIterator[Label]:
         """``agent_id``'s labels given at or after ``after``, then each new one, once each."""
-        sent: set[str] = set()
-        while True:
-            if self._changed is None:
-                self._changed = asyncio.Event()
-            changed = self._changed
+        if not AGENT_ID_RE.match(agent_id or ""):
+            raise InvalidInput(f"agent id {agent_id[:200]!r} is not valid")
+        self._streams += 1
+        try:
+            if self._task is None or self._task.done():
+                self._changed, self._kick = asyncio.Event(), asyncio.Event()
+                self._task = asyncio.create_task(self._refresh(), name="review-labels")
+            sent: set[str] = set()
             for label in await asyncio.to_thread(self.queue.labels, agent_id, after):
-                if label.review_id not in sent:
+                sent.add(label.review_id)
+                yield label
+            while True:
+                assert self._changed is not None
+                await self._changed.wait()
+                keys = [key for key in self._keys.get(agent_id, ())
+                        if _review_id(key) not in sent]
+                if not keys:
+                    continue
+                for label in await asyncio.to_thread(self.queue.read_labels, keys):
                     sent.add(label.review_id)
-                    yield label
+                    if label.labelled_at >= after:
+                        yield label
+        finally:
+            self._streams -= 1
+
+    async def _refresh(self) -> None:
+        """List the labels every ``poll_s`` (or when kicked) while any stream is open."""
+        while self._streams > 0:
+            try:
+                self._keys = await asyncio.to_thread(self.queue.label_keys)
+            except Exception:  # storage trouble: the streams wait for the next listing
+                log.exception("review_labels_listing_failed")
+            assert self._changed is not None and self._kick is not None
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), self._poll_s)
+                await asyncio.wait_for(self._kick.wait(), self._poll_s)
+            self._kick.clear()
+
+    async def aclose(self) -> None:
+        """Stop the refresh task (the streams end with the server)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+
+def _review_id(key: str) -> str:
+    return key.rpartition("/")[2].removesuffix(".json")

@@ -225,3 +225,27 @@ async def test_the_consoles_label_endpoint_answers_as_the_grpc_call(
         assert status == 200 and (body["label"], body["reviewer"]) == (4, "rita")
         status, body = await post(session, url, OPERATOR, {"label": 5})
         assert status == 409 and "already labelled by rita as class 4" in body["error"]
+
+
+@pytest.mark.e2e
+async def test_a_label_given_through_another_replica_reaches_the_agent(
+        start_gateway, start_agent, tmp_path, digits_dir, digits_test):
+    """Two replicas share a registry: the row an agent uploaded through one is in the other's
+    queue, a reviewer labels it there, and the agent (streaming labels from the first)
+    hands the label to the app's answer."""
+    tokens, policy = review_setup(tmp_path, digits_dir)
+    registry = tmp_path / "registry"
+    first = await start_gateway(registry=registry, tokens_file=tokens,
+                                review={"label_poll_ms": 100})
+    second = await start_gateway(registry=registry, tokens_file=tokens)
+    agent = await start_agent(first.address, fleet=False, agent_id="agent-0",
+                              token_file=tmp_path / "agent.token", policies=[policy])
+    x, _ = digits_test
+    (answer_id,) = await ask_better(agent.address, x[:1])
+    async with grpc.aio.insecure_channel(second.address) as channel:
+        review = fpb_grpc.ReviewServiceStub(channel)
+        (item,) = (await queue_of(review, REVIEWER, 1)).items
+        await review.LabelReview(fpb.LabelReviewRequest(review_id=item.review_id, label=6),
+                                 metadata=call_metadata(REVIEWER))
+    got = await answer_of(agent.address, answer_id, "reviewer")
+    assert (got.source, list(got.labels), got.answered_by) == ("reviewer", [6], "rita")
