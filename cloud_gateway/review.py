@@ -288,6 +288,7 @@ class LabelFeed:
         """Set to list again at once."""
         self._streams = 0
         self._task: asyncio.Task | None = None
+        self._closed = False
 
     async def label(self, review_id: str, label: int, reviewer: str) -> Label:
         """:meth:`ReviewQueue.label` in a worker thread; the streams hear of it at once."""
@@ -297,7 +298,8 @@ class LabelFeed:
         return given
 
     async def watch(self, agent_id: str, after: float) -> AsyncIterator[Label]:
-        """``agent_id``'s labels given at or after ``after``, then each new one, once each."""
+        """``agent_id``'s labels given at or after ``after``, then each new one, once each;
+        ends when the feed closes (a draining replica), and the agent reconnects."""
         if not AGENT_ID_RE.match(agent_id or ""):
             raise InvalidInput(f"agent id {agent_id[:200]!r} is not valid")
         self._streams += 1
@@ -309,9 +311,11 @@ class LabelFeed:
             for label in await asyncio.to_thread(self.queue.labels, agent_id, after):
                 sent.add(label.review_id)
                 yield label
-            while True:
+            while not self._closed:
                 assert self._changed is not None
                 await self._changed.wait()
+                if self._closed:
+                    return
                 keys = [key for key in self._keys.get(agent_id, ())
                         if _review_id(key) not in sent]
                 if not keys:
@@ -338,7 +342,10 @@ class LabelFeed:
             self._kick.clear()
 
     async def aclose(self) -> None:
-        """Stop the refresh task (the streams end with the server)."""
+        """End every stream (so a drain does not wait on them) and the refresh task."""
+        self._closed = True
+        if self._changed is not None:
+            self._changed.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
