@@ -72,6 +72,18 @@ class HardExamplesSection(BaseModel):
     RESOURCE_EXHAUSTED (and stay in the agent's ledger)."""
 
 
+class ReviewSection(BaseModel):
+    """The human review queue, kept under the registry's ``reviews/``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_age_s: float = Field(86400.0, gt=0.0, allow_inf_nan=False)
+    """Seconds a row may wait for a label; after it the row leaves the queue and a label
+    for it is refused with FAILED_PRECONDITION (agents keep better answers as long)."""
+    label_poll_ms: int = Field(1000, ge=50)
+    """How often an agent's label stream looks for labels given through other replicas."""
+
+
 ExecutionProvider = Literal[
     "CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"]
 """The ONNX Runtime execution providers a gateway model may ask for."""
@@ -167,6 +179,8 @@ class GatewaySettings(EdgecloudSettings):
     """Dynamic batching limits."""
     hard_examples: HardExamplesSection = Field(default_factory=HardExamplesSection)
     """Limits on hard-example uploads and storage."""
+    review: ReviewSection = Field(default_factory=ReviewSection)
+    """The human review queue (rows the policy's review_threshold sends)."""
     onnx_threads: int = Field(1, ge=1, le=256)
     """ONNX Runtime intra-op threads per model session."""
     execution_providers: dict[str, list[ExecutionProvider]] = Field(default_factory=dict)

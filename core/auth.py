@@ -4,10 +4,11 @@ A tokens file (YAML) names who may do what::
 
     operators: [TOKEN, ...]          # publish, roll out, export, fleet status
     viewers: [TOKEN, ...]            # fleet status and model listings, read-only
+    reviewers: [TOKEN, ...]          # the review queue: read it and label its rows
     agents: {TOKEN: AGENT_ID, ...}   # watch, fetch, report (as that agent only), infer
 
-(``operators`` and ``viewers`` may also map each token to a name shown in the
-logs.) A TOKEN is the token itself, printable ASCII without spaces and at
+(``operators``, ``viewers`` and ``reviewers`` may also map each token to a name shown in
+the logs.) A TOKEN is the token itself, printable ASCII without spaces and at
 least :data:`MIN_TOKEN_LENGTH` characters long, or its hash,
 ``sha256:<64 hex digits>`` (``edgecloud tokens hash`` prints it), so the file
 need not hold a single secret. A file with anything else (an empty or null
@@ -55,7 +56,8 @@ log = structlog.get_logger("edgecloud.auth")
 OPERATOR = "operator"
 AGENT = "agent"
 VIEWER = "viewer"
-ROLES = (OPERATOR, VIEWER, AGENT)
+REVIEWER = "reviewer"
+ROLES = (OPERATOR, VIEWER, REVIEWER, AGENT)
 AUTH_KEY = "authorization"
 MIN_TOKEN_LENGTH = 16
 """Shortest token accepted (``edgecloud tokens generate`` makes 43-character ones)."""
@@ -63,7 +65,8 @@ TOKEN_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
 IDENTITY_URI = "edgecloud://"
 """Prefix of the URI SAN that names a certificate's holder: ``edgecloud://ROLE/NAME``."""
-_FILE_KEYS = {"operators": OPERATOR, "viewers": VIEWER, "agents": AGENT}
+_FILE_KEYS = {"operators": OPERATOR, "viewers": VIEWER, "reviewers": REVIEWER,
+              "agents": AGENT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,12 +126,13 @@ class Tokens:
 
     def __init__(self, operators: Iterable[str] | Mapping[str, str] = (),
                  agents: Mapping[str, str] | None = None,
-                 viewers: Iterable[str] | Mapping[str, str] = ()) -> None:
+                 viewers: Iterable[str] | Mapping[str, str] = (),
+                 reviewers: Iterable[str] | Mapping[str, str] = ()) -> None:
         """Tokens (or ``sha256:`` hashes) by role; InvalidInput names every problem."""
         self._by_hash: dict[str, Principal] = {}
         problems: list[str] = []
         for key, entries in (("operators", operators), ("viewers", viewers),
-                             ("agents", agents or {})):
+                             ("reviewers", reviewers), ("agents", agents or {})):
             self._add(key, entries, problems)
         if problems:
             raise InvalidInput("; ".join(problems))
@@ -181,7 +185,7 @@ class Tokens:
         unknown = sorted(str(k) for k in document if k not in _FILE_KEYS)
         if unknown:
             raise InvalidInput(f"tokens file {path}: unknown key(s) {', '.join(unknown)} "
-                               "(expected operators, viewers, agents)")
+                               "(expected operators, viewers, reviewers, agents)")
         try:
             return cls(**{key: document.get(key) or ({} if key == "agents" else [])
                           for key in _FILE_KEYS})
@@ -227,7 +231,7 @@ def certificate_principal(auth_context: Mapping[str, Iterable[bytes]]) -> Princi
     role, _, name = ours[0][len(IDENTITY_URI):].partition("/")
     if role not in ROLES or not AGENT_ID_RE.match(name):
         raise Unauthenticated(f"the client certificate's identity {ours[0]!r} is not "
-                              "edgecloud://ROLE/NAME with ROLE agent, operator or viewer")
+                              "edgecloud://ROLE/NAME with ROLE agent, operator, viewer or reviewer")
     return Principal(role, name, "certificate")
 
 

@@ -273,6 +273,31 @@ class AnswerStore:
         self.update(labelled)
         return labelled
 
+    async def set_row_label(self, answer_id: str, row: int, label: int, reviewer: str,
+                            at: float) -> AnswerRecord | None:
+        """One reviewer's label of one row (from the gateway's review queue), given at ``at``.
+
+        The answer's other rows keep their class (and label -1 until labelled). A label
+        already applied is not applied again (the label stream may send it twice):
+        returns None then. NotFound for an unknown or expired id; InvalidInput for a row
+        the answer does not have.
+        """
+        record = await self.get(answer_id)
+        rows = len(record.route)
+        if not 0 <= row < rows:
+            raise InvalidInput(f"answer {answer_id} has {rows} rows; got row {row}")
+        labels = list(record.labels) if len(record.labels) == rows else [-1] * rows
+        if labels[row] == int(label) and record.source == "reviewer":
+            return None
+        labels[row] = int(label)
+        classes = [lab if lab >= 0 else cls for lab, cls in zip(labels, record.classes,
+                                                                strict=True)]
+        labelled = replace(record, state=AnswerState.ANSWERED, source="reviewer",
+                           answered_by=reviewer, answered_at=at, labels=tuple(labels),
+                           classes=tuple(classes), detail="")
+        self.update(labelled)
+        return labelled
+
     # -- reading ---------------------------------------------------------------------------
 
     async def get(self, answer_id: str) -> AnswerRecord:

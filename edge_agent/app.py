@@ -27,6 +27,7 @@ from edgecloud.edge_agent.grpc import answers_servicer
 from edgecloud.edge_agent.grpc.cloud_client import GrpcCloudClient
 from edgecloud.edge_agent.grpc.examples_client import HardExampleUploader
 from edgecloud.edge_agent.grpc.fleet_client import FleetClient
+from edgecloud.edge_agent.grpc.labels_client import LabelWatcher
 from edgecloud.edge_agent.hard_examples import HardExampleLedger, LedgerLimits
 from edgecloud.edge_agent.metrics import AgentMetrics
 from edgecloud.edge_agent.model_manager import ArtifactStore, ModelManager
@@ -152,6 +153,8 @@ class AgentApp(ServingApp):
         self.policy_watcher: PolicyWatcher | None = None
         self.ledger: HardExampleLedger | None = None
         self.uploader: HardExampleUploader | None = None
+        self.labels: LabelWatcher | None = None
+        """Applies reviewers' labels to better answers (with a gateway and answers)."""
 
     async def start(self) -> int:
         """Load tasks and start serving apps; returns the bound port."""
@@ -220,6 +223,12 @@ class AgentApp(ServingApp):
                 backoff_max_s=s.reconnect_max_s, token=read_token(s.token_file),
                 credentials=gateway_credentials(s))
             self.uploader.start()
+        if self.answers is not None and s.gateway:
+            self.labels = LabelWatcher(s.gateway, s.agent_id, self.answers,
+                                       token=read_token(s.token_file),
+                                       credentials=gateway_credentials(s),
+                                       backoff_max_s=s.reconnect_max_s)
+            self.labels.start()
         self.policy_watcher = PolicyWatcher(service, list(s.policies),
                                             poll_s=s.policy_poll_s)
         self.policy_watcher.start()
@@ -249,6 +258,9 @@ class AgentApp(ServingApp):
         if self.uploader is not None:
             await self.uploader.aclose()
             self.uploader = None
+        if self.labels is not None:
+            await self.labels.aclose()
+            self.labels = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain as every server does, then write the hard rows and answers still buffered.

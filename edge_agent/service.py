@@ -85,6 +85,7 @@ from edgecloud.router import (
     Router,
     Routing,
     better_codes,
+    review_rows,
     score_rows,
 )
 
@@ -726,7 +727,7 @@ class EdgeService:
             hard = hard_rows(final.reason)
             if hard is not None:
                 self._keep_hard_rows(task, current, inputs, edge_scores, outputs, final, hard,
-                                     cloud_version)
+                                     cloud_version, record.answer_id)
         params = Answer(task.name, kept, outputs[current.scores_output],
                         Routing(final.route, final.reason, np.asarray(confidence)),
                         model.version, cloud_version, record.answer_id,
@@ -839,11 +840,13 @@ class EdgeService:
     def _keep_hard_rows(self, task: Task, current: TaskVersion,
                         inputs: dict[str, np.ndarray], edge_scores: np.ndarray,
                         outputs: dict[str, np.ndarray], routing: Routing, rows: np.ndarray,
-                        cloud_version: str) -> None:
+                        cloud_version: str, answer_id: str = "") -> None:
         """Hand the hard rows to the ledger's buffer (no I/O, no encoding here).
 
         Indexing with the row numbers copies, so a kept row never holds the
-        request's buffer alive.
+        request's buffer alive. Rows the cloud answered less surely than the
+        policy's ``review_threshold`` are marked for the human review queue (the
+        router says which), with ``answer_id`` when the app asked for a better answer.
         """
         assert self._hard_examples is not None
         if rows is _FIRST_ROW:  # a one-row request: its arrays are the row's, no indexing
@@ -861,10 +864,13 @@ class EdgeService:
             kept_inputs = {name: value[rows] for name, value in inputs.items()}
             edge = np.asarray(edge_scores)[rows]
             final = np.asarray(outputs[current.scores_output])[rows] if cloud else None
+        review = (review_rows(current.policy, final, answered)
+                  if final is not None and current.policy.review_threshold is not None
+                  else None)
         self._hard_examples.add(HardRows(
             task.name, current.model.version, current.policy.version, kept_inputs, edge,
             final, answered if cloud else None, route, reason, confidence, cloud_version,
-            time.time(),
+            time.time(), review, answer_id, None if rows is _FIRST_ROW else rows,
         ))
 
     def _shadow(self, task: Task, current: TaskVersion, inputs: dict[str, np.ndarray],

@@ -22,6 +22,7 @@ from edgecloud.cloud_gateway.grpc.admin_messages import (
 )
 from edgecloud.cloud_gateway.hard_examples import REGISTRY_PREFIX, HardExampleStore
 from edgecloud.cloud_gateway.registry import Registry
+from edgecloud.cloud_gateway.review import Label, ReviewQueue
 from edgecloud.cloud_gateway.storage import Location
 from edgecloud.core.artifacts import build_floor, build_model_manifest
 from edgecloud.core.auth import call_metadata
@@ -57,6 +58,10 @@ class Operator(Protocol):
     def reserve_version(self, name: str, target: str) -> str: ...
 
     def hard_examples(self, task: str, since: float = 0.0) -> Iterator[KeptExample]: ...
+
+    def review_labels(self, task: str) -> dict[str, Label]:
+        """Reviewers' labels of ``task``'s rows, by record id."""
+        ...
 
     def close(self) -> None: ...
 
@@ -189,6 +194,9 @@ class RegistryOperator:
     def hard_examples(self, task: str, since: float = 0.0) -> Iterator[KeptExample]:
         return HardExampleStore(self.registry.store, REGISTRY_PREFIX).records(task, since)
 
+    def review_labels(self, task: str) -> dict[str, Label]:
+        return ReviewQueue(self.registry.store).all_labels(task)
+
     def close(self) -> None:
         """Nothing to close."""
 
@@ -266,6 +274,16 @@ class GatewayOperator:
             for message in self._stub.ExportHardExamples(request, timeout=3600,
                                                           metadata=self._auth):
                 yield example_from_pb(message)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"gateway {self._target}") from None
+
+    def review_labels(self, task: str) -> dict[str, Label]:
+        request = pb.ExportLabelsRequest(task=task)
+        try:
+            return {m.review_id: Label(m.review_id, m.agent_id, m.task, m.answer_id,
+                                       m.answer_row, m.label, m.reviewer, m.labelled_at)
+                    for m in self._stub.ExportLabels(request, timeout=600,
+                                                     metadata=self._auth)}
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, f"gateway {self._target}") from None
 

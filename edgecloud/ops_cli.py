@@ -521,11 +521,13 @@ def cmd_examples_export(args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else 0.0
     op = _operator(args)
     try:
-        summary = export_examples(op.hard_examples(args.task, since), args.out)
+        labels = op.review_labels(args.task) if args.labelled else None
+        summary = export_examples(op.hard_examples(args.task, since), args.out, labels)
     finally:
         op.close()
     shapes = ", ".join(f"{name} {list(shape)}" for name, shape in summary.shapes.items())
-    print(f"exported {summary.records} hard examples of {args.task} to {args.out} "
+    what = "labelled rows" if args.labelled else "hard examples"
+    print(f"exported {summary.records} {what} of {args.task} to {args.out} "
           f"({summary.examples_path.name}: {shapes or 'no inputs'}; "
           f"{summary.index_path.name})")
     return 0
@@ -690,6 +692,9 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
                         "or a duration back from now (30m, 12h, 7d)")
     export.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="folder to write examples.npz and index.jsonl into")
+    export.add_argument("--labelled", action="store_true",
+                        help="only the rows a reviewer labelled, each index line with its "
+                        "label, reviewer and labelled_at (policy tune --field reads it)")
     _add_target(export)
     export.set_defaults(handler=cmd_examples_export)
     return {"models": msub, "policy": psub}

@@ -58,6 +58,7 @@ from edgecloud.router.policy import (
     dump_policy,
     parse_policy,
 )
+from edgecloud.router.review import REVIEW, review_rows
 from edgecloud.router.runtime import Escalation, Router, Routing
 from edgecloud.router.scores import (
     Entropy,
@@ -92,6 +93,7 @@ from edgecloud.router.tuner import (
 __all__ = [
     "BETTER",
     "REASONS",
+    "REVIEW",
     "ROUTES",
     "Better",
     "BreakerPolicy",
@@ -150,6 +152,7 @@ __all__ = [
     "psi",
     "psi_pvalue",
     "register_score",
+    "review_rows",
     "route_rows",
     "score_rows",
     "select_class_scores",

@@ -280,6 +280,10 @@ class Policy(_Section):
     shadow_rate: Fraction = 0.0
     """Fraction of confident rows also sent to the cloud, to measure the edge model in the field."""
 
+    review_threshold: Fraction | None = None
+    """Rows the cloud answered with a confidence (the policy's score, on the cloud's class
+    scores) below this go to the gateway's human review queue; null: no review."""
+
     calibration_histogram: ScoreHistogram | None = None
     """Confidence histogram of the calibration set, the reference for drift reports."""
 

@@ -2,7 +2,9 @@
 
 The page (HTML, script, style sheet) is served to anyone: it holds no data.
 Every JSON call checks the bearer token with :func:`core.http_auth.admit`:
-operators and viewers read; only operators act. The page keeps the token in
+operators and viewers read; only operators act. Reviewers see the review page
+alone, and label its rows (as operators may); viewers see the queue but do not
+label. The page keeps the token in
 ``sessionStorage`` and sends it in the ``Authorization`` header; it never
 travels in a URL. A gateway without tokens is open: everyone acts as operator,
 and the session call says so. An action must be sent as JSON
@@ -25,7 +27,8 @@ import structlog
 from aiohttp import web
 
 from edgecloud.cloud_gateway.console.views import CONSOLE_ACTIONS, FleetConsole
-from edgecloud.core.auth import OPERATOR, VIEWER
+from edgecloud.cloud_gateway.review import LabelFeed
+from edgecloud.core.auth import OPERATOR, REVIEWER, VIEWER
 from edgecloud.core.errors import EdgecloudError, ErrorKind
 from edgecloud.core.http_auth import admit, error_response
 
@@ -33,6 +36,8 @@ log = structlog.get_logger("edgecloud.gateway.console")
 
 READERS = frozenset({OPERATOR, VIEWER})
 ACTORS = frozenset({OPERATOR})
+REVIEW_READERS = frozenset({OPERATOR, VIEWER, REVIEWER})
+LABELLERS = frozenset({OPERATOR, REVIEWER})
 STATUS: dict[ErrorKind, type[web.HTTPException]] = {
     ErrorKind.INVALID_ARGUMENT: web.HTTPBadRequest,
     ErrorKind.NOT_FOUND: web.HTTPNotFound,
@@ -56,7 +61,8 @@ _PAGE_SECURITY = {
     "Referrer-Policy": "no-referrer",
 }
 _STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
-_PAGES = ("agents", "rollouts", "models", "policies", "examples")
+_PAGES = ("agents", "rollouts", "models", "policies", "examples", "review")
+_REVIEWER_PAGES = ("review",)
 
 
 def _read_static(name: str) -> bytes:
@@ -83,8 +89,27 @@ async def _call(what: str, work: Callable[[], object]) -> object:
                              f"internal error (request id {request_id})") from None
 
 
-def console_routes(console: FleetConsole) -> list[web.RouteDef]:
-    """The routes of ``/console`` over ``console``."""
+async def _json_body(request: web.Request) -> dict:
+    """An action's JSON object body (415, 413 or 400 with a message otherwise)."""
+    if request.content_type != "application/json":
+        raise error_response(web.HTTPUnsupportedMediaType,
+                             "send the action as JSON (Content-Type: application/json)")
+    if request.content_length is not None and request.content_length > MAX_ACTION_BODY:
+        raise error_response(web.HTTPRequestEntityTooLarge, "the action body is too large")
+    try:
+        body = json.loads(await request.content.read(MAX_ACTION_BODY + 1) or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise error_response(web.HTTPBadRequest, "the action body is not JSON") from None
+    if not isinstance(body, dict):
+        raise error_response(web.HTTPBadRequest, "the action body must be a JSON object")
+    return body
+
+
+def console_routes(console: FleetConsole, reviews: LabelFeed | None = None
+                   ) -> list[web.RouteDef]:
+    """The routes of ``/console`` over ``console``; ``reviews`` takes the review page's
+    labels (the same call as the ReviewService's LabelReview)."""
+    feed = reviews or LabelFeed(console.review_queue)
     page = _read_static("console.html")
     static = {name: (_read_static(name), kind) for name, kind in _STATIC.items()}
 
@@ -101,31 +126,42 @@ def console_routes(console: FleetConsole) -> list[web.RouteDef]:
                             headers=_PAGE_SECURITY)
 
     async def session(request: web.Request) -> web.Response:
-        who = admit(request, READERS)
+        who = admit(request, REVIEW_READERS)
         role = who.role if who is not None else OPERATOR
         return _json({"role": role, "name": who.name if who is not None else "",
                       "open": who is None, "can_act": role in ACTORS,
-                      "actions": list(CONSOLE_ACTIONS), "pages": list(_PAGES)})
+                      "can_label": role in LABELLERS, "actions": list(CONSOLE_ACTIONS),
+                      "pages": list(_REVIEWER_PAGES if role == REVIEWER else _PAGES)})
 
-    def reader(what: str, work: Callable[[], object]) -> Callable[
-            [web.Request], Awaitable[web.Response]]:
+    def reader(what: str, work: Callable[[], object], roles: frozenset[str] = READERS
+               ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
-            admit(request, READERS)
+            admit(request, roles)
             return _json(await _call(what, work))
         return handle
 
+    async def label(request: web.Request) -> web.Response:
+        who = admit(request, LABELLERS)
+        body = await _json_body(request)
+        value = body.get("label")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise error_response(web.HTTPBadRequest,
+                                 'the label body must be {"label": CLASS} with a whole number')
+        reviewer = (who.name or who.role) if who is not None else "reviewer"
+        review_id = request.match_info["review_id"]
+        try:
+            given = await feed.label(review_id, value, reviewer)
+        except EdgecloudError as exc:
+            raise error_response(STATUS.get(exc.kind, web.HTTPInternalServerError),
+                                 exc.message) from None
+        return _json({"review_id": given.review_id, "label": given.label,
+                      "reviewer": given.reviewer, "labelled_at": given.labelled_at,
+                      "answer_id": given.answer_id})
+
     async def act(request: web.Request) -> web.Response:
         who = admit(request, ACTORS)
-        if request.content_type != "application/json":
-            raise error_response(web.HTTPUnsupportedMediaType,
-                                 "send the action as JSON (Content-Type: application/json)")
-        if request.content_length is not None and request.content_length > MAX_ACTION_BODY:
-            raise error_response(web.HTTPRequestEntityTooLarge, "the action body is too large")
-        try:
-            body = json.loads(await request.content.read(MAX_ACTION_BODY + 1) or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise error_response(web.HTTPBadRequest, "the action body is not JSON") from None
-        if not isinstance(body, dict) or not isinstance(body.get("target", "edge"), str):
+        body = await _json_body(request)
+        if not isinstance(body.get("target", "edge"), str):
             raise error_response(web.HTTPBadRequest,
                                  'the action body must be {"target": "edge" or "cloud"}')
         name, action = request.match_info["name"], request.match_info["action"]
@@ -146,5 +182,7 @@ def console_routes(console: FleetConsole) -> list[web.RouteDef]:
         web.get("/console/api/models", reader("models", console.models)),
         web.get("/console/api/policies", reader("policies", console.policies)),
         web.get("/console/api/examples", reader("examples", console.examples)),
+        web.get("/console/api/review", reader("review", console.review, REVIEW_READERS)),
         web.post("/console/api/rollouts/{name}/{action}", act),
+        web.post("/console/api/review/{review_id}/label", label),
     ]

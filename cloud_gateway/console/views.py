@@ -23,6 +23,7 @@ from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.fleet_view import fleet_rows
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.registry import Envelope, Rollout, RolloutState
+from edgecloud.cloud_gateway.review import ReviewQueue, ReviewRow
 from edgecloud.cloud_gateway.rollouts import desired_version
 from edgecloud.core.errors import InvalidInput, NotFound
 from edgecloud.core.hard_examples import KeptExample
@@ -37,6 +38,8 @@ RECENT_EXAMPLES = 24
 """Hard examples the examples page shows."""
 MAX_DRAWN_VALUES = 4096
 """Largest input (values of one row) sent to the page to be drawn as an image."""
+REVIEW_SHOWN = 20
+"""Queued rows the review page shows (the oldest)."""
 HISTORY_SHOWN = 8
 """Lines of a rollout's history the page shows (newest last)."""
 _POLICY_CACHE = 256
@@ -117,8 +120,10 @@ def signature_of(envelope: Envelope, key: str | None) -> dict:
 
 
 def image_of(values: np.ndarray) -> dict | None:
-    """One input row as a grey-level image: ``rows``, ``cols`` and the values row-major;
-    None when the row is not a picture (not numeric, too large, not 2-D or square)."""
+    """One input row as an image: ``rows``, ``cols`` and the values row-major (grey
+    levels; or, for a ``[3, H, W]`` or ``[H, W, 3]`` row, ``channels`` 3 and RGB values
+    with ``scale`` 255 for uint8); None when the row is not a picture (not numeric, too
+    large, not 2-D, square or RGB)."""
     array = np.asarray(values)
     if array.dtype.kind not in "fiub" or array.size == 0 or array.size > MAX_DRAWN_VALUES:
         return None
@@ -128,11 +133,53 @@ def image_of(values: np.ndarray) -> dict | None:
         if side * side != shape[0]:
             return None
         shape = [side, side]
+    if len(shape) == 3:  # a colour picture: [C, H, W] or [H, W, C] with 3 channels (RGB)
+        array = array.reshape(shape)
+        if shape[-1] == 3:
+            pass
+        elif shape[0] == 3:
+            array = np.moveaxis(array, 0, -1)
+        else:
+            return None
+        flat = array.astype(np.float64).ravel()
+        return {"rows": array.shape[0], "cols": array.shape[1], "channels": array.shape[2],
+                "scale": 255.0 if array.dtype == np.uint8 else None,
+                "values": [v if math.isfinite(v) else None for v in flat.tolist()]}
     if len(shape) != 2:
         return None
     flat = array.astype(np.float64).ravel()
     return {"rows": shape[0], "cols": shape[1],
             "values": [v if math.isfinite(v) else None for v in flat.tolist()]}
+
+
+def review_entry(row: ReviewRow) -> dict:
+    """A queued row as the review page shows it: the input drawn as a picture when it is
+    one, as a table of values otherwise; both models' top answers; the classes to pick."""
+    kept, example = row.kept, row.kept.example
+    inputs = []
+    for tensor in example.inputs:
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
+                                 "shape": list(tensor.shape), "image": None, "table": None}
+        try:
+            values = tensor.array()
+        except InvalidInput:
+            entry["problem"] = "the stored bytes do not fit the shape"
+        else:
+            entry["image"] = image_of(values)
+            if entry["image"] is None and values.dtype.kind in "fiub":
+                flat = values.astype(np.float64).ravel()[:MAX_DRAWN_VALUES]
+                entry["table"] = [v if math.isfinite(v) else None for v in flat.tolist()]
+        inputs.append(entry)
+    return {
+        "review_id": kept.record_id, "agent_id": kept.agent_id, "task": example.task,
+        "at": example.at, "expires_at": row.expires_at, "answer_id": example.answer_id,
+        "classes": row.classes,
+        "edge": {"class": row.edge_class, "score": row.edge_score,
+                 "model_version": example.model_version},
+        "cloud": {"class": row.cloud_class, "score": row.cloud_score,
+                  "model_version": example.cloud_model_version},
+        "inputs": inputs,
+    }
 
 
 def _top_class(scores: tuple[float, ...] | None) -> int | None:
@@ -191,10 +238,12 @@ def policy_entry(policy: Policy) -> dict:
 class FleetConsole:
     """The console's pages and its one action, over one replica's fleet hub."""
 
-    def __init__(self, hub: FleetHub, examples: HardExampleStore, *,
+    def __init__(self, hub: FleetHub, examples: HardExampleStore,
+                 reviews: ReviewQueue | None = None, *,
                  clock: Callable[[], float] = time.time) -> None:
         self._hub = hub
         self._examples = examples
+        self._reviews = reviews or ReviewQueue(hub.registry.store)
         self._clock = clock
         self._policies: dict[str, dict | None] = {}
         self._examples_shown: dict[str, dict] = {}
@@ -303,6 +352,18 @@ class FleetConsole:
         with self._lock:  # only what the page shows now is kept
             self._examples_shown = {e["record_id"]: e for e in entries}
         return {"now": self._clock(), "examples": entries}
+
+    @property
+    def review_queue(self) -> ReviewQueue:
+        """The review queue the review page shows."""
+        return self._reviews
+
+    def review(self, limit: int = REVIEW_SHOWN) -> dict:
+        """The review queue, oldest first (at most ``limit`` rows), and how many wait."""
+        rows, waiting = self._reviews.pending(limit=limit)
+        return finite({"now": self._clock(), "waiting": waiting,
+                       "max_age_s": self._reviews.max_age_s,
+                       "rows": [review_entry(row) for row in rows]})
 
     def act(self, action: str, name: str, target: str) -> dict:
         """Apply ``action`` (one of :data:`CONSOLE_ACTIONS`) to the rollout of ``name``'s

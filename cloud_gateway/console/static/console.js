@@ -4,7 +4,7 @@
 
 const TOKEN_KEY = "edgecloud.console.token";
 const POLL_MS = 1500;
-const PAGES = ["agents", "rollouts", "models", "policies", "examples"];
+const PAGES = ["agents", "rollouts", "models", "policies", "examples", "review"];
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 let session = null;
@@ -12,6 +12,8 @@ let timer = null;
 let busy = false;
 let shown = "";
 let flash = null;
+let reviewRows = [];
+let labelling = false;
 
 // -- small helpers -------------------------------------------------------------------
 
@@ -160,9 +162,14 @@ function showConsole() {
       + "port is let in as operator and may change rollouts. Configure --tokens-file.";
     banner.className = "banner warn";
     banner.hidden = false;
+  } else if (session.role === "reviewer") {
+    banner.textContent = "Reviewer: label the rows in the review queue (click a class, or "
+      + "press its digit key to label the oldest row).";
+    banner.className = "banner info";
+    banner.hidden = false;
   } else if (!session.can_act) {
-    banner.textContent = "Read-only: the " + session.role + " role sees the fleet but cannot "
-      + "change rollouts.";
+    banner.textContent = "Read-only: the " + session.role + " role sees the fleet and the "
+      + "review queue but cannot change rollouts or label rows.";
     banner.className = "banner info";
     banner.hidden = false;
   } else {
@@ -171,6 +178,9 @@ function showConsole() {
   $("who").textContent = session.open ? "open gateway (operator)"
     : (session.name ? session.role + " " + session.name : session.role);
   $("who").dataset.role = session.role;
+  for (const link of document.querySelectorAll("#nav a")) {
+    link.hidden = !session.pages.includes(link.dataset.page);
+  }
   shown = "";
   refresh();
   timer = setInterval(refresh, POLL_MS);
@@ -185,7 +195,8 @@ function stopPolling() {
 
 function currentPage() {
   const page = location.hash.replace(/^#/, "");
-  return PAGES.includes(page) ? page : "agents";
+  const allowed = session ? session.pages : PAGES;
+  return allowed.includes(page) ? page : allowed[0];
 }
 
 async function refresh() {
@@ -445,8 +456,29 @@ function renderPolicies(data) {
     cards.length ? h("div", {class: "cards"}, cards) : h("p", {class: "empty"}, "No policy is published yet."));
 }
 
+function colourCells(image, cell) {
+  const c = image.channels;
+  const finite = image.values.filter((v) => v !== null);
+  const lo = image.scale ? 0 : Math.min(...finite);
+  const hi = image.scale ? image.scale : Math.max(...finite);
+  const level = (v) => v === null ? 0 : Math.round(255 * (hi > lo ? (v - lo) / (hi - lo) : 0));
+  const cells = [];
+  for (let p = 0; p < image.rows * image.cols; p++) {
+    const [r, g, b] = [0, 1, 2].map((k) => level(image.values[p * c + k]));
+    cells.push(s("rect", {x: (p % image.cols) * cell, y: Math.floor(p / image.cols) * cell,
+                          width: cell, height: cell, fill: "rgb(" + r + "," + g + "," + b + ")"}));
+  }
+  return cells;
+}
+
 function inputImage(image) {
   const cell = Math.max(2, Math.floor(96 / Math.max(image.rows, image.cols)));
+  if (image.channels) {
+    return s("svg", {class: "digit colour", width: image.cols * cell, height: image.rows * cell,
+                     viewBox: "0 0 " + image.cols * cell + " " + image.rows * cell, role: "img",
+                     "data-cells": image.rows * image.cols},
+      s("title", {}, image.rows + "×" + image.cols + " colour input"), colourCells(image, cell));
+  }
   const finite = image.values.filter((v) => v !== null);
   const lo = Math.min(...finite), hi = Math.max(...finite);
   const cells = [];
@@ -479,8 +511,93 @@ function renderExamples(data) {
     cards.length ? h("div", {class: "cards"}, cards) : h("p", {class: "empty"}, "No hard example has arrived yet."));
 }
 
+const MAX_CLASS_BUTTONS = 20;
+
+async function giveLabel(row, cls) {
+  if (labelling) return;
+  labelling = true;
+  try {
+    const given = await api("/console/api/review/" + encodeURIComponent(row.review_id) + "/label", {
+      method: "POST",
+      headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({label: cls}),
+    });
+    flash = {kind: "ok", text: "labelled " + given.review_id + " as class " + given.label
+      + " (by " + given.reviewer + ")"};
+  } catch (err) {
+    flash = {kind: "bad", text: "label refused: " + err.message};
+  } finally {
+    labelling = false;
+  }
+  shown = "";
+  refresh();
+}
+
+function inputValues(input) {
+  if (input.image) return inputImage(input.image);
+  if (input.table) {
+    return table(["#", "value"], input.table.map((v, i) => h("tr", {},
+      h("td", {class: "num"}, i), h("td", {class: "num"}, v === null ? "-" : v.toPrecision(4)))),
+      {class: "values"});
+  }
+  return h("span", {class: "muted"}, input.name + " " + input.datatype + " [" + input.shape.join(", ") + "] "
+    + (input.problem || "(not shown)"));
+}
+
+function classPicker(row) {
+  if (row.classes <= MAX_CLASS_BUTTONS) {
+    return h("div", {class: "actions labels"}, Array.from({length: row.classes}, (_, cls) =>
+      h("button", {type: "button", class: "label", "data-label": cls,
+                   title: cls < 10 ? "key " + cls : null,
+                   onclick: () => giveLabel(row, cls)}, String(cls))));
+  }
+  const picker = h("input", {type: "number", min: 0, max: row.classes - 1, step: 1,
+                             class: "class-picker", "aria-label": "class"});
+  return h("div", {class: "actions labels"}, picker,
+    h("button", {type: "button", class: "label-picked",
+                 onclick: () => giveLabel(row, Number(picker.value))}, "Label"));
+}
+
+function renderReview(data) {
+  reviewRows = data.rows;
+  const cards = data.rows.map((r, index) => {
+    const card = h("article", {class: "card review" + (index === 0 ? " next" : ""), "data-review": r.review_id},
+      h("div", {class: "pictures"}, r.inputs.map(inputValues)),
+      h("dl", {},
+        [["agent", r.agent_id], ["task", r.task + " (" + r.classes + " classes)"],
+         ["kept", when(r.at)], ["expires", when(r.expires_at)],
+         ["edge says", r.edge.class + " (" + pct(r.edge.score) + ", model " + r.edge.model_version + ")"],
+         ["cloud says", r.cloud.class + " (" + pct(r.cloud.score) + ", model " + r.cloud.model_version + ")"],
+         ["app waits", r.answer_id ? "yes (answer " + r.answer_id.slice(0, 8) + "…)" : "no"]]
+          .map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
+    card.querySelector("dd:nth-of-type(5)").dataset.edgeClass = r.edge.class;
+    card.querySelector("dd:nth-of-type(6)").dataset.cloudClass = r.cloud.class;
+    if (session.can_label) card.append(classPicker(r));
+    return card;
+  });
+  return h("section", {id: "review"}, h("h2", {}, "Review"),
+    h("p", {id: "flash", class: "flash " + (flash ? flash.kind : ""), role: "status"}, flash ? flash.text : ""),
+    h("p", {class: "summary"}, data.waiting + " rows wait for a label, oldest first; a row leaves the "
+      + "queue once labelled, or after " + (data.max_age_s / 3600).toFixed(0) + " h."
+      + (session.can_label ? " Keys 0-9 label the oldest row." : "")),
+    cards.length ? h("div", {class: "cards"}, cards) : h("p", {class: "empty"}, "No row waits for review."));
+}
+
+function onKey(event) {
+  if (!session || !session.can_label || currentPage() !== "review" || $("confirm").open) return;
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const target = event.target;
+  if (target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA")) return;
+  if (!/^[0-9]$/.test(event.key) || !reviewRows.length) return;
+  const row = reviewRows[0];
+  const cls = Number(event.key);
+  if (cls >= row.classes) return;
+  event.preventDefault();
+  giveLabel(row, cls);
+}
+
 const RENDER = {agents: renderAgents, rollouts: renderRollouts, models: renderModels,
-                policies: renderPolicies, examples: renderExamples};
+                policies: renderPolicies, examples: renderExamples, review: renderReview};
 
 // -- start ---------------------------------------------------------------------------
 
@@ -500,5 +617,6 @@ document.addEventListener("DOMContentLoaded", () => {
     showLogin("Logged out.");
   });
   window.addEventListener("hashchange", () => { shown = ""; refresh(); });
+  document.addEventListener("keydown", onKey);
   begin("The stored token is refused: ");
 });

@@ -514,7 +514,7 @@ class TensorBlob(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class HardExample(_message.Message):
-    __slots__ = ("agent_id", "task", "model_version", "inputs", "edge_scores", "cloud_scores", "route", "reason", "confidence", "at", "record_id", "seq", "policy_version", "cloud_model_version", "has_cloud_answer")
+    __slots__ = ("agent_id", "task", "model_version", "inputs", "edge_scores", "cloud_scores", "route", "reason", "confidence", "at", "record_id", "seq", "policy_version", "cloud_model_version", "has_cloud_answer", "answer_id", "answer_row")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -530,6 +530,8 @@ class HardExample(_message.Message):
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLOUD_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     HAS_CLOUD_ANSWER_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_ROW_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     task: str
     model_version: str
@@ -545,7 +547,87 @@ class HardExample(_message.Message):
     policy_version: str
     cloud_model_version: str
     has_cloud_answer: bool
-    def __init__(self, agent_id: _Optional[str] = ..., task: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorBlob, _Mapping]]] = ..., edge_scores: _Optional[_Iterable[float]] = ..., cloud_scores: _Optional[_Iterable[float]] = ..., route: _Optional[str] = ..., reason: _Optional[str] = ..., confidence: _Optional[float] = ..., at: _Optional[float] = ..., record_id: _Optional[str] = ..., seq: _Optional[int] = ..., policy_version: _Optional[str] = ..., cloud_model_version: _Optional[str] = ..., has_cloud_answer: _Optional[bool] = ...) -> None: ...
+    answer_id: str
+    answer_row: int
+    def __init__(self, agent_id: _Optional[str] = ..., task: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorBlob, _Mapping]]] = ..., edge_scores: _Optional[_Iterable[float]] = ..., cloud_scores: _Optional[_Iterable[float]] = ..., route: _Optional[str] = ..., reason: _Optional[str] = ..., confidence: _Optional[float] = ..., at: _Optional[float] = ..., record_id: _Optional[str] = ..., seq: _Optional[int] = ..., policy_version: _Optional[str] = ..., cloud_model_version: _Optional[str] = ..., has_cloud_answer: _Optional[bool] = ..., answer_id: _Optional[str] = ..., answer_row: _Optional[int] = ...) -> None: ...
+
+class ListReviewsRequest(_message.Message):
+    __slots__ = ("task", "limit")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    limit: int
+    def __init__(self, task: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ReviewItem(_message.Message):
+    __slots__ = ("review_id", "example", "classes", "edge_class", "edge_score", "cloud_class", "cloud_score", "expires_at")
+    REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLE_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    EDGE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_CLASS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_SCORE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    review_id: str
+    example: HardExample
+    classes: int
+    edge_class: int
+    edge_score: float
+    cloud_class: int
+    cloud_score: float
+    expires_at: float
+    def __init__(self, review_id: _Optional[str] = ..., example: _Optional[_Union[HardExample, _Mapping]] = ..., classes: _Optional[int] = ..., edge_class: _Optional[int] = ..., edge_score: _Optional[float] = ..., cloud_class: _Optional[int] = ..., cloud_score: _Optional[float] = ..., expires_at: _Optional[float] = ...) -> None: ...
+
+class ListReviewsReply(_message.Message):
+    __slots__ = ("items", "waiting")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ReviewItem]
+    waiting: int
+    def __init__(self, items: _Optional[_Iterable[_Union[ReviewItem, _Mapping]]] = ..., waiting: _Optional[int] = ...) -> None: ...
+
+class LabelReviewRequest(_message.Message):
+    __slots__ = ("review_id", "label")
+    REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    review_id: str
+    label: int
+    def __init__(self, review_id: _Optional[str] = ..., label: _Optional[int] = ...) -> None: ...
+
+class ReviewLabel(_message.Message):
+    __slots__ = ("review_id", "agent_id", "task", "answer_id", "answer_row", "label", "reviewer", "labelled_at")
+    REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_ROW_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    REVIEWER_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_AT_FIELD_NUMBER: _ClassVar[int]
+    review_id: str
+    agent_id: str
+    task: str
+    answer_id: str
+    answer_row: int
+    label: int
+    reviewer: str
+    labelled_at: float
+    def __init__(self, review_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., task: _Optional[str] = ..., answer_id: _Optional[str] = ..., answer_row: _Optional[int] = ..., label: _Optional[int] = ..., reviewer: _Optional[str] = ..., labelled_at: _Optional[float] = ...) -> None: ...
+
+class ExportLabelsRequest(_message.Message):
+    __slots__ = ("task",)
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    def __init__(self, task: _Optional[str] = ...) -> None: ...
+
+class WatchLabelsRequest(_message.Message):
+    __slots__ = ("agent_id", "after")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    after: float
+    def __init__(self, agent_id: _Optional[str] = ..., after: _Optional[float] = ...) -> None: ...
 
 class RejectedHardExample(_message.Message):
     __slots__ = ("record_id", "reason")
