@@ -1,17 +1,22 @@
 """``edgecloud demo --loop``: one turn of the improvement loop, through a real fleet.
 
 A gateway and several agents run on loopback as separate processes, the agents taking
-their model and policy from the fleet (signed with a key made for the run):
+their model and policy from the fleet (signed with a key made for the run; every caller
+has a token of its role):
 
 1. a weak edge model, fitted on a small part of the digits training split, is published
-   as edge version 1 with the bundled policy; the cloud model is the bundled one;
+   as edge version 1 with the bundled policy and a ``review_threshold``; the cloud model
+   is the bundled one;
 2. *before*: the calibration split streams through the agents, forced to the edge, forced
    to the cloud and routed by the policy; the rows the router marks hard go to the
-   gateway's hard-example store (the agents' ledger upload);
-3. a scripted reviewer labels the rows waiting for review from the true labels;
-4. ``examples export`` writes the hard rows, and the example's own script
-   (:mod:`edgecloud.examples.digits_loop`) fits the next edge model on the small part and
-   those rows (the reviewer's label, else the cloud's answer);
+   gateway's hard-example store (the agents' ledger upload), those the cloud was unsure
+   of to its review queue too;
+3. a scripted reviewer, with a reviewer's token, labels every queued row with its true
+   label through the review service;
+4. ``examples export`` and ``examples export --labelled`` write the hard rows and the
+   reviewers' labels, and the example's own script (:mod:`edgecloud.examples.digits_loop`)
+   fits the next edge model on the small part and those rows (the reviewer's label, else
+   the cloud's answer);
 5. that model is published as edge version 2, rolled out to every agent (and promoted
    once every agent runs it);
 6. *after*: the test split, rows no one reviewed, streams through the agents the same way.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -36,15 +42,18 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from edgecloud.core import codec
+from edgecloud.core.auth import call_metadata
 from edgecloud.core.errors import EdgecloudError
+from edgecloud.core.hard_example_codec import example_from_pb
 from edgecloud.core.signing import generate_keypair
 from edgecloud.core.tensors import InferRequest
-from edgecloud.dataset_export import ExportSummary, export_examples
+from edgecloud.dataset_export import export_examples
 from edgecloud.demo import (
     PASSES,
     START_TIMEOUT_S,
@@ -61,8 +70,10 @@ from edgecloud.demo import (
 from edgecloud.examples import digits_loop
 from edgecloud.examples.digits import write_example
 from edgecloud.operations import GatewayOperator, publish_model_file, publish_policy_document
+from edgecloud.protos.fleet.v1 import fleet_pb2 as fleet_pb
+from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as fleet_grpc
 from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from edgecloud.router import Reason
+from edgecloud.router import Reason, dump_policy, parse_policy
 from edgecloud.router.curves import operating_curve
 
 HARD_REASONS = frozenset(reason.value for reason in (
@@ -74,6 +85,10 @@ DEFAULT_TARGET_GAP = 0.005
 """The hybrid accuracy both phases are compared at: this far below cloud-only accuracy."""
 ROLLOUT_TIMEOUT_S = 60.0
 """Longest wait for every agent to run a version, or the gateway to hold the hard rows."""
+REVIEW_THRESHOLD = 0.9
+"""Rows the cloud answers with less confidence than this (the policy's score) go to review;
+the other hard rows are learnt from the cloud's answer."""
+REVIEWER_NAME = "scripted-reviewer"
 
 
 @dataclass(frozen=True)
@@ -150,7 +165,7 @@ def _table(figures: dict, gap: float) -> Table:
     row("cloud accuracy %", lambda f: f["cloud_accuracy"], ".2f")
     row("hybrid accuracy % (policy)", lambda f: f["hybrid_accuracy"], ".2f")
     row("escalated % (policy)", lambda f: f["escalation_rate"], ".1f")
-    row(f"escalated % needed (cloud − {gap * 100:g} pt)",
+    row(f"escalated % at cloud − {gap * 100:g} pt",
         lambda f: f["same_accuracy"]["escalation_rate"], ".1f")
     row("  hybrid accuracy % at it", lambda f: f["same_accuracy"]["hybrid_accuracy"], ".2f")
     table.add_row("hard rows to the gateway", str(before["hard_rows"]),
@@ -210,16 +225,58 @@ def wait_for_hard_rows(op: GatewayOperator, expected: int,
         time.sleep(0.25)
 
 
-def scripted_review(gateway: str, truth: Mapping[bytes, int]) -> int:
-    """The reviewer's step: label every row waiting in the gateway's review queue with its
-    true label (``truth``: a row's pixel bytes → its label); returns the rows labelled.
-
-    Not wired yet: the gateway's review queue (the reviewer role and its labelling call)
-    is not part of this version, so no row is labelled here and the retrain takes the
-    cloud's answer as each hard row's label.
+def scripted_review(gateway: str, token: str, truth: Mapping[bytes, int],
+                    timeout_s: float = ROLLOUT_TIMEOUT_S) -> int:
+    """The reviewer: label every row waiting in the gateway's review queue with its true
+    label (``truth``: a row's pixel bytes → its label), through the review service with a
+    reviewer's token; returns the rows labelled. Rows it knows no label for stay queued.
     """
-    del gateway, truth
-    return 0
+    labelled = 0
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(gateway) as channel:
+        review = fleet_grpc.ReviewServiceStub(channel)
+        auth = call_metadata(token)
+        while time.monotonic() < deadline:
+            reply = review.ListReviews(fleet_pb.ListReviewsRequest(task=TASK, limit=1000),
+                                       metadata=auth, timeout=30)
+            known = [(item.review_id, truth.get(_pixels(item))) for item in reply.items]
+            known = [(review_id, label) for review_id, label in known if label is not None]
+            if not known:
+                break
+            for review_id, label in known:
+                review.LabelReview(fleet_pb.LabelReviewRequest(review_id=review_id,
+                                                               label=label),
+                                   metadata=auth, timeout=30)
+                labelled += 1
+    return labelled
+
+
+def _pixels(item: fleet_pb.ReviewItem) -> bytes:
+    """The queued row's pixels, as the bytes of a float32 row of the data set."""
+    inputs = {row.name: row for row in example_from_pb(item.example).example.inputs}
+    return np.ascontiguousarray(inputs["pixels"].array(), dtype=np.float32).tobytes()
+
+
+def _tokens(folder: Path, agents: int) -> dict[str, str]:
+    """Bearer tokens for the run (an operator, a reviewer, one per agent), and the gateway's
+    tokens file; returns token by holder."""
+    tokens = {"operator": secrets.token_urlsafe(24), "reviewer": secrets.token_urlsafe(24)}
+    tokens.update({f"agent-{k}": secrets.token_urlsafe(24) for k in range(agents)})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokens.yaml").write_text(yaml.safe_dump({
+        "operators": [tokens["operator"]],
+        "reviewers": {tokens["reviewer"]: REVIEWER_NAME},
+        "agents": {tokens[f"agent-{k}"]: f"loop-agent-{k}" for k in range(agents)},
+    }), encoding="utf-8")
+    for k in range(agents):
+        (folder / f"agent-{k}.token").write_text(tokens[f"agent-{k}"] + "\n", encoding="utf-8")
+    return tokens
+
+
+def review_policy(document: bytes, threshold: float = REVIEW_THRESHOLD) -> bytes:
+    """The policy with ``review_threshold``: rows the cloud answered less surely go to review."""
+    policy = parse_policy(document)
+    return dump_policy(policy.model_copy(update={"review_threshold": threshold})).encode()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -266,19 +323,21 @@ def run_loop(agents: int = 3, streams: int = 2, json_path: Path | None = None,
                 v1 = digits_loop.weak_edge(small)
                 (work / "edge-v1.onnx").write_bytes(v1.onnx)
                 private_key, public_key = generate_keypair(work / "keys")
+                tokens = _tokens(work / "tokens", agents)
             with console.status(f"starting a gateway and {agents} agents"):
                 gateway = _spawn("gateway", [
                     "gateway", "serve", "--listen", "127.0.0.1:0",
                     "--data-dir", str(work / "gateway"),
                     "--model", f"{TASK}={files / 'cloud.onnx'}",
                     "--trust-key", str(public_key),
+                    "--tokens-file", str(work / "tokens" / "tokens.yaml"),
                 ], work)
                 procs.append(gateway)
                 gateway_address = _wait_for_port(gateway, started + START_TIMEOUT_S)
-                op = GatewayOperator(gateway_address)
+                op = GatewayOperator(gateway_address, token=tokens["operator"])
                 published_v1 = publish_model_file(op, work / "edge-v1.onnx", name=TASK,
                                                   target="edge", key=private_key)
-                publish_policy_document(op, (files / "policy.yaml").read_bytes(),
+                publish_policy_document(op, review_policy((files / "policy.yaml").read_bytes()),
                                         key=private_key)
                 for k in range(agents):
                     procs.append(_spawn(f"agent-{k}", [
@@ -286,6 +345,7 @@ def run_loop(agents: int = 3, streams: int = 2, json_path: Path | None = None,
                         "--listen", "127.0.0.1:0", "--data-dir", str(work / f"agent-{k}"),
                         "--agent-id", f"loop-agent-{k}", "--labels", f"slot={k}",
                         "--trust-key", str(public_key),
+                        "--token-file", str(work / "tokens" / f"agent-{k}.token"),
                     ], work))
                 addresses = [_wait_for_port(p, time.monotonic() + START_TIMEOUT_S)
                              for p in procs[1:]]
@@ -306,13 +366,18 @@ def run_loop(agents: int = 3, streams: int = 2, json_path: Path | None = None,
 
             with console.status("waiting for the agents' hard rows at the gateway"):
                 held = wait_for_hard_rows(op, figures["before"]["hard_rows"])
-            reviewed = scripted_review(gateway_address, truth)
-            summary: ExportSummary = export_examples(op.hard_examples(TASK), work / "relabel")
-            console.print(f"gateway holds {held} hard rows; {reviewed} labelled by the "
-                          f"reviewer; exported {summary.records} to examples.npz")
+            with console.status("the reviewer labels the review queue"):
+                reviewed = scripted_review(gateway_address, tokens["reviewer"], truth)
+            # `examples export`, and `examples export --labelled` (the reviewers' labels).
+            summary = export_examples(op.hard_examples(TASK), work / "hard")
+            labelled_summary = export_examples(op.hard_examples(TASK), work / "reviewed",
+                                               op.review_labels(TASK))
+            console.print(f"gateway holds {held} hard rows; the reviewer labelled {reviewed}; "
+                          f"exported {summary.records} hard rows, {labelled_summary.records} "
+                          "of them labelled")
 
             with console.status("retraining the edge model"):
-                labelled = digits_loop.labelled_rows(work / "relabel")
+                labelled = digits_loop.labelled_rows(work / "hard", work / "reviewed")
                 v2 = digits_loop.retrain(small, labelled)
                 (work / "edge-v2.onnx").write_bytes(v2.onnx)
             with console.status("publishing and rolling out edge version 2"):
@@ -355,8 +420,10 @@ def run_loop(agents: int = 3, streams: int = 2, json_path: Path | None = None,
             "edge_versions": {"before": published_v1["version"],
                               "after": published_v2["version"]},
             "agents_running": running,
+            "review_threshold": REVIEW_THRESHOLD,
             "training": {"small_rows": len(small.y), "exported": labelled.exported,
                          "hard_rows_held": held, "reviewed": reviewed,
+                         "exported_labelled": labelled_summary.records,
                          "labelled_by_reviewer": labelled.by_reviewer,
                          "labelled_by_cloud": labelled.by_cloud,
                          "unlabelled": labelled.unlabelled,

@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("skl2onnx")
 
+from edgecloud.cloud_gateway.review import Label
 from edgecloud.core.hard_examples import HardExample, InputRow, KeptExample
 from edgecloud.dataset_export import export_examples
 from edgecloud.examples import digits_loop
@@ -33,6 +34,10 @@ def _record(seq: int, pixels: np.ndarray, cloud: np.ndarray | None) -> KeptExamp
     return KeptExample.new("agent-a", seq, example)
 
 
+def _label(seq: int, label: int) -> Label:
+    return Label(f"agent-a.{seq}", "agent-a", "digits", "", 0, label, "rita", 1.7e9)
+
+
 def test_the_small_part_is_a_seeded_stratified_draw_of_the_training_split():
     """The same seed draws the same rows, every class is there equally, and every row is a
     row of the training split."""
@@ -48,8 +53,8 @@ def test_the_small_part_is_a_seeded_stratified_draw_of_the_training_split():
 
 
 def test_labels_come_from_the_reviewer_then_the_cloud(tmp_path):
-    """A row of an export is labelled by its reviewer's label, else the cloud's answer;
-    a row with neither is left out and counted."""
+    """A row of an export is labelled by its reviewer's label (from an export of the
+    labelled rows), else the cloud's answer; a row with neither is left out and counted."""
     rng = np.random.default_rng(0)
     pixels = rng.random((2, 64)).astype(np.float32)
     cloud = np.zeros(10)
@@ -59,6 +64,12 @@ def test_labels_come_from_the_reviewer_then_the_cloud(tmp_path):
     assert (rows.by_reviewer, rows.by_cloud, rows.unlabelled, rows.exported) == (0, 1, 1, 2)
     assert rows.y.tolist() == [7]
     assert np.array_equal(rows.X, pixels[:1])
+    reviewed = tmp_path / "reviewed"
+    export_examples([_record(1, pixels[0], cloud), _record(2, pixels[1], None)], reviewed,
+                    {_record(2, pixels[1], None).record_id: _label(2, 4)})
+    both = digits_loop.labelled_rows(tmp_path, reviewed)
+    assert (both.by_reviewer, both.by_cloud, both.unlabelled) == (1, 1, 0)
+    assert both.y.tolist() == [7, 4]
     assert digits_loop.label_of({"label": 3, "cloud_class": 7}) == (3, "reviewer")
     assert digits_loop.label_of({"label": None, "cloud_class": 7}) == (7, "cloud")
     assert digits_loop.label_of({"cloud_class": None}) == (None, "none")

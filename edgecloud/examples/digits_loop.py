@@ -18,8 +18,10 @@ float32 ``[N, 64]`` → ``probabilities`` float32 ``[N, 10]``.
 Run by hand (needs the ``examples`` extra: scikit-learn, skl2onnx, onnx)::
 
     python -m edgecloud.examples.digits_loop weak --out edge-v1.onnx
-    edgecloud examples export --gateway HOST:PORT --task digits --out relabel/
-    python -m edgecloud.examples.digits_loop retrain --export relabel/ --out edge-v2.onnx
+    edgecloud examples export --gateway HOST:PORT --task digits --out hard/
+    edgecloud examples export --gateway HOST:PORT --task digits --labelled --out reviewed/
+    python -m edgecloud.examples.digits_loop retrain --export hard/ --labelled reviewed/ \
+        --out edge-v2.onnx
 """
 
 from __future__ import annotations
@@ -127,11 +129,7 @@ def label_of(line: dict) -> tuple[int | None, str]:
     return None, "none"
 
 
-def labelled_rows(folder: Path, input_name: str = digits.INPUT_NAME) -> LabelledRows:
-    """The rows of an ``examples export`` folder that have a training label, with it.
-
-    Raises ValueError when the folder is not such an export or its two files disagree.
-    """
+def _read_export(folder: Path, input_name: str) -> tuple[list[dict], np.ndarray]:
     folder = Path(folder)
     try:
         lines = [json.loads(text) for text in
@@ -144,6 +142,24 @@ def labelled_rows(folder: Path, input_name: str = digits.INPUT_NAME) -> Labelled
     if len(X) != len(lines):
         raise ValueError(f"{folder}: {len(X)} rows in {EXAMPLES_FILE} but {len(lines)} lines "
                          f"in {INDEX_FILE}")
+    return lines, X
+
+
+def labelled_rows(folder: Path, reviewed: Path | None = None,
+                  input_name: str = digits.INPUT_NAME) -> LabelledRows:
+    """The rows of an ``examples export`` folder that have a training label, with it.
+
+    ``reviewed`` is an ``examples export --labelled`` folder: its reviewers' labels go to
+    the rows of ``folder`` with the same record id. Raises ValueError when a folder is not
+    such an export or its two files disagree.
+    """
+    lines, X = _read_export(folder, input_name)
+    if reviewed is not None:
+        given = {line["record_id"]: line["label"]
+                 for line in _read_export(reviewed, input_name)[0]
+                 if line.get("record_id") and line.get("label") is not None}
+        lines = [{**line, "label": given[line["record_id"]]}
+                 if line.get("record_id") in given else line for line in lines]
     keep, labels = [], []
     counts = {"reviewer": 0, "cloud": 0, "none": 0}
     for row, line in enumerate(lines):
@@ -177,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                            "the labelled rows of an examples export")
     again.add_argument("--export", type=Path, required=True, metavar="DIR",
                        help="folder written by `edgecloud examples export`")
+    again.add_argument("--labelled", type=Path, default=None, metavar="DIR",
+                       help="folder written by `edgecloud examples export --labelled`: its "
+                       "reviewers' labels override the cloud's answers (default: none)")
     again.add_argument("--out", type=Path, required=True, metavar="FILE",
                        help="ONNX file to write")
     args = parser.parse_args(argv)
@@ -185,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.step == "weak":
             model = weak_edge(small)
         else:
-            labelled = labelled_rows(args.export)
+            labelled = labelled_rows(args.export, args.labelled)
             model = retrain(small, labelled)
             print(f"{labelled.exported} exported rows: {labelled.by_reviewer} labelled by a "
                   f"reviewer, {labelled.by_cloud} by the cloud's answer, "

@@ -36,9 +36,9 @@ def _loop(tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
 @pytest.mark.timeout(300)
 def test_one_turn_of_the_loop_completes_and_its_figures_agree(tmp_path):
     """Version 1 answers every row before, version 2 every row after and runs on every
-    agent; every hard row the agents marked reaches the export and the retrain; the
-    printed table and the JSON agree, and each phase's escalation at equal accuracy is
-    a point that meets its target."""
+    agent; every hard row the agents marked reaches the export and the retrain, the rows
+    in the review queue with the reviewer's labels; the printed table and the JSON agree,
+    and each phase's escalation at equal accuracy is a point that meets its target."""
     result, figures = _loop(tmp_path)
     before, after = figures["before"], figures["after"]
     assert figures["edge_versions"] == {"before": "1", "after": "2"}
@@ -54,7 +54,9 @@ def test_one_turn_of_the_loop_completes_and_its_figures_agree(tmp_path):
     labelled = training["labelled_by_reviewer"] + training["labelled_by_cloud"]
     assert labelled + training["unlabelled"] == training["exported"]
     assert labelled > 0
+    assert training["reviewed"] > 0  # the review queue got rows and the reviewer labelled them
     assert training["labelled_by_reviewer"] == training["reviewed"]
+    assert training["exported_labelled"] == training["reviewed"]
     assert training["retrain_rows"] == training["small_rows"] + labelled
 
     for phase in (before, after):
