@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="number of agents, 1 to 16 (default 3)")
     demo.add_argument("--streams", type=int, default=2, metavar="N",
                       help="concurrent sensor streams per agent, 1 to 16 (default 2)")
+    demo.add_argument("--loop", action="store_true",
+                      help="run one turn of the improvement loop instead: a weak edge model, "
+                      "hard rows reviewed and exported, a retrained edge model rolled out, "
+                      "figures before and after (needs the examples extra; default: off)")
     demo.set_defaults(handler=_cmd_demo)
 
     example = sub.add_parser("example", help="write a bundled example to a folder")
@@ -391,6 +395,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise CliError("--agents must be between 1 and 16")
     if not 1 <= args.streams <= 16:
         raise CliError("--streams must be between 1 and 16")
+    if args.loop:
+        import importlib
+
+        for module in ("sklearn", "skl2onnx"):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise CliError(f"demo --loop retrains the edge model with scikit-learn and "
+                               f"skl2onnx ({module} is missing): install the examples extra, "
+                               "pip install -e '.[examples]' (or run make demo-loop)") from None
+        from edgecloud.demo_loop import run_loop
+
+        return run_loop(agents=args.agents, streams=args.streams, json_path=args.json)
     return run_demo(agents=args.agents, streams=args.streams, json_path=args.json)
 
 

@@ -116,6 +116,24 @@ def publish_model_file(op: Operator, path: Path, *, name: str, target: str,
     return {**reply, "signed": bool(signature), "scores_output": chosen}
 
 
+def publish_policy_document(op: Operator, document: bytes, *, version: str | None = None,
+                            key: Path | None = None) -> dict:
+    """Sign and publish a policy document; without ``version`` the registry picks it.
+
+    The published document carries the version it is published as (rewritten when it
+    says another). Raises PolicyError when ``document`` is not a valid policy.
+    """
+    from edgecloud.core.artifacts import build_policy_manifest
+    from edgecloud.router import dump_policy, parse_policy
+
+    policy = parse_policy(document)
+    version = version or op.reserve_version(policy.name, "policy")
+    if version != policy.version:
+        document = dump_policy(policy.model_copy(update={"version": version})).encode()
+    data = build_policy_manifest(document, name=policy.name, version=version).canonical()
+    return op.publish_policy(data, sign_manifest(data, key), document)
+
+
 def publish_floor(op: Operator, name: str, version: str, key: Path | None = None) -> dict:
     """Sign and publish task ``name``'s minimum edge version; agents refuse older versions.
 

@@ -306,9 +306,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_publish(args: argparse.Namespace) -> int:
-    from edgecloud.core.artifacts import build_policy_manifest
-    from edgecloud.operations import sign_manifest
-    from edgecloud.router import PolicyError, dump_policy, parse_policy
+    from edgecloud.operations import publish_policy_document
+    from edgecloud.router import PolicyError, parse_policy
 
     try:
         document = args.file.read_bytes()
@@ -323,13 +322,8 @@ def cmd_policy_publish(args: argparse.Namespace) -> int:
                        f"(policy tune --task {args.name} names it)")
     op = _operator(args, create=True)
     try:
-        version = args.version or op.reserve_version(args.name, "policy")
-        if version != policy.version:
-            # The version is the registry's to give: the published document carries it.
-            document = dump_policy(policy.model_copy(update={"version": version})).encode()
-        manifest = build_policy_manifest(document, name=policy.name, version=version)
-        data = manifest.canonical()
-        reply = op.publish_policy(data, sign_manifest(data, args.key), document)
+        # The version is the registry's to give: the published document carries it.
+        reply = publish_policy_document(op, document, version=args.version, key=args.key)
     finally:
         op.close()
     print(f"published policy {reply['name']} version {reply['version']}; "
