@@ -16,8 +16,8 @@ the caller's role with :func:`core.http_auth.admit` when the server asks for one
 roles of the route's gRPC method: one rule for both transports), and maps domain
 errors to HTTP statuses with the v2 error document ``{"error": "..."}``:
 
-    INVALID_ARGUMENT, FAILED_PRECONDITION 400    NOT_FOUND 404
-    UNAUTHENTICATED 401    PERMISSION_DENIED 403  ALREADY_EXISTS 409
+    INVALID_ARGUMENT 400    NOT_FOUND 404    FAILED_PRECONDITION, ALREADY_EXISTS 409
+    UNAUTHENTICATED 401    PERMISSION_DENIED 403
     RESOURCE_EXHAUSTED 429 (the caller should slow down: load shed, escalation limit)
     UNAVAILABLE 503    DEADLINE_EXCEEDED 504     INTERNAL 500 (with the request id only)
 
@@ -40,24 +40,14 @@ from edgecloud.core import v2_grpc, v2_rest
 from edgecloud.core.auth import acting_as
 from edgecloud.core.codec import DEFAULT_MAX_REQUEST_BYTES
 from edgecloud.core.errors import EdgecloudError, ErrorKind, InvalidInput
-from edgecloud.core.http_auth import admit
+from edgecloud.core.http_auth import STATUS, admit
 from edgecloud.core.logging import REQUEST_ID_KEY, new_request_id
 from edgecloud.core.v2_grpc import SERVICE_NAME, DataPlane
 
 log = structlog.get_logger("edgecloud.v2")
 
 KIND_TO_STATUS: dict[ErrorKind, int] = {
-    ErrorKind.INVALID_ARGUMENT: 400,
-    ErrorKind.FAILED_PRECONDITION: 400,
-    ErrorKind.UNAUTHENTICATED: 401,
-    ErrorKind.PERMISSION_DENIED: 403,
-    ErrorKind.NOT_FOUND: 404,
-    ErrorKind.ALREADY_EXISTS: 409,
-    ErrorKind.RESOURCE_EXHAUSTED: 429,
-    ErrorKind.INTERNAL: 500,
-    ErrorKind.UNAVAILABLE: 503,
-    ErrorKind.DEADLINE_EXCEEDED: 504,
-}
+    kind: status.status_code for kind, status in STATUS.items()}
 
 RolesFor = Callable[[str], "frozenset[str] | None"]
 """gRPC method path (``/inference.GRPCInferenceService/ModelInfer``) -> the roles that

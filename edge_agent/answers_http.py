@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from edgecloud.core.errors import InvalidInput, NotFound
-from edgecloud.core.http_auth import error_response
+from edgecloud.core.errors import EdgecloudError
+from edgecloud.core.http_auth import refusal
 from edgecloud.edge_agent.answers import AnswerStore
 
 
@@ -20,10 +20,8 @@ def answer_routes(store: AnswerStore) -> list[web.RouteDef]:
     async def get_answer(request: web.Request) -> web.Response:
         try:
             record = await store.get(request.match_info["answer_id"])
-        except InvalidInput as exc:
-            raise error_response(web.HTTPBadRequest, exc.message) from None
-        except NotFound as exc:
-            raise error_response(web.HTTPNotFound, exc.message) from None
+        except EdgecloudError as exc:
+            raise refusal(exc) from None
         return web.json_response(record.to_dict())
 
     return [web.get("/v2/answers/{answer_id}", get_answer)]

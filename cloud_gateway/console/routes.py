@@ -29,8 +29,8 @@ from aiohttp import web
 from edgecloud.cloud_gateway.console.views import CONSOLE_ACTIONS, FleetConsole
 from edgecloud.cloud_gateway.review import LabelFeed
 from edgecloud.core.auth import OPERATOR, REVIEWER, VIEWER
-from edgecloud.core.errors import EdgecloudError, ErrorKind
-from edgecloud.core.http_auth import admit, error_response
+from edgecloud.core.errors import EdgecloudError
+from edgecloud.core.http_auth import admit, error_response, refusal
 
 log = structlog.get_logger("edgecloud.gateway.console")
 
@@ -38,18 +38,6 @@ READERS = frozenset({OPERATOR, VIEWER})
 ACTORS = frozenset({OPERATOR})
 REVIEW_READERS = frozenset({OPERATOR, VIEWER, REVIEWER})
 LABELLERS = frozenset({OPERATOR, REVIEWER})
-STATUS: dict[ErrorKind, type[web.HTTPException]] = {
-    ErrorKind.INVALID_ARGUMENT: web.HTTPBadRequest,
-    ErrorKind.NOT_FOUND: web.HTTPNotFound,
-    ErrorKind.FAILED_PRECONDITION: web.HTTPConflict,
-    ErrorKind.ALREADY_EXISTS: web.HTTPConflict,
-    ErrorKind.PERMISSION_DENIED: web.HTTPForbidden,
-    ErrorKind.UNAUTHENTICATED: web.HTTPUnauthorized,
-    ErrorKind.RESOURCE_EXHAUSTED: web.HTTPTooManyRequests,
-    ErrorKind.UNAVAILABLE: web.HTTPServiceUnavailable,
-    ErrorKind.DEADLINE_EXCEEDED: web.HTTPGatewayTimeout,
-}
-"""Domain error kind -> HTTP status of the console's answers."""
 MAX_ACTION_BODY = 4096
 """Largest action body read (it holds one small JSON object)."""
 
@@ -80,8 +68,7 @@ async def _call(what: str, work: Callable[[], object]) -> object:
     try:
         return await asyncio.to_thread(work)
     except EdgecloudError as exc:
-        raise error_response(STATUS.get(exc.kind, web.HTTPInternalServerError),
-                             exc.message) from None
+        raise refusal(exc) from None
     except Exception:
         request_id = uuid.uuid4().hex[:12]
         log.exception("console_failed", what=what, request_id=request_id)
@@ -152,8 +139,7 @@ def console_routes(console: FleetConsole, reviews: LabelFeed | None = None
         try:
             given = await feed.label(review_id, value, reviewer)
         except EdgecloudError as exc:
-            raise error_response(STATUS.get(exc.kind, web.HTTPInternalServerError),
-                                 exc.message) from None
+            raise refusal(exc) from None
         return _json({"review_id": given.review_id, "label": given.label,
                       "reviewer": given.reviewer, "labelled_at": given.labelled_at,
                       "answer_id": given.answer_id})
