@@ -7,6 +7,15 @@ request is never held: the collector waits for more (at most
 ``max_queue_delay_s``) only when a batch is already forming, i.e. it took
 two requests or more, which means others arrive while workers are busy.
 
+A request that finds the model idle (nothing queued, nothing running, and no run
+ended in the last ``inline_gap_s``) runs at once on the event loop when the model's
+recent runs say it takes less than ``inline_below_s``: a thread hand-off and the
+collector's wake-up would cost more than the run itself. Anything slower, and
+anything arriving while the model is busy, goes through the queue. The gap matters
+under load: requests run inline one after another would look idle to each other
+(each ends before the next is read) and never form a batch; a request arriving right
+after a run ended is taken as a sign of load and queued, so batches form again.
+
 Limits: a request larger than ``max_batch_size`` rows is split into parts of
 at most that size (each queued and run like any other, answers joined back
 in order); one larger than ``max_queue_rows`` could never be queued whole and
@@ -33,6 +42,10 @@ log = structlog.get_logger("edgecloud.gateway.batching")
 
 RunBatch = Callable[[dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 """Runs one concatenated batch and returns outputs with the same row count."""
+RunInline = Callable[[dict[str, np.ndarray], int, float],
+                     "dict[str, np.ndarray] | None"]
+"""``(inputs, rows, below_s)``: runs the model now, on the calling thread, when its
+recent runs say ``rows`` rows take less than ``below_s``; None (nothing run) otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +61,11 @@ class BatchingConfig:
     """Rows allowed to wait; more are refused with RESOURCE_EXHAUSTED."""
     workers: int = 2
     """Batches of this model that may run at the same time."""
+    inline_below_s: float = 0.0005
+    """A request finding the model idle runs on the event loop when its rows are expected
+    to take less than this (0: never)."""
+    inline_gap_s: float = 0.00025
+    """The model counts as idle only when its last run ended at least this long ago."""
 
 
 @dataclass(slots=True)
@@ -74,9 +92,11 @@ class DynamicBatcher:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[int, int], None] | None = None,
+        run_inline: RunInline | None = None,
     ) -> None:
         self.name = name
         self._run_batch = run_batch
+        self._run_inline = run_inline if config.inline_below_s > 0 else None
         self.config = config
         self._clock = clock
         self._on_batch = on_batch
@@ -87,6 +107,8 @@ class DynamicBatcher:
         self._collector: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self._closed = False
+        self._last_end = float("-inf")
+        """When the last model run ended (this batcher's clock)."""
 
     @property
     def queued_rows(self) -> int:
@@ -142,6 +164,11 @@ class DynamicBatcher:
             )
         size = self.config.max_batch_size
         if rows <= size:
+            if (self._run_inline is not None and not self._queue and not self._running
+                    and self._clock() - self._last_end >= self.config.inline_gap_s):
+                outputs = self._inline(inputs, rows, deadline)
+                if outputs is not None:
+                    return outputs
             return await self._enqueue(inputs, rows, deadline)
         parts = [self._enqueue({k: v[start:start + size] for k, v in inputs.items()},
                                min(size, rows - start), deadline)
@@ -153,6 +180,19 @@ class DynamicBatcher:
                 part.cancel()
         return {name: np.concatenate([a[name] for a in answers], axis=0)
                 for name in answers[0]}
+
+    def _inline(self, inputs: dict[str, np.ndarray], rows: int,
+                deadline: float | None) -> dict[str, np.ndarray] | None:
+        """Run a request that found the model idle now, if the model is fast enough."""
+        assert self._run_inline is not None
+        if deadline is not None and deadline <= self._clock():
+            raise DeadlineExceeded(f"deadline passed before model {self.name} ran")
+        outputs = self._run_inline(inputs, rows, self.config.inline_below_s)
+        if outputs is not None:
+            self._last_end = self._clock()
+            if self._on_batch is not None:
+                self._on_batch(rows, self._queued_rows)
+        return outputs
 
     def _enqueue(self, inputs: dict[str, np.ndarray], rows: int,
                  deadline: float | None) -> asyncio.Future:
@@ -253,6 +293,8 @@ class DynamicBatcher:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 return
+            finally:
+                self._last_end = self._clock()
             start = 0
             for item in batch:
                 stop = start + item.rows

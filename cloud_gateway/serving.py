@@ -38,6 +38,33 @@ def _batchable(model: OnnxModel) -> bool:
     return all(spec.shape and spec.shape[0] < 0 for spec in specs)
 
 
+class RunTimer:
+    """A model's recent run time per row (moving average), measured around the model
+    alone (never a thread hand-off or a wait for a worker), to decide inline runs."""
+
+    def __init__(self, model: OnnxModel) -> None:
+        self.model = model
+        self.per_row_s: float | None = None
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model (any thread) and fold its time into the average."""
+        start = time.perf_counter()
+        outputs = self.model.run(inputs)
+        took = (time.perf_counter() - start) / max(next(iter(inputs.values())).shape[0]
+                                                     if inputs else 1, 1)
+        previous = self.per_row_s
+        self.per_row_s = took if previous is None else 0.9 * previous + 0.1 * took
+        return outputs
+
+    def run_if_below(self, inputs: dict[str, np.ndarray], rows: int,
+                     below_s: float) -> dict[str, np.ndarray] | None:
+        """Run now when ``rows`` rows are expected to take less than ``below_s``."""
+        per_row = self.per_row_s
+        if per_row is None or per_row * max(rows, 1) >= below_s:
+            return None
+        return self.run(inputs)
+
+
 class _Served:
     """One loaded model version and its batcher."""
 
@@ -88,12 +115,20 @@ class GatewayService:
     def _serve(self, model: OnnxModel) -> _Served:
         batcher = None
         if _batchable(model):
+            timer = RunTimer(model)
+            executor = self._executor
+
+            async def run_batch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                return await asyncio.get_running_loop().run_in_executor(
+                    executor, timer.run, inputs)
+
             batcher = DynamicBatcher(
                 model.name,
-                lambda inputs, m=model: m.run_async(inputs, executor=self._executor),
+                run_batch,
                 self._batching(model.name),
                 clock=self._clock,
                 on_batch=self._metrics.batch_observer(model.name) if self._metrics else None,
+                run_inline=timer.run_if_below,
             )
             batcher.start()
         return _Served(model, batcher, self._executor)

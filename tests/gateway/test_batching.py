@@ -219,3 +219,91 @@ async def test_zero_row_requests_count_against_the_queue() -> None:
     finally:
         gate.set()
         await batcher.aclose()
+
+
+class InlineModel:
+    """A model that may run inline: says whether it would (``fast``) and records where each
+    request ran."""
+
+    def __init__(self, fast: bool) -> None:
+        self.fast = fast
+        self.inline: list[int] = []
+        self.below: list[float] = []
+
+    def __call__(self, inputs: dict[str, np.ndarray], rows: int,
+                 below_s: float) -> dict[str, np.ndarray] | None:
+        self.below.append(below_s)
+        if not self.fast:
+            return None
+        self.inline.append(rows)
+        return {"y": inputs["x"] * 2.0}
+
+
+async def test_a_request_finding_a_fast_model_idle_runs_inline() -> None:
+    """Nothing queued, nothing running, no run just ended, a model whose runs are cheap: the
+    request runs at once, without the queue (the threshold asked is the configured one)."""
+    now = [100.0]
+    queued, inline = RecordingModel(), InlineModel(fast=True)
+    batcher = DynamicBatcher("m", queued, BatchingConfig(inline_below_s=0.001,
+                                                         inline_gap_s=0.01),
+                             clock=lambda: now[0], run_inline=inline)
+    batcher.start()
+    try:
+        for rows in (1, 3):
+            now[0] += 0.01
+            x = np.full((rows, 2), 1.5, np.float32)
+            out = await batcher.submit({"x": x})
+            np.testing.assert_array_equal(out["y"], x * 2.0)
+        # One arriving right after a run ended is a sign of load: it is queued, so that
+        # requests arriving together form batches instead of running one by one.
+        await batcher.submit({"x": np.ones((2, 2), np.float32)})
+    finally:
+        await batcher.aclose()
+    assert inline.inline == [1, 3] and queued.batches == [2]
+    assert inline.below == [0.001, 0.001]
+
+
+async def test_a_slow_model_or_a_busy_one_goes_through_the_queue() -> None:
+    """A model too slow to run inline is queued; while a batch runs, a new request is
+    queued without asking the model (it would wait behind the running batch)."""
+    gate = asyncio.Event()
+    queued, slow = RecordingModel(gate), InlineModel(fast=False)
+    batcher = DynamicBatcher("m", queued, BatchingConfig(workers=1, max_queue_delay_s=0),
+                             run_inline=slow)
+    batcher.start()
+    try:
+        first = asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}))
+        await queued.entered.wait()  # the first batch is running (held by the gate)
+        assert len(slow.below) == 1  # asked once, when the model was idle
+        second = asyncio.create_task(batcher.submit({"x": np.ones((2, 2), np.float32)}))
+        await wait_for_queue(batcher, 2)
+        assert len(slow.below) == 1  # busy: not asked again
+        gate.set()
+        await asyncio.gather(first, second)
+    finally:
+        await batcher.aclose()
+    assert queued.batches == [1, 2] and slow.inline == []
+
+
+async def test_inline_runs_keep_deadlines_and_can_be_turned_off() -> None:
+    """A passed deadline is refused before an inline run; inline_below_s=0 never runs
+    inline."""
+    now = [100.0]
+    inline = InlineModel(fast=True)
+    batcher = DynamicBatcher("m", RecordingModel(), BatchingConfig(), clock=lambda: now[0],
+                             run_inline=inline)
+    batcher.start()
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit({"x": np.ones((1, 2), np.float32)}, deadline=99.0)
+    finally:
+        await batcher.aclose()
+    assert inline.inline == []
+    queued, off = RecordingModel(), InlineModel(fast=True)
+    batcher = DynamicBatcher("m", queued, BatchingConfig(inline_below_s=0), run_inline=off)
+    batcher.start()
+    try:
+        await batcher.submit({"x": np.ones((1, 2), np.float32)})
+    finally:
+        await batcher.aclose()
+    assert off.below == [] and queued.batches == [1]

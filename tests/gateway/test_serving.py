@@ -7,7 +7,7 @@ import random
 import numpy as np
 
 from edgecloud.cloud_gateway.batching import BatchingConfig
-from edgecloud.cloud_gateway.serving import GatewayService
+from edgecloud.cloud_gateway.serving import GatewayService, RunTimer
 from edgecloud.core.model import OnnxModel
 from edgecloud.core.tensors import InferRequest
 
@@ -38,3 +38,20 @@ async def test_candidate_answers_its_share_of_requests(digits_dir) -> None:
     assert service.serving() == {"digits": {"version": "2", "candidate": None,
                                             "percent": 0.0}}
     await service.aclose()
+
+
+def test_run_timer_runs_inline_only_what_it_has_measured_as_cheap(digits_dir) -> None:
+    """Before any run there is no estimate (nothing runs inline); after one, a request
+    expected below the threshold runs, with the model's own answer, and one above it
+    does not."""
+    model = OnnxModel.load(digits_dir / "edge.onnx", name="digits", version="1")
+    x = np.load(digits_dir / "test.npz")["X"][:4]
+    timer = RunTimer(model)
+    assert timer.run_if_below({"pixels": x}, 4, 1.0) is None
+    expected = timer.run({"pixels": x})
+    assert timer.per_row_s is not None and timer.per_row_s > 0
+    got = timer.run_if_below({"pixels": x}, 4, 1.0)
+    assert got is not None
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value)
+    assert timer.run_if_below({"pixels": x}, 4, timer.per_row_s) is None
