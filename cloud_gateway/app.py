@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -285,5 +286,8 @@ class GatewayApp(ServingApp):
 
 
 async def run_gateway(settings: GatewaySettings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain."""
+    """Serve until SIGTERM or SIGINT, then drain; the process is the gateway's, so it also
+    sets the interpreter's switch interval (``gil_switch_interval_ms``)."""
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
+    log.info("gil_switch_interval", ms=settings.gil_switch_interval_ms)
     await run_until_signal(GatewayApp(settings))
