@@ -187,7 +187,7 @@ def _check(s: GatewaySettings) -> _Checked:
     models = []
     for name, path in s.models.items():
         model = attempt(lambda name=name, path=path: OnnxModel.load(
-            path, name=name, version="1", intra_op_threads=s.onnx_threads,
+            path, name=name, version="1", intra_op_threads=s.threads_for(name),
             providers=s.providers_for(name)))
         if model is not None:
             try:
@@ -239,7 +239,7 @@ class GatewayApp(ServingApp):
         examples_root = (registry.root / "hard_examples" if checked.registry.is_directory
                          else s.data_dir / "hard_examples")
         hub = FleetHub(registry, s.replica, service, poll_s=s.registry_poll_ms / 1000.0,
-                       onnx_threads=s.onnx_threads, providers_for=s.providers_for)
+                       threads_for=s.threads_for, providers_for=s.providers_for)
         await hub.start()
         self.hub = hub
         h = s.hard_examples

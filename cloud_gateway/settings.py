@@ -14,6 +14,13 @@ from edgecloud.core.logging import LogFormat
 from edgecloud.core.settings import EdgecloudSettings, state_dir
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class ModelBatching(BaseModel):
     """Batching limits of one model; a field left unset takes the gateway-wide value."""
 
@@ -167,8 +174,10 @@ class GatewaySettings(EdgecloudSettings):
     """Dynamic batching limits."""
     hard_examples: HardExamplesSection = Field(default_factory=HardExamplesSection)
     """Limits on hard-example uploads and storage."""
-    onnx_threads: int = Field(1, ge=1, le=256)
-    """ONNX Runtime intra-op threads per model session."""
+    onnx_threads: int | None = Field(None, ge=1, le=256)
+    """ONNX Runtime intra-op threads per model session (default: the cores this process may
+    run on, shared among the model's batch workers, at least 1: the batches that run at the
+    same time fill the cores without asking for more threads than there are cores)."""
     execution_providers: dict[str, list[ExecutionProvider]] = Field(default_factory=dict)
     """Model name (``--model`` or published) -> ONNX Runtime execution providers in order of
     preference, e.g. ``[CUDAExecutionProvider, CPUExecutionProvider]``; the key ``default``
@@ -203,6 +212,13 @@ class GatewaySettings(EdgecloudSettings):
     """``json``, ``console``, or ``auto`` (console on a terminal)."""
     log_level: str = "info"
     """Lowest level logged."""
+
+    def threads_for(self, model: str) -> int:
+        """ONNX Runtime intra-op threads of ``model``'s session (see ``onnx_threads``)."""
+        if self.onnx_threads is not None:
+            return self.onnx_threads
+        workers = int(self.batching.for_model(model)["workers"])
+        return max(1, usable_cores() // workers)
 
     def providers_for(self, model: str) -> list[str]:
         """The execution providers asked for ``model``, in order of preference."""

@@ -188,6 +188,11 @@ class OnnxModel:
         ) if all(spec.datatype != "BYTES" and spec.shape for spec in self.inputs) else None
 
     @property
+    def intra_op_threads(self) -> int:
+        """ONNX Runtime intra-op threads the session was opened with (0: ONNX Runtime's choice)."""
+        return self._session.get_session_options().intra_op_num_threads
+
+    @property
     def fixed_batch_size(self) -> int | None:
         """Rows per run when the inputs fix the batch dimension (an export with batch 1), else None.
 
