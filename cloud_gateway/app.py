@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -286,8 +285,5 @@ class GatewayApp(ServingApp):
 
 
 async def run_gateway(settings: GatewaySettings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain; the process is the gateway's, so it also
-    sets the interpreter's switch interval (``gil_switch_interval_ms``)."""
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
-    log.info("gil_switch_interval", ms=settings.gil_switch_interval_ms)
+    """Serve until SIGTERM or SIGINT, then drain."""
     await run_until_signal(GatewayApp(settings))

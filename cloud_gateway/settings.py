@@ -186,12 +186,6 @@ class GatewaySettings(EdgecloudSettings):
     says which one a model got."""
     executor_threads: int = Field(4, ge=1, le=256)
     """Worker threads that run model batches."""
-    gil_switch_interval_ms: float = Field(1.0, gt=0, le=100)
-    """Longest the event loop keeps Python's interpreter lock while a worker thread waits
-    for it (Python's switch interval, 5 ms unless set). A model run releases the lock while
-    it computes and needs it back to hand its answer over; under load the loop holds it, so
-    at Python's 5 ms a core would sit idle for most of that after each batch. Applies to the
-    whole ``gateway serve`` process."""
     max_concurrent_rpcs: int | None = Field(32768, ge=1)
     """RPCs the server runs at once, open streams included (each agent holds a watch stream
     and an escalation stream); past it new calls are refused with RESOURCE_EXHAUSTED.
