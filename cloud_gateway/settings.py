@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -14,11 +15,57 @@ from edgecloud.core.logging import LogFormat
 from edgecloud.core.settings import EdgecloudSettings, state_dir
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the system has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup"),
+                 own_cgroups: Path = Path("/proc/self/cgroup")) -> int:
+    """CPU cores this process may use: its affinity mask, capped by the CPU quota of its
+    control group (a container's or a systemd unit's CPU limit), rounded up."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    quota = cgroup_cpu_quota(cgroup_root, own_cgroups)
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def cgroup_cpu_quota(cgroup_root: Path, own_cgroups: Path) -> float | None:
+    """The tightest CPU quota (in cores) on the control groups holding this process, from
+    cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``; None: no quota."""
+    try:
+        lines = own_cgroups.read_text().splitlines()
+    except OSError:
+        lines = []
+    quotas = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: the unified hierarchy
+            folder, read = cgroup_root / path.lstrip("/"), _v2_quota
+        elif "cpu" in controllers.split(","):
+            folder, read = cgroup_root / "cpu" / path.lstrip("/"), _v1_quota
+        else:
+            continue
+        while True:  # a limit on any ancestor applies too
+            quota = read(folder)
+            if quota is not None:
+                quotas.append(quota)
+            if folder in (cgroup_root, cgroup_root / "cpu") or folder == folder.parent:
+                break
+            folder = folder.parent
+    return min(quotas) if quotas else None
+
+
+def _v2_quota(folder: Path) -> float | None:
+    try:
+        limit, period = (folder / "cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else int(limit) / int(period)
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        limit = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if limit <= 0 or period <= 0 else limit / period
 
 
 class ModelBatching(BaseModel):
@@ -176,8 +223,9 @@ class GatewaySettings(EdgecloudSettings):
     """Limits on hard-example uploads and storage."""
     onnx_threads: int | None = Field(None, ge=1, le=256)
     """ONNX Runtime intra-op threads per model session (default: the cores this process may
-    run on, shared among the model's batch workers, at least 1: the batches that run at the
-    same time fill the cores without asking for more threads than there are cores)."""
+    use, its container's CPU limit included, shared among the model's batch workers, at
+    least 1: the batches of a model that run at the same time fill the cores without asking
+    for more threads than there are cores)."""
     execution_providers: dict[str, list[ExecutionProvider]] = Field(default_factory=dict)
     """Model name (``--model`` or published) -> ONNX Runtime execution providers in order of
     preference, e.g. ``[CUDAExecutionProvider, CPUExecutionProvider]``; the key ``default``
