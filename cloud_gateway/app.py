@@ -187,7 +187,7 @@ def _check(s: GatewaySettings) -> _Checked:
     for name, path in s.models.items():
         model = attempt(lambda name=name, path=path: OnnxModel.load(
             path, name=name, version="1", intra_op_threads=s.threads_for(name),
-            providers=s.providers_for(name)))
+            providers=s.providers_for(name), spinning=False))
         if model is not None:
             try:
                 _log_class_scores(model, s.scores_outputs.get(name))

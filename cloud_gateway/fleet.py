@@ -177,7 +177,7 @@ class FleetHub:
             model = await asyncio.to_thread(
                 OnnxModel.load, path, name=manifest.name, version=manifest.version,
                 intra_op_threads=self._threads_for(manifest.name),
-                providers=self._providers_for(manifest.name),
+                providers=self._providers_for(manifest.name), spinning=False,
             )
             await asyncio.to_thread(smoke_test, model, manifest, require_sample=False)
         except Exception as exc:  # a bad artifact is skipped (and logged), never retried

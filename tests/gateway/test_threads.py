@@ -34,6 +34,13 @@ async def test_served_sessions_open_with_those_threads(start_gateway) -> None:
     assert model.intra_op_threads == gateway.settings.threads_for("digits") == usable_cores()
 
 
+async def test_served_sessions_do_not_spin(start_gateway) -> None:
+    """The gateway's sessions sleep between runs instead of spinning: their threads share the
+    cores with the event loop and with the model's other batches."""
+    gateway = await start_gateway()
+    assert not gateway.service.served_model("digits").spinning
+
+
 def _cgroups(tmp_path: Path, lines: list[str], files: dict[str, str]) -> tuple[Path, Path]:
     """A cgroup file system and a /proc/self/cgroup as real files under ``tmp_path``."""
     root = tmp_path / "cgroup"
