@@ -182,8 +182,10 @@ def chaos(files: Path, seconds: float, kill_every: float, rate: float, rows: np.
     queued = sum(c.get("queued", 0) for c in counts)
     lost = sum(c.get(k, 0) for c in counts
                for k in ("evicted_age", "evicted_space", "quarantined", "dropped"))
-    stored = [json.loads(p.read_text())["record_id"]
-              for p in (files / "registry" / "hard_examples").glob("digits/*/*.json")]
+    # Every line of every stored batch, duplicates included (export would hide them).
+    stored = [json.loads(line)["record_id"]
+              for p in (files / "registry" / "hard_examples").glob("digits/*/*.jsonl")
+              for line in p.read_text().splitlines() if line.strip()]
     print(f"\n1. chaos: {seconds:.0f} s at {rate:.0f} requests/s over 3 agents, gateway "
           f"SIGKILLed {kills} times (every {kill_every:.0f} s)")
     print(f"  app requests {len(latencies) + len(failures)}, failed {len(failures)} (goal 0)"

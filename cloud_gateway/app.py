@@ -8,21 +8,25 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
+from aiohttp import web
 
 from edgecloud.cloud_gateway.batching import BatchingConfig
+from edgecloud.cloud_gateway.console import FleetConsole, console_routes
 from edgecloud.cloud_gateway.fleet import FleetHub
 from edgecloud.cloud_gateway.grpc import fleet_servicer
-from edgecloud.cloud_gateway.hard_examples import HardExampleStore
+from edgecloud.cloud_gateway.hard_examples import REGISTRY_PREFIX, HardExampleStore
 from edgecloud.cloud_gateway.limits import EscalationLimiter, LimitedPlane, RateLimit
 from edgecloud.cloud_gateway.metrics import GatewayMetrics
 from edgecloud.cloud_gateway.registry import Registry, is_registry, registry_location
+from edgecloud.cloud_gateway.review import LabelFeed, ReviewQueue
 from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.cloud_gateway.settings import GatewaySettings
 from edgecloud.cloud_gateway.storage import Location
-from edgecloud.core import v2_grpc
+from edgecloud.core import v2_grpc, v2_http
 from edgecloud.core.auth import (
     AGENT,
     OPERATOR,
+    REVIEWER,
     VIEWER,
     Authenticator,
     AuthInterceptor,
@@ -44,6 +48,10 @@ T = TypeVar("T")
 _AGENT_OR_OPERATOR = frozenset({AGENT, OPERATOR})
 _OPERATOR_ONLY = frozenset({OPERATOR})
 _READERS = frozenset({OPERATOR, VIEWER})
+_REVIEW_READERS = frozenset({OPERATOR, VIEWER, REVIEWER})
+_LABELLERS = frozenset({OPERATOR, REVIEWER})
+"""Who may label review rows: reviewers, and operators (who may do anything a reviewer
+may; a viewer reads the queue but labels nothing)."""
 _OPEN_V2 = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata")
 _ADMIN_READS = ("ListModels", "FleetStatus")
 """Admin calls a viewer may make: they change nothing and return no model or example data."""
@@ -55,6 +63,8 @@ def gateway_roles(method: str) -> frozenset[str] | None:
         return _READERS if method.rsplit("/", 1)[-1] in _ADMIN_READS else _OPERATOR_ONLY
     if method.startswith(f"/{fleet_servicer.FLEET_SERVICE}/"):
         return _AGENT_OR_OPERATOR
+    if method.startswith(f"/{fleet_servicer.REVIEW_SERVICE}/"):
+        return _LABELLERS if method.endswith("/LabelReview") else _REVIEW_READERS
     if method.startswith(f"/{v2_grpc.SERVICE_NAME}/"):
         return None if method.rsplit("/", 1)[-1] in _OPEN_V2 else _AGENT_OR_OPERATOR
     return None
@@ -210,7 +220,20 @@ class GatewayApp(ServingApp):
         self.metrics = GatewayMetrics()
         self.service: GatewayService | None = None
         self.hub: FleetHub | None = None
+        self.examples: HardExampleStore | None = None
+        self.reviews: LabelFeed | None = None
+        """The human review queue, and the labels agents watch."""
         self._authenticator: Authenticator | None = None
+        self.plane: v2_grpc.DataPlane | None = None
+        """What v2 inference calls reach, on gRPC and REST: the service, behind the
+        escalation limits when any are set."""
+
+    def _http_routes(self) -> list[web.RouteDef]:
+        """v2 REST (see :func:`v2_rest_routes`) and the operators' console (``/console``)."""
+        assert self.hub is not None and self.examples is not None
+        assert self.reviews is not None
+        console = FleetConsole(self.hub, self.examples, self.reviews.queue)
+        return [*v2_rest_routes(self), *console_routes(console, self.reviews)]
 
     def _http_authenticator(self) -> Authenticator | None:
         """The gateway's bearer tokens (client certificates are a gRPC matter)."""
@@ -233,18 +256,20 @@ class GatewayApp(ServingApp):
         orphans = await asyncio.to_thread(registry.remove_orphans)
         if orphans:
             log.info("orphans_removed", registry=registry.url, files=len(orphans))
-        # Hard examples: in the registry's directory; with object storage, in this
-        # gateway's data directory (not shared between replicas yet).
-        examples_root = (registry.root / "hard_examples" if checked.registry.is_directory
-                         else s.data_dir / "hard_examples")
         hub = FleetHub(registry, s.replica, service, poll_s=s.registry_poll_ms / 1000.0,
                        threads_for=s.threads_for, providers_for=s.providers_for)
         await hub.start()
         self.hub = hub
         h = s.hard_examples
-        examples = HardExampleStore(examples_root,
+        # Hard examples live in the registry's storage: every replica stores and exports
+        # the same records.
+        examples = HardExampleStore(registry.store, REGISTRY_PREFIX,
                                     max_record_bytes=h.max_record_bytes,
                                     agent_quota_bytes=h.agent_quota_bytes)
+        self.examples = examples
+        self.reviews = LabelFeed(
+            ReviewQueue(registry.store, max_age_s=s.review.max_age_s),
+            poll_s=s.review.label_poll_ms / 1000.0)
         upload_limits = fleet_servicer.UploadLimits(max_upload_bytes=h.max_upload_bytes,
                                                     max_records=h.max_records_per_upload)
         mutual_tls = s.tls_client_ca is not None
@@ -260,15 +285,18 @@ class GatewayApp(ServingApp):
         limiter = escalation_limiter(s, hub)
         plane = (LimitedPlane(service, limiter, self.metrics.limited_rows.inc)
                  if limiter.enabled else service)
+        self.plane = plane
         _server, port, lifecycle = await create_server(
             s.listen,
             [v2_grpc.register(plane, s.max_request_bytes),
-             fleet_servicer.register(hub, examples, upload_limits)],
-            [v2_grpc.SERVICE_NAME, fleet_servicer.FLEET_SERVICE, fleet_servicer.ADMIN_SERVICE],
+             fleet_servicer.register(hub, examples, upload_limits, self.reviews)],
+            [v2_grpc.SERVICE_NAME, fleet_servicer.FLEET_SERVICE, fleet_servicer.ADMIN_SERVICE,
+             fleet_servicer.REVIEW_SERVICE],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20,
                           max_connection_age_s=s.max_connection_age_s,
                           max_concurrent_rpcs=s.max_concurrent_rpcs,
-                          max_streams_per_connection=s.max_streams_per_connection),
+                          max_streams_per_connection=s.max_streams_per_connection,
+                          max_pending_rpcs=s.max_pending_rpcs),
             interceptors=([AuthInterceptor(auth, gateway_roles)]
                           if tokens is not None or mutual_tls else []),
             credentials=checked.credentials,
@@ -279,9 +307,19 @@ class GatewayApp(ServingApp):
         return port
 
     async def _close_background(self) -> None:
+        if self.reviews is not None:
+            await self.reviews.aclose()
         if self.hub is not None:
             await self.hub.aclose()  # ends agent streams so the drain does not wait on them
             self.hub = None
+
+
+def v2_rest_routes(app: GatewayApp) -> list[web.RouteDef]:
+    """v2 REST on the gateway's HTTP port: the plane gRPC inference reaches (escalation
+    limits included), each route open to the roles of its gRPC method."""
+    assert app.plane is not None
+    return v2_http.routes(app.plane, max_request_bytes=app.settings.max_request_bytes,
+                          roles_for=gateway_roles)
 
 
 async def run_gateway(settings: GatewaySettings) -> None:

@@ -6,6 +6,13 @@ until the new one is loaded and warmed up; a candidate answers only its share
 of the requests), writes what the replica now serves into the registry (for
 ``models list``), and wakes every agent stream so each gets its new
 assignment within a second.
+
+A change reaches many streams cheaply: one wake-up per stream (no lock they
+queue on), and each distinct assignment is built once per snapshot and shared
+by every stream whose agent gets the same versions (most of a fleet), so a
+stream's own work is choosing its versions. A stream holds no queue: it
+always sends the assignment of the newest snapshot, so a slow agent skips the
+generations it missed instead of piling them up.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from edgecloud.cloud_gateway.rollouts import (
     AgentAssignment,
     CloudServing,
     assignment_for,
+    assignment_of,
     cloud_versions,
+    desired_versions,
 )
 from edgecloud.cloud_gateway.serving import GatewayService
 from edgecloud.core.artifacts import smoke_test
@@ -52,6 +61,39 @@ def swap_history(previous: list[dict], reported: list[dict]) -> list[dict]:
     return history[-SWAP_HISTORY:]
 
 
+class Changes:
+    """Wakes every waiter at once when something changes; keyed by a change counter.
+
+    :meth:`wait` returns at once when the counter moved past the value the caller saw,
+    else when :meth:`publish` moves it. Each waiter's future is added and dropped in O(1),
+    so thousands of waiters coming and going cost nothing per change but their wake-up.
+    """
+
+    def __init__(self) -> None:
+        self.seen = 0
+        """The change counter (0 before the first change)."""
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    async def wait(self, seen: int) -> int:
+        """The counter once it differs from ``seen``."""
+        if self.seen == seen:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.add(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.discard(waiter)
+        return self.seen
+
+    def publish(self) -> None:
+        """Move the counter on and wake every waiter."""
+        self.seen += 1
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 class FleetHub:
     """Assignments, artifact access, and agent reports for one replica."""
 
@@ -69,11 +111,12 @@ class FleetHub:
         self._providers_for = providers_for or (lambda name: ["CPUExecutionProvider"])
         self._clock = clock
         self._snapshot: Snapshot | None = None
-        self._changed: asyncio.Condition | None = None
+        self._shared: dict[tuple[str | None, ...], tuple[AgentAssignment, tuple]] = {}
+        """The snapshot's assignments built so far, by versions, with their keys."""
+        self._changes = Changes()
         self._watcher: asyncio.Task | None = None
         self._closed = False
         self._connected: dict[str, int] = {}
-        self._version = 0
         self._loaded: dict[tuple[str, str, str], OnnxModel] = {}
         """Cloud models loaded from the registry, by (name, version, digest)."""
         self._failed: set[tuple[str, str, str]] = set()
@@ -90,7 +133,6 @@ class FleetHub:
 
     async def start(self) -> None:
         """Read the registry, load cloud models, start watching."""
-        self._changed = asyncio.Condition()
         await self._refresh()
         self._watcher = asyncio.create_task(self._watch_generation(), name="fleet-watch")
 
@@ -102,19 +144,14 @@ class FleetHub:
             await asyncio.gather(self._watcher, return_exceptions=True)
         if self._serving is not None:
             await asyncio.to_thread(self.registry.remove_replica_status, self.replica)
-        if self._changed is not None:
-            async with self._changed:
-                self._changed.notify_all()
+        self._changes.publish()
 
     async def _refresh(self) -> None:
         snapshot = await asyncio.to_thread(self.registry.snapshot)
         await self._load_cloud_models(snapshot)
         await self._report_serving()
-        self._snapshot = snapshot
-        assert self._changed is not None
-        async with self._changed:
-            self._version += 1
-            self._changed.notify_all()
+        self._snapshot, self._shared = snapshot, {}
+        self._changes.publish()
         log.info("registry_generation", generation=snapshot.generation, replica=self.replica)
 
     async def _watch_generation(self) -> None:
@@ -206,29 +243,39 @@ class FleetHub:
 
     async def watch(self, agent_id: str, labels: Mapping[str, str]) -> AsyncIterator[
             AgentAssignment]:
-        """The agent's assignment now, then again whenever it changes."""
-        assert self._changed is not None
+        """The agent's assignment now, then again whenever it changes.
+
+        Agents with the same versions get the same :class:`AgentAssignment` object while
+        the snapshot lasts (callers may cache its encoding by identity).
+        """
         self._connected[agent_id] = self._connected.get(agent_id, 0) + 1
-        self._labels[agent_id] = dict(labels)
+        labels = self._labels[agent_id] = dict(labels)
         sent_key = None
         seen = -1
         try:
             while True:
-                async with self._changed:
-                    await self._changed.wait_for(
-                        lambda seen=seen: self._version != seen or self._closed
-                    )
-                    seen = self._version
+                seen = await self._changes.wait(seen)
                 if self._closed:
                     return
-                assignment = assignment_for(self.snapshot, agent_id, labels)
-                if assignment.key() != sent_key:
-                    sent_key = assignment.key()
+                assignment, key = self._assignment(agent_id, labels)
+                if key != sent_key:
+                    sent_key = key
                     yield assignment
         finally:
             self._connected[agent_id] -= 1
             if not self._connected[agent_id]:
                 del self._connected[agent_id]
+
+    def _assignment(self, agent_id: str,
+                    labels: Mapping[str, str]) -> tuple[AgentAssignment, tuple]:
+        """The agent's assignment in the current snapshot (shared), and its key."""
+        snapshot = self.snapshot
+        versions = desired_versions(snapshot, agent_id, labels)
+        shared = self._shared.get(versions)
+        if shared is None:
+            assignment = assignment_of(snapshot, versions)
+            shared = self._shared[versions] = (assignment, assignment.key())
+        return shared
 
     def connected(self, agent_id: str) -> bool:
         """True while the agent holds a stream on this replica."""
@@ -263,17 +310,22 @@ class FleetHub:
         """
         if isinstance(status.get("labels"), dict):
             self._labels[status["agent_id"]] = dict(status["labels"])
-        previous = await asyncio.to_thread(self.registry.agent_status, status["agent_id"])
-        status = {**status, "replica": self.replica, "last_seen": self._clock(),
-                  "swap_history": swap_history((previous or {}).get("swap_history") or [],
-                                               status.get("swaps") or [])}
+        status = {**status, "replica": self.replica, "last_seen": self._clock()}
         for name, version, reason in failed_swaps:
             rollout = await asyncio.to_thread(self.registry.record_swap_failure, name, version,
                                               status["agent_id"], reason)
             if rollout is not None and rollout.state == "halted":
                 log.warning("rollout_halted", model=name, version=version,
                             failures=len(rollout.failures), stable=rollout.stable)
-        await asyncio.to_thread(self.registry.write_agent_status, status["agent_id"], status)
+        await asyncio.to_thread(self._store_status, status)
+
+    def _store_status(self, status: dict) -> None:
+        """Add the swap history to the agent's status and store it (one worker-thread hop:
+        read the stored status, write the new one)."""
+        previous = self.registry.agent_status(status["agent_id"]) or {}
+        status["swap_history"] = swap_history(previous.get("swap_history") or [],
+                                              status.get("swaps") or [])
+        self.registry.write_agent_status(status["agent_id"], status)
 
 
 def _key(envelope: Envelope) -> tuple[str, str, str]:

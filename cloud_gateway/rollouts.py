@@ -63,21 +63,41 @@ def desired_version(rollout: Rollout, agent_id: str, labels: Mapping[str, str]) 
     return rollout.stable
 
 
+def desired_versions(snapshot: Snapshot, agent_id: str,
+                     labels: Mapping[str, str]) -> tuple[str | None, ...]:
+    """The edge version the agent should run of each model of ``snapshot.models`` (in its
+    order); None for a model with no version it can run.
+
+    Agents whose versions are the same get the same assignment (:func:`assignment_of`),
+    so a replica computes each distinct assignment once per snapshot, not once per agent.
+    """
+    out: list[str | None] = []
+    for name, versions in snapshot.models.items():
+        rollout = snapshot.rollouts.get(name)
+        if rollout is None:  # never rolled out: every agent runs the newest version
+            version = next(reversed(versions), None)
+        else:
+            version = desired_version(rollout, agent_id, labels)
+        out.append(version if version in versions else None)
+    return tuple(out)
+
+
+def assignment_of(snapshot: Snapshot, versions: tuple[str | None, ...]) -> AgentAssignment:
+    """The assignment naming ``versions`` (as :func:`desired_versions` gives them), the
+    latest policy and the floor of every task."""
+    models = tuple(by_version[version] for by_version, version
+                   in zip(snapshot.models.values(), versions, strict=True)
+                   if version is not None)
+    policies = tuple(next(reversed(v.values())) for v in snapshot.policies.values() if v)
+    return AgentAssignment(snapshot.generation, models, policies,
+                           tuple(snapshot.floors.values()))
+
+
 def assignment_for(snapshot: Snapshot, agent_id: str,
                    labels: Mapping[str, str]) -> AgentAssignment:
     """Edge models (by rollout), the latest policy and the floor of every task, for one
     agent."""
-    models = []
-    for name, versions in snapshot.models.items():
-        if not versions:
-            continue
-        rollout = snapshot.rollouts.get(name) or Rollout(name=name, stable=list(versions)[-1])
-        version = desired_version(rollout, agent_id, labels)
-        if version in versions:
-            models.append(versions[version])
-    policies = [list(v.values())[-1] for v in snapshot.policies.values() if v]
-    return AgentAssignment(snapshot.generation, tuple(models), tuple(policies),
-                           tuple(snapshot.floors.values()))
+    return assignment_of(snapshot, desired_versions(snapshot, agent_id, labels))
 
 
 @dataclass(frozen=True, slots=True)

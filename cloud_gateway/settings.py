@@ -122,8 +122,20 @@ class HardExamplesSection(BaseModel):
     max_record_bytes: int = Field(4 * 2**20, ge=1024)
     """Bytes of input data one record may hold; a larger record is refused alone."""
     agent_quota_bytes: int = Field(2**30, ge=2**16)
-    """Disk each agent's stored records may take; past it uploads are refused with
+    """Storage each agent's stored records may take; past it uploads are refused with
     RESOURCE_EXHAUSTED (and stay in the agent's ledger)."""
+
+
+class ReviewSection(BaseModel):
+    """The human review queue, kept under the registry's ``reviews/``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_age_s: float = Field(86400.0, gt=0.0, allow_inf_nan=False)
+    """Seconds a row may wait for a label; after it the row leaves the queue and a label
+    for it is refused with FAILED_PRECONDITION (agents keep better answers as long)."""
+    label_poll_ms: int = Field(1000, ge=50)
+    """How often an agent's label stream looks for labels given through other replicas."""
 
 
 ExecutionProvider = Literal[
@@ -221,6 +233,8 @@ class GatewaySettings(EdgecloudSettings):
     """Dynamic batching limits."""
     hard_examples: HardExamplesSection = Field(default_factory=HardExamplesSection)
     """Limits on hard-example uploads and storage."""
+    review: ReviewSection = Field(default_factory=ReviewSection)
+    """The human review queue (rows the policy's review_threshold sends)."""
     onnx_threads: int | None = Field(None, ge=1, le=256)
     """ONNX Runtime intra-op threads per model session (default: the cores this process may
     use, its container's CPU limit included, shared among the model's batch workers, at
@@ -240,6 +254,12 @@ class GatewaySettings(EdgecloudSettings):
     None: unlimited."""
     max_streams_per_connection: int = Field(256, ge=1)
     """HTTP/2 streams (calls) one connection may have open at once; more wait for a free one."""
+    max_pending_rpcs: int = Field(32768, ge=1)
+    """New calls held while the server is still taking earlier ones: when a whole fleet
+    reconnects at once (a replica restarted, a load balancer moved connections) the calls
+    arrive faster than one event loop takes them. Past it new calls are refused (and agents
+    retry with backoff). gRPC's own default refuses calls from 1,000 waiting on, which
+    turned most of a 10,000-agent reconnect away."""
     max_request_bytes: int = Field(64 * 2**20, ge=1024)
     """Largest inference request accepted."""
     max_connection_age_s: float | None = Field(600.0, gt=0)

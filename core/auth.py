@@ -4,10 +4,11 @@ A tokens file (YAML) names who may do what::
 
     operators: [TOKEN, ...]          # publish, roll out, export, fleet status
     viewers: [TOKEN, ...]            # fleet status and model listings, read-only
+    reviewers: [TOKEN, ...]          # the review queue: read it and label its rows
     agents: {TOKEN: AGENT_ID, ...}   # watch, fetch, report (as that agent only), infer
 
-(``operators`` and ``viewers`` may also map each token to a name shown in the
-logs.) A TOKEN is the token itself, printable ASCII without spaces and at
+(``operators``, ``viewers`` and ``reviewers`` may also map each token to a name shown in
+the logs.) A TOKEN is the token itself, printable ASCII without spaces and at
 least :data:`MIN_TOKEN_LENGTH` characters long, or its hash,
 ``sha256:<64 hex digits>`` (``edgecloud tokens hash`` prints it), so the file
 need not hold a single secret. A file with anything else (an empty or null
@@ -32,13 +33,14 @@ servicers read the caller of the current call with :func:`current_principal`.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import inspect
 import ipaddress
 import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +56,8 @@ log = structlog.get_logger("edgecloud.auth")
 OPERATOR = "operator"
 AGENT = "agent"
 VIEWER = "viewer"
-ROLES = (OPERATOR, VIEWER, AGENT)
+REVIEWER = "reviewer"
+ROLES = (OPERATOR, VIEWER, REVIEWER, AGENT)
 AUTH_KEY = "authorization"
 MIN_TOKEN_LENGTH = 16
 """Shortest token accepted (``edgecloud tokens generate`` makes 43-character ones)."""
@@ -62,7 +65,8 @@ TOKEN_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
 IDENTITY_URI = "edgecloud://"
 """Prefix of the URI SAN that names a certificate's holder: ``edgecloud://ROLE/NAME``."""
-_FILE_KEYS = {"operators": OPERATOR, "viewers": VIEWER, "agents": AGENT}
+_FILE_KEYS = {"operators": OPERATOR, "viewers": VIEWER, "reviewers": REVIEWER,
+              "agents": AGENT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +126,13 @@ class Tokens:
 
     def __init__(self, operators: Iterable[str] | Mapping[str, str] = (),
                  agents: Mapping[str, str] | None = None,
-                 viewers: Iterable[str] | Mapping[str, str] = ()) -> None:
+                 viewers: Iterable[str] | Mapping[str, str] = (),
+                 reviewers: Iterable[str] | Mapping[str, str] = ()) -> None:
         """Tokens (or ``sha256:`` hashes) by role; InvalidInput names every problem."""
         self._by_hash: dict[str, Principal] = {}
         problems: list[str] = []
         for key, entries in (("operators", operators), ("viewers", viewers),
-                             ("agents", agents or {})):
+                             ("reviewers", reviewers), ("agents", agents or {})):
             self._add(key, entries, problems)
         if problems:
             raise InvalidInput("; ".join(problems))
@@ -180,7 +185,7 @@ class Tokens:
         unknown = sorted(str(k) for k in document if k not in _FILE_KEYS)
         if unknown:
             raise InvalidInput(f"tokens file {path}: unknown key(s) {', '.join(unknown)} "
-                               "(expected operators, viewers, agents)")
+                               "(expected operators, viewers, reviewers, agents)")
         try:
             return cls(**{key: document.get(key) or ({} if key == "agents" else [])
                           for key in _FILE_KEYS})
@@ -226,7 +231,7 @@ def certificate_principal(auth_context: Mapping[str, Iterable[bytes]]) -> Princi
     role, _, name = ours[0][len(IDENTITY_URI):].partition("/")
     if role not in ROLES or not AGENT_ID_RE.match(name):
         raise Unauthenticated(f"the client certificate's identity {ours[0]!r} is not "
-                              "edgecloud://ROLE/NAME with ROLE agent, operator or viewer")
+                              "edgecloud://ROLE/NAME with ROLE agent, operator, viewer or reviewer")
     return Principal(role, name, "certificate")
 
 
@@ -278,6 +283,17 @@ def current_principal() -> Principal | None:
     return _CALLER.get()
 
 
+@contextlib.contextmanager
+def acting_as(who: Principal | None) -> Iterator[None]:
+    """Within the block, :func:`current_principal` is ``who`` (for transports other than
+    gRPC, whose interceptor sets it per call)."""
+    token = _CALLER.set(who)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
 def _guard(handler, authenticator: Authenticator, needed: frozenset[str], method: str):
     """``handler`` with its behaviour run only for callers holding one of ``needed``.
 
@@ -317,6 +333,11 @@ def _guard(handler, authenticator: Authenticator, needed: frozenset[str], method
         stream_unary=wrap(handler.stream_unary), stream_stream=wrap(handler.stream_stream))
 
 
+MAX_GUARDED_METHODS = 256
+"""Guarded handlers an interceptor keeps (the methods a server serves; callers may name
+methods that do not exist, which get no handler and are not kept)."""
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls whose caller lacks a role the method needs (logged once each)."""
 
@@ -324,13 +345,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                  roles_for: Callable[[str], frozenset[str] | None]) -> None:
         self._authenticator = authenticator
         self._roles_for = roles_for
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        """Method -> its handler and the guarded one, built once (not once per call)."""
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        needed = self._roles_for(handler_call_details.method)
+        method = handler_call_details.method
+        kept = self._guarded.get(method)
+        if kept is not None and kept[0] is handler:
+            return kept[1]
+        needed = self._roles_for(method)
         if handler is None or needed is None:
             return handler
-        return _guard(handler, self._authenticator, needed, handler_call_details.method)
+        guarded = _guard(handler, self._authenticator, needed, method)
+        if len(self._guarded) < MAX_GUARDED_METHODS:
+            self._guarded[method] = (handler, guarded)
+        return guarded
 
 
 def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

@@ -86,7 +86,6 @@ _FIELD_DTYPE: Mapping[str, np.dtype] = {
     "fp64_contents": np.dtype(np.float64),
 }
 
-_NARROW_INTEGERS = frozenset({"UINT8", "UINT16", "INT8", "INT16"})
 _LENGTH_PREFIX = struct.Struct("<I")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _UINT64_MAX = 2**64 - 1
@@ -139,6 +138,19 @@ def params_to_pb(values: Mapping[str, ParamValue], target_map: MutableMapping) -
     for key, field_name, value in converted:
         setattr(target_map[key], field_name, value)
 
+
+
+def check_parameter(key: str, value: object) -> None:
+    """InvalidInput unless ``value`` is a parameter v2 can carry: a bool, an integer within
+    64 bits, a float or a string (what a text transport must check before decoding)."""
+    try:
+        _param_field(key, value)
+    except (TypeError, ValueError):
+        if type(value) is int:
+            raise InvalidInput(f"parameter '{key}' value {value} does not fit in 64 bits") \
+                from None
+        raise InvalidInput(f"parameter '{key}' must be a bool, a number or a string "
+                           f"(got {type(value).__name__})") from None
 
 
 def _param_field(key: str, value: object) -> tuple[str, ParamValue]:
@@ -237,13 +249,22 @@ def decode_infer_response(
 def _requested_outputs(
     outputs: Sequence[ModelInferRequest.InferRequestedOutputTensor],
 ) -> tuple[str, ...]:
+    return requested_output_names([output.name for output in outputs])
+
+
+def requested_output_names(requested: Sequence[str]) -> tuple[str, ...]:
+    """The names of a request's requested outputs, checked: none empty, none twice.
+
+    Shared by every transport (gRPC messages, REST documents); raises
+    :class:`~core.errors.InvalidInput` naming the output.
+    """
     names: list[str] = []
-    for index, output in enumerate(outputs):
-        if not output.name:
+    for index, name in enumerate(requested):
+        if not name:
             raise InvalidInput(f"requested output #{index} has an empty name")
-        if output.name in names:
-            raise InvalidInput(f"requested output '{output.name}' appears more than once")
-        names.append(output.name)
+        if name in names:
+            raise InvalidInput(f"requested output '{name}' appears more than once")
+        names.append(name)
     return tuple(names)
 
 
@@ -273,16 +294,9 @@ def _decode_tensors(
     arrays: dict[str, np.ndarray] = {}
     total = 0
     for index, tensor in enumerate(tensors):
-        if not tensor.name:
-            raise InvalidInput(f"{what} #{index} has an empty name")
-        label = f"{what} '{tensor.name}'"
-        if tensor.name in arrays:
-            raise InvalidInput(f"{label} appears more than once")
+        label = tensor_label(what, index, tensor.name, arrays)
         datatype = tensor.datatype
-        if datatype not in V2_TO_NUMPY:
-            raise InvalidInput(
-                f"{label} has unknown datatype {datatype!r}; expected one of {_KNOWN_DATATYPES}"
-            )
+        check_datatype(label, datatype)
         shape = _checked_shape(label, tensor.shape, max_elements)
         count = math.prod(shape)
         typed = tensor.contents.ListFields() if tensor.HasField("contents") else []
@@ -304,6 +318,100 @@ def _decode_tensors(
             array.flags.writeable = False
         arrays[tensor.name] = array
     return arrays
+
+
+def tensor_label(what: str, index: int, name: str, seen: Mapping[str, object]) -> str:
+    """``input 'NAME'`` (``what`` and name) for messages; InvalidInput when the name is
+    empty or already in ``seen`` (the tensors of the message decoded so far)."""
+    if not name:
+        raise InvalidInput(f"{what} #{index} has an empty name")
+    label = f"{what} '{name}'"
+    if name in seen:
+        raise InvalidInput(f"{label} appears more than once")
+    return label
+
+
+def check_datatype(label: str, datatype: str) -> None:
+    """InvalidInput unless ``datatype`` is a v2 datatype this codec carries."""
+    if datatype not in V2_TO_NUMPY:
+        raise InvalidInput(
+            f"{label} has unknown datatype {datatype!r}; expected one of {_KNOWN_DATATYPES}"
+        )
+
+
+def decode_tensor(
+    label: str,
+    datatype: str,
+    dims: Sequence[int],
+    *,
+    raw: bytes | memoryview | None = None,
+    values: np.ndarray | None = None,
+    total: int = 0,
+    max_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    message: str = "request",
+    where: str = "data",
+) -> tuple[np.ndarray, int]:
+    """One tensor of a message, with the checks every v2 transport applies.
+
+    The tensor comes either as ``raw`` bytes (the wire layout of ``raw_input_contents``)
+    or as ``values``: a flat numpy array of numbers (any integer or float dtype, bool for
+    BOOL) or, for BYTES, an object array of ``bytes``, as a text transport parsed them;
+    ``where`` names their field in messages. ``total`` is the tensor bytes of the
+    message so far; returns the read-only array and the new total. Raises
+    :class:`~core.errors.InvalidInput` naming ``label`` and the problem (datatype, shape,
+    byte length, values out of range, size limits).
+    """
+    check_datatype(label, datatype)
+    shape = _checked_shape(label, dims, max_elements)
+    count = math.prod(shape)
+    if raw is not None:
+        total = _add_bytes(label, message, total, len(raw), max_bytes)
+        array = _from_raw(label, datatype, raw, shape, count)
+    else:
+        if values is None or values.ndim != 1 or values.shape[0] != count:
+            got = 0 if values is None else values.size
+            raise InvalidInput(
+                f"{label} has {got} values in {where}; shape {list(shape)} needs {count}")
+        if datatype == "BYTES":
+            if values.dtype != object:
+                raise InvalidInput(f"{label} is BYTES; its {where} must hold strings")
+            total = _add_bytes(label, message, total, sum(len(item) for item in values),
+                               max_bytes)
+            array = values.reshape(shape)
+        else:
+            total = _add_bytes(label, message, total, count * V2_TO_NUMPY[datatype].itemsize,
+                               max_bytes)
+            array = _from_wide(label, datatype, values, where).reshape(shape)
+    if array.flags.writeable:
+        array.flags.writeable = False
+    return array, total
+
+
+def _from_wide(label: str, datatype: str, wide: np.ndarray, where: str) -> np.ndarray:
+    """``wide`` (values as parsed) as ``datatype``: integers must fit its range, and
+    booleans, integers and floats go only where they belong."""
+    dtype = V2_TO_NUMPY[datatype]
+    kind = wide.dtype.kind
+    if dtype.kind == "b":
+        if kind != "b":
+            raise InvalidInput(f"{label} is BOOL; its {where} must hold true or false")
+        return wide
+    if dtype.kind in "iu":
+        if kind not in "iu":
+            raise InvalidInput(f"{label} is {datatype}; its {where} must hold integers")
+        if wide.size and not np.can_cast(wide.dtype, dtype):
+            info = np.iinfo(dtype)
+            bad = np.flatnonzero((wide < info.min) | (wide > info.max))
+            if bad.size:
+                raise InvalidInput(
+                    f"{label} value {int(wide[bad[0]])} at element {int(bad[0])} is out of "
+                    f"range for {datatype} [{info.min}, {info.max}]"
+                )
+        return wide.astype(dtype)
+    if kind not in "iuf":
+        raise InvalidInput(f"{label} is {datatype}; its {where} must hold numbers")
+    return wide.astype(dtype)
 
 
 def _checked_shape(label: str, dims: Sequence[int], max_elements: int) -> tuple[int, ...]:
@@ -435,15 +543,7 @@ def _from_typed(
     if not count:
         return np.empty(shape, dtype=dtype), total
     wide = np.fromiter(values, dtype=_FIELD_DTYPE[field], count=count)
-    if datatype in _NARROW_INTEGERS:
-        info = np.iinfo(dtype)
-        bad = np.flatnonzero((wide < info.min) | (wide > info.max))
-        if bad.size:
-            raise InvalidInput(
-                f"{label} value {int(wide[bad[0]])} at element {int(bad[0])} is out of "
-                f"range for {datatype} [{info.min}, {info.max}]"
-            )
-    return wide.astype(dtype).reshape(shape), total
+    return _from_wide(label, datatype, wide, f"contents.{field}").reshape(shape), total
 
 
 def _object_array(items: list[bytes], shape: tuple[int, ...]) -> np.ndarray:

@@ -5,7 +5,8 @@ reflection and returns ``(server, port)``; :class:`ServerLifecycle` flips
 health to NOT_SERVING and stops the server gracefully (the drain on SIGTERM).
 Registrars add servicers with :func:`add_servicer`, so a request whose
 bytes do not parse reaches the servicer's error boundary instead of failing
-inside grpc.
+inside grpc, and a servicer may answer with a message already encoded
+(``bytes``), e.g. one encoding shared by many streams.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class ServerOptions:
     max_streams_per_connection: int | None = None
     """HTTP/2 streams one connection may have open at once (``grpc.max_concurrent_streams``);
     a client past it waits for a free stream. None: gRPC's default (unlimited)."""
+    max_pending_rpcs: int | None = None
+    """New calls the transport may hold while the server is still taking earlier ones (a
+    burst: a whole fleet reconnecting at once after a restart); past it new calls are
+    refused. None: gRPC's default, which starts refusing at random past 1,000 waiting calls
+    and refuses every one past 3,000; the caller sees CANCELLED."""
 
 
 def _channel_args(opts: ServerOptions) -> list[tuple[str, int]]:
@@ -53,6 +59,10 @@ def _channel_args(opts: ServerOptions) -> list[tuple[str, int]]:
     ]
     if opts.max_streams_per_connection:
         args.append(("grpc.max_concurrent_streams", opts.max_streams_per_connection))
+    if opts.max_pending_rpcs:
+        # Soft and hard limit alike: no random refusals below the limit.
+        args.append(("grpc.server.max_pending_requests", opts.max_pending_rpcs))
+        args.append(("grpc.server.max_pending_requests_hard_limit", opts.max_pending_rpcs))
     if opts.max_connection_age_s:
         args.append(("grpc.max_connection_age_ms", int(opts.max_connection_age_s * 1000)))
         args.append(
@@ -61,9 +71,21 @@ def _channel_args(opts: ServerOptions) -> list[tuple[str, int]]:
     return args
 
 
+def _encoded_passes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """``serializer``, passing a response that is already encoded (``bytes``) through."""
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        return message if message.__class__ is bytes else serializer(message)
+
+    return serialize
+
+
 class _TolerantRegistration:
     """What a generated ``add_*Servicer_to_server`` function sees as the server: it passes
-    the service's handlers on with request deserializers that do not raise."""
+    the service's handlers on with request deserializers that do not raise, and response
+    serializers that take encoded messages as they are."""
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
@@ -76,8 +98,10 @@ class _TolerantRegistration:
         self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
     ) -> None:
         tolerant_handlers = {
-            name: handler._replace(request_deserializer=tolerant(
-                handler.request_deserializer, _message_name(handler, service, name)))
+            name: handler._replace(
+                request_deserializer=tolerant(handler.request_deserializer,
+                                              _message_name(handler, service, name)),
+                response_serializer=_encoded_passes(handler.response_serializer))
             for name, handler in handlers.items()
         }
         self._server.add_generic_rpc_handlers(
@@ -95,7 +119,8 @@ def _message_name(handler: grpc.RpcMethodHandler, service: str, method: str) -> 
 def add_servicer(add_to_server: Callable[[Any, Any], None], servicer: Any,
                  server: grpc.aio.Server) -> None:
     """Register ``servicer`` with its generated ``add_*Servicer_to_server`` function, its
-    request deserializers made tolerant (:func:`core.grpc_errors.tolerant`)."""
+    request deserializers made tolerant (:func:`core.grpc_errors.tolerant`); its methods
+    may answer with encoded messages (``bytes``) as well as messages."""
     registration = _TolerantRegistration(server)
     add_to_server(servicer, registration)
     if not registration.registered:

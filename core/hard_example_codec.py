@@ -19,7 +19,7 @@ def example_to_pb(kept: KeptExample) -> pb.HardExample:
         edge_scores=e.edge_scores, cloud_scores=e.cloud_scores or (),
         has_cloud_answer=e.cloud_scores is not None,
         cloud_model_version=e.cloud_model_version, route=e.route, reason=e.reason,
-        confidence=e.confidence, at=e.at,
+        confidence=e.confidence, at=e.at, answer_id=e.answer_id, answer_row=e.answer_row,
     )
 
 
@@ -42,6 +42,7 @@ def example_from_pb(message: pb.HardExample) -> KeptExample:
                       else None),
         cloud_model_version=message.cloud_model_version, route=message.route,
         reason=message.reason, confidence=message.confidence, at=message.at,
+        answer_id=message.answer_id, answer_row=message.answer_row,
     )
     if legacy:
         return KeptExample.new(message.agent_id, 0, example)

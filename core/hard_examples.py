@@ -36,6 +36,7 @@ AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 """What an agent id may look like (it names files and directories on the gateway)."""
 _HASH_RE = re.compile(rf"^[0-9a-f]{{{HASH_DIGITS}}}$")
 _MAX_SEQ = 2**63 - 1
+_ANSWER_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,10 @@ class HardExample:
     confidence: float
     at: float
     """Unix time in seconds at the agent when the row was answered."""
+    answer_id: str = ""
+    """The better answer the row belongs to, when the app asked for one."""
+    answer_row: int = 0
+    """The row's index in that answer's request."""
 
     @property
     def nbytes(self) -> int:
@@ -105,8 +110,15 @@ class HardExample:
             "cloud_scores": None if self.cloud_scores is None else list(self.cloud_scores),
             "cloud_model_version": self.cloud_model_version,
             "route": self.route, "reason": self.reason, "confidence": self.confidence,
-            "at": self.at,
+            "at": self.at, **self._answer_fields(),
         }
+
+    def _answer_fields(self) -> dict[str, Any]:
+        """The better answer's id and row, only when there is one (so a record without
+        one keeps the form, and the content hash, of records older than these fields)."""
+        if not self.answer_id:
+            return {}
+        return {"answer_id": self.answer_id, "answer_row": self.answer_row}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HardExample:
@@ -125,6 +137,8 @@ class HardExample:
                 cloud_model_version=str(data.get("cloud_model_version", "")),
                 route=str(data.get("route", "")), reason=str(data.get("reason", "")),
                 confidence=float(data.get("confidence", 0.0)), at=float(data["at"]),
+                answer_id=str(data.get("answer_id") or ""),
+                answer_row=int(data.get("answer_row") or 0),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"hard example record is malformed ({type(exc).__name__})") \
@@ -169,6 +183,9 @@ class KeptExample:
             return exc.message
         if agent_id != self.agent_id or seq != self.seq:
             return f"record id {self.record_id!r} is not record {self.seq} of {self.agent_id}"
+        answer_id = self.example.answer_id
+        if answer_id and not _ANSWER_ID_RE.fullmatch(answer_id):
+            return f"answer id {answer_id[:40]!r} is not 32 lowercase hex digits"
         if not self.example.content_hash().startswith(digest):
             return f"record {self.record_id} does not match its content hash"
         return None
@@ -200,6 +217,6 @@ def _canonical(example: HardExample) -> bytes:
         "cloud_scores": None if example.cloud_scores is None else list(example.cloud_scores),
         "cloud_model_version": example.cloud_model_version,
         "route": example.route, "reason": example.reason,
-        "confidence": example.confidence, "at": example.at,
+        "confidence": example.confidence, "at": example.at, **example._answer_fields(),
     }
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")

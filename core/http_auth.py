@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from edgecloud.core.auth import AUTH_KEY, Authenticator, Principal
-from edgecloud.core.errors import PermissionDenied, Unauthenticated
+from edgecloud.core.errors import EdgecloudError, ErrorKind, PermissionDenied, Unauthenticated
 
 log = structlog.get_logger("edgecloud.http")
 
@@ -23,11 +23,33 @@ AUTHENTICATOR_KEY = web.AppKey("authenticator", Authenticator)
 """Where an application keeps its authenticator (absent: an open server)."""
 
 
+STATUS: dict[ErrorKind, type[web.HTTPException]] = {
+    ErrorKind.INVALID_ARGUMENT: web.HTTPBadRequest,
+    ErrorKind.UNAUTHENTICATED: web.HTTPUnauthorized,
+    ErrorKind.PERMISSION_DENIED: web.HTTPForbidden,
+    ErrorKind.NOT_FOUND: web.HTTPNotFound,
+    ErrorKind.FAILED_PRECONDITION: web.HTTPConflict,
+    ErrorKind.ALREADY_EXISTS: web.HTTPConflict,
+    ErrorKind.RESOURCE_EXHAUSTED: web.HTTPTooManyRequests,
+    ErrorKind.INTERNAL: web.HTTPInternalServerError,
+    ErrorKind.UNAVAILABLE: web.HTTPServiceUnavailable,
+    ErrorKind.DEADLINE_EXCEEDED: web.HTTPGatewayTimeout,
+}
+"""Domain error kind -> the HTTP status every route of the HTTP port answers it with
+(RESOURCE_EXHAUSTED is 429: the caller should slow down; FAILED_PRECONDITION is 409:
+the request conflicts with the state it found)."""
+
+
 def error_response(status: type[web.HTTPException], message: str,
                    headers: dict[str, str] | None = None) -> web.HTTPException:
     """An HTTP error carrying the v2 REST error document."""
     return status(text=json.dumps({"error": message}), content_type="application/json",
                   headers=headers)
+
+
+def refusal(exc: EdgecloudError) -> web.HTTPException:
+    """The HTTP answer to a domain error (see :data:`STATUS`)."""
+    return error_response(STATUS.get(exc.kind, web.HTTPInternalServerError), exc.message)
 
 
 def admit(request: web.Request, roles: Iterable[str]) -> Principal | None:

@@ -7,6 +7,7 @@ module adds what every process serves (``/metrics``) and owns start and stop.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import structlog
@@ -33,6 +34,23 @@ def metrics_route(registry: CollectorRegistry) -> web.RouteDef:
     return web.get("/metrics", metrics)
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """aiohttp's own refusals (no such path 404, wrong method 405, body too large 413)
+    as the v2 REST error document, ``{"error": "..."}``, like every other refusal."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        message = {404: f"no such path: {request.path}",
+                   405: f"{request.method} is not allowed on {request.path}"}.get(
+                       exc.status, exc.text or exc.reason)
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return web.Response(status=exc.status, text=json.dumps({"error": message}),
+                            content_type="application/json", headers=headers)
+
+
 class HttpServer:
     """An aiohttp application bound to one ``HOST:PORT`` on the running loop."""
 
@@ -41,7 +59,7 @@ class HttpServer:
                  authenticator: Authenticator | None = None) -> None:
         """``authenticator``: the server's tokens (see :func:`http_auth.admit`); None for
         an open server."""
-        self.app = web.Application(client_max_size=max_body_bytes)
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[json_errors])
         if authenticator is not None:
             self.app[AUTHENTICATOR_KEY] = authenticator
         self.app.add_routes(list(routes))

@@ -45,10 +45,20 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One logger for every event: the stock factory builds a new one per log call.
+        logger_factory=_shared_logger(structlog.PrintLogger(file=sys.stderr)),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(name)s %(message)s")
+
+
+def _shared_logger(logger: structlog.PrintLogger):
+    """A logger factory that always answers ``logger``."""
+
+    def factory(*_args: object) -> structlog.PrintLogger:
+        return logger
+
+    return factory
 
 
 _ID_PREFIX = os.urandom(4).hex()

@@ -7,6 +7,7 @@ before they fetch or load anything it names.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -86,3 +87,10 @@ def verify(key: Ed25519PublicKey, data: bytes, signature: bytes) -> bool:
     except InvalidSignature:
         return False
     return True
+
+
+def key_fingerprint(key: Ed25519PublicKey) -> str:
+    """A short name of a public key for people: ``ed25519:`` and the first 16 hex digits of
+    the SHA-256 of its raw bytes."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]

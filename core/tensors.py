@@ -7,7 +7,7 @@ arrays.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
@@ -103,6 +103,10 @@ class InferResponse(NamedTuple):
     model_version: str = ""
     id: str = ""
     parameters: Mapping[str, ParamValue] = NO_PARAMETERS
+    update: Awaitable[InferResponse] | None = None
+    """A later, better answer to the same request, when one may come (a request that
+    asked for a fast answer then a better one): a stream sends it as a further message
+    with the same ``id``; a unary call leaves it (the answer is kept by id)."""
 
 
 @dataclass(frozen=True, slots=True)

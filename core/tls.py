@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from edgecloud.core.errors import InvalidInput
+from edgecloud.core.targets import ROUND_ROBIN_SERVICE_CONFIG
 
 
 def _read(path: Path | None, what: str) -> bytes | None:
@@ -50,7 +51,12 @@ def channel_credentials(ca: Path | None, cert: Path | None = None,
 
 def open_channel(target: str, credentials: grpc.ChannelCredentials | None, options: list,
                  aio: bool = True):
-    """A secure channel when credentials are given, else an insecure one."""
+    """A secure channel when credentials are given, else an insecure one.
+
+    Calls spread round robin over every address ``target`` resolves to (see
+    :mod:`core.targets`); a single address is one connection.
+    """
+    options = [*options, ("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG)]
     if aio:
         if credentials is None:
             return grpc.aio.insecure_channel(target, options=options)

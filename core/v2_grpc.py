@@ -1,14 +1,17 @@
 """The Open Inference Protocol v2 gRPC servicer, shared by agent and gateway.
 
 A thin shell over one data plane: each method converts the request with
-``core.codec``, awaits one domain call and converts the answer back. Errors
+``core.codec``, awaits one domain call and converts the answer back. An answer
+that a better one will follow (``InferResponse.update``) is followed on a
+stream by a further message with the same ``id`` once the update is ready; the
+stream ends only when those are sent, or when the client ends it. Errors
 are mapped in :func:`core.grpc_errors.rpc_boundary`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import grpc
@@ -141,12 +144,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return codec.encode_infer_response(answer)
 
     async def _answer_one(self, request: pb.ModelInferRequest, time_left_s: float | None,
-                          request_id: str) -> pb.ModelStreamInferResponse:
+                          request_id: str, later: Callable[[Awaitable[InferResponse]], None]
+                          ) -> pb.ModelStreamInferResponse:
         """One stream message, answered like a ModelInfer call: errors become
         ``error_message`` (with the request's ``id``), and the stream goes on.
 
         ``time_left_s`` is what is left of the stream's own deadline when the
         message was read; the message's ``timeout_ms`` parameter shortens it.
+        An answer that a better one will follow hands its update to ``later``.
         """
         try:
             if request.__class__ is Undecodable:
@@ -163,6 +168,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             answer = await self._plane.infer(decoded, time_left_s,
                                              f"{request_id}-{decoded.id}" if decoded.id
                                              else request_id)
+            if answer.update is not None:
+                later(answer.update)
         except EdgecloudError as exc:
             code = KIND_TO_CODE[exc.kind]
             log.info("stream_request_refused", code=code.name, error=exc.message)
@@ -186,32 +193,55 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield reply
             return
         pending: asyncio.Queue[asyncio.Task | None] = asyncio.Queue(STREAM_WINDOW)
+        updates = _Updates()
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    task = asyncio.create_task(
-                        self._answer_one(request, context.time_remaining(), request_id))
+                    task = asyncio.create_task(self._answer_one(
+                        request, context.time_remaining(), request_id, updates.add))
                     await pending.put(task)
             finally:
                 await pending.put(None)
 
         reader = asyncio.create_task(read())
+        getter: asyncio.Future | None = None
         try:
             while True:
-                task = await pending.get()
+                if updates.ready:  # sent before the next answer (more may come meanwhile)
+                    for reply in updates.take():
+                        yield reply
+                    continue
+                if updates.waiting:  # answers to come: wait for a request or an update
+                    getter = getter or asyncio.ensure_future(pending.get())
+                    await updates.wait(getter)
+                    if not getter.done():
+                        continue
+                if getter is not None:  # a get already under way takes the next request
+                    task, getter = await getter, None
+                else:
+                    task = await pending.get()
                 if task is None:
                     break
                 yield await task
             await reader
+            while updates.waiting or updates.ready:  # the better answers still to come
+                for reply in updates.take():
+                    yield reply
+                if updates.waiting:
+                    await updates.wait()
         finally:
             reader.cancel()
+            if getter is not None:  # a request it took is cancelled like the ones queued
+                if getter.done() and not getter.cancelled() and getter.result() is not None:
+                    getter.result().cancel()
+                getter.cancel()
             while not pending.empty():
                 leftover = pending.get_nowait()
                 if leftover is not None:
                     leftover.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-
+            updates.cancel()
+            await asyncio.gather(reader, *updates.jobs, return_exceptions=True)
 
     async def _answer_as_ready(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context, request_id: str
@@ -227,16 +257,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if not task.cancelled():
                 done.put_nowait(task.result())
 
+        def update_sent(job: asyncio.Task) -> None:
+            running.discard(job)
+            if not job.cancelled() and job.exception() is None:
+                done.put_nowait(job.result())
+
+        def later(update: Awaitable[InferResponse]) -> None:
+            job = asyncio.ensure_future(_encoded_update(update))
+            running.add(job)
+            job.add_done_callback(update_sent)
+
         async def read() -> None:
             try:
                 async for request in request_iterator:
                     await window.acquire()
                     task = asyncio.create_task(
-                        self._answer_one(request, context.time_remaining(), request_id))
+                        self._answer_one(request, context.time_remaining(), request_id, later))
                     running.add(task)
                     task.add_done_callback(finished)
             finally:
-                while running:  # answer what was read before ending the stream
+                while running:  # answer what was read (and its updates) before ending
                     await asyncio.wait(set(running))
                 done.put_nowait(None)
 
@@ -250,6 +290,50 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             for task in list(running):
                 task.cancel()
             await asyncio.gather(reader, *running, return_exceptions=True)
+
+
+async def _encoded_update(update: Awaitable[InferResponse]) -> pb.ModelStreamInferResponse:
+    """The stream message of an update (shielded: a stream that ends does not cancel the
+    work behind it, which still writes the answer by id)."""
+    answer = await asyncio.shield(update)
+    return pb.ModelStreamInferResponse(infer_response=codec.encode_infer_response(answer))
+
+
+class _Updates:
+    """The better answers one ordered stream still owes, sent as each arrives."""
+
+    def __init__(self) -> None:
+        self.jobs: set[asyncio.Task] = set()
+        """Updates awaited."""
+        self.ready: list[pb.ModelStreamInferResponse] = []
+        """Updates arrived and not yet sent."""
+
+    @property
+    def waiting(self) -> bool:
+        """True while an update is awaited."""
+        return bool(self.jobs)
+
+    def add(self, update: Awaitable[InferResponse]) -> None:
+        job = asyncio.ensure_future(_encoded_update(update))
+        self.jobs.add(job)
+        job.add_done_callback(self._arrived)
+
+    def _arrived(self, job: asyncio.Task) -> None:
+        self.jobs.discard(job)
+        if not job.cancelled() and job.exception() is None:
+            self.ready.append(job.result())
+
+    def take(self) -> list[pb.ModelStreamInferResponse]:
+        ready, self.ready = self.ready, []
+        return ready
+
+    async def wait(self, *others: asyncio.Future) -> None:
+        """Until an update arrives or one of ``others`` is done."""
+        await asyncio.wait({*self.jobs, *others}, return_when=asyncio.FIRST_COMPLETED)
+
+    def cancel(self) -> None:
+        for job in self.jobs:
+            job.cancel()
 
 
 def _message_id(request: pb.ModelInferRequest | Undecodable) -> str:

@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
+import time
+from collections.abc import Callable
 
 import numpy as np
 import structlog
+from aiohttp import web
 
-from edgecloud.core import v2_grpc
+from edgecloud.core import v2_grpc, v2_http
 from edgecloud.core.artifacts import sha256_file
 from edgecloud.core.auth import is_loopback, read_token
 from edgecloud.core.errors import InvalidInput
 from edgecloud.core.grpc_server import ServerOptions, create_server, split_host_port
 from edgecloud.core.process import ServingApp, run_until_signal
 from edgecloud.core.signing import load_public_key
+from edgecloud.core.targets import parse_target
 from edgecloud.core.tls import channel_credentials
+from edgecloud.edge_agent import answers_http
+from edgecloud.edge_agent.answers import AnswerLimits, AnswerStore
+from edgecloud.edge_agent.grpc import answers_servicer
 from edgecloud.edge_agent.grpc.cloud_client import GrpcCloudClient
 from edgecloud.edge_agent.grpc.examples_client import HardExampleUploader
 from edgecloud.edge_agent.grpc.fleet_client import FleetClient
+from edgecloud.edge_agent.grpc.labels_client import LabelWatcher
 from edgecloud.edge_agent.hard_examples import HardExampleLedger, LedgerLimits
 from edgecloud.edge_agent.metrics import AgentMetrics
 from edgecloud.edge_agent.model_manager import ArtifactStore, ModelManager
@@ -48,8 +57,7 @@ def warn_if_token_travels_in_plaintext(settings: AgentSettings) -> bool:
     tls = settings.tls_ca is not None or settings.tls_cert is not None
     if not settings.gateway or settings.token_file is None or tls:
         return False
-    host, _ = split_host_port(settings.gateway)
-    if is_loopback(host):
+    if all(is_loopback(host) for host in parse_target(settings.gateway).hosts):
         return False
     log.warning("tokens_over_plaintext", gateway=settings.gateway,
                 detail="this agent's bearer token travels unencrypted to the gateway: anyone "
@@ -72,14 +80,26 @@ def open_ledger(settings: AgentSettings) -> HardExampleLedger | None:
     )
 
 
+def open_answers(settings: AgentSettings, clock: Callable[[], float] = time.time
+                 ) -> AnswerStore:
+    """The better answers by id, in the hard-example ledger's file (blocking)."""
+    a = settings.answers
+    return AnswerStore(settings.data_dir / "hard" / "ledger.sqlite3",
+                       AnswerLimits(max_answers=a.max_answers, max_age_s=a.max_age_s,
+                                    flush_interval_s=a.flush_interval_s), clock=clock)
+
+
 def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None,
-                  hard_examples: HardExampleLedger | None = None) -> EdgeService:
+                  hard_examples: HardExampleLedger | None = None,
+                  answers: AnswerStore | None = None,
+                  wall_clock: Callable[[], float] = time.time) -> EdgeService:
     """The agent's data plane with its tasks loaded (must run inside the event loop).
 
-    Hard rows go to ``hard_examples`` when given (the running agent's ledger).
+    Hard rows go to ``hard_examples`` when given (the running agent's ledger), better
+    answers to ``answers``.
     """
     if settings.gateway:
-        split_host_port(settings.gateway)
+        parse_target(settings.gateway)
     if settings.http_listen:
         split_host_port(settings.http_listen)
     tasks = load_tasks(settings.models, settings.policies, settings.onnx_threads)
@@ -103,6 +123,10 @@ def build_service(settings: AgentSettings, metrics: AgentMetrics | None = None,
         scores_outputs=settings.scores_outputs,
         cloud_recheck_s=settings.cloud_recheck_s,
         max_escalation_rows=settings.max_escalation_rows,
+        answers=answers,
+        better_timeout_s=settings.answers.cloud_timeout_s,
+        drain_s=settings.drain_grace_s,
+        wall_clock=wall_clock,
     )
     for model, policy in tasks:
         task = service.add_task(model, policy, settings.cloud_models.get(model.name))
@@ -116,8 +140,12 @@ class AgentApp(ServingApp):
 
     kind = "agent"
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, *,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        """``wall_clock``: the time answers are stamped and expire with."""
         super().__init__(settings)
+        self.wall_clock = wall_clock
+        self.answers: AnswerStore | None = None
         self.metrics = AgentMetrics()
         self.service: EdgeService | None = None
         self.manager: ModelManager | None = None
@@ -125,6 +153,8 @@ class AgentApp(ServingApp):
         self.policy_watcher: PolicyWatcher | None = None
         self.ledger: HardExampleLedger | None = None
         self.uploader: HardExampleUploader | None = None
+        self.labels: LabelWatcher | None = None
+        """Applies reviewers' labels to better answers (with a gateway and answers)."""
 
     async def start(self) -> int:
         """Load tasks and start serving apps; returns the bound port."""
@@ -134,7 +164,18 @@ class AgentApp(ServingApp):
             log.warning("no_gateway", detail="every row is answered at the edge")
         warn_if_token_travels_in_plaintext(s)
         self.ledger = await asyncio.to_thread(open_ledger, s)
-        service = build_service(s, self.metrics, self.ledger)
+        try:
+            self.answers = await asyncio.to_thread(open_answers, s, self.wall_clock)
+        except (sqlite3.Error, OSError) as exc:
+            # Better answers are an extra: a full or broken disk must not stop the agent
+            # from answering. Requests asking for one are refused with FAILED_PRECONDITION.
+            log.error("answers_unavailable", problem=str(exc),
+                      detail="answer=fast_then_better is refused until the agent restarts "
+                      "with a writable data directory")
+            self.answers = None
+        if self.answers is not None:
+            self.answers.start()
+        service = build_service(s, self.metrics, self.ledger, self.answers, self.wall_clock)
         self.service = service
         trust = load_public_key(s.trust_key) if s.trust_key else None
         if trust is None:
@@ -160,10 +201,12 @@ class AgentApp(ServingApp):
             raise InvalidInput("no tasks to serve: give --model NAME=FILE, or --gateway to "
                                "receive models from the fleet")
         await service.start()  # checks each task's cloud model before the first request
+        answers = self.answers is not None  # the Answers service only where answers are kept
         _server, port, lifecycle = await create_server(
             s.listen,
-            [v2_grpc.register(service, s.max_request_bytes)],
-            [v2_grpc.SERVICE_NAME],
+            [v2_grpc.register(service, s.max_request_bytes),
+             *([answers_servicer.register(self.answers)] if answers else [])],
+            [v2_grpc.SERVICE_NAME, *([answers_servicer.SERVICE_NAME] if answers else [])],
             ServerOptions(max_message_bytes=s.max_request_bytes + 2**20),
         )
         await self._serving(port, lifecycle, self.metrics.registry)
@@ -180,6 +223,12 @@ class AgentApp(ServingApp):
                 backoff_max_s=s.reconnect_max_s, token=read_token(s.token_file),
                 credentials=gateway_credentials(s))
             self.uploader.start()
+        if self.answers is not None and s.gateway:
+            self.labels = LabelWatcher(s.gateway, s.agent_id, self.answers,
+                                       token=read_token(s.token_file),
+                                       credentials=gateway_credentials(s),
+                                       backoff_max_s=s.reconnect_max_s)
+            self.labels.start()
         self.policy_watcher = PolicyWatcher(service, list(s.policies),
                                             poll_s=s.policy_poll_s)
         self.policy_watcher.start()
@@ -187,6 +236,13 @@ class AgentApp(ServingApp):
         log.info("agent_ready", address=self.address, agent_id=s.agent_id,
                  tasks=service.task_names(), gateway=s.gateway)
         return port
+
+    def _http_routes(self) -> list[web.RouteDef]:
+        """v2 REST and the better answers by id, open as the agent's gRPC port is (apps on
+        the device call both)."""
+        return [*v2_http.routes(self.service, max_request_bytes=self.settings.max_request_bytes),
+                *(answers_http.answer_routes(self.answers) if self.answers is not None
+                  else [])]
 
     async def _fleet_state(self, state: str) -> None:
         if self._lifecycle is not None:
@@ -202,16 +258,22 @@ class AgentApp(ServingApp):
         if self.uploader is not None:
             await self.uploader.aclose()
             self.uploader = None
+        if self.labels is not None:
+            await self.labels.aclose()
+            self.labels = None
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Drain as every server does, then write the hard rows still buffered.
+        """Drain as every server does, then write the hard rows and answers still buffered.
 
-        The ledger closes last: requests finishing during the drain, and shadow
-        calls cancelled by it, still hand their rows over.
+        The ledger and the answers close last: requests finishing during the drain, and
+        shadow calls and better answers cancelled by it, still hand their rows over.
         """
         try:
             await super().stop(grace_s)
         finally:
+            if self.answers is not None:
+                await self.answers.aclose()
+                self.answers = None
             if self.ledger is not None:
                 await self.ledger.aclose()
                 self.ledger = None

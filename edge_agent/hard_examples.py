@@ -54,7 +54,7 @@ from edgecloud.core.hard_examples import (
     float32_values,
     parse_record_id,
 )
-from edgecloud.router import REASONS, ROUTES
+from edgecloud.router import REASONS, REVIEW, ROUTES
 
 log = structlog.get_logger("edgecloud.agent.hard")
 
@@ -131,6 +131,12 @@ class HardRows(NamedTuple):
     confidence: np.ndarray
     cloud_model_version: str
     at: float
+    review: np.ndarray | None = None
+    """``bool [k]``: rows the router sends to the human review queue (None: none)."""
+    answer_id: str = ""
+    """The better answer the rows belong to, when the app asked for one."""
+    answer_rows: np.ndarray | None = None
+    """``int64 [k]``: each row's index in that answer's request."""
 
     @property
     def nbytes(self) -> int:
@@ -144,6 +150,9 @@ class HardRows(NamedTuple):
         confidence = self.confidence.tolist()
         answered = (self.cloud_answered.tolist() if self.cloud_answered is not None
                     else [False] * len(routes))
+        review = self.review.tolist() if self.review is not None else [False] * len(routes)
+        answer_rows = (self.answer_rows.tolist() if self.answer_rows is not None
+                       else list(range(len(routes))))
         for j in range(len(routes)):
             cloud = (float32_values(self.cloud_scores[j])
                      if answered[j] and self.cloud_scores is not None else None)
@@ -153,8 +162,10 @@ class HardRows(NamedTuple):
                 inputs=tuple(InputRow.of(name, a[j:j + 1]) for name, a in self.inputs.items()),
                 edge_scores=float32_values(self.edge_scores[j]), cloud_scores=cloud,
                 cloud_model_version=self.cloud_model_version if cloud is not None else "",
-                route=ROUTES[routes[j]].value, reason=REASONS[reasons[j]].value,
-                confidence=float(confidence[j]), at=self.at,
+                route=ROUTES[routes[j]].value,
+                reason=REVIEW if review[j] else REASONS[reasons[j]].value,
+                confidence=float(confidence[j]), at=self.at, answer_id=self.answer_id,
+                answer_row=int(answer_rows[j]) if self.answer_id else 0,
             ))
         return out
 
@@ -183,11 +194,13 @@ class HardExampleLedger:
         """Rows dropped since the last write (added to the stored counter by the next one)."""
         self._lock = threading.Lock()
         self._task: asyncio.Task | None = None
+        self._urgent: asyncio.Event | None = None
+        """Set when rows for review arrive (made by the first :meth:`wait_urgent`)."""
         self._last_eviction = 0.0
         self._write_failing = False
         """True from a failed write to the next good one (the failure is logged once)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = _open(self.path)
+        self._db = open_database(self.path)
         self._stats = self._read_stats()
         self._import_spool()
 
@@ -201,6 +214,19 @@ class HardExampleLedger:
             return
         self._buffer.append(rows)
         self._buffered_bytes += size
+        if rows.review is not None and self._urgent is not None:
+            self._urgent.set()  # a reviewer waits for this row: the uploader sends it now
+
+    async def wait_urgent(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for rows a reviewer waits for; True when some came."""
+        if self._urgent is None:
+            self._urgent = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._urgent.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        self._urgent.clear()
+        return True
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -456,8 +482,12 @@ class HardExampleLedger:
         log.info("hard_examples_imported", count=len(examples), files=len(files))
 
 
-def _open(path: Path) -> sqlite3.Connection:
-    """Open (or create) the ledger; a file that is not a database is moved aside."""
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (or create) the ledger; a file that is not a database is moved aside.
+
+    The answers store (:mod:`edge_agent.answers`) keeps its own table in the same
+    file, through a connection of its own opened here too.
+    """
     try:
         return _connect(path)
     except sqlite3.DatabaseError as exc:

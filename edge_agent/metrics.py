@@ -95,6 +95,9 @@ class AgentMetrics:
         """Background loop (``fleet_watch``, ``fleet_report``) -> errors it survived."""
         self.deferred_fetches = 0
         """Artifact downloads cut short by the network or the disk, to be tried again."""
+        self.better_answers: dict[tuple[str, str], int] = {}
+        """Per (task, state), requests for a fast answer then a better one, by how their
+        record ended (answered, cloud_failed, not_escalated)."""
         self.registry.register(_AgentCollector(self))
 
     def observe(self, task: str, routing: Routing, seconds: float) -> None:
@@ -170,6 +173,10 @@ class AgentMetrics:
         """Count an error that background ``loop`` caught, logged and survived."""
         self.loop_errors[loop] = self.loop_errors.get(loop, 0) + 1
 
+    def better_answer(self, task: str, state: str) -> None:
+        """Count a request for a better answer whose record ended in ``state``."""
+        self.better_answers[(task, state)] = self.better_answers.get((task, state), 0) + 1
+
     def shadow(self, task: str, rows: int, agree: int) -> None:
         """Count shadow-sampled rows and how many the edge got right."""
         self.shadow_rows[task] = self.shadow_rows.get(task, 0) + rows
@@ -230,6 +237,13 @@ class _AgentCollector:
         for task, problem in sorted(m.cloud_problems.items()):
             refused.add_metric([task, problem], 1.0)
         yield refused
+        better = CounterMetricFamily(
+            "edgecloud_agent_better_answers",
+            "Requests for a fast answer then a better one, by how the better answer ended "
+            "(answered, cloud_failed, not_escalated)", labels=["task", "state"])
+        for (task, state), value in sorted(m.better_answers.items()):
+            better.add_metric([task, state], value)
+        yield better
         loop_errors = CounterMetricFamily(
             "edgecloud_agent_loop_errors",
             "Errors a background loop caught, logged and went on after (with a backoff)",

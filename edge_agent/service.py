@@ -12,6 +12,14 @@ The router owns every routing decision; this module only carries plans out.
 Nothing here imports grpc; the v2 servicer in ``core.v2_grpc`` calls
 :meth:`EdgeService.infer`.
 
+A request with the parameter ``answer=fast_then_better`` asks for a fast answer
+then a better one: the router plans the rows it escalates behind the answer
+(``plan.later_rows``), the answer returns as soon as the edge model has
+answered, with an ``answer_id`` and a per-row ``better`` parameter, and a
+background task this service owns (drained on stop) asks the cloud, writes
+the outcome to the answer's record (:mod:`edge_agent.answers`), and resolves
+the response's ``update`` (a stream sends it as a later message).
+
 The gateway's model of each task is checked when the agent connects, never
 on a request: :meth:`EdgeService.start` compares it with the task's edge
 model (input names and types, output count, classes) and checks again
@@ -52,14 +60,23 @@ from edgecloud.core.tensors import (
     requested_outputs,
     signature_mismatch,
 )
+from edgecloud.edge_agent.answers import (
+    AnswerRecord,
+    AnswerState,
+    AnswerStore,
+    new_answer_id,
+    numeric_outputs,
+)
 from edgecloud.edge_agent.escalation import CloudClient
 from edgecloud.edge_agent.hard_examples import HardExampleLedger, HardRows
 from edgecloud.edge_agent.metrics import AgentMetrics
 from edgecloud.edge_agent.shadow_log import ShadowLog
 from edgecloud.router import (
+    BETTER,
     REASONS,
     ROUTES,
     Escalation,
+    Plan,
     Policy,
     Reason,
     RequestContext,
@@ -67,6 +84,8 @@ from edgecloud.router import (
     RouteOverride,
     Router,
     Routing,
+    better_codes,
+    review_rows,
     score_rows,
 )
 
@@ -77,6 +96,16 @@ METADATA_TIMEOUT_S = 2.0
 """Longest wait for the gateway's description of a cloud model."""
 CLOUD_RECHECK_S = 30.0
 """While a task's cloud model is refused or unchecked, how often it is checked again."""
+ANSWER_PARAM = "answer"
+"""Request parameter: ``fast_then_better`` asks for the edge answer at once and the cloud's
+answer to the rows the router escalates later, by id; any other value, or none, answers
+as usual."""
+FAST_THEN_BETTER = "fast_then_better"
+UPDATE_PARAM = "update"
+"""Response parameter (true) of the later, better answer to a request (a stream sends it
+as a further message with the request's ``id``)."""
+BETTER_TIMEOUT_S = 10.0
+"""Longest wait for the cloud's answer to rows escalated behind the answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +165,7 @@ def cloud_problem(model: OnnxModel, cloud_model: str, info: ModelInfo) -> CloudP
 
 _ROUTE_NAMES = tuple(route.value for route in ROUTES)
 _REASON_NAMES = tuple(reason.value for reason in REASONS)
+_BETTER_NAMES = tuple(better.value for better in BETTER)
 _HARD_REASONS = frozenset({Reason.LOW_CONFIDENCE, Reason.NO_TIME, Reason.BUDGET_EXHAUSTED,
                            Reason.CLOUD_UNAVAILABLE, Reason.CLOUD_FAILED})
 """Rows kept as hard examples when answered: low confidence, escalated or not (no time,
@@ -170,6 +200,12 @@ class Answer(NamedTuple):
     routing: Routing
     model_version: str
     cloud_model_version: str = ""
+    answer_id: str = ""
+    """The id of the better answer, for a request that asked for one."""
+    better: tuple[str, ...] = ()
+    """Per row, for such a request: whether a better answer comes (``router.Better``)."""
+    update: asyncio.Future[InferResponse] | None = None
+    """Resolves to the better answer's response once the cloud answered (or failed)."""
 
     def parameters(self) -> dict[str, ParamValue]:
         """Response parameters: ``route``, ``reason`` and ``confidence`` per row.
@@ -194,6 +230,9 @@ class Answer(NamedTuple):
         params["model_version"] = self.model_version
         if self.cloud_model_version:
             params["cloud_model_version"] = self.cloud_model_version
+        if self.answer_id:
+            params["answer_id"] = self.answer_id
+            params["better"] = ",".join(self.better)
         return params
 
 
@@ -218,10 +257,12 @@ class Task:
 _ROUTE_VALUES = frozenset(r.value for r in RouteOverride)
 
 
-def route_parameters(params: Mapping[str, ParamValue]) -> tuple[RouteOverride, float | None]:
-    """The request parameters the router understands (``route``, ``confidence_threshold``)."""
+def route_parameters(params: Mapping[str, ParamValue]
+                     ) -> tuple[RouteOverride, float | None, bool]:
+    """The request parameters the router understands (``route``, ``confidence_threshold``,
+    and whether ``answer`` asks for a fast answer then a better one)."""
     if not params:
-        return RouteOverride.AUTO, None
+        return RouteOverride.AUTO, None, False
     route = params.get("route", "auto")
     if not isinstance(route, str) or route not in _ROUTE_VALUES:
         raise InvalidInput(f"parameter 'route' must be auto, edge or cloud (got {route!r})")
@@ -234,7 +275,11 @@ def route_parameters(params: Mapping[str, ParamValue]) -> tuple[RouteOverride, f
             raise InvalidInput(
                 f"parameter 'confidence_threshold' must be within [0, 1] (got {threshold})"
             )
-    return RouteOverride(route), threshold
+    better = params.get(ANSWER_PARAM) == FAST_THEN_BETTER
+    if better and route == RouteOverride.EDGE:
+        raise InvalidInput(f"parameter '{ANSWER_PARAM}={FAST_THEN_BETTER}' asks for the "
+                           "cloud's answer: it cannot go with route=edge")
+    return RouteOverride(route), threshold, better
 
 
 class EdgeService:
@@ -259,8 +304,17 @@ class EdgeService:
         scores_outputs: Mapping[str, str] | None = None,
         cloud_recheck_s: float = CLOUD_RECHECK_S,
         max_escalation_rows: int = 256,
+        answers: AnswerStore | None = None,
+        better_timeout_s: float = BETTER_TIMEOUT_S,
+        drain_s: float = 5.0,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._cloud = cloud
+        self._answers = answers
+        self._better_timeout_s = better_timeout_s
+        self._drain_s = drain_s
+        self._wall_clock = wall_clock
+        self._better_jobs: set[asyncio.Task] = set()
         self._max_escalation_rows = max_escalation_rows
         self._scores_outputs = dict(scores_outputs or {})
         self._cloud_recheck_s = cloud_recheck_s
@@ -509,7 +563,10 @@ class EdgeService:
                 f"task {task.name!r} runs version {model.version!r}, "
                 f"not {request.model_version!r}"
             )
-        route, threshold = route_parameters(request.parameters)
+        route, threshold, better = route_parameters(request.parameters)
+        if better and self._answers is None:
+            raise FailedPrecondition(f"this agent keeps no answers: parameter "
+                                     f"'{ANSWER_PARAM}={FAST_THEN_BETTER}' is not served")
         wanted = requested_outputs(request.requested_outputs, current.output_names,
                                    f"task {task.name!r}")
         if time_left_s is None:
@@ -522,23 +579,25 @@ class EdgeService:
         edge_scores = outputs[current.scores_output]
         confidence, predicted = score_rows(policy, edge_scores)
 
-        ctx = RequestContext(route, threshold, max(cloud_deadline - self._clock(), 0.0))
+        ctx = RequestContext(route, threshold, max(cloud_deadline - self._clock(), 0.0), better)
         plan = router.plan(confidence, predicted, ctx)
         escalation = None
         cloud_version = ""
-        if plan.permit:
+        later = plan.later_rows.size > 0
+        if plan.permit and not later:
             escalation, cloud_version = await self._escalate(
                 task, current, inputs, outputs, plan.cloud_rows, cloud_deadline, request_id)
         routing = router.record(plan, escalation)
         if plan.shadow_rows.size:
             self._shadow(task, current, inputs, edge_scores, plan.shadow_rows, routing)
-        if self._hard_examples is not None:
+        if self._hard_examples is not None and not later:  # later rows: kept when answered
             hard = hard_rows(routing.reason)
             if hard is not None:
                 self._keep_hard_rows(task, current, inputs, edge_scores, outputs, routing,
                                      hard, cloud_version)
-        self._metrics.observe(task.name, routing, self._clock() - started)
-        return Answer(
+        if not later:  # rows escalated behind the answer are counted once they are answered
+            self._metrics.observe(task.name, routing, self._clock() - started)
+        answer = Answer(
             task=task.name,
             outputs={name: outputs[name] for name in wanted},
             scores=outputs[current.scores_output],
@@ -546,6 +605,11 @@ class EdgeService:
             model_version=model.version,
             cloud_model_version=cloud_version,
         )
+        if better:
+            answer = self._better(task, current, router, plan, routing, inputs, outputs,
+                                  edge_scores, predicted, wanted, request.id, request_id, answer,
+                                  self._clock() - started)
+        return answer
 
     async def infer(
         self, request: InferRequest, time_left_s: float | None = None, request_id: str = ""
@@ -558,7 +622,121 @@ class EdgeService:
             id=request.id,
             outputs=answer.outputs,
             parameters=answer.parameters(),
+            update=answer.update,
         )
+
+    # -- a fast answer, then a better one ---------------------------------------------
+
+    @property
+    def answers(self) -> AnswerStore | None:
+        """Where better answers are kept, if anywhere."""
+        return self._answers
+
+    def _better(self, task: Task, current: TaskVersion, router: Router, plan: Plan,
+                routing: Routing, inputs: dict[str, np.ndarray],
+                outputs: dict[str, np.ndarray], edge_scores: np.ndarray,
+                predicted: np.ndarray, wanted: list[str], message_id: str, request_id: str,
+                answer: Answer, took_s: float) -> Answer:
+        """Keep the answer's record and start the escalation of its later rows.
+
+        No I/O: the record is kept in memory (written by the store's flush), and
+        the escalation runs in a task this service owns.
+        """
+        assert self._answers is not None
+        better = tuple(_BETTER_NAMES[code] for code in better_codes(plan).tolist())
+        now = self._wall_clock()
+        later = bool(plan.later_rows.size)
+        record = AnswerRecord(
+            answer_id=new_answer_id(), task=task.name,
+            state=AnswerState.PENDING if later else AnswerState.NOT_ESCALATED,
+            source="edge", answered_by=f"{task.name}:{current.model.version}",
+            created_at=now, answered_at=None if later else now,
+            route=tuple(_ROUTE_NAMES[c] for c in routing.route.tolist()), better=better,
+            classes=tuple(int(c) for c in np.asarray(predicted).tolist()),
+            confidence=tuple(routing.confidence.tolist()),
+            outputs=numeric_outputs(answer.outputs),
+            detail="" if later else "no row was escalated: the edge answer stands",
+        )
+        self._answers.add(record)
+        update: asyncio.Future[InferResponse] | None = None
+        if not later:
+            self._metrics.better_answer(task.name, record.state.value)
+        else:
+            update = asyncio.get_running_loop().create_future()
+            job = asyncio.create_task(self._better_call(
+                task, current, router, plan, routing, inputs, dict(outputs), edge_scores,
+                wanted, message_id, request_id, record, update, took_s))
+            self._better_jobs.add(job)
+            job.add_done_callback(self._better_jobs.discard)
+        return answer._replace(answer_id=record.answer_id, better=better, update=update)
+
+    async def _better_call(self, task: Task, current: TaskVersion, router: Router, plan: Plan,
+                           routing: Routing, inputs: dict[str, np.ndarray],
+                           outputs: dict[str, np.ndarray], edge_scores: np.ndarray,
+                           wanted: list[str], message_id: str, request_id: str,
+                           record: AnswerRecord, update: asyncio.Future[InferResponse],
+                           took_s: float) -> None:
+        """Escalate the later rows; write the outcome to the record and resolve ``update``.
+
+        The request is counted now, with each row's final route and the fast answer's
+        latency (``took_s``).
+        """
+        assert self._answers is not None
+        escalation, cloud_version = Escalation(ok=False), ""
+        detail = "the cloud did not answer: the edge answer stands"
+        try:
+            deadline = self._clock() + self._better_timeout_s
+            escalation, cloud_version = await self._escalate(
+                task, current, inputs, outputs, plan.later_rows, deadline, request_id)
+        except asyncio.CancelledError:
+            detail = "the agent stopped before the cloud answered"
+            raise
+        except Exception:  # settled below all the same: never pending forever
+            log.exception("better_answer_crashed", task=task.name, request_id=request_id)
+        finally:
+            final = router.record_later(plan, routing, escalation)
+            self._metrics.observe(task.name, final, took_s)
+            self._settle(task, current, inputs, edge_scores, outputs, final, wanted,
+                         message_id, record, update, cloud_version if escalation.ok else "",
+                         detail)
+
+    def _settle(self, task: Task, current: TaskVersion, inputs: dict[str, np.ndarray],
+                edge_scores: np.ndarray, outputs: dict[str, np.ndarray], final: Routing,
+                wanted: list[str], message_id: str, record: AnswerRecord,
+                update: asyncio.Future[InferResponse], cloud_version: str,
+                detail: str) -> None:
+        assert self._answers is not None
+        model = current.model
+        confidence, classes = score_rows(current.policy, outputs[current.scores_output])
+        answered = bool(cloud_version)
+        kept = {name: outputs[name] for name in wanted}
+        state = AnswerState.ANSWERED if answered else AnswerState.CLOUD_FAILED
+        self._metrics.better_answer(task.name, state.value)
+        self._answers.update(AnswerRecord(
+            answer_id=record.answer_id, task=record.task,
+            state=state, source="cloud" if answered else "edge",
+            answered_by=(f"{task.cloud_model}:{cloud_version}" if answered
+                         else record.answered_by),
+            created_at=record.created_at, answered_at=self._wall_clock(),
+            route=tuple(_ROUTE_NAMES[c] for c in final.route.tolist()), better=record.better,
+            classes=tuple(int(c) for c in np.asarray(classes).tolist()),
+            confidence=tuple(float(c) for c in np.asarray(confidence).tolist()),
+            outputs=numeric_outputs(kept), detail="" if answered else detail,
+        ))
+        if self._hard_examples is not None:
+            hard = hard_rows(final.reason)
+            if hard is not None:
+                self._keep_hard_rows(task, current, inputs, edge_scores, outputs, final, hard,
+                                     cloud_version, record.answer_id)
+        params = Answer(task.name, kept, outputs[current.scores_output],
+                        Routing(final.route, final.reason, np.asarray(confidence)),
+                        model.version, cloud_version, record.answer_id,
+                        record.better).parameters()
+        params[UPDATE_PARAM] = True
+        if not update.done():
+            update.set_result(InferResponse(model_name=task.name, outputs=kept,
+                                            model_version=model.version, id=message_id,
+                                            parameters=params))
 
     async def _run_local(self, task: Task, model: OnnxModel,
                          inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -662,11 +840,13 @@ class EdgeService:
     def _keep_hard_rows(self, task: Task, current: TaskVersion,
                         inputs: dict[str, np.ndarray], edge_scores: np.ndarray,
                         outputs: dict[str, np.ndarray], routing: Routing, rows: np.ndarray,
-                        cloud_version: str) -> None:
+                        cloud_version: str, answer_id: str = "") -> None:
         """Hand the hard rows to the ledger's buffer (no I/O, no encoding here).
 
         Indexing with the row numbers copies, so a kept row never holds the
-        request's buffer alive.
+        request's buffer alive. Rows the cloud answered less surely than the
+        policy's ``review_threshold`` are marked for the human review queue (the
+        router says which), with ``answer_id`` when the app asked for a better answer.
         """
         assert self._hard_examples is not None
         if rows is _FIRST_ROW:  # a one-row request: its arrays are the row's, no indexing
@@ -684,10 +864,13 @@ class EdgeService:
             kept_inputs = {name: value[rows] for name, value in inputs.items()}
             edge = np.asarray(edge_scores)[rows]
             final = np.asarray(outputs[current.scores_output])[rows] if cloud else None
+        review = (review_rows(current.policy, final, answered)
+                  if final is not None and current.policy.review_threshold is not None
+                  else None)
         self._hard_examples.add(HardRows(
             task.name, current.model.version, current.policy.version, kept_inputs, edge,
             final, answered if cloud else None, route, reason, confidence, cloud_version,
-            time.time(),
+            time.time(), review, answer_id, None if rows is _FIRST_ROW else rows,
         ))
 
     def _shadow(self, task: Task, current: TaskVersion, inputs: dict[str, np.ndarray],
@@ -751,11 +934,17 @@ class EdgeService:
         ))
 
     async def aclose(self) -> None:
-        """Stop checking the cloud, cancel shadow calls, stop worker threads, close the client."""
+        """Stop checking the cloud, give better answers up to ``drain_s`` to come, cancel
+        them and shadow calls, stop worker threads, close the client."""
         if self._cloud_watch is not None:
             self._cloud_watch.cancel()
             await asyncio.gather(self._cloud_watch, return_exceptions=True)
             self._cloud_watch = None
+        if self._better_jobs:
+            await asyncio.wait(set(self._better_jobs), timeout=self._drain_s)
+            for job in list(self._better_jobs):
+                job.cancel()
+            await asyncio.gather(*self._better_jobs, return_exceptions=True)
         for job in list(self._background):
             job.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -36,6 +36,23 @@ class HardExamplesSection(BaseModel):
     """Most bytes in one acknowledged upload (a single larger record goes alone)."""
 
 
+class AnswersSection(BaseModel):
+    """Better answers by id (``answer=fast_then_better``), kept in the hard-example
+    ledger's file (``DATA_DIR/hard/ledger.sqlite3``, table ``answers``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_answers: int = Field(100_000, ge=1)
+    """Answers kept; past it the oldest are dropped."""
+    max_age_s: float = Field(86400.0, gt=0)
+    """Answers older than this are dropped (and no longer found by id)."""
+    cloud_timeout_s: float = Field(10.0, gt=0)
+    """Longest wait for the cloud's answer to rows escalated behind the fast answer; past
+    it the answer is final as cloud_failed."""
+    flush_interval_s: float = Field(0.5, gt=0, le=60)
+    """How often changed answers are written (a SIGTERM writes the rest)."""
+
+
 class AgentSettings(EdgecloudSettings):
     """Everything the agent process reads at start."""
 
@@ -44,7 +61,9 @@ class AgentSettings(EdgecloudSettings):
     listen: str = "127.0.0.1:8000"
     """Address of the local v2 server that device apps call (port 0 picks one)."""
     gateway: str | None = None
-    """HOST:PORT of the cloud gateway (or its load balancer); none = edge only."""
+    """The cloud gateway: its load balancer's HOST:PORT, a name with several addresses, or an
+    ``ipv4:``/``ipv6:`` list (see :mod:`core.targets`), spread round robin; none = edge
+    only."""
     data_dir: Path = Field(default_factory=lambda: state_dir("agent"))
     """Directory for the agent's own files (default: ``$XDG_STATE_HOME/edgecloud/agent``,
     else ``~/.local/state/edgecloud/agent``)."""
@@ -103,6 +122,8 @@ class AgentSettings(EdgecloudSettings):
     a durable ledger and upload them to the gateway (when a gateway is set)."""
     hard_examples: HardExamplesSection = Field(default_factory=HardExamplesSection)
     """Bounds of the hard-example ledger and its upload."""
+    answers: AnswersSection = Field(default_factory=AnswersSection)
+    """Bounds of the better answers kept by id."""
     status_interval_s: float = Field(10.0, gt=0)
     """Seconds between periodic status reports to the gateway."""
     reconnect_max_s: float = Field(10.0, gt=0)

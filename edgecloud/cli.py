@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="number of agents, 1 to 16 (default 3)")
     demo.add_argument("--streams", type=int, default=2, metavar="N",
                       help="concurrent sensor streams per agent, 1 to 16 (default 2)")
+    demo.add_argument("--loop", action="store_true",
+                      help="run one turn of the improvement loop instead: a weak edge model, "
+                      "hard rows reviewed and exported, a retrained edge model rolled out, "
+                      "figures before and after (needs the examples extra; default: off)")
     demo.set_defaults(handler=_cmd_demo)
 
     example = sub.add_parser("example", help="write a bundled example to a folder")
@@ -220,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "with RESOURCE_EXHAUSTED (default 32768)")
     serve.add_argument("--max-streams-per-connection", type=int, default=None, metavar="N",
                        help="calls one connection may have open at once (default 256)")
+    serve.add_argument("--max-pending-rpcs", type=int, default=None, metavar="N",
+                       help="new calls held while the server takes earlier ones (a fleet "
+                       "reconnecting at once); more are refused (default 32768)")
     _add_process_flags(serve)
     serve.set_defaults(handler=_cmd_gateway_serve)
 
@@ -227,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     asub = agent.add_subparsers(dest="agent_command", required=True, metavar="COMMAND")
     run = asub.add_parser("run", help="serve v2 inference to device apps")
     run.add_argument("--gateway", default=None, metavar="HOST:PORT",
-                     help="cloud gateway address; without it every row stays on the edge")
+                     help="cloud gateway address: its balancer's or a name with several "
+                     "addresses (dns:///HOST:PORT), or ipv4:A:P,B:P / ipv6:[A]:P,[B]:P, "
+                     "spread round robin; without it every row stays on the edge")
     run.add_argument("--listen", default=None, metavar="HOST:PORT",
                      help="address apps call (default 127.0.0.1:8000; port 0 picks one)")
     run.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
@@ -264,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch = asub.add_parser("batch", help="route a whole .npz file and write JSON lines")
     batch.add_argument("--gateway", default=None, metavar="HOST:PORT",
-                       help="cloud gateway address; without it every row stays on the edge")
+                       help="cloud gateway address (as for agent run); without it every "
+                       "row stays on the edge")
     batch.add_argument("--model", action="append", required=True, metavar="NAME=FILE",
                        help="task NAME and its edge ONNX file")
     batch.add_argument("--policy", action="append", type=Path, metavar="FILE",
@@ -315,6 +325,7 @@ def _cmd_gateway_serve(args: argparse.Namespace) -> int:
         tls_client_ca=args.tls_client_ca, batching=_batching(args),
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_streams_per_connection=args.max_streams_per_connection,
+        max_pending_rpcs=args.max_pending_rpcs,
     )
     _setup_logging(settings)
     asyncio.run(run_gateway(settings))
@@ -384,6 +395,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise CliError("--agents must be between 1 and 16")
     if not 1 <= args.streams <= 16:
         raise CliError("--streams must be between 1 and 16")
+    if args.loop:
+        import importlib
+
+        for module in ("sklearn", "skl2onnx"):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise CliError(f"demo --loop retrains the edge model with scikit-learn and "
+                               f"skl2onnx ({module} is missing): install the examples extra, "
+                               "pip install -e '.[examples]' (or run make demo-loop)") from None
+        from edgecloud.demo_loop import run_loop
+
+        return run_loop(agents=args.agents, streams=args.streams, json_path=args.json)
     return run_demo(agents=args.agents, streams=args.streams, json_path=args.json)
 
 

@@ -12,7 +12,10 @@
     ``route``, ``reason``, ``confidence``, the edge's answer (``edge_scores``,
     ``edge_class``), the cloud's when there was one (``cloud_scores``,
     ``cloud_class``, else null), and the versions (``model_version``,
-    ``policy_version``, ``cloud_model_version``).
+    ``policy_version``, ``cloud_model_version``). An export of the labelled rows
+    (``labels`` given) writes only the rows a reviewer labelled, each line with
+    the reviewer's ``label``, ``reviewer`` and ``labelled_at`` (Unix seconds);
+    ``policy tune --field`` reads such an index and tunes on the labels.
 
 Records are ordered by time, then agent and sequence number. Both files are
 written to temporary names and renamed, so a folder never holds half an export.
@@ -26,12 +29,13 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgecloud.cloud_gateway.review import Label
 from edgecloud.core.errors import InvalidInput
 from edgecloud.core.hard_examples import KeptExample
 
@@ -50,12 +54,16 @@ class ExportSummary:
     index_path: Path
 
 
-def export_examples(records: Iterable[KeptExample], out: Path) -> ExportSummary:
-    """Write ``records`` to ``out/examples.npz`` and ``out/index.jsonl``.
+def export_examples(records: Iterable[KeptExample], out: Path,
+                    labels: Mapping[str, Label] | None = None) -> ExportSummary:
+    """Write ``records`` to ``out/examples.npz`` and ``out/index.jsonl``; with ``labels``
+    (reviewers' labels by record id), only the labelled records, with their labels.
 
     Raises InvalidInput when the records disagree on an input's datatype or
     shape (a task whose signature changed: export a narrower ``since``).
     """
+    if labels is not None:
+        records = (k for k in records if k.record_id in labels)
     kept = sorted(records, key=lambda k: (k.example.at, k.agent_id, k.seq))
     columns: dict[str, list[np.ndarray]] = {}
     lines = []
@@ -63,7 +71,12 @@ def export_examples(records: Iterable[KeptExample], out: Path) -> ExportSummary:
         example = record.example
         for tensor in example.inputs:
             columns.setdefault(tensor.name, []).append(tensor.array())
-        lines.append(json.dumps(_index_line(row, record), allow_nan=False))
+        line = _index_line(row, record)
+        if labels is not None:
+            given = labels[record.record_id]
+            line.update(label=given.label, reviewer=given.reviewer,
+                        labelled_at=given.labelled_at)
+        lines.append(json.dumps(line, allow_nan=False))
     arrays = {name: _stack(name, rows) for name, rows in columns.items()}
     for name, array in arrays.items():
         if array.shape[0] != len(kept):

@@ -58,6 +58,12 @@ class PassResult:
     routes: list[str]
     latencies_s: np.ndarray
     errors: list[str] = field(default_factory=list)
+    confidences: np.ndarray | None = None
+    """The edge's confidence in each row (the policy's score), as the agent reported it."""
+    reasons: list[str] = field(default_factory=list)
+    """Why each row went where it went."""
+    versions: list[str] = field(default_factory=list)
+    """The edge model version that answered each row."""
 
 
 def _spawn(name: str, args: list[str], workdir: Path) -> _Proc:
@@ -122,6 +128,9 @@ async def _run_pass(addresses: list[str], streams: int, route: str, x: np.ndarra
     n = len(x)
     predictions = np.full(n, -1, dtype=np.int64)
     routes = [""] * n
+    reasons = [""] * n
+    versions = [""] * n
+    confidences = np.full(n, np.nan)
     latencies = np.zeros(n)
     errors: list[str] = []
 
@@ -133,6 +142,9 @@ async def _run_pass(addresses: list[str], streams: int, route: str, x: np.ndarra
             answer = codec.decode_infer_response(reply.infer_response)
             predictions[i] = int(np.argmax(answer.outputs["probabilities"][0]))
             routes[i] = str(answer.parameters.get("route", ""))
+            reasons[i] = str(answer.parameters.get("reason", ""))
+            versions[i] = str(answer.parameters.get("model_version", ""))
+            confidences[i] = float(answer.parameters.get("confidence", "nan"))
         advance()
 
     lanes = [(addr, s) for addr in addresses for s in range(streams)]
@@ -141,7 +153,7 @@ async def _run_pass(addresses: list[str], streams: int, route: str, x: np.ndarra
         _stream_rows(addr, x, chunk, route, on_row)
         for (addr, _), chunk in zip(lanes, chunks, strict=True)
     ))
-    return PassResult(predictions, routes, latencies, errors)
+    return PassResult(predictions, routes, latencies, errors, confidences, reasons, versions)
 
 
 def _summarise(result: PassResult, y: np.ndarray) -> dict:

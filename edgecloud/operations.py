@@ -14,8 +14,15 @@ from typing import Protocol
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from edgecloud.cloud_gateway.hard_examples import HardExampleStore
+# Re-exported: `fleet status` and its callers read the fleet's rows from here.
+from edgecloud.cloud_gateway.fleet_view import fleet_rows, offline_after_s  # noqa: F401
+from edgecloud.cloud_gateway.grpc.admin_messages import (
+    model_listing_from_reply,
+    rollout_from_message,
+)
+from edgecloud.cloud_gateway.hard_examples import REGISTRY_PREFIX, HardExampleStore
 from edgecloud.cloud_gateway.registry import Registry
+from edgecloud.cloud_gateway.review import Label, ReviewQueue
 from edgecloud.cloud_gateway.storage import Location
 from edgecloud.core.artifacts import build_floor, build_model_manifest
 from edgecloud.core.auth import call_metadata
@@ -51,6 +58,10 @@ class Operator(Protocol):
     def reserve_version(self, name: str, target: str) -> str: ...
 
     def hard_examples(self, task: str, since: float = 0.0) -> Iterator[KeptExample]: ...
+
+    def review_labels(self, task: str) -> dict[str, Label]:
+        """Reviewers' labels of ``task``'s rows, by record id."""
+        ...
 
     def close(self) -> None: ...
 
@@ -103,6 +114,24 @@ def publish_model_file(op: Operator, path: Path, *, name: str, target: str,
     signature = sign(private, data) if private is not None else b""
     reply = op.publish_model(data, signature, path, promote, progress)
     return {**reply, "signed": bool(signature), "scores_output": chosen}
+
+
+def publish_policy_document(op: Operator, document: bytes, *, version: str | None = None,
+                            key: Path | None = None) -> dict:
+    """Sign and publish a policy document; without ``version`` the registry picks it.
+
+    The published document carries the version it is published as (rewritten when it
+    says another). Raises PolicyError when ``document`` is not a valid policy.
+    """
+    from edgecloud.core.artifacts import build_policy_manifest
+    from edgecloud.router import dump_policy, parse_policy
+
+    policy = parse_policy(document)
+    version = version or op.reserve_version(policy.name, "policy")
+    if version != policy.version:
+        document = dump_policy(policy.model_copy(update={"version": version})).encode()
+    data = build_policy_manifest(document, name=policy.name, version=version).canonical()
+    return op.publish_policy(data, sign_manifest(data, key), document)
 
 
 def publish_floor(op: Operator, name: str, version: str, key: Path | None = None) -> dict:
@@ -163,11 +192,10 @@ class RegistryOperator:
         return self.registry.reserve_version(name, target)
 
     def hard_examples(self, task: str, since: float = 0.0) -> Iterator[KeptExample]:
-        if not self.registry.location.is_directory:
-            raise FailedPrecondition(
-                "hard examples are not kept in object storage yet: each gateway on an s3:// "
-                "registry keeps them in its data directory; export through --gateway")
-        return HardExampleStore(self.registry.root / "hard_examples").records(task, since)
+        return HardExampleStore(self.registry.store, REGISTRY_PREFIX).records(task, since)
+
+    def review_labels(self, task: str) -> dict[str, Label]:
+        return ReviewQueue(self.registry.store).all_labels(task)
 
     def close(self) -> None:
         """Nothing to close."""
@@ -224,11 +252,11 @@ class GatewayOperator:
             percent=fields.get("percent", 0.0), selector=fields.get("selector") or {},
             max_failures=fields.get("max_failures", 0), agent_id=fields.get("agent_id", ""),
             target=fields.get("target", "edge")))
-        return json.loads(reply.json)
+        return rollout_from_message(reply.rollout).model_dump(mode="json")
 
     def list_models(self, name: str = "") -> dict:
-        return json.loads(self._call(self._stub.ListModels,
-                                     pb.ListModelsRequest(name=name)).json)
+        return model_listing_from_reply(self._call(self._stub.ListModels,
+                                                   pb.ListModelsRequest(name=name)))
 
     def fleet_status(self) -> list[dict]:
         reply = self._call(self._stub.FleetStatus, pb.FleetStatusRequest())
@@ -249,100 +277,22 @@ class GatewayOperator:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, f"gateway {self._target}") from None
 
+    def review_labels(self, task: str) -> dict[str, Label]:
+        request = pb.ExportLabelsRequest(task=task)
+        try:
+            return {m.review_id: Label(m.review_id, m.agent_id, m.task, m.answer_id,
+                                       m.answer_row, m.label, m.reviewer, m.labelled_at)
+                    for m in self._stub.ExportLabels(request, timeout=600,
+                                                     metadata=self._auth)}
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"gateway {self._target}") from None
+
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()
 
 
 # -- fleet status ------------------------------------------------------------------------
-
-OFFLINE_AFTER_REPORTS = 3
-"""An agent whose reports stopped for this many of its report intervals is offline..."""
-OFFLINE_AFTER_MIN_S = 30.0
-"""...and never sooner than this (a short hiccup is not an outage)."""
-DEFAULT_REPORT_INTERVAL_S = 10.0
-"""Report interval assumed for agents that do not say theirs."""
-
-
-def offline_after_s(agent: dict) -> float:
-    """Seconds without a report after which ``agent`` counts as offline."""
-    interval = float(agent.get("status_interval_s") or 0.0) or DEFAULT_REPORT_INTERVAL_S
-    return max(OFFLINE_AFTER_REPORTS * interval, OFFLINE_AFTER_MIN_S)
-
-
-def _drift(task: dict, detail: dict) -> dict:
-    rows = int(detail.get("drift_rows", 0) or 0)
-    min_rows = int(detail.get("drift_min_rows", 0) or 0)
-    status = task.get("drift_status", "")
-    if min_rows and rows < min_rows:
-        status = "insufficient_data"
-    return {"status": status, "psi": task.get("drift_psi", 0.0),
-            "ks_pvalue": task.get("drift_ks_pvalue", 1.0), "rows": rows, "min_rows": min_rows}
-
-
-def _swap(swap: dict) -> dict:
-    return {"at": float(swap.get("at") or 0.0), "task": swap.get("name"),
-            "kind": swap.get("kind"), "version": swap.get("version"),
-            "ok": bool(swap.get("ok")), "reason": swap.get("reason", "")}
-
-
-_LEDGER_FIELDS = ("kept", "queued", "queued_bytes", "uploaded", "evicted_age",
-                  "evicted_space", "quarantined", "dropped")
-
-
-def _ledger(agent: dict) -> dict | None:
-    """The agent's hard-example counters (uint64 arrive as JSON strings), with the total
-    evicted; None for an agent that keeps none."""
-    ledger = agent.get("hard_examples")
-    if not ledger:
-        return None
-    counts = {name: int(ledger.get(name, 0) or 0) for name in _LEDGER_FIELDS}
-    counts["evicted"] = counts["evicted_age"] + counts["evicted_space"]
-    return counts
-
-
-def fleet_rows(agents: list[dict], now: float) -> list[dict]:
-    """One flat record per agent and task (what ``fleet status`` shows, and its ``--json``).
-
-    ``now`` (Unix seconds) decides which agents are offline.
-    """
-    rows = []
-    for agent in agents:
-        last = agent.get("last_swap") or {}
-        last_seen = agent.get("last_seen")
-        base = {
-            "agent_id": agent.get("agent_id"),
-            "labels": agent.get("labels", {}),
-            "replica": agent.get("replica"),
-            "last_seen": last_seen,
-            "online": bool(last_seen) and now - float(last_seen) <= offline_after_s(agent),
-            "last_swap": ({"name": last.get("name"), "version": last.get("version"),
-                           "kind": last.get("kind"), "ok": bool(last.get("ok")),
-                           "reason": last.get("reason", "")} if last.get("name") else None),
-            "swap_history": [_swap(s) for s in agent.get("swap_history") or []],
-            "hard_examples": _ledger(agent),
-        }
-        details = {d.get("name"): d for d in agent.get("diagnostics") or []}
-        for task in agent.get("tasks") or [{}]:
-            rows_n = int(task.get("rows", 0) or 0)
-            escalated = int(task.get("escalated_rows", 0) or 0)
-            detail = details.get(task.get("name"), {})
-            rows.append({
-                **base,
-                "task": task.get("name"),
-                "model_version": task.get("model_version"),
-                "policy_version": task.get("policy_version"),
-                "waiting_for": task.get("waiting_for", ""),
-                "cloud_problem": task.get("cloud_problem", ""),
-                "requests": int(task.get("requests", 0) or 0),
-                "rows": rows_n,
-                "escalation_rate": escalated / rows_n if rows_n else 0.0,
-                "fallbacks": int(task.get("fallback_rows", 0) or 0),
-                "fallbacks_by_reason": {k: int(v) for k, v in
-                                        (detail.get("fallback_rows_by_reason") or {}).items()},
-                "drift": _drift(task, detail),
-            })
-    return rows
 
 
 def _plain(message) -> dict:

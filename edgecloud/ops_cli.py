@@ -98,11 +98,13 @@ def _pairs(values, what: str) -> dict[str, str]:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
-    from edgecloud.core.signing import generate_keypair
+    from edgecloud.core.signing import generate_keypair, key_fingerprint, load_public_key
 
     private, public = generate_keypair(args.out)
     print(f"private key: {private} (keep it with the operator; mode 0600)")
     print(f"public key:  {public} (give it to agents as --trust-key)")
+    print(f"fingerprint: {key_fingerprint(load_public_key(public))} (models list shows it "
+          "beside the versions signed with this key)")
     return 0
 
 
@@ -290,8 +292,11 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                     role = f"{role}, floor" if role else "floor"
                 elif version_key(v["version"]) < version_key(floor):
                     role = f"{role}, below floor" if role else "below floor"
+            signed = (f"yes ({v['signed_by']})" if v["signed"] and v.get("signed_by") else
+                      "yes" if v["signed"] else
+                      "unchecked" if v.get("signature") == "unchecked" else "no")
             table.add_row(escape(name), escape(v["version"]), v["target"], f"{v['size']:,}",
-                          "yes" if v["signed"] else "no", v["created"], role,
+                          signed, v["created"], role,
                           _served_by(info, v["version"], v["target"], now))
     Console().print(table)
     return 0
@@ -301,9 +306,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_publish(args: argparse.Namespace) -> int:
-    from edgecloud.core.artifacts import build_policy_manifest
-    from edgecloud.operations import sign_manifest
-    from edgecloud.router import PolicyError, dump_policy, parse_policy
+    from edgecloud.operations import publish_policy_document
+    from edgecloud.router import PolicyError, parse_policy
 
     try:
         document = args.file.read_bytes()
@@ -318,13 +322,8 @@ def cmd_policy_publish(args: argparse.Namespace) -> int:
                        f"(policy tune --task {args.name} names it)")
     op = _operator(args, create=True)
     try:
-        version = args.version or op.reserve_version(args.name, "policy")
-        if version != policy.version:
-            # The version is the registry's to give: the published document carries it.
-            document = dump_policy(policy.model_copy(update={"version": version})).encode()
-        manifest = build_policy_manifest(document, name=policy.name, version=version)
-        data = manifest.canonical()
-        reply = op.publish_policy(data, sign_manifest(data, args.key), document)
+        # The version is the registry's to give: the published document carries it.
+        reply = publish_policy_document(op, document, version=args.version, key=args.key)
     finally:
         op.close()
     print(f"published policy {reply['name']} version {reply['version']}; "
@@ -522,11 +521,13 @@ def cmd_examples_export(args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else 0.0
     op = _operator(args)
     try:
-        summary = export_examples(op.hard_examples(args.task, since), args.out)
+        labels = op.review_labels(args.task) if args.labelled else None
+        summary = export_examples(op.hard_examples(args.task, since), args.out, labels)
     finally:
         op.close()
     shapes = ", ".join(f"{name} {list(shape)}" for name, shape in summary.shapes.items())
-    print(f"exported {summary.records} hard examples of {args.task} to {args.out} "
+    what = "labelled rows" if args.labelled else "hard examples"
+    print(f"exported {summary.records} {what} of {args.task} to {args.out} "
           f"({summary.examples_path.name}: {shapes or 'no inputs'}; "
           f"{summary.index_path.name})")
     return 0
@@ -691,6 +692,9 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
                         "or a duration back from now (30m, 12h, 7d)")
     export.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="folder to write examples.npz and index.jsonl into")
+    export.add_argument("--labelled", action="store_true",
+                        help="only the rows a reviewer labelled, each index line with its "
+                        "label, reviewer and labelled_at (policy tune --field reads it)")
     _add_target(export)
     export.set_defaults(handler=cmd_examples_export)
     return {"models": msub, "policy": psub}

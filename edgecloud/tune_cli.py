@@ -209,11 +209,13 @@ def _tune_on_field(
     from edgecloud.tuning_data import read_field_records
 
     records = read_field_records(args.field, "--field")
+    human = sum(1 for record in records if len(record) == 3)
+    source = (f"{human} human labels, the rest the cloud's answers" if human
+              else "labels are the cloud's answers")
     provenance = Provenance(
         edge_model=args.edge.name if args.edge else "",
         cloud_model=args.cloud.name if args.cloud else "",
-        data=f"field records {args.field.name} (n={len(records)}; labels are the "
-        "cloud's answers)",
+        data=f"field records {args.field.name} (n={len(records)}; {source})",
         tuned_at=tuned_at,
     )
     return tune_from_field(records, replace(target, provenance=provenance))

@@ -31,7 +31,8 @@ from edgecloud.core.tensors import V2_TO_NUMPY, class_scores_output, holds_class
 DEFAULT_CHUNK_ROWS = 1024
 """Rows per model run when the model takes any number."""
 
-FieldRecord = tuple[list[float], list[float]]
+FieldRecord = tuple[list[float], list[float]] | tuple[list[float], list[float], int]
+"""``(edge scores, cloud scores)``, or with a reviewer's label as a third item."""
 """One shadow sample: the edge's class scores and the cloud's."""
 
 
@@ -136,9 +137,12 @@ def check_classes(edge: np.ndarray, cloud: np.ndarray, y: np.ndarray, what: str)
 
 
 def read_field_records(path: Path, what: str) -> list[FieldRecord]:
-    """The shadow samples in ``path``, one ``{"edge": [...], "cloud": [...]}`` per line.
+    """The field rows in ``path``, one ``{"edge": [...], "cloud": [...]}`` per line (an
+    agent's shadow log), or the index lines of ``examples export`` (``edge_scores``,
+    ``cloud_scores``; with ``--labelled``, a reviewer's ``label``).
 
-    Blank lines are skipped; every record must hold the same number of
+    A line's ``label``, when it has one, is a reviewer's and replaces the cloud's answer
+    as the row's truth. Blank lines are skipped; every record must hold the same number of
     classes on both sides, and the file at least one record.
     """
     if not path.is_file():
@@ -170,11 +174,15 @@ def _field_record(line: str, where: str) -> FieldRecord:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{where}: not JSON ({exc.msg})") from None
+    if isinstance(record, dict) and "edge" not in record and "edge_scores" in record:
+        record = {**record, "edge": record["edge_scores"], "cloud": record.get("cloud_scores")}
     if not isinstance(record, dict) or "edge" not in record or "cloud" not in record:
         raise InvalidInput(f'{where}: expected an object with "edge" and "cloud" lists')
     pair = []
     for key in ("edge", "cloud"):
         values = record[key]
+        if values is None and key == "cloud":
+            raise InvalidInput(f"{where}: the row has no cloud answer")
         if (
             not isinstance(values, list)
             or not values
@@ -185,4 +193,9 @@ def _field_record(line: str, where: str) -> FieldRecord:
     if len(pair[0]) != len(pair[1]):
         raise InvalidInput(f"{where}: edge has {len(pair[0])} scores but cloud has "
                            f"{len(pair[1])}")
-    return pair[0], pair[1]
+    label = record.get("label")
+    if label is None:
+        return pair[0], pair[1]
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(pair[0]):
+        raise InvalidInput(f"{where}: label {label!r} is not one of the {len(pair[0])} classes")
+    return pair[0], pair[1], label

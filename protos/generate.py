@@ -22,6 +22,7 @@ PACKAGE_PATH = "edgecloud/protos"
 PROTO_FILES = (
     "inference/grpc_predict_v2.proto",
     "fleet/v1/fleet.proto",
+    "answers/v1/answers.proto",
 )
 """The contracts, relative to the protos folder."""
 

@@ -16,8 +16,10 @@ at a :class:`TuningTarget`.
 
 from edgecloud.router.curves import Curve, fit_temperature, operating_curve
 from edgecloud.router.decide import (
+    BETTER,
     REASONS,
     ROUTES,
+    Better,
     Plan,
     Reason,
     RequestContext,
@@ -25,6 +27,7 @@ from edgecloud.router.decide import (
     RouteOverride,
     Side,
     Signals,
+    better_codes,
     decide,
     route_rows,
 )
@@ -51,9 +54,11 @@ from edgecloud.router.policy import (
     ScoreHistogram,
     ScoreName,
     ScoresKind,
+    TuningCurve,
     dump_policy,
     parse_policy,
 )
+from edgecloud.router.review import REVIEW, review_rows
 from edgecloud.router.runtime import Escalation, Router, Routing
 from edgecloud.router.scores import (
     Entropy,
@@ -86,8 +91,11 @@ from edgecloud.router.tuner import (
 )
 
 __all__ = [
+    "BETTER",
     "REASONS",
+    "REVIEW",
     "ROUTES",
+    "Better",
     "BreakerPolicy",
     "BreakerState",
     "BudgetPolicy",
@@ -122,10 +130,12 @@ __all__ = [
     "ShadowSampler",
     "Side",
     "Signals",
+    "TuningCurve",
     "TuningError",
     "TuningReport",
     "TuningTarget",
     "available_scores",
+    "better_codes",
     "calibration_histogram",
     "classify",
     "decide",
@@ -142,6 +152,7 @@ __all__ = [
     "psi",
     "psi_pvalue",
     "register_score",
+    "review_rows",
     "route_rows",
     "score_rows",
     "select_class_scores",

@@ -22,6 +22,14 @@ Rules, per row, first match wins:
    at or above the budget-lowered threshold → edge, ``budget_exhausted``;
    otherwise → cloud, ``low_confidence``.
 
+A request may ask for a fast answer then a better one (``better``, the app's
+``answer=fast_then_better``): the rules stay the same, but a row they send to
+the cloud goes to side LATER instead (answered at the edge at once, escalated
+behind the answer, the cloud's answer delivered later by id), and the time
+left does not hold it back (the deadline is the fast answer's, not the
+cloud's). :func:`better_codes` says for each row whether a better answer will
+come, and if not, why (``budget_spent``, ``cloud_unavailable``, ``confident``).
+
 The escalation budget may only lower the threshold here: a positive shift
 is unused credit in the tracker and never sends extra rows to the cloud, and
 a request's own threshold override is never shifted.
@@ -39,8 +47,10 @@ from edgecloud.router.policy import Policy
 from edgecloud.router.scores import score_rows
 
 __all__ = [
+    "BETTER",
     "REASONS",
     "ROUTES",
+    "Better",
     "Plan",
     "Reason",
     "RequestContext",
@@ -48,6 +58,7 @@ __all__ = [
     "RouteOverride",
     "Side",
     "Signals",
+    "better_codes",
     "decide",
     "plan_rows",
     "route_rows",
@@ -101,6 +112,26 @@ class Side(IntEnum):
     """Escalated: the cloud's answer replaces the edge's (the edge's if the cloud fails)."""
     SHADOW = 2
     """Answered by the edge model; the cloud is asked too, and its answer only recorded."""
+    LATER = 3
+    """Answered by the edge model now; escalated behind the answer, and the cloud's answer
+    delivered later by id (a request that asked for a fast answer then a better one)."""
+
+
+class Better(StrEnum):
+    """For a request that asked for a fast answer then a better one: what comes of each row."""
+
+    PENDING = "pending"
+    """The row is escalated behind the answer: the better answer will come."""
+    BUDGET_SPENT = "budget_spent"
+    """The escalation budget refused the row: no better answer will come."""
+    CLOUD_UNAVAILABLE = "cloud_unavailable"
+    """The cloud cannot be asked now (breaker open, no gateway): none will come."""
+    CONFIDENT = "confident"
+    """The edge answer meets the threshold (or the request forced the edge): it stands."""
+
+
+BETTER: tuple[Better, ...] = tuple(Better)
+"""Better codes: ``BETTER[code]`` is what an array of codes stands for."""
 
 
 class RouteOverride(StrEnum):
@@ -115,6 +146,7 @@ class _Context(NamedTuple):
     route: RouteOverride
     threshold_override: float | None
     time_left_s: float | None
+    better: bool
 
 
 class RequestContext(_Context):
@@ -123,22 +155,26 @@ class RequestContext(_Context):
     Fields: ``route`` (force a side, or let the router choose),
     ``threshold_override`` (the request's ``confidence_threshold``, replacing
     the policy's thresholds for it), ``time_left_s`` (seconds left before the
-    request's deadline; None means the policy's default budget). A named tuple
-    checked when made: one is made per request on the hot path.
+    request's deadline; None means the policy's default budget), ``better``
+    (answer at once, and deliver the cloud's answer to the rows the rules
+    escalate later: side LATER; it cannot go with ``route=edge``). A named
+    tuple checked when made: one is made per request on the hot path.
     """
 
     __slots__ = ()
 
     def __new__(cls, route: RouteOverride | str = RouteOverride.AUTO,
                 threshold_override: float | None = None,
-                time_left_s: float | None = None) -> RequestContext:
+                time_left_s: float | None = None, better: bool = False) -> RequestContext:
         if route.__class__ is not RouteOverride:
             route = RouteOverride(route)
         if threshold_override is not None and not 0.0 <= threshold_override <= 1.0:
             raise ValueError(f"confidence threshold must be in [0, 1], got {threshold_override}")
         if time_left_s is not None and time_left_s != time_left_s:
             raise ValueError("time left must be a number, got NaN")
-        return tuple.__new__(cls, (route, threshold_override, time_left_s))
+        if better and route is RouteOverride.EDGE:
+            raise ValueError("a request forced to the edge cannot ask for a better answer")
+        return tuple.__new__(cls, (route, threshold_override, time_left_s, better))
 
 
 class Signals(NamedTuple):
@@ -152,6 +188,10 @@ class Signals(NamedTuple):
     """Shift from the escalation budget tracker; only a negative shift has an effect."""
     sampled: np.ndarray | None = None
     """Per-row booleans from the shadow sampler; None means no row is sampled."""
+
+
+_EMPTY_ROWS_DEFAULT = np.zeros(0, dtype=np.int64)
+_EMPTY_ROWS_DEFAULT.flags.writeable = False
 
 
 class Plan(NamedTuple):
@@ -174,9 +214,12 @@ class Plan(NamedTuple):
     shadow_rows: np.ndarray
     """``int64``: indices of the rows with side SHADOW."""
     permit: bool
-    """True when the plan escalates rows, which then go out under the breaker's permit."""
+    """True when the plan escalates rows (now or later), which then go out under the
+    breaker's permit."""
     forced: bool
     """True when the request forced a side (its rows say nothing about the threshold)."""
+    later_rows: np.ndarray = _EMPTY_ROWS_DEFAULT
+    """``int64``: indices of the rows with side LATER (escalated behind the answer)."""
 
     @property
     def rows(self) -> int:
@@ -193,8 +236,9 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return array
 
 
-_EMPTY_ROWS = _frozen(np.zeros(0, dtype=np.int64))
+_EMPTY_ROWS = _EMPTY_ROWS_DEFAULT
 _EDGE_SIDE, _CLOUD_SIDE, _SHADOW_SIDE = int(Side.EDGE), int(Side.CLOUD), int(Side.SHADOW)
+_LATER_SIDE = int(Side.LATER)
 """Plain ints for array operations (numpy inspects enum members slowly)."""
 _ROW_ZERO = _frozen(np.zeros(1, dtype=np.int64))
 _ONE_SIDE = tuple(_frozen(np.array([side], dtype=np.uint8)) for side in Side)
@@ -255,10 +299,13 @@ def plan_rows(policy: Policy, conf: np.ndarray, classes: np.ndarray, ctx: Reques
         if ctx.time_left_s is not None
         else policy.latency.default_budget_ms / 1000.0
     )
-    fits = rtt_s is None or rtt_s <= time_left
+    # A better answer comes behind the fast one: the request's deadline does not hold it back.
+    better = ctx.better
+    fits = better or rtt_s is None or rtt_s <= time_left
     shift = 0.0 if ctx.threshold_override is not None or shift > 0.0 else shift
     if n == 1:
-        return _decide_one(policy, conf, classes, ctx, shift, sampled, available, fits)
+        plan = _decide_one(policy, conf, classes, ctx, shift, sampled, available, fits)
+        return _deferred(plan) if better and plan.permit else plan
     bases = _bases(policy, classes, ctx, n)
     if shift:  # only ever negative, and the bases are within [0, 1]
         effective = bases + shift
@@ -271,8 +318,9 @@ def plan_rows(policy: Policy, conf: np.ndarray, classes: np.ndarray, ctx: Reques
         side = np.full(n, _CLOUD_SIDE if to_cloud else _EDGE_SIDE, dtype=np.uint8)
         reason = np.full(n, code, dtype=np.uint8)
         cloud_rows = np.arange(n, dtype=np.int64) if to_cloud and n else _EMPTY_ROWS
-        return Plan(side, reason, conf, effective, cloud_rows, _EMPTY_ROWS,
+        plan = Plan(side, reason, conf, effective, cloud_rows, _EMPTY_ROWS,
                     bool(cloud_rows.size), True)
+        return _deferred(plan) if better and plan.permit else plan
     confident = conf >= bases  # False for NaN
     reason = np.full(n, _LOW, dtype=np.uint8)
     below = ~confident
@@ -289,8 +337,31 @@ def plan_rows(policy: Policy, conf: np.ndarray, classes: np.ndarray, ctx: Reques
     cloud_rows = np.flatnonzero(side == _CLOUD_SIDE)
     shadow_rows = (np.flatnonzero(side == _SHADOW_SIDE) if sampled is not None
                    else _EMPTY_ROWS)
-    return Plan(side, reason, conf, effective, cloud_rows, shadow_rows,
+    plan = Plan(side, reason, conf, effective, cloud_rows, shadow_rows,
                 bool(cloud_rows.size), False)
+    return _deferred(plan) if better and plan.permit else plan
+
+
+def _deferred(plan: Plan) -> Plan:
+    """The plan with its cloud rows escalated behind the answer (side LATER) instead."""
+    side = plan.side.copy()
+    side[plan.cloud_rows] = _LATER_SIDE
+    return plan._replace(side=side, cloud_rows=_EMPTY_ROWS, later_rows=plan.cloud_rows)
+
+
+_BETTER_OF_REASON = np.full(len(REASONS), BETTER.index(Better.CONFIDENT), dtype=np.uint8)
+_BETTER_OF_REASON[_BUDGET] = BETTER.index(Better.BUDGET_SPENT)
+_BETTER_OF_REASON[_UNAVAILABLE] = BETTER.index(Better.CLOUD_UNAVAILABLE)
+_BETTER_PENDING = BETTER.index(Better.PENDING)
+
+
+def better_codes(plan: Plan) -> np.ndarray:
+    """``uint8 [N]``: for each row of a plan made with ``better``, a code of :data:`BETTER`:
+    pending for the rows escalated behind the answer, else why no better answer comes."""
+    codes = _BETTER_OF_REASON[plan.reason]
+    if plan.later_rows.size:
+        codes[plan.later_rows] = _BETTER_PENDING
+    return codes
 
 
 def _bases(policy: Policy, classes: np.ndarray, ctx: RequestContext, n: int) -> np.ndarray:

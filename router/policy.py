@@ -44,6 +44,7 @@ __all__ = [
     "ScoreHistogram",
     "ScoreName",
     "ScoresKind",
+    "TuningCurve",
     "dump_policy",
     "parse_policy",
 ]
@@ -171,6 +172,52 @@ class ScoreHistogram(_Section):
         return int(sum(self.counts))
 
 
+MAX_CURVE_POINTS = 256
+"""Most points a policy's stored tuning curve may hold (the tuner stores far fewer)."""
+
+
+class TuningCurve(_Section):
+    """The chosen score's operating curve on the tuning data, thinned for drawing.
+
+    Point ``i`` says what threshold ``thresholds[i]`` did on the tuning data: the share
+    of rows it escalated and the hybrid's accuracy (agreement with the cloud when the
+    labels were the cloud's answers). Readers draw it; routing never reads it.
+    """
+
+    rows: PositiveInt
+    """Rows tuned on."""
+
+    labels: str = Field("labels", pattern="^(labels|cloud)$")
+    """``labels`` (true labels) or ``cloud`` (field data: the cloud's answers stand in)."""
+
+    edge_accuracy: Fraction
+    """Accuracy of the edge model alone."""
+
+    cloud_accuracy: Fraction
+    """Accuracy of the cloud model alone."""
+
+    thresholds: list[Annotated[float, Field(allow_inf_nan=False), _NotBool]] = Field(
+        min_length=1, max_length=MAX_CURVE_POINTS)
+    """Thresholds of the points, ascending."""
+
+    escalation: list[Fraction] = Field(min_length=1, max_length=MAX_CURVE_POINTS)
+    """Share of rows escalated at each threshold."""
+
+    accuracy: list[Fraction] = Field(min_length=1, max_length=MAX_CURVE_POINTS)
+    """Hybrid accuracy at each threshold."""
+
+    @model_validator(mode="after")
+    def _same_length(self) -> TuningCurve:
+        if not len(self.thresholds) == len(self.escalation) == len(self.accuracy):
+            raise ValueError(
+                f"thresholds, escalation and accuracy must have one entry per point "
+                f"(got {len(self.thresholds)}, {len(self.escalation)}, {len(self.accuracy)})"
+            )
+        if any(b < a for a, b in itertools.pairwise(self.thresholds)):
+            raise ValueError("thresholds must be ascending")
+        return self
+
+
 class Provenance(_Section):
     """Where a policy came from; free text, for people."""
 
@@ -233,11 +280,19 @@ class Policy(_Section):
     shadow_rate: Fraction = 0.0
     """Fraction of confident rows also sent to the cloud, to measure the edge model in the field."""
 
+    review_threshold: Fraction | None = None
+    """Rows the cloud answered with a confidence (the policy's score, on the cloud's class
+    scores) below this go to the gateway's human review queue; null: no review."""
+
     calibration_histogram: ScoreHistogram | None = None
     """Confidence histogram of the calibration set, the reference for drift reports."""
 
     provenance: Provenance = Field(default_factory=Provenance)
     """Where the policy came from."""
+
+    tuning_curve: TuningCurve | None = None
+    """The chosen score's operating curve on the tuning data (the tuner writes it), for
+    operators to see what the threshold trades; null for a policy written by hand."""
 
     @field_validator("version", mode="before")
     @classmethod

@@ -7,7 +7,11 @@ request the caller does::
     ... carry the plan out: escalate plan.cloud_rows, shadow plan.shadow_rows ...
     routing = router.record(plan, escalation)        # RTT, breaker, budget, drift
 
-and answers each row as ``routing`` says. Everything here is pure apart from
+and answers each row as ``routing`` says. A plan made for a request that asked
+for a fast answer then a better one escalates its rows behind the answer
+(``plan.later_rows``): ``record`` answers them at the edge, and their outcome
+comes back later with ``router.record_later(plan, routing, escalation)``.
+Everything here is pure apart from
 the injected clock and random generator, so the per-request behaviour is
 tested without servers or sleeps.
 
@@ -51,8 +55,8 @@ _FAILED = REASON_CODE[Reason.CLOUD_FAILED]
 _EDGE_CODE = ROUTES.index(Route.EDGE)
 _CLOUD_CODE = ROUTES.index(Route.CLOUD)
 _FALLBACK_CODE = ROUTES.index(Route.EDGE_FALLBACK)
-_ROUTE_OF_SIDE = np.array([_EDGE_CODE, _CLOUD_CODE, _EDGE_CODE], dtype=np.uint8)
-"""Without an escalation outcome: edge → edge, cloud → cloud, shadow → edge."""
+_ROUTE_OF_SIDE = np.array([_EDGE_CODE, _CLOUD_CODE, _EDGE_CODE, _EDGE_CODE], dtype=np.uint8)
+"""Without an escalation outcome: edge → edge, cloud → cloud, shadow and later → edge."""
 _ROUTE_OF_ONE_SIDE = tuple(_ROUTE_OF_SIDE.tolist())
 
 
@@ -174,7 +178,9 @@ class Router:
     def record(self, plan: Plan, escalation: Escalation | None = None) -> Routing:
         """Take a plan's outcome back; returns how each row was finally answered.
 
-        ``escalation`` is None when the plan escalated nothing. A failed
+        ``escalation`` is None when the plan escalated nothing now (rows escalated
+        behind the answer are answered at the edge here; :meth:`record_later`
+        takes their outcome). A failed
         escalation answers its rows at the edge (``edge_fallback``,
         ``cloud_failed``) and counts against the breaker; a successful one
         feeds the round-trip estimate and closes a half-open breaker. The
@@ -188,7 +194,7 @@ class Router:
         else:
             route = _ROUTE_OF_SIDE[plan.side]
         reason = plan.reason
-        if plan.permit:
+        if plan.permit and not plan.later_rows.size:
             if escalation is None:
                 raise ValueError("a plan that escalates rows needs its escalation outcome")
             if escalation.ok:
@@ -209,4 +215,30 @@ class Router:
         if self.drift is not None:
             self.drift.observe(plan.confidence)
         return Routing(route, reason, plan.confidence)
+
+    def record_later(self, plan: Plan, routing: Routing, escalation: Escalation) -> Routing:
+        """Take back the outcome of the rows a plan escalated behind the answer.
+
+        ``routing`` is what :meth:`record` returned for the plan. Returns how
+        each row is answered now: the later rows by the cloud (route ``cloud``),
+        or, when the escalation failed, still at the edge (``edge_fallback``,
+        ``cloud_failed``). The breaker and the round-trip estimate see the
+        outcome; the budget saw the rows when the plan was recorded.
+        """
+        rows = plan.later_rows
+        if not rows.size:
+            raise ValueError("the plan escalated no rows behind its answer")
+        route = routing.route.copy()
+        reason = routing.reason
+        if escalation.ok:
+            self.breaker.record_success()
+            if escalation.rtt_s is not None:
+                self.rtt.observe(escalation.rtt_s)
+            route[rows] = _CLOUD_CODE
+        else:
+            self.breaker.record_failure()
+            route[rows] = _FALLBACK_CODE
+            reason = reason.copy()
+            reason[rows] = _FAILED
+        return Routing(route, reason, routing.confidence)
 

@@ -44,7 +44,7 @@ from edgecloud.router.curves import (
     oracle_escalation,
 )
 from edgecloud.router.drift import calibration_histogram
-from edgecloud.router.policy import Policy, Provenance, ScoreName, ScoresKind
+from edgecloud.router.policy import Policy, Provenance, ScoreName, ScoresKind, TuningCurve
 from edgecloud.router.scores import score_rows
 from edgecloud.router.selection import (
     MAX_THRESHOLD,
@@ -228,6 +228,8 @@ class TuningReport:
     """Upper confidence bound on the hybrid's error gap to the cloud at the chosen threshold."""
     notes: tuple[str, ...] = field(default_factory=tuple)
     """Caveats worth showing to the operator."""
+    human_labels: int = 0
+    """Rows whose label a reviewer gave (field data: the rest are the cloud's answers)."""
 
     @property
     def gap_to_cloud(self) -> float:
@@ -280,15 +282,23 @@ def tune(
 def tune_from_field(
     records: Iterable[tuple[Any, Any]], target: TuningTarget
 ) -> tuple[Policy, TuningReport]:
-    """Tune from shadow samples logged in the field, with the cloud's answer as the label.
+    """Tune from rows logged in the field, with the cloud's answer as the label where no
+    reviewer gave one.
 
     Same targets and result as :func:`tune`, computed on
     :func:`field_arrays` of the records, so every "accuracy" is agreement
     with the cloud (see the caveat there; the report's ``label_source`` is
-    ``cloud`` and its ``notes`` say so, and so does the policy's provenance).
+    ``cloud`` and its ``notes`` say so, and so does the policy's provenance),
+    except on rows that carry a human label (a reviewer's), which count against
+    that label; the report's ``human_labels`` says how many did, and when all did
+    its ``label_source`` is ``labels``.
     """
-    edge, cloud, pseudo = field_arrays(records)
-    return _tune(edge, cloud, pseudo, target, label_source="cloud")
+    records = list(records)
+    edge, cloud, y = field_arrays(records)
+    human = sum(1 for record in records if len(record) == 3 and record[2] is not None)
+    return _tune(edge, cloud, y, target,
+                 label_source="labels" if human == len(records) else "cloud",
+                 human_labels=human)
 
 
 @dataclass(frozen=True)
@@ -311,6 +321,7 @@ def _tune(
     target: TuningTarget,
     *,
     label_source: LabelSource,
+    human_labels: int = 0,
 ) -> tuple[Policy, TuningReport]:
     edge, cloud, labels = _check_data(edge_scores, cloud_scores, y)
     temperature = (
@@ -325,8 +336,10 @@ def _tune(
     outcomes = _outcomes(template, edge, cloud, labels, target.candidates)
     curves, losses = _curves(outcomes)
     selection = _select(target, curves, losses, outcomes)
-    report = _report(target, outcomes, curves, selection, float(temperature), label_source)
-    policy = _tuned_policy(base, target, report, outcomes.confidences[selection.score])
+    report = _report(target, outcomes, curves, selection, float(temperature), label_source,
+                     human_labels)
+    policy = _tuned_policy(base, target, report, outcomes.confidences[selection.score],
+                           stored_curve(curves[selection.score], selection.index, report))
     return policy, report
 
 
@@ -401,15 +414,21 @@ def _report(
     selection: Selection,
     temperature: float,
     label_source: LabelSource,
+    human_labels: int = 0,
 ) -> TuningReport:
     edge_acc = float(outcomes.edge_correct.mean())
     cloud_acc = float(outcomes.cloud_correct.mean())
     curve, index = curves[selection.score], selection.index
     notes: list[str] = []
+    if human_labels:
+        notes.append(f"{human_labels} of {outcomes.n} rows carry human labels (a reviewer's), "
+                     "used instead of the cloud's answer")
     if label_source == "cloud":
         notes.append(
-            "field data: labels are the cloud's answers, so accuracy here is agreement with the "
-            "cloud (cloud-only is 100% by construction), not accuracy against the truth"
+            "field data: labels are the cloud's answers"
+            + (" where no reviewer gave one" if human_labels else "")
+            + ", so accuracy here is agreement with the cloud (cloud-only is 100% by "
+            "construction), not accuracy against the truth"
         )
     return TuningReport(
         n=outcomes.n,
@@ -431,6 +450,7 @@ def _report(
         confidence=target.confidence,
         certified_gap=selection.certified_gap,
         notes=tuple(notes),
+        human_labels=human_labels,
     )
 
 
@@ -457,10 +477,38 @@ def _point(
     )
 
 
+CURVE_POINTS = 64
+"""Points of the chosen score's operating curve stored with a tuned policy."""
+
+
+def stored_curve(curve: Curve, chosen: int, report: TuningReport) -> TuningCurve:
+    """``curve`` thinned to about :data:`CURVE_POINTS` points for the policy document.
+
+    A point every ``1/CURVE_POINTS`` of the rows escalated (the first threshold that
+    escalates that many), plus both ends and the chosen point, so the drawn curve
+    passes exactly through what the policy does.
+    """
+    last = len(curve.thresholds) - 1
+    steps = np.linspace(0.0, float(curve.n), CURVE_POINTS)
+    picks = np.searchsorted(curve.escalated, steps, side="left")
+    picks = np.unique(np.clip(np.concatenate([picks, [0, chosen, last]]), 0, last))
+    return TuningCurve(
+        rows=curve.n,
+        labels=report.label_source,
+        edge_accuracy=report.edge_accuracy,
+        cloud_accuracy=report.cloud_accuracy,
+        thresholds=[float(curve.thresholds[i]) for i in picks],
+        escalation=[float(curve.escalation[i]) for i in picks],
+        accuracy=[float(curve.accuracy[i]) for i in picks],
+    )
+
+
 def _tuned_policy(
-    base: Policy, target: TuningTarget, report: TuningReport, confidence: np.ndarray
+    base: Policy, target: TuningTarget, report: TuningReport, confidence: np.ndarray,
+    curve: TuningCurve,
 ) -> Policy:
-    """``base`` with the chosen score, temperature, threshold and calibration histogram."""
+    """``base`` with the chosen score, temperature, threshold, calibration histogram and
+    operating curve."""
     summary = report.summary()
     if report.label_source == "cloud":
         summary += "; tuned on field data (labels are the cloud's answers)"
@@ -479,6 +527,7 @@ def _tuned_policy(
         provenance=given.model_copy(
             update={"notes": f"{given.notes}; {summary}" if given.notes else summary}
         ).model_dump(),
+        tuning_curve=curve.model_dump(),
     )
     return Policy.model_validate(document)
 
@@ -491,9 +540,10 @@ def field_arrays(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stack field records into ``(edge_scores, cloud_scores, y_pseudo)``.
 
-    Each record is one shadow sample an agent logged: the edge model's class
-    scores for the row and the cloud model's. There are no labels in the
-    field, so ``y_pseudo`` is the cloud's answer (its argmax). Caveat: tuning
+    Each record is one row an agent logged: the edge model's class scores for
+    the row and the cloud model's, and optionally a third item, a reviewer's
+    label (an int, or None). ``y_pseudo`` is that label where there is one, and
+    the cloud's answer (its argmax) elsewhere. Caveat: tuning
     on these measures *agreement with the cloud*, not accuracy — cloud-only
     scores 100% by construction, and rows where both models are wrong look
     like edge successes. It is the right quantity when the cloud is taken as
@@ -501,11 +551,17 @@ def field_arrays(
     """
     edge_rows: list[np.ndarray] = []
     cloud_rows: list[np.ndarray] = []
+    labels: dict[int, int] = {}
     for index, record in enumerate(records):
         try:
-            edge_row, cloud_row = record
+            items = tuple(record)
+            edge_row, cloud_row = items[:2]
         except (TypeError, ValueError):
             raise ValueError(f"record {index} is not an (edge scores, cloud scores) pair") from None
+        label = items[2] if len(items) == 3 else None
+        if len(items) > 3 or (label is not None and (
+                isinstance(label, bool) or not isinstance(label, int | np.integer))):
+            raise ValueError(f"record {index}: a label must be a class number")
         e = np.asarray(edge_row, dtype=np.float64)
         c = np.asarray(cloud_row, dtype=np.float64)
         if e.ndim != 1 or c.ndim != 1 or e.size == 0:
@@ -521,10 +577,18 @@ def field_arrays(
             )
         if not np.isfinite(c).all():
             raise ValueError(f"record {index}: the cloud scores are not all finite")
+        if label is not None:
+            if not 0 <= int(label) < c.size:
+                raise ValueError(f"record {index}: label {label} is not one of the "
+                                 f"{c.size} classes")
+            labels[index] = int(label)
         edge_rows.append(e)
         cloud_rows.append(c)
     if not edge_rows:
         raise ValueError("there are no field records")
     edge = np.stack(edge_rows)
     cloud = np.stack(cloud_rows)
-    return edge, cloud, cloud.argmax(axis=1).astype(np.int64)
+    y = cloud.argmax(axis=1).astype(np.int64)
+    for index, label in labels.items():
+        y[index] = label
+    return edge, cloud, y

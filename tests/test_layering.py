@@ -20,9 +20,10 @@ PARTS = ("core", "router", "protos", "edge_agent", "cloud_gateway")
 
 
 def is_command(module: str) -> bool:
-    """The command modules: the ``edgecloud`` command, its ``*_cli`` modules and the demo."""
+    """The command modules: the ``edgecloud`` command, its ``*_cli`` modules and the demos."""
     leaf = module.rpartition(".")[2]
-    return module in {"edgecloud.cli", "edgecloud.__main__", "edgecloud.demo"} or (
+    return module in {"edgecloud.cli", "edgecloud.__main__", "edgecloud.demo",
+                      "edgecloud.demo_loop"} or (
         module.startswith("edgecloud.") and leaf.endswith("_cli")
     )
 

@@ -14,7 +14,9 @@ import structlog
 from google.protobuf.json_format import MessageToDict, ParseDict
 
 from edgecloud.cloud_gateway.fleet import FleetHub
-from edgecloud.cloud_gateway.hard_examples import HardExampleStore
+from edgecloud.cloud_gateway.grpc.admin_messages import model_listing_reply, rollout_message
+from edgecloud.cloud_gateway.hard_examples import REGISTRY_PREFIX, HardExampleStore
+from edgecloud.cloud_gateway.review import Label, LabelFeed, ReviewQueue, ReviewRow
 from edgecloud.cloud_gateway.rollouts import AgentAssignment
 from edgecloud.cloud_gateway.storage.objects import full_disk_errors
 from edgecloud.core.auth import AGENT, current_principal
@@ -29,6 +31,7 @@ log = structlog.get_logger("edgecloud.gateway.fleet")
 
 FLEET_SERVICE = pb.DESCRIPTOR.services_by_name["FleetService"].full_name
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
+REVIEW_SERVICE = pb.DESCRIPTOR.services_by_name["ReviewService"].full_name
 CHUNK_BYTES = 3 << 20
 """Bytes per FetchArtifact message: large enough to keep per-message overhead low, below
 gRPC's default 4 MiB receive limit."""
@@ -53,6 +56,28 @@ def assignment_message(assignment: AgentAssignment, replica: str) -> pb.Assignme
         floors=[pb.VersionFloor(document=f.document, signature=f.signature)
                 for f in assignment.floors],
     )
+
+
+class EncodedAssignments:
+    """Each distinct assignment encoded once: the streams that share an assignment object
+    (:meth:`FleetHub.watch <edgecloud.cloud_gateway.fleet.FleetHub.watch>` shares them
+    within a snapshot) send the same bytes. Holds one generation's encodings."""
+
+    def __init__(self, replica: str) -> None:
+        self._replica = replica
+        self._generation = -1
+        self._by_id: dict[int, tuple[AgentAssignment, bytes]] = {}
+
+    def __call__(self, assignment: AgentAssignment) -> bytes:
+        if assignment.generation != self._generation:
+            self._generation, self._by_id = assignment.generation, {}
+        kept = self._by_id.get(id(assignment))
+        if kept is None or kept[0] is not assignment:
+            # The entry holds the assignment, so its id is not reused while kept.
+            kept = (assignment,
+                    assignment_message(assignment, self._replica).SerializeToString())
+            self._by_id[id(assignment)] = kept
+        return kept[1]
 
 
 def status_dict(status: pb.AgentStatus) -> dict:
@@ -116,21 +141,34 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
     """Agent-facing control plane."""
 
     def __init__(self, hub: FleetHub, examples: HardExampleStore | None = None,
-                 upload_limits: UploadLimits | None = None) -> None:
+                 upload_limits: UploadLimits | None = None,
+                 reviews: LabelFeed | None = None) -> None:
         self._hub = hub
-        self._examples = examples or HardExampleStore(hub.registry.root / "hard_examples")
+        self._examples = examples or HardExampleStore(hub.registry.store, REGISTRY_PREFIX)
         self._upload_limits = upload_limits or UploadLimits()
+        self._encoded = EncodedAssignments(hub.replica)
+        self._reviews = reviews or LabelFeed(ReviewQueue(hub.registry.store))
+
+    @rpc_boundary
+    async def WatchLabels(self, request, context):
+        """Labels of the caller's own rows: those given since ``after``, then each new one."""
+        if not request.agent_id:
+            raise InvalidInput("agent_id is required")
+        _check_identity(request.agent_id)
+        async for label in self._reviews.watch(request.agent_id, request.after):
+            yield label_message(label)
 
     @rpc_boundary
     async def WatchAssignments(self, request, context):
         if not request.agent_id:
             raise InvalidInput("agent_id is required")
         _check_identity(request.agent_id)
-        log.info("agent_connected", agent_id=request.agent_id, labels=dict(request.labels),
+        labels = dict(request.labels)
+        log.info("agent_connected", agent_id=request.agent_id, labels=labels,
                  replica=self._hub.replica)
         try:
-            async for assignment in self._hub.watch(request.agent_id, dict(request.labels)):
-                yield assignment_message(assignment, self._hub.replica)
+            async for assignment in self._hub.watch(request.agent_id, labels):
+                yield self._encoded(assignment)
         finally:
             log.info("agent_disconnected", agent_id=request.agent_id)
 
@@ -199,6 +237,9 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
         if not records:
             return pb.HardExampleAck()
         outcome = await asyncio.to_thread(self._examples.store, agent_id, records)
+        refused = {record_id for record_id, _ in outcome.rejected}
+        await asyncio.to_thread(self._reviews.queue.enqueue,
+                                [k for k in records if k.record_id not in refused])
         log.info("hard_examples_stored", agent_id=agent_id, stored=outcome.stored,
                  duplicates=outcome.duplicates, rejected=len(outcome.rejected))
         return pb.HardExampleAck(
@@ -215,9 +256,11 @@ EXPORT_BATCH = 64
 class AdminServicer(pb_grpc.AdminServiceServicer):
     """Operator actions on the shared registry."""
 
-    def __init__(self, hub: FleetHub, examples: HardExampleStore | None = None) -> None:
+    def __init__(self, hub: FleetHub, examples: HardExampleStore | None = None,
+                 reviews: ReviewQueue | None = None) -> None:
         self._hub = hub
-        self._examples = examples or HardExampleStore(hub.registry.root / "hard_examples")
+        self._examples = examples or HardExampleStore(hub.registry.store, REGISTRY_PREFIX)
+        self._reviews = reviews or ReviewQueue(hub.registry.store)
         self._uploads = asyncio.Semaphore(MAX_CONCURRENT_PUBLISHES)
 
     @rpc_boundary
@@ -284,7 +327,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             selector=dict(request.selector), max_failures=request.max_failures,
             agent_id=request.agent_id, target=request.target or "edge",
         )
-        return pb.RolloutRecord(json=rollout.model_dump_json(), generation=generation)
+        return pb.RolloutRecord(rollout=rollout_message(rollout), generation=generation)
 
     @rpc_boundary
     async def PublishFloor(self, request, context):
@@ -297,7 +340,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     @rpc_boundary
     async def ListModels(self, request, context):
         described = await asyncio.to_thread(self._hub.registry.describe, request.name)
-        return pb.ListModelsReply(json=json.dumps(described))
+        return model_listing_reply(described)
 
     @rpc_boundary
     async def FleetStatus(self, request, context):
@@ -318,20 +361,72 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             for kept in batch:
                 yield example_to_pb(kept)
 
+    @rpc_boundary
+    async def ExportLabels(self, request, context):
+        labels = await asyncio.to_thread(self._reviews.all_labels, request.task)
+        for label in sorted(labels.values(), key=lambda lab: (lab.labelled_at, lab.review_id)):
+            yield label_message(label)
+
+
+def label_message(label: Label) -> pb.ReviewLabel:
+    """Domain label -> wire message."""
+    return pb.ReviewLabel(review_id=label.review_id, agent_id=label.agent_id, task=label.task,
+                          answer_id=label.answer_id, answer_row=label.answer_row,
+                          label=label.label, reviewer=label.reviewer,
+                          labelled_at=label.labelled_at)
+
+
+def review_item(row: ReviewRow) -> pb.ReviewItem:
+    """A queued row -> wire message."""
+    return pb.ReviewItem(review_id=row.kept.record_id, example=example_to_pb(row.kept),
+                         classes=row.classes, edge_class=row.edge_class,
+                         edge_score=row.edge_score, cloud_class=row.cloud_class,
+                         cloud_score=row.cloud_score, expires_at=row.expires_at)
+
+
+def reviewer_name() -> str:
+    """Who labels: the caller's name, else its role (``reviewer`` on an open gateway)."""
+    who = current_principal()
+    if who is None:
+        return "reviewer"
+    return who.name or who.role
+
+
+class ReviewServicer(pb_grpc.ReviewServiceServicer):
+    """The human review queue: list (readers) and label (reviewers, operators)."""
+
+    def __init__(self, feed: LabelFeed) -> None:
+        self._feed = feed
+
+    @rpc_boundary
+    async def ListReviews(self, request, context):
+        rows, waiting = await asyncio.to_thread(self._feed.queue.pending, request.task,
+                                                request.limit)
+        return pb.ListReviewsReply(items=[review_item(row) for row in rows], waiting=waiting)
+
+    @rpc_boundary
+    async def LabelReview(self, request, context):
+        return label_message(await self._feed.label(request.review_id, request.label,
+                                                    reviewer_name()))
+
 
 def register(hub: FleetHub, examples: HardExampleStore | None = None,
-             upload_limits: UploadLimits | None = None):
+             upload_limits: UploadLimits | None = None, reviews: LabelFeed | None = None):
     """Registrar for :func:`core.grpc_server.create_server`.
 
-    ``examples`` stores hard examples (default: the registry's ``hard_examples/``).
+    ``examples`` stores hard examples (default: in the registry's storage, without limits
+    of its own); ``reviews`` the review queue (default: in the registry's storage).
     """
 
-    store = examples or HardExampleStore(hub.registry.root / "hard_examples")
+    store = examples or HardExampleStore(hub.registry.store, REGISTRY_PREFIX)
+    feed = reviews or LabelFeed(ReviewQueue(hub.registry.store))
 
     def add(server: grpc.aio.Server) -> None:
         add_servicer(pb_grpc.add_FleetServiceServicer_to_server,
-                     FleetServicer(hub, store, upload_limits), server)
-        add_servicer(pb_grpc.add_AdminServiceServicer_to_server, AdminServicer(hub, store),
+                     FleetServicer(hub, store, upload_limits, feed), server)
+        add_servicer(pb_grpc.add_AdminServiceServicer_to_server,
+                     AdminServicer(hub, store, feed.queue), server)
+        add_servicer(pb_grpc.add_ReviewServiceServicer_to_server, ReviewServicer(feed),
                      server)
 
     return add

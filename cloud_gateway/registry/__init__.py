@@ -16,6 +16,9 @@ below works the same on both (:mod:`edgecloud.cloud_gateway.storage`). Keys::
                                       (it only rises)
     replicas/<replica>.json           what each gateway replica serves              (agents)
     agents/<agent id>.json            last status each agent reported               (agents)
+    hard_examples/<task>/<agent id>/  rows agents uploaded, one object per upload
+                                      (cloud_gateway.hard_examples, beside the registry:
+                                      the gateway sets its limits)
     generation                        bumped on every change; replicas watch it
 
 Guarantees, on either storage, with no lock shared between writers: blobs
@@ -86,7 +89,7 @@ from edgecloud.core.errors import (
     NotFound,
     PermissionDenied,
 )
-from edgecloud.core.signing import verify
+from edgecloud.core.signing import key_fingerprint, verify
 from edgecloud.router import Policy, PolicyError, parse_policy
 
 __all__ = ["AGENT_ID_RE", "ORPHAN_AGE_S", "REPLICA_HEARTBEAT_S", "TARGETS", "Envelope",
@@ -675,15 +678,17 @@ class Registry:
     def describe(self, name: str = "") -> dict:
         """Models, versions, rollouts and what each replica serves, as plain data.
 
-        ``signed`` is true only for a signature that verifies with the trust key;
-        ``signature`` says more: ``verified``, ``unchecked`` (signed, but this registry
-        has no trust key to check it with) or ``none``."""
+        ``signed`` is true only for a signature that verifies with the trust key, and
+        ``signed_by`` names that key (its fingerprint; empty otherwise); ``signature``
+        says more: ``verified``, ``unchecked`` (signed, but this registry has no trust
+        key to check it with) or ``none``."""
         if name:
             checked_name(name)
         names = [name] if name else sorted({*self.model_names(), *self.model_names("cloud")})
         if name and not (self.model_versions(name) or self.model_versions(name, "cloud")):
             raise NotFound(f"model {name!r} has no published versions")
         replicas = self.replica_statuses()
+        signer = key_fingerprint(self.trust_key) if self.trust_key is not None else ""
         out = {}
         for n in names:
             record = self.rollout(n)
@@ -696,6 +701,7 @@ class Registry:
                     {**e.manifest.model_dump(
                         mode="json", include={"version", "target", "digest", "size", "created"}),
                      "signed": e.verified,
+                     "signed_by": signer if e.verified else "",
                      "signature": ("verified" if e.verified else
                                    "unchecked" if e.signature else "none")}
                     for target in TARGETS

@@ -83,7 +83,7 @@ class DirectoryStore:
         return etag_of(data)
 
     def _create(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(path.parent)
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out:
@@ -131,7 +131,7 @@ class DirectoryStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str, start_after: str = "") -> list[str]:
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
         if not base.is_dir():
             return []
@@ -141,7 +141,9 @@ class DirectoryStore:
             for name in files:
                 if name.startswith("."):
                     continue  # temp files and the lock
-                out.append(name if rel == "." else f"{rel}/{name}")
+                key = name if rel == "." else f"{rel}/{name}"
+                if key > start_after:
+                    out.append(key)
         return sorted(out)
 
     def remove_orphans(self, older_than_s: float, *, now: float | None = None) -> list[Path]:
@@ -157,3 +159,17 @@ class DirectoryStore:
 
     def is_empty(self) -> bool:
         return not self.root.is_dir() or not any(self.list(""))
+
+
+def _make_folders(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, each made durable in its own parent (a
+    create-only write is acknowledged as kept: a crash must not take its folder away)."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for created in reversed(missing):
+        created.mkdir(exist_ok=True)
+        sync_directory(created.parent)

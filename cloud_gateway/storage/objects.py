@@ -59,8 +59,9 @@ class ObjectStore(Protocol):
         """True when an object has the key."""
         ...
 
-    def list(self, prefix: str) -> list[str]:
-        """Every key under ``prefix`` (recursively), sorted."""
+    def list(self, prefix: str, start_after: str = "") -> list[str]:
+        """Every key under ``prefix`` (recursively), sorted; with ``start_after``, only the
+        keys that sort after it (S3's ``StartAfter``: the server skips the rest)."""
         ...
 
     def delete(self, key: str) -> None:

@@ -122,13 +122,15 @@ class S3Store:
             raise
         return True
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str, start_after: str = "") -> list[str]:
         full = self._key(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
         keys = []
         token = None
         while True:
             kwargs = {"Prefix": full}
+            if start_after:
+                kwargs["StartAfter"] = self._key(start_after)
             if token:
                 kwargs["ContinuationToken"] = token
             reply = self._call("list_objects_v2", **kwargs)

@@ -1,13 +1,16 @@
 """gRPC implementation of :class:`edge_agent.escalation.CloudClient`.
 
-Escalations travel on one long-lived ``ModelStreamInfer`` stream per
-gateway connection: each message carries its own id (answers come back as
-they are ready and are matched by it) and its time left as the
-``timeout_ms`` parameter, so the gateway drops it before compute once it is
-too late. When the stream is not available (the connection is not up, the
-gateway refuses streams, or a stream just failed and is backing off) a
-request goes as a unary ``ModelInfer``; a request whose stream is lost while
-it waits is sent again as a unary call if time is left.
+Escalations travel on long-lived ``ModelStreamInfer`` streams, one per
+address the gateway target stands for (a balancer's one address: one
+stream; a name with several addresses or an ``ipv4:``/``ipv6:`` list: one
+each, placed by the channel's round robin and taken in turn): each message
+carries its own id (answers come back as they are ready and are matched by
+it) and its time left as the ``timeout_ms`` parameter, so the gateway drops
+it before compute once it is too late. When no stream is available (the
+connection is not up, the gateway refuses streams, or a stream just failed
+and is backing off) a request goes as a unary ``ModelInfer``; a request
+whose stream is lost while it waits is sent again as a unary call if time is
+left.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from edgecloud.core.auth import call_metadata
 from edgecloud.core.errors import DeadlineExceeded, EdgecloudError, Unavailable
 from edgecloud.core.grpc_errors import from_rpc_error
 from edgecloud.core.logging import REQUEST_ID_KEY, new_request_id
+from edgecloud.core.targets import parse_target
 from edgecloud.core.tensors import InferRequest, InferResponse, ModelInfo, TensorSpec
 from edgecloud.core.tls import open_channel
 from edgecloud.core.v2_grpc import ORDER_KEY, TIMEOUT_PARAM
@@ -32,6 +36,10 @@ from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("edgecloud.agent.cloud")
 
+MAX_STREAMS = 16
+"""Most escalation streams kept open at once, whatever the gateway name resolves to."""
+RECOUNT_S = 60.0
+"""How often a gateway name's addresses are counted again (replicas come and go)."""
 STREAM_BACKOFF_S = (0.5, 30.0)
 """After a stream fails without answering anything, unary calls for this long (doubling
 from the first value up to the second) before a new stream is tried."""
@@ -116,7 +124,13 @@ class GrpcCloudClient:
         self.target = target
         self._use_stream = stream
         self._clock = clock
-        self._stream: _EscalationStream | None = None
+        self._target = parse_target(target)
+        self._streams: list[_EscalationStream] = []
+        self._turn = 0
+        self._width = min(MAX_STREAMS, len(self._target.hosts)) if self._target.listed else 1
+        """Streams to keep open: one per address of the target."""
+        self._counted_at: float | None = None
+        self._counting: asyncio.Task | None = None
         self._stream_paused_until = 0.0
         self._stream_backoff_s = STREAM_BACKOFF_S[0]
         self.sent = {"stream": 0, "unary": 0}
@@ -177,20 +191,41 @@ class GrpcCloudClient:
         return codec.decode_infer_response(reply)
 
     def _stream_for_use(self) -> _EscalationStream | None:
-        """The open stream, a new one when the connection is up, or None (go unary)."""
-        stream = self._stream
-        if stream is not None:
+        """A new stream while fewer are open than the target has addresses (and the
+        connection is up), else the open streams in turn, or None (go unary)."""
+        streams = []
+        for stream in self._streams:
             if stream.open:
-                return stream
-            self._stream = None
-            self._stream_lost(stream)
-        if self._clock() < self._stream_paused_until:
+                streams.append(stream)
+            else:
+                self._stream_lost(stream)
+        self._streams = streams
+        if (len(streams) < self._stream_width() and self._clock() >= self._stream_paused_until
+                and self._channel.get_state(try_to_connect=True)
+                is grpc.ChannelConnectivity.READY):
+            metadata = ((REQUEST_ID_KEY, new_request_id()), (ORDER_KEY, "completion"),
+                        *self._auth)
+            stream = _EscalationStream(self._stub, metadata)
+            streams.append(stream)
+            return stream
+        if not streams:
             return None
-        if self._channel.get_state(try_to_connect=True) is not grpc.ChannelConnectivity.READY:
-            return None
-        metadata = ((REQUEST_ID_KEY, new_request_id()), (ORDER_KEY, "completion"), *self._auth)
-        self._stream = _EscalationStream(self._stub, metadata)
-        return self._stream
+        self._turn = (self._turn + 1) % len(streams)
+        return streams[self._turn]
+
+    def _stream_width(self) -> int:
+        """How many streams to keep open; a name's addresses are counted in the background
+        on first use and every ``RECOUNT_S`` after."""
+        if self._target.listed or (self._counting is not None and not self._counting.done()):
+            return self._width
+        now = self._clock()
+        if self._counted_at is None or now - self._counted_at >= RECOUNT_S:
+            self._counted_at = now
+            self._counting = asyncio.ensure_future(self._count_addresses())
+        return self._width
+
+    async def _count_addresses(self) -> None:
+        self._width = min(MAX_STREAMS, await self._target.count_addresses())
 
     def _stream_lost(self, stream: _EscalationStream) -> None:
         """Back off (unary calls meanwhile) when a stream failed before answering anything."""
@@ -237,8 +272,11 @@ class GrpcCloudClient:
             state = self._channel.get_state(try_to_connect=True)
 
     async def aclose(self) -> None:
-        """Close the stream and the channel."""
-        if self._stream is not None:
-            await self._stream.aclose()
-            self._stream = None
+        """Close the streams and the channel."""
+        if self._counting is not None:
+            self._counting.cancel()
+            await asyncio.gather(self._counting, return_exceptions=True)
+        streams, self._streams = self._streams, []
+        for stream in streams:
+            await stream.aclose()
         await self._channel.close()

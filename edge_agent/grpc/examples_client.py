@@ -1,6 +1,7 @@
 """Uploads the hard-example ledger to the gateway with UploadHardExamples.
 
-Every ``interval_s`` the uploader sends the ledger's queue, oldest first, in
+Every ``interval_s`` (at once when rows for the human review queue arrive, so
+a reviewer sees them within moments) the uploader sends the ledger's queue, oldest first, in
 batches (at most ``batch_records`` records and ``batch_bytes`` bytes each).
 A batch is forgotten only once the gateway acknowledged it; records the
 gateway refused (listed in the acknowledgement) are quarantined. Because the
@@ -87,7 +88,10 @@ class HardExampleUploader:
             if failures:
                 delay = max(delay, min(self._backoff_max_s, self._interval_s * 2 ** failures))
                 delay *= float(self._rng.uniform(0.5, 1.5))
-            await asyncio.sleep(delay)
+            if failures:
+                await asyncio.sleep(delay)
+            else:  # rows a reviewer waits for go at once, the rest every interval
+                await self._ledger.wait_urgent(delay)
             try:
                 await self.upload()
                 failures = 0

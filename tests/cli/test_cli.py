@@ -72,13 +72,18 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
         (["agent", "run", "--model", "digits={edge}", "--scores-output", "digits="],
          "OUTPUT or NAME=OUTPUT"),
         (["gateway", "serve", "--max-batch-size", "digits=many"], "NAME=number"),
+        (["agent", "run", "--listen", "127.0.0.1:0", "--model", "digits={edge}",
+          "--data-dir", "{tmp}/agent", "--gateway", "ipv4:127.0.0.1"], "a port is needed"),
+        (["agent", "batch", "--model", "digits={edge}", "--policy", "{policy}",
+          "--input", "{test_npz}", "--output", "{tmp}/out.jsonl",
+          "--gateway", "unix:///run/gw.sock"], "scheme 'unix:' is not supported"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(args, fragment, bad_files, digits_dir, tmp_path):
     """Each mistake gets one line on stderr naming the problem, exit code 2, no traceback."""
     names = {**bad_files, "edge": digits_dir / "edge.onnx", "cloud": digits_dir / "cloud.onnx",
              "missing": tmp_path / "missing.onnx", "tmp": tmp_path,
-             "test_npz": digits_dir / "test.npz"}
+             "test_npz": digits_dir / "test.npz", "policy": digits_dir / "policy.yaml"}
     result = edgecloud(*(a.format(**names) for a in args))
     assert result.returncode == 2, result.stderr
     assert fragment in result.stderr

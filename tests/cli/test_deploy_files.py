@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import subprocess
 from pathlib import Path
 
+import aiohttp
+import pytest
 import yaml
 from envoy_bin import envoy_binary
 
 from edgecloud.cli import build_parser
 from edgecloud.cloud_gateway.settings import GatewaySettings
+from edgecloud.core import codec
+from edgecloud.core.grpc_server import split_host_port
 from edgecloud.core.settings import load_settings
+from edgecloud.core.tensors import InferRequest
 from edgecloud.edge_agent.settings import AgentSettings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -110,6 +116,40 @@ def test_gateways_share_an_s3_registry_and_scale_on_cpu() -> None:
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
     assert kinds["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
+
+
+def test_prometheus_is_pointed_at_the_http_port() -> None:
+    """The gateway pods' Prometheus annotations name the port the gateway's settings serve
+    HTTP (and so /metrics) on, which the container and the image declare; the agent's
+    settings, which its systemd unit reads, serve HTTP on a port too; no deployment file
+    names a separate metrics address any more."""
+    gateway = load_settings(GatewaySettings, DEPLOY / "config" / "gateway.yaml")
+    assert gateway.http_listen is not None
+    _, http_port = split_host_port(gateway.http_listen)
+    (deployment,) = [d for d in _kustomized_resources() if d["kind"] == "Deployment"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(http_port)
+    assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "http", "containerPort": http_port} in container["ports"]
+    expose = next(line for line in (DEPLOY / "Dockerfile").read_text().splitlines()
+                  if line.startswith("EXPOSE "))
+    assert str(http_port) in expose.split()[1:]
+
+    unit = (DEPLOY / "systemd" / "edgecloud-agent.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    args = build_parser().parse_args(exec_start.split("=", 1)[1].split()[1:])
+    assert args.http_listen is None  # the settings file's address stands
+    assert f"../config/agent.yaml {args.config}" in unit  # the file the unit installs
+    agent = load_settings(AgentSettings, DEPLOY / "config" / "agent.yaml")
+    assert agent.http_listen is not None
+    split_host_port(agent.http_listen)
+
+    for path in [*DEPLOY.rglob("*"), DEPLOY.parent / "README.md"]:
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert "metrics_listen" not in text and "metrics-listen" not in text, path
 
 
 def test_manifests_and_dashboard_parse() -> None:
@@ -213,3 +253,108 @@ def test_envoy_balances_grpc_streams_over_healthy_replicas() -> None:
             for f in chain["filters"]:
                 for host in f["typed_config"]["route_config"]["virtual_hosts"]:
                     assert all(r["route"]["timeout"] == "0s" for r in host["routes"])
+
+
+def _dashboard_queries() -> list[tuple[str, str, str]]:
+    """(panel title, PromQL, legend) of every query in the Grafana dashboard, rows included."""
+    found: list[tuple[str, str, str]] = []
+
+    def visit(panels: list[dict]) -> None:
+        for panel in panels:
+            found.extend((panel["title"], t["expr"], t.get("legendFormat", ""))
+                         for t in panel.get("targets", []) if t.get("expr"))
+            visit(panel.get("panels", []))
+
+    visit(json.loads((DEPLOY / "grafana" / "edgecloud.json").read_text())["panels"])
+    return found
+
+
+def _promql_references(expr: str, legend: str = "") -> tuple[set[str], set[str]]:
+    """Metric names and label names that ``expr`` (and its legend's ``{{label}}``) use."""
+    import promql_parser
+
+    names: set[str] = set()
+    labels = set(re.findall(r"{{\s*(\w+)\s*}}", legend))
+
+    def visit(node) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            if node.name:
+                names.add(node.name)
+            for matcher in node.matchers.matchers:
+                if matcher.name != "__name__":
+                    labels.add(matcher.name)
+                elif matcher.op == promql_parser.MatchOp.Equal:
+                    names.add(matcher.value)
+        elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            labels.update(node.modifier.labels)
+        elif (isinstance(node, promql_parser.BinaryExpr) and node.modifier is not None
+              and node.modifier.matching is not None):
+            labels.update(node.modifier.matching.labels)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names, labels
+
+
+def _exposed_series(text: str) -> dict[str, set[str]]:
+    """Series name -> label names, from a /metrics page (a histogram's buckets carry
+    ``le``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    series: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            series.setdefault(sample.name, set()).update(sample.labels)
+    return series
+
+
+def _unknown_references(expr: str, legend: str, series: dict[str, set[str]]) -> list[str]:
+    """What ``expr`` names that ``series`` lacks: metrics, and labels none of its metrics
+    carry."""
+    names, labels = _promql_references(expr, legend)
+    missing = sorted(n for n in names if n not in series)
+    carried = set().union(*(series.get(n, set()) for n in names))
+    return missing + sorted(f"label {label}" for label in labels - carried)
+
+
+async def _metrics_page(http_address: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://{http_address}/metrics") as response:
+        assert response.status == 200
+        return await response.text()
+
+
+@pytest.mark.e2e
+async def test_dashboard_queries_name_series_the_processes_serve(start_gateway, start_agent,
+                                                                 channels, digits_test):
+    """Every PromQL query of the Grafana dashboard parses, and each metric and label it
+    names is served on /metrics by a running gateway or agent once traffic has gone
+    through them: rows answered at the edge and in the cloud, and escalations that failed
+    while the gateway was down."""
+    gateway = await start_gateway(http_listen="127.0.0.1:0")
+    agent = await start_agent(gateway.address, http_listen="127.0.0.1:0")
+    stub = channels(agent.address)
+    x, _ = digits_test
+
+    async def send(rows) -> str:
+        request = codec.encode_infer_request(
+            InferRequest(model_name="digits", inputs={"pixels": rows}))
+        reply = codec.decode_infer_response(await stub.ModelInfer(request, timeout=5.0))
+        return reply.parameters["route"]
+
+    routes = [await send(x[i:i + 1]) for i in range(30)]
+    assert {"edge", "cloud"} <= set(routes)
+    series = _exposed_series(await _metrics_page(gateway.http_address))
+    await gateway.stop(grace_s=0.1)
+    assert "edge_fallback" in (await send(x[:30])).split(",")
+    for name, labels in _exposed_series(await _metrics_page(agent.http_address)).items():
+        series.setdefault(name, set()).update(labels)
+
+    queries = _dashboard_queries()
+    assert queries
+    for title, expr, legend in queries:
+        assert not _unknown_references(expr, legend, series), (title, expr)
+    # The check catches a misspelt metric and a label the metric does not carry.
+    assert _unknown_references("rate(edgecloud_agent_row_total[5m])", "", series) == [
+        "edgecloud_agent_row_total"]
+    assert _unknown_references("sum by (model) (edgecloud_agent_rows_total)", "{{kind}}",
+                               series) == ["label kind", "label model"]

@@ -1,4 +1,5 @@
-"""The registry's guarantees on both storages: a directory and a real S3 server (SeaweedFS)."""
+"""The registry's guarantees on both storages: a directory and a real S3 server (SeaweedFS),
+hard examples included."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from s3_server import CREDENTIALS
 
+from edgecloud.cloud_gateway.hard_examples import REGISTRY_PREFIX, HardExampleStore
 from edgecloud.cloud_gateway.registry import Registry
 from edgecloud.cloud_gateway.storage import DirectoryStore, ObjectStore, Stored
 from edgecloud.cloud_gateway.storage.objects import full_disk_errors
 from edgecloud.core.artifacts import build_model_manifest
 from edgecloud.core.errors import AlreadyExists, InvalidInput, Overloaded
+from edgecloud.core.hard_examples import HardExample, InputRow, KeptExample
 from edgecloud.core.signing import generate_keypair, load_private_key, load_public_key, sign
 
 TASK = "digits"
@@ -206,3 +210,36 @@ def test_operator_commands_on_an_s3_registry(s3_endpoint, bucket, tmp_path, digi
     again = edgecloud("models", "publish", TASK, str(digits_dir / "edge.onnx"),
                       "--target", "edge", "--version", "1", *where)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def _kept(agent: str, seq: int) -> KeptExample:
+    row = np.full((1, 64), seq, dtype=np.float32)
+    return KeptExample.new(agent, seq, HardExample(
+        task=TASK, model_version="1", policy_version="1", inputs=(InputRow.of("pixels", row),),
+        edge_scores=(0.5, 0.25), cloud_scores=None, cloud_model_version="", route="edge",
+        reason="cloud_unavailable", confidence=0.25, at=1000.0 + seq))
+
+
+def test_replicas_share_every_hard_example_once(location, tmp_path):
+    """Two replicas' stores on one registry: records uploaded through one and resent
+    through the other are stored once, in one object per upload; either replica exports
+    all of them; a replica that never served the agent enforces its quota."""
+    registry = Registry(location, cache_dir=tmp_path / "cache")
+    a = HardExampleStore(registry.store, REGISTRY_PREFIX)
+    b = HardExampleStore(Registry(location, cache_dir=tmp_path / "cache-b").store,
+                         REGISTRY_PREFIX)
+    records = [_kept("cam-1", seq) for seq in range(1, 11)]
+    assert a.store("cam-1", records[:6]).stored == 6
+    resent = b.store("cam-1", records[3:])
+    assert (resent.stored, resent.duplicates) == (4, 3)
+    assert b.store("cam-1", records).duplicates == 10
+    assert a.store("cam-2", [_kept("cam-2", 1)]).stored == 1
+    for store in (a, b):
+        assert [k.record_id for k in store.records(TASK)] == [
+            k.record_id for k in [*records, _kept("cam-2", 1)]]
+    assert len([k for k in registry.store.list(REGISTRY_PREFIX) if k.endswith(".jsonl")]) == 3
+    used = a.usage("cam-1")
+    assert used > 0
+    tight = HardExampleStore(registry.store, REGISTRY_PREFIX, agent_quota_bytes=used + 10)
+    with pytest.raises(Overloaded, match="quota"):
+        tight.store("cam-1", [_kept("cam-1", 11)])

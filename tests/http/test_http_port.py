@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import aiohttp
@@ -28,8 +29,13 @@ async def test_gateway_and_agent_serve_metrics_on_their_http_port(start_gateway,
     assert "edgecloud_gateway" in body
     status, _, body = await _get(agent.http_address, "/metrics")
     assert status == 200 and "edgecloud_agent" in body
-    status, _, _ = await _get(agent.http_address, "/no-such-path")
-    assert status == 404
+    status, content_type, body = await _get(agent.http_address, "/no-such-path")
+    assert status == 404 and content_type.startswith("application/json")
+    assert json.loads(body) == {"error": "no such path: /no-such-path"}
+    async with aiohttp.ClientSession() as session:
+        async with session.delete(f"http://{agent.http_address}/metrics") as response:
+            assert response.status == 405 and "GET" in response.headers["Allow"]
+            assert "DELETE is not allowed" in (await response.json())["error"]
 
 
 async def test_without_http_listen_no_http_port(start_agent):

@@ -32,11 +32,18 @@ DATA_FILES = (
     "edgecloud/protos/fleet/v1/fleet_pb2.py",
     "edgecloud/protos/fleet/v1/fleet_pb2.pyi",
     "edgecloud/protos/fleet/v1/fleet_pb2_grpc.py",
+    "edgecloud/protos/answers/v1/answers.proto",
+    "edgecloud/protos/answers/v1/answers_pb2.py",
+    "edgecloud/protos/answers/v1/answers_pb2.pyi",
+    "edgecloud/protos/answers/v1/answers_pb2_grpc.py",
     "edgecloud/examples/digits/edge.onnx",
     "edgecloud/examples/digits/cloud.onnx",
     "edgecloud/examples/digits/policy.yaml",
     "edgecloud/examples/digits/calibration.npz",
     "edgecloud/examples/digits/test.npz",
+    "edgecloud/cloud_gateway/console/static/console.html",
+    "edgecloud/cloud_gateway/console/static/console.js",
+    "edgecloud/cloud_gateway/console/static/console.css",
 )
 
 
@@ -70,7 +77,8 @@ def test_wheel_has_one_top_level_package(wheel: Path) -> None:
 
 
 def test_wheel_carries_protos_stubs_and_the_example(wheel: Path) -> None:
-    """The .proto contracts, their generated modules and the bundled digits example ship."""
+    """The .proto contracts, their generated modules, the bundled digits example and the
+    console's page ship."""
     names = set(_names(wheel))
     missing = [name for name in DATA_FILES if name not in names]
     assert not missing, missing

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from edgecloud.router.decide import (
+    BETTER as CODES,
+)
+from edgecloud.router.decide import (
     REASONS,
+    Better,
     Plan,
     Reason,
     RequestContext,
@@ -16,6 +20,7 @@ from edgecloud.router.decide import (
     RouteOverride,
     Side,
     Signals,
+    better_codes,
     decide,
     route_rows,
 )
@@ -300,3 +305,43 @@ def test_many_rows_decide_like_one_row_at_a_time(available, rtt, shift, route) -
     assert many.cloud_rows.tolist() == [i for i, p in enumerate(one_by_one) if p.permit]
     assert many.shadow_rows.tolist() == [i for i, p in enumerate(one_by_one)
                                          if p.shadow_rows.size]
+
+
+BETTER = RequestContext(better=True)
+
+
+def test_better_defers_the_rows_the_rules_escalate() -> None:
+    """With ``better`` a low-confidence row goes to side LATER (not CLOUD) with its usual
+    reason, a confident row stays at the edge, and the better codes say which is which."""
+    plan = decide(POLICY, np.array([0.3, 0.7, 0.1]), np.array([0, 0, 2]), BETTER)
+    assert plan.side.tolist() == [Side.LATER, Side.EDGE, Side.LATER]
+    assert plan.reasons() == [R.LOW_CONFIDENCE, R.CONFIDENT, R.LOW_CONFIDENCE]
+    assert plan.cloud_rows.size == 0 and plan.later_rows.tolist() == [0, 2]
+    assert plan.permit
+    assert [CODES[c] for c in better_codes(plan).tolist()] == [
+        Better.PENDING, Better.CONFIDENT, Better.PENDING]
+    one = decide(POLICY, np.array([0.3]), np.array([0]), BETTER)
+    assert one.side.tolist() == [Side.LATER] and one.later_rows.tolist() == [0]
+
+
+def test_better_says_why_no_better_answer_comes() -> None:
+    """Under ``better`` the budget's refusal and an open breaker are the rows' better codes
+    (budget_spent, cloud_unavailable); the request's deadline does not hold a row back."""
+    budget = decide(POLICY, np.array([0.45, 0.45]), np.array([0, 0]), BETTER,
+                    Signals(threshold_shift=-0.1))
+    assert [CODES[c].value for c in better_codes(budget).tolist()] == ["budget_spent"] * 2
+    assert not budget.permit
+    down = decide(POLICY, np.array([0.3]), np.array([0]), BETTER, DOWN)
+    assert [CODES[c].value for c in better_codes(down).tolist()] == ["cloud_unavailable"]
+    late = decide(POLICY, np.array([0.3]), np.array([0]),
+                  RequestContext(time_left_s=0.01, better=True), SLOW)
+    assert late.side.tolist() == [Side.LATER] and late.reasons() == [R.LOW_CONFIDENCE]
+    forced = decide(POLICY, np.array([0.9, 0.9]), np.array([0, 0]),
+                    RequestContext(route=RouteOverride.CLOUD, better=True))
+    assert forced.later_rows.tolist() == [0, 1] and forced.forced
+
+
+def test_better_cannot_go_with_a_forced_edge() -> None:
+    """A request forced to the edge that asks for a better answer is refused when made."""
+    with pytest.raises(ValueError, match="better answer"):
+        RequestContext(route=RouteOverride.EDGE, better=True)

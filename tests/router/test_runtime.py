@@ -310,3 +310,24 @@ def test_drift_sees_every_confidence() -> None:
     plan = router.plan(np.full(30, CONFIDENT), np.zeros(30, dtype=np.int64), RequestContext())
     router.record(plan)
     assert int(np.sum(router.drift.observed_counts())) == 30
+
+
+def test_later_rows_are_answered_at_the_edge_then_taken_back() -> None:
+    """A plan that escalates behind the answer records its rows at the edge (the budget
+    counts them), needs no outcome then, and record_later turns them into cloud answers
+    or, on failure, edge fallbacks that count against the breaker."""
+    router = _router()
+    ctx = RequestContext(better=True)
+    plan = router.plan(np.array([LOW, CONFIDENT]), np.array([0, 0]), ctx)
+    routing = router.record(plan)
+    assert [r.value for r in routing.routes()] == ["edge", "edge"]
+    assert router.budget.realised_rate == 0.5
+    done = router.record_later(plan, routing, OK)
+    assert [r.value for r in done.routes()] == ["cloud", "edge"]
+    assert router.rtt.count == 1
+    failed = router.record_later(plan, routing, FAILED)
+    assert failed.routes()[0] is Route.EDGE_FALLBACK
+    assert failed.reasons()[0] is Reason.CLOUD_FAILED
+    with pytest.raises(ValueError, match="no rows"):
+        router.record_later(router.plan(np.array([CONFIDENT]), np.array([0]), ctx),
+                            routing, OK)

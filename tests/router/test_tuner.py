@@ -16,6 +16,7 @@ from edgecloud.router import (
     Policy,
     Provenance,
     ScoresKind,
+    TuningCurve,
     TuningError,
     TuningTarget,
     dump_policy,
@@ -127,6 +128,26 @@ def test_report_and_policy(calibration: Split) -> None:
     assert policy.calibration_histogram is not None
     assert policy.calibration_histogram.total == report.n
     assert parse_policy(dump_policy(policy)) == policy
+
+
+def test_policy_stores_the_chosen_curve_through_the_chosen_point(calibration: Split) -> None:
+    """The tuned policy carries its score's operating curve, thinned, from nothing escalated
+    to everything, and the chosen threshold's point is on it with the report's figures."""
+    policy, report = tune(*calibration, _target(target_gap=0.005, name="digits"))
+    curve = policy.tuning_curve
+    assert curve is not None and curve.rows == report.n and curve.labels == "labels"
+    assert 10 <= len(curve.thresholds) <= 70
+    assert curve.escalation[0] == 0.0 and curve.escalation[-1] == 1.0
+    assert curve.accuracy[0] == pytest.approx(report.edge_accuracy)
+    assert curve.accuracy[-1] == pytest.approx(report.cloud_accuracy)
+    assert curve.thresholds == sorted(curve.thresholds)
+    chosen = curve.thresholds.index(report.threshold)
+    assert curve.escalation[chosen] == pytest.approx(report.escalation)
+    assert curve.accuracy[chosen] == pytest.approx(report.accuracy)
+    assert parse_policy(dump_policy(policy)) == policy
+    uneven = {**curve.model_dump(), "accuracy": curve.accuracy[:-1]}
+    with pytest.raises(ValueError, match="one entry per point"):
+        TuningCurve.model_validate(uneven)
 
 
 def test_targets_are_checked(calibration: Split) -> None:

@@ -71,4 +71,4 @@ def stored_seqs(registry: Path) -> list[int]:
 
 def stored_count(registry: Path) -> int:
     """How many digits records the gateway stored."""
-    return len(list((registry / "hard_examples").glob("digits/*/*.json")))
+    return len(stored_seqs(registry))

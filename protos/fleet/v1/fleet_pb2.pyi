@@ -1,10 +1,39 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class RolloutState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLLOUT_STATE_UNSPECIFIED: _ClassVar[RolloutState]
+    ROLLOUT_STATE_NONE: _ClassVar[RolloutState]
+    ROLLOUT_STATE_ACTIVE: _ClassVar[RolloutState]
+    ROLLOUT_STATE_PAUSED: _ClassVar[RolloutState]
+    ROLLOUT_STATE_HALTED: _ClassVar[RolloutState]
+    ROLLOUT_STATE_PROMOTED: _ClassVar[RolloutState]
+    ROLLOUT_STATE_ROLLED_BACK: _ClassVar[RolloutState]
+
+class SignatureState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SIGNATURE_STATE_UNSPECIFIED: _ClassVar[SignatureState]
+    SIGNATURE_STATE_NONE: _ClassVar[SignatureState]
+    SIGNATURE_STATE_UNCHECKED: _ClassVar[SignatureState]
+    SIGNATURE_STATE_VERIFIED: _ClassVar[SignatureState]
+ROLLOUT_STATE_UNSPECIFIED: RolloutState
+ROLLOUT_STATE_NONE: RolloutState
+ROLLOUT_STATE_ACTIVE: RolloutState
+ROLLOUT_STATE_PAUSED: RolloutState
+ROLLOUT_STATE_HALTED: RolloutState
+ROLLOUT_STATE_PROMOTED: RolloutState
+ROLLOUT_STATE_ROLLED_BACK: RolloutState
+SIGNATURE_STATE_UNSPECIFIED: SignatureState
+SIGNATURE_STATE_NONE: SignatureState
+SIGNATURE_STATE_UNCHECKED: SignatureState
+SIGNATURE_STATE_VERIFIED: SignatureState
 
 class FetchRequest(_message.Message):
     __slots__ = ("digest", "offset", "labels")
@@ -121,12 +150,61 @@ class RolloutRequest(_message.Message):
     def __init__(self, action: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., percent: _Optional[float] = ..., selector: _Optional[_Mapping[str, str]] = ..., max_failures: _Optional[int] = ..., agent_id: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
 
 class RolloutRecord(_message.Message):
-    __slots__ = ("json", "generation")
-    JSON_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("generation", "rollout")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
-    json: str
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     generation: int
-    def __init__(self, json: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+    rollout: Rollout
+    def __init__(self, generation: _Optional[int] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ...) -> None: ...
+
+class Rollout(_message.Message):
+    __slots__ = ("name", "target", "stable", "candidate", "percent", "selector", "max_failures", "state", "pinned", "failures", "history", "updated")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class PinnedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class FailuresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    target: str
+    stable: str
+    candidate: str
+    percent: float
+    selector: _containers.ScalarMap[str, str]
+    max_failures: int
+    state: RolloutState
+    pinned: _containers.ScalarMap[str, str]
+    failures: _containers.ScalarMap[str, str]
+    history: _containers.RepeatedScalarFieldContainer[str]
+    updated: str
+    def __init__(self, name: _Optional[str] = ..., target: _Optional[str] = ..., stable: _Optional[str] = ..., candidate: _Optional[str] = ..., percent: _Optional[float] = ..., selector: _Optional[_Mapping[str, str]] = ..., max_failures: _Optional[int] = ..., state: _Optional[_Union[RolloutState, str]] = ..., pinned: _Optional[_Mapping[str, str]] = ..., failures: _Optional[_Mapping[str, str]] = ..., history: _Optional[_Iterable[str]] = ..., updated: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("name",)
@@ -135,10 +213,68 @@ class ListModelsRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListModelsReply(_message.Message):
-    __slots__ = ("json",)
-    JSON_FIELD_NUMBER: _ClassVar[int]
-    json: str
-    def __init__(self, json: _Optional[str] = ...) -> None: ...
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("version", "target", "digest", "size", "created", "signature", "signed_by")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_BY_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    target: str
+    digest: str
+    size: int
+    created: str
+    signature: SignatureState
+    signed_by: str
+    def __init__(self, version: _Optional[str] = ..., target: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., created: _Optional[str] = ..., signature: _Optional[_Union[SignatureState, str]] = ..., signed_by: _Optional[str] = ...) -> None: ...
+
+class ModelFloor(_message.Message):
+    __slots__ = ("version", "created", "signed")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    created: str
+    signed: bool
+    def __init__(self, version: _Optional[str] = ..., created: _Optional[str] = ..., signed: _Optional[bool] = ...) -> None: ...
+
+class ReplicaServing(_message.Message):
+    __slots__ = ("replica", "version", "candidate", "percent", "updated")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    version: str
+    candidate: str
+    percent: float
+    updated: float
+    def __init__(self, replica: _Optional[str] = ..., version: _Optional[str] = ..., candidate: _Optional[str] = ..., percent: _Optional[float] = ..., updated: _Optional[float] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "versions", "rollout", "cloud_rollout", "floor", "served_by")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    FLOOR_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    rollout: Rollout
+    cloud_rollout: Rollout
+    floor: ModelFloor
+    served_by: _containers.RepeatedCompositeFieldContainer[ReplicaServing]
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ..., cloud_rollout: _Optional[_Union[Rollout, _Mapping]] = ..., floor: _Optional[_Union[ModelFloor, _Mapping]] = ..., served_by: _Optional[_Iterable[_Union[ReplicaServing, _Mapping]]] = ...) -> None: ...
 
 class FleetStatusRequest(_message.Message):
     __slots__ = ()
@@ -378,7 +514,7 @@ class TensorBlob(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class HardExample(_message.Message):
-    __slots__ = ("agent_id", "task", "model_version", "inputs", "edge_scores", "cloud_scores", "route", "reason", "confidence", "at", "record_id", "seq", "policy_version", "cloud_model_version", "has_cloud_answer")
+    __slots__ = ("agent_id", "task", "model_version", "inputs", "edge_scores", "cloud_scores", "route", "reason", "confidence", "at", "record_id", "seq", "policy_version", "cloud_model_version", "has_cloud_answer", "answer_id", "answer_row")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -394,6 +530,8 @@ class HardExample(_message.Message):
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLOUD_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     HAS_CLOUD_ANSWER_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_ROW_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     task: str
     model_version: str
@@ -409,7 +547,87 @@ class HardExample(_message.Message):
     policy_version: str
     cloud_model_version: str
     has_cloud_answer: bool
-    def __init__(self, agent_id: _Optional[str] = ..., task: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorBlob, _Mapping]]] = ..., edge_scores: _Optional[_Iterable[float]] = ..., cloud_scores: _Optional[_Iterable[float]] = ..., route: _Optional[str] = ..., reason: _Optional[str] = ..., confidence: _Optional[float] = ..., at: _Optional[float] = ..., record_id: _Optional[str] = ..., seq: _Optional[int] = ..., policy_version: _Optional[str] = ..., cloud_model_version: _Optional[str] = ..., has_cloud_answer: _Optional[bool] = ...) -> None: ...
+    answer_id: str
+    answer_row: int
+    def __init__(self, agent_id: _Optional[str] = ..., task: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorBlob, _Mapping]]] = ..., edge_scores: _Optional[_Iterable[float]] = ..., cloud_scores: _Optional[_Iterable[float]] = ..., route: _Optional[str] = ..., reason: _Optional[str] = ..., confidence: _Optional[float] = ..., at: _Optional[float] = ..., record_id: _Optional[str] = ..., seq: _Optional[int] = ..., policy_version: _Optional[str] = ..., cloud_model_version: _Optional[str] = ..., has_cloud_answer: _Optional[bool] = ..., answer_id: _Optional[str] = ..., answer_row: _Optional[int] = ...) -> None: ...
+
+class ListReviewsRequest(_message.Message):
+    __slots__ = ("task", "limit")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    limit: int
+    def __init__(self, task: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ReviewItem(_message.Message):
+    __slots__ = ("review_id", "example", "classes", "edge_class", "edge_score", "cloud_class", "cloud_score", "expires_at")
+    REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLE_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    EDGE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_CLASS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_SCORE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    review_id: str
+    example: HardExample
+    classes: int
+    edge_class: int
+    edge_score: float
+    cloud_class: int
+    cloud_score: float
+    expires_at: float
+    def __init__(self, review_id: _Optional[str] = ..., example: _Optional[_Union[HardExample, _Mapping]] = ..., classes: _Optional[int] = ..., edge_class: _Optional[int] = ..., edge_score: _Optional[float] = ..., cloud_class: _Optional[int] = ..., cloud_score: _Optional[float] = ..., expires_at: _Optional[float] = ...) -> None: ...
+
+class ListReviewsReply(_message.Message):
+    __slots__ = ("items", "waiting")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ReviewItem]
+    waiting: int
+    def __init__(self, items: _Optional[_Iterable[_Union[ReviewItem, _Mapping]]] = ..., waiting: _Optional[int] = ...) -> None: ...
+
+class LabelReviewRequest(_message.Message):
+    __slots__ = ("review_id", "label")
+    REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    review_id: str
+    label: int
+    def __init__(self, review_id: _Optional[str] = ..., label: _Optional[int] = ...) -> None: ...
+
+class ReviewLabel(_message.Message):
+    __slots__ = ("review_id", "agent_id", "task", "answer_id", "answer_row", "label", "reviewer", "labelled_at")
+    REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_ROW_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    REVIEWER_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_AT_FIELD_NUMBER: _ClassVar[int]
+    review_id: str
+    agent_id: str
+    task: str
+    answer_id: str
+    answer_row: int
+    label: int
+    reviewer: str
+    labelled_at: float
+    def __init__(self, review_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., task: _Optional[str] = ..., answer_id: _Optional[str] = ..., answer_row: _Optional[int] = ..., label: _Optional[int] = ..., reviewer: _Optional[str] = ..., labelled_at: _Optional[float] = ...) -> None: ...
+
+class ExportLabelsRequest(_message.Message):
+    __slots__ = ("task",)
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    def __init__(self, task: _Optional[str] = ...) -> None: ...
+
+class WatchLabelsRequest(_message.Message):
+    __slots__ = ("agent_id", "after")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    after: float
+    def __init__(self, agent_id: _Optional[str] = ..., after: _Optional[float] = ...) -> None: ...
 
 class RejectedHardExample(_message.Message):
     __slots__ = ("record_id", "reason")

@@ -54,6 +54,11 @@ class FleetServiceStub:
                 request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.SerializeToString,
                 response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExampleAck.FromString,
                 _registered_method=True)
+        self.WatchLabels = channel.unary_stream(
+                '/edgecloud.fleet.v1.FleetService/WatchLabels',
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.WatchLabelsRequest.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReviewLabel.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -88,6 +93,14 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchLabels(self, request, context):
+        """Reviewers' labels of this agent's rows: every label given at or after `after`,
+        then each new one as it is given, for as long as the stream is open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +123,11 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.UploadHardExamples,
                     request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.FromString,
                     response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExampleAck.SerializeToString,
+            ),
+            'WatchLabels': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchLabels,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.WatchLabelsRequest.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReviewLabel.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -230,6 +248,161 @@ class FleetService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def WatchLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgecloud.fleet.v1.FleetService/WatchLabels',
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.WatchLabelsRequest.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReviewLabel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ReviewServiceStub:
+    """The human review queue: rows whose cloud answer was less sure than the policy's
+    review_threshold. Reading needs the operator, reviewer or viewer role; labelling
+    the operator or reviewer role.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListReviews = channel.unary_unary(
+                '/edgecloud.fleet.v1.ReviewService/ListReviews',
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListReviewsRequest.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListReviewsReply.FromString,
+                _registered_method=True)
+        self.LabelReview = channel.unary_unary(
+                '/edgecloud.fleet.v1.ReviewService/LabelReview',
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.LabelReviewRequest.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReviewLabel.FromString,
+                _registered_method=True)
+
+
+class ReviewServiceServicer:
+    """The human review queue: rows whose cloud answer was less sure than the policy's
+    review_threshold. Reading needs the operator, reviewer or viewer role; labelling
+    the operator or reviewer role.
+    """
+
+    def ListReviews(self, request, context):
+        """Rows waiting for a label, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LabelReview(self, request, context):
+        """Label one row, once: a second label is FAILED_PRECONDITION, a row past the
+        review age FAILED_PRECONDITION, an unknown row NOT_FOUND, a class outside the
+        task's INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReviewServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListReviews': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReviews,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListReviewsRequest.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListReviewsReply.SerializeToString,
+            ),
+            'LabelReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.LabelReview,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.LabelReviewRequest.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReviewLabel.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'edgecloud.fleet.v1.ReviewService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('edgecloud.fleet.v1.ReviewService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ReviewService:
+    """The human review queue: rows whose cloud answer was less sure than the policy's
+    review_threshold. Reading needs the operator, reviewer or viewer role; labelling
+    the operator or reviewer role.
+    """
+
+    @staticmethod
+    def ListReviews(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecloud.fleet.v1.ReviewService/ListReviews',
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListReviewsRequest.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ListReviewsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LabelReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecloud.fleet.v1.ReviewService/LabelReview',
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.LabelReviewRequest.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReviewLabel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AdminServiceStub:
     """Operator actions; every call needs the operator role, but for ListModels
@@ -281,6 +454,11 @@ class AdminServiceStub:
                 '/edgecloud.fleet.v1.AdminService/ExportHardExamples',
                 request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportHardExamplesRequest.SerializeToString,
                 response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.FromString,
+                _registered_method=True)
+        self.ExportLabels = channel.unary_stream(
+                '/edgecloud.fleet.v1.AdminService/ExportLabels',
+                request_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportLabelsRequest.SerializeToString,
+                response_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReviewLabel.FromString,
                 _registered_method=True)
 
 
@@ -342,6 +520,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportLabels(self, request, context):
+        """Reviewers' labels of one task's rows (every label kept), for an export of the
+        labelled rows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -384,6 +570,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ExportHardExamples,
                     request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportHardExamplesRequest.FromString,
                     response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.SerializeToString,
+            ),
+            'ExportLabels': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportLabels,
+                    request_deserializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportLabelsRequest.FromString,
+                    response_serializer=edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReviewLabel.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -604,6 +795,33 @@ class AdminService:
             '/edgecloud.fleet.v1.AdminService/ExportHardExamples',
             edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportHardExamplesRequest.SerializeToString,
             edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.HardExample.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgecloud.fleet.v1.AdminService/ExportLabels',
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ExportLabelsRequest.SerializeToString,
+            edgecloud_dot_protos_dot_fleet_dot_v1_dot_fleet__pb2.ReviewLabel.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,166 @@
+"""The review page in a real browser: headless Chromium against a real gateway and agent.
+
+A reviewer labels three queued rows, by clicking a class and by its digit key; the app
+that asked for better answers gets the labels from the agent; a viewer sees the queue
+but no label buttons. Screenshots go to ``$EDGECLOUD_SCREENSHOTS`` when it is set, else
+to ``screenshots/`` in the test's temporary folder (the path is printed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import grpc
+import pytest
+from review_helpers import REVIEWER, VIEWER, answer_of, ask_better, queue_of, review_setup
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from edgecloud.protos.answers.v1 import answers_pb2 as apb
+from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as fpb_grpc
+
+CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"),
+                             "/usr/bin/chromium") if p and Path(p).exists()), None)
+CHROMEDRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver")
+                     if p and Path(p).exists()), None)
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1400,1000")
+WAIT_S = 20.0
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                       reason="needs Chromium and its driver (Debian packages chromium and "
+                       "chromium-driver: /usr/bin/chromium, /usr/bin/chromedriver)"),
+]
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    """A fresh headless Chromium (its own profile folder), quit at teardown."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where the screenshots go."""
+    folder = Path(os.environ.get("EDGECLOUD_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"review screenshots: {folder}")
+    return folder
+
+
+class ReviewPage:
+    """The console's review page in the browser; every method blocks (run it in a thread)."""
+
+    def __init__(self, driver, url: str, screenshots: Path) -> None:
+        self.driver = driver
+        self.url = url
+        self.screenshots = screenshots
+
+    def wait(self, condition, what: str):
+        return WebDriverWait(self.driver, WAIT_S, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(
+            condition, f"timed out waiting for {what}")
+
+    def log_in(self, token: str) -> None:
+        self.driver.get(self.url + "#review")
+        field = self.wait(lambda d: d.find_element(By.ID, "token"), "the login form")
+        field.clear()
+        field.send_keys(token)
+        self.driver.find_element(By.ID, "login-button").click()
+        self.wait(lambda d: d.find_element(By.ID, "page").get_attribute("data-page") == "review",
+                  "the review page")
+
+    def log_out(self) -> None:
+        self.driver.find_element(By.ID, "logout").click()
+        self.wait(lambda d: d.find_element(By.ID, "login").is_displayed(), "the login form")
+
+    def rows(self) -> list[str]:
+        return [card.get_attribute("data-review")
+                for card in self.driver.find_elements(By.CSS_SELECTOR, "article.review")]
+
+    def wait_rows(self, count: int) -> list[str]:
+        self.wait(lambda d: len(self.rows()) == count, f"{count} rows on the review page")
+        return self.rows()
+
+    def click_label(self, review_id: str, label: int) -> None:
+        css = f'article.review[data-review="{review_id}"] button.label[data-label="{label}"]'
+
+        def click(driver) -> bool:  # found and clicked in one go: the page redraws as it polls
+            driver.find_element(By.CSS_SELECTOR, css).click()
+            return True
+
+        self.wait(click, f"the label button {label}")
+
+    def press(self, key: str) -> None:
+        self.driver.find_element(By.TAG_NAME, "body").send_keys(key)
+
+    def shot(self, name: str) -> None:
+        assert self.driver.save_screenshot(str(self.screenshots / f"{name}.png"))
+
+
+async def test_a_reviewer_labels_three_rows_and_the_app_gets_them(
+        start_gateway, start_agent, tmp_path, digits_dir, digits_test, browser, screenshots):
+    """A viewer sees the three queued rows (pictures, both models' answers) and no label
+    button; a reviewer sees only the review page, labels the oldest row with a click and
+    the next two with digit keys; each leaves the queue, and the app's Answers.Get says
+    source reviewer with the label given."""
+    tokens, policy = review_setup(tmp_path, digits_dir)
+    gateway = await start_gateway(registry=tmp_path / "registry", tokens_file=tokens,
+                                  http_listen="127.0.0.1:0")
+    agent = await start_agent(gateway.address, fleet=False, agent_id="agent-0",
+                              token_file=tmp_path / "agent.token", policies=[policy])
+    x, _ = digits_test
+    ids = await ask_better(agent.address, x[:3])
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        queue = await queue_of(fpb_grpc.ReviewServiceStub(channel), REVIEWER, 3)
+    answer_of_row = {item.review_id: item.example.answer_id for item in queue.items}
+    assert sorted(answer_of_row.values()) == sorted(ids)
+    page = ReviewPage(browser, f"http://{gateway.http_address}/console", screenshots)
+
+    def run(method, *args):
+        return asyncio.to_thread(method, *args)
+
+    await run(page.log_in, VIEWER)
+    rows = await run(page.wait_rows, 3)
+    assert rows == [item.review_id for item in queue.items]  # oldest first
+    assert len(browser.find_elements(By.CSS_SELECTOR, "article.review svg.digit")) == 3
+    assert not browser.find_elements(By.CSS_SELECTOR, "button.label")
+    assert "Read-only" in browser.find_element(By.ID, "banner").text
+    await run(page.shot, "review-viewer")
+    await run(page.log_out)
+
+    await run(page.log_in, REVIEWER)
+    await run(page.wait_rows, 3)
+    shown = [link.get_attribute("data-page")
+             for link in browser.find_elements(By.CSS_SELECTOR, "#nav a")
+             if link.is_displayed()]
+    assert shown == ["review"]
+    await run(page.shot, "review-reviewer")
+    wanted = {rows[0]: 7, rows[1]: 3, rows[2]: 5}
+    await run(page.click_label, rows[0], wanted[rows[0]])
+    assert await run(page.wait_rows, 2) == rows[1:]
+    await run(page.press, str(wanted[rows[1]]))
+    assert await run(page.wait_rows, 1) == rows[2:]
+    await run(page.press, str(wanted[rows[2]]))
+    await run(page.wait_rows, 0)
+    await run(page.shot, "review-done")
+
+    for review_id, label in wanted.items():
+        got = await answer_of(agent.address, answer_of_row[review_id], "reviewer")
+        assert got.state == apb.ANSWER_STATE_ANSWERED and got.source == "reviewer"
+        assert list(got.labels) == [label] and got.answered_by == "rita"
