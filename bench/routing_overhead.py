@@ -109,12 +109,14 @@ def start_servers(files: Path) -> tuple[Server, Server]:
     return bare, agent
 
 
-def requests_of(rows: np.ndarray, count: int, per_call: int) -> list[pb.ModelInferRequest]:
+def requests_of(rows: np.ndarray, count: int, per_call: int, *, model: str = "digits",
+                input_name: str = "pixels") -> list[pb.ModelInferRequest]:
+    """``count`` pre-encoded requests of ``per_call`` rows each, cycling through ``rows``."""
     out = []
     for i in range(count):
         index = (np.arange(per_call) + i * per_call) % len(rows)
         out.append(codec.encode_infer_request(
-            InferRequest(model_name="digits", inputs={"pixels": rows[index]})))
+            InferRequest(model_name=model, inputs={input_name: rows[index]})))
     return out
 
 

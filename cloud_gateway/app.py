@@ -196,8 +196,8 @@ def _check(s: GatewaySettings) -> _Checked:
     models = []
     for name, path in s.models.items():
         model = attempt(lambda name=name, path=path: OnnxModel.load(
-            path, name=name, version="1", intra_op_threads=s.onnx_threads,
-            providers=s.providers_for(name)))
+            path, name=name, version="1", intra_op_threads=s.threads_for(name),
+            providers=s.providers_for(name), spinning=False))
         if model is not None:
             try:
                 _log_class_scores(model, s.scores_outputs.get(name))
@@ -257,7 +257,7 @@ class GatewayApp(ServingApp):
         if orphans:
             log.info("orphans_removed", registry=registry.url, files=len(orphans))
         hub = FleetHub(registry, s.replica, service, poll_s=s.registry_poll_ms / 1000.0,
-                       onnx_threads=s.onnx_threads, providers_for=s.providers_for)
+                       threads_for=s.threads_for, providers_for=s.providers_for)
         await hub.start()
         self.hub = hub
         h = s.hard_examples

@@ -98,14 +98,15 @@ class FleetHub:
     """Assignments, artifact access, and agent reports for one replica."""
 
     def __init__(self, registry: Registry, replica: str, serving: GatewayService | None, *,
-                 poll_s: float = 0.2, onnx_threads: int = 1,
+                 poll_s: float = 0.2, threads_for: Callable[[str], int] | None = None,
                  providers_for: Callable[[str], list[str]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
         self.replica = replica
         self._serving = serving
         self._poll_s = poll_s
-        self._onnx_threads = onnx_threads
+        # Model name -> ONNX Runtime intra-op threads of its session (default: 1).
+        self._threads_for = threads_for or (lambda name: 1)
         # Model name -> execution providers in order of preference (default: CPU alone).
         self._providers_for = providers_for or (lambda name: ["CPUExecutionProvider"])
         self._clock = clock
@@ -212,8 +213,8 @@ class FleetHub:
             path = self.registry.blob_path(manifest.digest)
             model = await asyncio.to_thread(
                 OnnxModel.load, path, name=manifest.name, version=manifest.version,
-                intra_op_threads=self._onnx_threads,
-                providers=self._providers_for(manifest.name),
+                intra_op_threads=self._threads_for(manifest.name),
+                providers=self._providers_for(manifest.name), spinning=False,
             )
             await asyncio.to_thread(smoke_test, model, manifest, require_sample=False)
         except Exception as exc:  # a bad artifact is skipped (and logged), never retried

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -12,6 +13,59 @@ from pydantic_settings import SettingsConfigDict
 
 from edgecloud.core.logging import LogFormat
 from edgecloud.core.settings import EdgecloudSettings, state_dir
+
+
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup"),
+                 own_cgroups: Path = Path("/proc/self/cgroup")) -> int:
+    """CPU cores this process may use: its affinity mask, capped by the CPU quota of its
+    control group (a container's or a systemd unit's CPU limit), rounded up."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    quota = cgroup_cpu_quota(cgroup_root, own_cgroups)
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def cgroup_cpu_quota(cgroup_root: Path, own_cgroups: Path) -> float | None:
+    """The tightest CPU quota (in cores) on the control groups holding this process, from
+    cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``; None: no quota."""
+    try:
+        lines = own_cgroups.read_text().splitlines()
+    except OSError:
+        lines = []
+    quotas = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: the unified hierarchy
+            folder, read = cgroup_root / path.lstrip("/"), _v2_quota
+        elif "cpu" in controllers.split(","):
+            folder, read = cgroup_root / "cpu" / path.lstrip("/"), _v1_quota
+        else:
+            continue
+        while True:  # a limit on any ancestor applies too
+            quota = read(folder)
+            if quota is not None:
+                quotas.append(quota)
+            if folder in (cgroup_root, cgroup_root / "cpu") or folder == folder.parent:
+                break
+            folder = folder.parent
+    return min(quotas) if quotas else None
+
+
+def _v2_quota(folder: Path) -> float | None:
+    try:
+        limit, period = (folder / "cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else int(limit) / int(period)
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        limit = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if limit <= 0 or period <= 0 else limit / period
 
 
 class ModelBatching(BaseModel):
@@ -181,8 +235,11 @@ class GatewaySettings(EdgecloudSettings):
     """Limits on hard-example uploads and storage."""
     review: ReviewSection = Field(default_factory=ReviewSection)
     """The human review queue (rows the policy's review_threshold sends)."""
-    onnx_threads: int = Field(1, ge=1, le=256)
-    """ONNX Runtime intra-op threads per model session."""
+    onnx_threads: int | None = Field(None, ge=1, le=256)
+    """ONNX Runtime intra-op threads per model session (default: the cores this process may
+    use, its container's CPU limit included, shared among the model's batch workers, at
+    least 1: the batches of a model that run at the same time fill the cores without asking
+    for more threads than there are cores)."""
     execution_providers: dict[str, list[ExecutionProvider]] = Field(default_factory=dict)
     """Model name (``--model`` or published) -> ONNX Runtime execution providers in order of
     preference, e.g. ``[CUDAExecutionProvider, CPUExecutionProvider]``; the key ``default``
@@ -217,6 +274,13 @@ class GatewaySettings(EdgecloudSettings):
     """``json``, ``console``, or ``auto`` (console on a terminal)."""
     log_level: str = "info"
     """Lowest level logged."""
+
+    def threads_for(self, model: str) -> int:
+        """ONNX Runtime intra-op threads of ``model``'s session (see ``onnx_threads``)."""
+        if self.onnx_threads is not None:
+            return self.onnx_threads
+        workers = int(self.batching.for_model(model)["workers"])
+        return max(1, usable_cores() // workers)
 
     def providers_for(self, model: str) -> list[str]:
         """The execution providers asked for ``model``, in order of preference."""

@@ -188,6 +188,21 @@ class OnnxModel:
         ) if all(spec.datatype != "BYTES" and spec.shape for spec in self.inputs) else None
 
     @property
+    def intra_op_threads(self) -> int:
+        """ONNX Runtime intra-op threads the session was opened with (0: ONNX Runtime's choice)."""
+        return self._session.get_session_options().intra_op_num_threads
+
+    @property
+    def spinning(self) -> bool:
+        """Whether the session's idle intra-op threads spin waiting for work (ONNX Runtime's
+        default) rather than sleep."""
+        options = self._session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+        except RuntimeError:  # never set: ONNX Runtime's default
+            return True
+
+    @property
     def fixed_batch_size(self) -> int | None:
         """Rows per run when the inputs fix the batch dimension (an export with batch 1), else None.
 
@@ -210,10 +225,15 @@ class OnnxModel:
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
         providers: Sequence[str] | None = None,
+        spinning: bool = True,
     ) -> OnnxModel:
         """Open the ONNX file at ``path``.
 
-        Thread counts of 0 let ONNX Runtime choose. ``providers`` is an ordered
+        Thread counts of 0 let ONNX Runtime choose. ``spinning=False`` makes the
+        intra-op threads sleep as soon as a run leaves them without work instead of
+        spinning for more (ONNX Runtime's ``session.intra_op.allow_spinning``): the
+        choice where runs share their cores with other work, such as a server's
+        event loop or other runs. ``providers`` is an ordered
         preference (default: ``["CPUExecutionProvider"]``); those this build or
         machine lacks are skipped with a warning, CPU is the fallback, and
         :attr:`providers` says what the session got (see :func:`usable_providers`).
@@ -234,6 +254,7 @@ class OnnxModel:
             intra_op_threads=intra_op_threads,
             inter_op_threads=inter_op_threads,
             providers=providers,
+            spinning=spinning,
         )
         return cls(session, name=name, version=version, path=path)
 
@@ -247,8 +268,10 @@ class OnnxModel:
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
         providers: Sequence[str] | None = None,
+        spinning: bool = True,
     ) -> OnnxModel:
-        """Open a serialized ONNX model held in memory; errors as for :meth:`load`."""
+        """Open a serialized ONNX model held in memory; arguments and errors as for
+        :meth:`load`."""
         session = _open_session(
             bytes(data),
             where=f"from {len(data)} bytes",
@@ -257,6 +280,7 @@ class OnnxModel:
             intra_op_threads=intra_op_threads,
             inter_op_threads=inter_op_threads,
             providers=providers,
+            spinning=spinning,
         )
         return cls(session, name=name, version=version, path=None)
 
@@ -416,6 +440,7 @@ def _open_session(
     intra_op_threads: int,
     inter_op_threads: int,
     providers: Sequence[str] | None,
+    spinning: bool = True,
 ) -> ort.InferenceSession:
     if intra_op_threads < 0 or inter_op_threads < 0:
         raise ValueError("thread counts must be 0 (ONNX Runtime's choice) or more")
@@ -424,6 +449,9 @@ def _open_session(
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
     options.log_severity_level = 3  # errors only; our own log says what happened
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=chosen)
     except Exception as exc:

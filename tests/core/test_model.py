@@ -112,6 +112,19 @@ def test_load_reads_the_v2_signature(add_model: OnnxModel, tmp_path: Path) -> No
     assert add_model.path is not None and add_model.path.name == "add.onnx"
 
 
+def test_sessions_spin_unless_asked_not_to(tmp_path: Path) -> None:
+    """Idle intra-op threads spin by default (ONNX Runtime's choice); spinning=False makes
+    them sleep, and the model still answers the same; the thread count is kept."""
+    path = tmp_path / "add.onnx"
+    path.write_bytes(_add_model())
+    spinning = OnnxModel.load(path, name="adder", intra_op_threads=2)
+    sleeping = OnnxModel.load(path, name="adder", intra_op_threads=2, spinning=False)
+    assert (spinning.spinning, sleeping.spinning) == (True, False)
+    assert sleeping.intra_op_threads == spinning.intra_op_threads == 2
+    assert not OnnxModel.from_bytes(_add_model(), name="adder", spinning=False).spinning
+    np.testing.assert_array_equal(sleeping.run(_feed())["y"], spinning.run(_feed())["y"])
+
+
 def test_from_bytes_has_no_path_and_maps_strings_to_bytes() -> None:
     """A model from memory has path None; tensor(string) is the v2 BYTES datatype."""
     model = OnnxModel.from_bytes(_string_model(), name="echo")
