@@ -257,7 +257,9 @@ class GatewayApp(ServingApp):
         if orphans:
             log.info("orphans_removed", registry=registry.url, files=len(orphans))
         hub = FleetHub(registry, s.replica, service, poll_s=s.registry_poll_ms / 1000.0,
-                       threads_for=s.threads_for, providers_for=s.providers_for)
+                       threads_for=s.threads_for, providers_for=s.providers_for,
+                       report_spread_per_agent_ms=s.report_spread_per_agent_ms,
+                       report_spread_max_ms=s.report_spread_max_ms)
         await hub.start()
         self.hub = hub
         h = s.hard_examples

@@ -100,8 +100,15 @@ class FleetHub:
     def __init__(self, registry: Registry, replica: str, serving: GatewayService | None, *,
                  poll_s: float = 0.2, threads_for: Callable[[str], int] | None = None,
                  providers_for: Callable[[str], list[str]] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 report_spread_per_agent_ms: float = 1.0,
+                 report_spread_max_ms: int = 30_000) -> None:
+        """``report_spread_per_agent_ms`` × the agents watching here (at most
+        ``report_spread_max_ms``): how long agents spread the status reports that
+        follow an assignment over (:meth:`report_spread_ms`)."""
         self.registry = registry
+        self._spread_per_agent_ms = report_spread_per_agent_ms
+        self._spread_max_ms = report_spread_max_ms
         self.replica = replica
         self._serving = serving
         self._poll_s = poll_s
@@ -276,6 +283,18 @@ class FleetHub:
             assignment = assignment_of(snapshot, versions)
             shared = self._shared[versions] = (assignment, assignment.key())
         return shared
+
+    def watching(self) -> int:
+        """Assignment streams open on this replica."""
+        return sum(self._connected.values())
+
+    def report_spread_ms(self) -> int:
+        """How long the agents should spread the status reports that follow an assignment
+        over: each report costs this replica a few milliseconds of CPU, so a fleet
+        reporting at once after a publication would keep it busy (and delay the next
+        change's pushes); spread over about 1 ms per agent, the reports arrive at a rate
+        it keeps up with."""
+        return min(self._spread_max_ms, round(self._spread_per_agent_ms * self.watching()))
 
     def connected(self, agent_id: str) -> bool:
         """True while the agent holds a stream on this replica."""

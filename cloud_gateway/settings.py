@@ -208,6 +208,12 @@ class GatewaySettings(EdgecloudSettings):
     """Name of this replica in fleet status."""
     registry_poll_ms: float = Field(200.0, gt=0, le=60_000)
     """How often the registry generation is checked for changes."""
+    report_spread_per_agent_ms: float = Field(1.0, ge=0, le=1000)
+    """Agents spread the status reports that follow an assignment over this many
+    milliseconds per agent watching this replica (10,000 agents: 10 s), so a fleet's
+    reports do not arrive at once; 0: every agent reports at once."""
+    report_spread_max_ms: int = Field(30_000, ge=0, le=600_000)
+    """The longest such spread."""
     trust_key: Path | None = None
     """Operator public key (PEM); with it, unsigned or wrongly signed publications are refused."""
     tls_cert: Path | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +46,8 @@ def _ref(envelope) -> pb.ArtifactRef:
                           manifest=envelope.manifest_bytes, signature=envelope.signature)
 
 
-def assignment_message(assignment: AgentAssignment, replica: str) -> pb.Assignment:
+def assignment_message(assignment: AgentAssignment, replica: str,
+                       report_spread_ms: int = 0) -> pb.Assignment:
     """Domain assignment -> wire message."""
     return pb.Assignment(
         generation=assignment.generation,
@@ -55,6 +56,7 @@ def assignment_message(assignment: AgentAssignment, replica: str) -> pb.Assignme
         replica=replica,
         floors=[pb.VersionFloor(document=f.document, signature=f.signature)
                 for f in assignment.floors],
+        report_spread_ms=report_spread_ms,
     )
 
 
@@ -63,8 +65,11 @@ class EncodedAssignments:
     (:meth:`FleetHub.watch <edgecloud.cloud_gateway.fleet.FleetHub.watch>` shares them
     within a snapshot) send the same bytes. Holds one generation's encodings."""
 
-    def __init__(self, replica: str) -> None:
+    def __init__(self, replica: str, report_spread_ms: Callable[[], int] = lambda: 0) -> None:
+        """``report_spread_ms``: how long the agents should spread the status reports that
+        follow an assignment over, asked once per assignment and generation."""
         self._replica = replica
+        self._report_spread_ms = report_spread_ms
         self._generation = -1
         self._by_id: dict[int, tuple[AgentAssignment, bytes]] = {}
 
@@ -75,7 +80,8 @@ class EncodedAssignments:
         if kept is None or kept[0] is not assignment:
             # The entry holds the assignment, so its id is not reused while kept.
             kept = (assignment,
-                    assignment_message(assignment, self._replica).SerializeToString())
+                    assignment_message(assignment, self._replica,
+                                       self._report_spread_ms()).SerializeToString())
             self._by_id[id(assignment)] = kept
         return kept[1]
 
@@ -146,7 +152,7 @@ class FleetServicer(pb_grpc.FleetServiceServicer):
         self._hub = hub
         self._examples = examples or HardExampleStore(hub.registry.store, REGISTRY_PREFIX)
         self._upload_limits = upload_limits or UploadLimits()
-        self._encoded = EncodedAssignments(hub.replica)
+        self._encoded = EncodedAssignments(hub.replica, hub.report_spread_ms)
         self._reviews = reviews or LabelFeed(ReviewQueue(hub.registry.store))
 
     @rpc_boundary

@@ -161,6 +161,9 @@ class FleetClient:
         self._stub = pb_grpc.FleetServiceStub(self._channel)
         self.manager: ModelManager | None = None
         self._tasks: list[asyncio.Task] = []
+        self._report_soon: asyncio.Task | None = None
+        """The status report due after the last assignment, when the gateway asked for
+        reports to be spread."""
         self._attempt = 0  # reconnections since the last assignment arrived
         self.connected = asyncio.Event()
 
@@ -185,9 +188,10 @@ class FleetClient:
 
     async def aclose(self) -> None:
         """Stop, report one last time is not attempted; close the channel."""
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._report_soon] if self._report_soon else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._channel.close()
 
     def _delay(self, attempt: int) -> float:
@@ -250,6 +254,7 @@ class FleetClient:
         call = self._stub.WatchAssignments(hello, metadata=self._auth)
         read: asyncio.Future | None = None
         latest: Assignment | None = None
+        spread_s = 0.0
         retries = 0
         try:
             while True:
@@ -262,7 +267,7 @@ class FleetClient:
                     assert latest is not None
                     retries += 1
                     log.info("assignment_retry", generation=latest.generation, attempt=retries)
-                    await self._apply(latest)
+                    await self._apply(latest, spread_s)
                     continue
                 message, read = read.result(), None
                 if message is grpc.aio.EOF:
@@ -272,19 +277,35 @@ class FleetClient:
                 self.connected.set()
                 await self._set_state("connected")
                 latest = assignment_from(message)
-                await self._apply(latest)
+                spread_s = message.report_spread_ms / 1000.0
+                await self._apply(latest, spread_s)
         finally:
             if read is not None:
                 read.cancel()
                 read.add_done_callback(_retrieve)
             call.cancel()
 
-    async def _apply(self, assignment: Assignment) -> None:
+    async def _apply(self, assignment: Assignment, spread_s: float = 0.0) -> None:
+        """Apply ``assignment``, then report: at once, or after a delay drawn from
+        [0, ``spread_s``) when the gateway asks a fleet to spread its reports (one report
+        waits at a time; it carries every outcome kept until it is sent)."""
         assert self.manager is not None
         outcomes = await self.manager.apply(assignment)
         log.info("assignment_applied", generation=assignment.generation,
                  replica=assignment.replica, outcomes=len(outcomes),
                  retry=self.manager.retry_wanted)
+        if spread_s <= 0:
+            await self._report_now()
+        elif self._report_soon is None or self._report_soon.done():
+            delay = float(self._rng.uniform(0.0, spread_s))
+            self._report_soon = asyncio.create_task(self._report_after(delay),
+                                                    name="fleet-report-soon")
+
+    async def _report_after(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        await self._report_now()
+
+    async def _report_now(self) -> None:
         try:
             await self.report()
         except Exception as exc:  # a report that cannot be built must not drop the stream

@@ -120,3 +120,40 @@ async def test_a_stream_that_does_not_read_gets_the_newest_assignment_only(tmp_p
     finally:
         await watch.aclose()
         await hub.aclose()
+
+
+async def test_assignments_ask_the_fleet_to_spread_its_reports(start_gateway, tmp_path,
+                                                               digits_dir) -> None:
+    """An assignment names how long its agents should spread the status reports that follow
+    it over: the setting per agent times the agents watching this replica, at most the
+    maximum; a gateway set to 0 asks for reports at once."""
+    registry = tmp_path / "registry"
+    publish_model(registry, TASK, digits_dir / "edge.onnx", "edge", version="1")
+    gateway = await start_gateway(registry=registry, report_spread_per_agent_ms=1000.0,
+                                  report_spread_max_ms=2500)
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        stub = pb_grpc.FleetServiceStub(channel)
+        calls = [stub.WatchAssignments(pb.AgentHello(agent_id=f"agent-{n}"), timeout=60)
+                 for n in range(3)]
+        try:
+            first = await calls[0].read()
+            assert first.report_spread_ms == 1000  # one agent watching
+            for call in calls[1:]:
+                await call.read()
+            await wait_until(lambda: gateway.hub.watching() == 3, 10, "three streams")
+            publish_model(registry, TASK, digits_dir / "edge.onnx", "edge", version="2")
+            RegistryOperator(registry).rollout("start", TASK, version="2", percent=100.0)
+            update = await calls[0].read()
+            assert update.models[0].version == "2"
+            assert update.report_spread_ms == 2500  # 3 × 1000 ms, at most 2500
+        finally:
+            for call in calls:
+                call.cancel()
+    quiet = await start_gateway(registry=registry, report_spread_per_agent_ms=0.0)
+    async with grpc.aio.insecure_channel(quiet.address) as channel:
+        call = pb_grpc.FleetServiceStub(channel).WatchAssignments(
+            pb.AgentHello(agent_id="agent-0"), timeout=60)
+        try:
+            assert (await call.read()).report_spread_ms == 0
+        finally:
+            call.cancel()

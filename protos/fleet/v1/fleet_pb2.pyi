@@ -346,18 +346,20 @@ class ArtifactRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("generation", "models", "policies", "replica", "floors")
+    __slots__ = ("generation", "models", "policies", "replica", "floors", "report_spread_ms")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     FLOORS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_SPREAD_MS_FIELD_NUMBER: _ClassVar[int]
     generation: int
     models: _containers.RepeatedCompositeFieldContainer[ArtifactRef]
     policies: _containers.RepeatedCompositeFieldContainer[ArtifactRef]
     replica: str
     floors: _containers.RepeatedCompositeFieldContainer[VersionFloor]
-    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., replica: _Optional[str] = ..., floors: _Optional[_Iterable[_Union[VersionFloor, _Mapping]]] = ...) -> None: ...
+    report_spread_ms: int
+    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., replica: _Optional[str] = ..., floors: _Optional[_Iterable[_Union[VersionFloor, _Mapping]]] = ..., report_spread_ms: _Optional[int] = ...) -> None: ...
 
 class VersionFloor(_message.Message):
     __slots__ = ("document", "signature")
