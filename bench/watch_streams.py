@@ -32,6 +32,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import queue
+import random
 import shutil
 import signal
 import subprocess
@@ -82,7 +83,10 @@ async def _client(index: int, address: str, first: int, count: int, per_connecti
 
     async def report(stub, n: int, agent_id: str, labels: dict[str, str], metadata,
                      message) -> None:
-        """What an agent sends once it applied an assignment (here: at once)."""
+        """What an agent sends once it applied an assignment: after a delay drawn from
+        [0, the assignment's report_spread_ms), as an agent does."""
+        if message.report_spread_ms:
+            await asyncio.sleep(random.uniform(0.0, message.report_spread_ms / 1000.0))
         versions = [ref.version for ref in message.models]
         status = pb.AgentStatus(
             agent_id=agent_id, labels=labels, sent_at=time.time(), status_interval_s=60.0,
@@ -289,7 +293,9 @@ def _start_gateway(work: Path, registry: Path, streams: int, args) -> tuple[subp
     if not args.no_auth:
         command += ["--tokens-file", str(_tokens_file(work / "tokens.yaml", streams))]
     with open(work / "gateway.log", "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=log)
+        env = {**os.environ, "EDGECLOUD_GATEWAY_REPORT_SPREAD_PER_AGENT_MS":
+               str(args.report_spread_per_agent_ms)}
+        proc = subprocess.Popen(command, stdout=log, stderr=log, env=env)
     deadline = time.monotonic() + 60
     while not port_file.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -495,6 +501,10 @@ def main() -> None:
     parser.add_argument("--reports", action="store_true",
                         help="each agent reports its status (ReportStatus) on every "
                         "assignment it gets, as an agent does once it applied it")
+    parser.add_argument("--report-spread-per-agent-ms", type=float, default=1.0,
+                        help="the gateway's report_spread_per_agent_ms: agents spread the "
+                        "report after an assignment over this many ms per agent (0: all at "
+                        "once; default 1)")
     parser.add_argument("--gateway-log-level", default="info")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
                         help="record the gateway with py-spy during each step (raw "
