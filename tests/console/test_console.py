@@ -7,8 +7,6 @@ Screenshots of every page go to ``$EDGECLOUD_SCREENSHOTS`` when it is set, else 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
+from browser import WAIT_S, requires_browser
 from fleet_helpers import (
     digits_like_model,
     publish_model,
@@ -23,9 +22,7 @@ from fleet_helpers import (
     running_version,
     wait_until,
 )
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -38,14 +35,6 @@ from edgecloud.examples.digits import load_split
 from edgecloud.router import TuningTarget, dump_policy, parse_policy, tune
 
 TASK = "digits"
-CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"),
-                             "/usr/bin/chromium") if p and Path(p).exists()), None)
-CHROMEDRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver")
-                     if p and Path(p).exists()), None)
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=1400,1000")
-WAIT_S = 20.0
 TOKENS = {"operator": "operator-token-0123456789abcdef",
           "viewer": "viewer-token-0123456789abcdef",
           "agent-0": "agent0-token-0123456789abcdef",
@@ -53,31 +42,8 @@ TOKENS = {"operator": "operator-token-0123456789abcdef",
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                       reason="needs Chromium and its driver (Debian packages chromium and "
-                       "chromium-driver: /usr/bin/chromium, /usr/bin/chromedriver)"),
+    requires_browser,
 ]
-
-
-@pytest.fixture
-def browser(tmp_path: Path):
-    """A fresh headless Chromium (its own profile folder), quit at teardown."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    yield driver
-    driver.quit()
-
-
-@pytest.fixture
-def screenshots(tmp_path: Path) -> Path:
-    """Where the screenshots go."""
-    folder = Path(os.environ.get("EDGECLOUD_SCREENSHOTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"console screenshots: {folder}")
-    return folder
 
 
 class Console:

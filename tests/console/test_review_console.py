@@ -9,58 +9,23 @@ to ``screenshots/`` in the test's temporary folder (the path is printed).
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 from pathlib import Path
 
 import grpc
 import pytest
+from browser import WAIT_S, requires_browser
 from review_helpers import REVIEWER, VIEWER, answer_of, ask_better, queue_of, review_setup
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from edgecloud.protos.answers.v1 import answers_pb2 as apb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as fpb_grpc
 
-CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"),
-                             "/usr/bin/chromium") if p and Path(p).exists()), None)
-CHROMEDRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver")
-                     if p and Path(p).exists()), None)
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=1400,1000")
-WAIT_S = 20.0
-
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                       reason="needs Chromium and its driver (Debian packages chromium and "
-                       "chromium-driver: /usr/bin/chromium, /usr/bin/chromedriver)"),
+    requires_browser,
 ]
-
-
-@pytest.fixture
-def browser(tmp_path: Path):
-    """A fresh headless Chromium (its own profile folder), quit at teardown."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    yield driver
-    driver.quit()
-
-
-@pytest.fixture
-def screenshots(tmp_path: Path) -> Path:
-    """Where the screenshots go."""
-    folder = Path(os.environ.get("EDGECLOUD_SCREENSHOTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"review screenshots: {folder}")
-    return folder
 
 
 class ReviewPage:
