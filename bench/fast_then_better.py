@@ -26,13 +26,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from digits_rows import digits_rows
 
 from edgecloud.core import codec
-from edgecloud.core.model import OnnxModel
 from edgecloud.core.tensors import InferRequest
-from edgecloud.examples.digits import write_example
 from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from edgecloud.router import parse_policy, score_rows
 
 WAYS = (("edge answer (route=edge)", {"route": "edge"}),
         ("fast answer (fast_then_better)", {"answer": "fast_then_better"}),
@@ -76,13 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         files = Path(tmp)
-        write_example(files)
-        with np.load(files / "test.npz") as data:
-            x = data["X"]
-        policy = parse_policy((files / "policy.yaml").read_text())
-        model = OnnxModel.load(files / "edge.onnx", name="digits")
-        confidence, _ = score_rows(policy, model.run({"pixels": x})["probabilities"])
-        unsure = x[confidence < policy.threshold]
+        unsure = digits_rows(files).unsure
         gateway, gateway_address = _start(
             ["gateway", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(files / "gw"),
              "--model", f"digits={files / 'cloud.onnx'}"], files / "gw.port")

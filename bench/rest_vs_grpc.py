@@ -34,14 +34,12 @@ import aiohttp
 import grpc
 import numpy as np
 import psutil
+from digits_rows import digits_rows
 
 from edgecloud.core import codec
-from edgecloud.core.model import OnnxModel
 from edgecloud.core.process import read_port_file
 from edgecloud.core.tensors import InferRequest
-from edgecloud.examples.digits import write_example
 from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from edgecloud.router import parse_policy, score_rows
 
 HEADER = "Inference-Header-Content-Length"
 GOAL = 1.5
@@ -185,13 +183,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         files = Path(tmp)
-        write_example(files)
-        with np.load(files / "test.npz") as data:
-            x = data["X"]
-        policy = parse_policy((files / "policy.yaml").read_text())
-        model = OnnxModel.load(files / "edge.onnx", name="digits")
-        confidence, _ = score_rows(policy, model.run({"pixels": x})["probabilities"])
-        calls = calls_of(x[confidence >= policy.threshold], args.calls)
+        calls = calls_of(digits_rows(files).confident, args.calls)
         agent = start_agent(files)
         try:
             many = measure(agent, calls, 64, args.rounds)

@@ -33,11 +33,11 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import psutil
+from digits_rows import digits_rows
 
 from edgecloud.core import codec
 from edgecloud.core.model import OnnxModel
 from edgecloud.core.tensors import InferRequest
-from edgecloud.examples.digits import write_example
 from edgecloud.protos.inference import grpc_predict_v2_pb2 as pb
 from edgecloud.protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from edgecloud.router import RequestContext, Router, parse_policy, score_rows
@@ -204,13 +204,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         files = Path(tmp)
-        write_example(files)
-        with np.load(files / "test.npz") as data:
-            x = data["X"]
-        policy = parse_policy((files / "policy.yaml").read_text())
-        model = OnnxModel.load(files / "edge.onnx", name="digits")
-        confidence, _ = score_rows(policy, model.run({"pixels": x})["probabilities"])
-        confident = x[confidence >= policy.threshold]
+        confident = digits_rows(files).confident
         single = requests_of(confident, args.calls, 1)
         many = requests_of(confident, max(args.calls // 3, 100), 64)
         servers = start_servers(files)
