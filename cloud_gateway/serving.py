@@ -19,7 +19,7 @@ from edgecloud.cloud_gateway.batching import BatchingConfig, DynamicBatcher
 from edgecloud.cloud_gateway.metrics import GatewayMetrics
 from edgecloud.core import __version__
 from edgecloud.core.errors import DeadlineExceeded, NotFound, Unavailable
-from edgecloud.core.model import OnnxModel
+from edgecloud.core.model import OnnxModel, RunTimer
 from edgecloud.core.tensors import (
     InferRequest,
     InferResponse,
@@ -36,33 +36,6 @@ def _batchable(model: OnnxModel) -> bool:
     """Rows can be stacked when every input and output has a free first dimension."""
     specs = (*model.inputs, *model.outputs)
     return all(spec.shape and spec.shape[0] < 0 for spec in specs)
-
-
-class RunTimer:
-    """A model's recent run time per row (moving average), measured around the model
-    alone (never a thread hand-off or a wait for a worker), to decide inline runs."""
-
-    def __init__(self, model: OnnxModel) -> None:
-        self.model = model
-        self.per_row_s: float | None = None
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model (any thread) and fold its time into the average."""
-        start = time.perf_counter()
-        outputs = self.model.run(inputs)
-        took = (time.perf_counter() - start) / max(next(iter(inputs.values())).shape[0]
-                                                     if inputs else 1, 1)
-        previous = self.per_row_s
-        self.per_row_s = took if previous is None else 0.9 * previous + 0.1 * took
-        return outputs
-
-    def run_if_below(self, inputs: dict[str, np.ndarray], rows: int,
-                     below_s: float) -> dict[str, np.ndarray] | None:
-        """Run now when ``rows`` rows are expected to take less than ``below_s``."""
-        per_row = self.per_row_s
-        if per_row is None or per_row * max(rows, 1) >= below_s:
-            return None
-        return self.run(inputs)
 
 
 class _Served:

@@ -38,6 +38,7 @@ import asyncio
 import concurrent.futures
 import functools
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -402,6 +403,41 @@ class OnnxModel:
             f"OnnxModel(name={self.name!r}, version={self.version!r}, "
             f"inputs={list(self.inputs)!r}, outputs={list(self.outputs)!r})"
         )
+
+
+class RunTimer:
+    """One model's recent run time per row (moving average), measured around the model
+    run alone (never a thread hand-off or a wait for a worker, so a busy server does not
+    mistake its own queueing for a slow model), to decide which runs are cheap enough to
+    make on the event loop."""
+
+    def __init__(self, model: OnnxModel, *, validated: bool = False) -> None:
+        """``validated``: the inputs given to :meth:`run` are already checked."""
+        self.model = model
+        self._validated = validated
+        self.per_row_s: float | None = None
+
+    def expects_below(self, rows: int, below_s: float) -> bool:
+        """Whether ``rows`` rows are expected to take less than ``below_s`` (False before
+        the first run: nothing is known yet)."""
+        per_row = self.per_row_s
+        return per_row is not None and per_row * max(rows, 1) < below_s
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model (on any thread) and fold its time into the average."""
+        start = time.perf_counter()
+        outputs = self.model.run(inputs, validated=self._validated)
+        rows = max(next(iter(inputs.values())).shape[0] if inputs else 1, 1)
+        took = (time.perf_counter() - start) / rows
+        previous = self.per_row_s
+        self.per_row_s = took if previous is None else 0.9 * previous + 0.1 * took
+        return outputs
+
+    def run_if_below(self, inputs: Mapping[str, np.ndarray], rows: int,
+                     below_s: float) -> dict[str, np.ndarray] | None:
+        """Run now when ``rows`` rows are expected to take less than ``below_s``; None
+        (nothing run) otherwise."""
+        return self.run(inputs) if self.expects_below(rows, below_s) else None
 
 
 CPU_PROVIDER = "CPUExecutionProvider"

@@ -32,6 +32,7 @@ the edge with reason ``cloud_unavailable`` until a later check passes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +50,7 @@ from edgecloud.core.errors import (
     NotFound,
     Unavailable,
 )
-from edgecloud.core.model import OnnxModel
+from edgecloud.core.model import OnnxModel, RunTimer
 from edgecloud.core.tensors import (
     InferRequest,
     InferResponse,
@@ -250,8 +251,8 @@ class Task:
         """True once the gateway's model has been compared with the task's (either way)."""
         self.cloud_problem: CloudProblem | None = None
         """Why escalation is refused, when the gateway's model does not fit the task."""
-        self.run_seconds_per_row: float | None = None
-        """Recent edge-model run time per row (moving average), for inline runs."""
+        self.run_timer = RunTimer(version.model, validated=True)
+        """The current edge model's recent run time, for inline runs."""
 
 
 _ROUTE_VALUES = frozenset(r.value for r in RouteOverride)
@@ -386,7 +387,7 @@ class EdgeService:
             task.router = self._router(policy, cloud=task.router.cloud)
         task.current = version
         if model is not old.model:
-            task.run_seconds_per_row = None
+            task.run_timer = RunTimer(model, validated=True)
             self._request_cloud_check(task)
         log.info("task_swapped", task=task.name, model_version=model.version,
                  policy_version=new_policy.version)
@@ -749,16 +750,15 @@ class EdgeService:
         alone, never the hand-off or the wait for a worker, so a busy agent
         does not mistake its own queueing for a slow model.
         """
-        rows = max(next(iter(inputs.values())).shape[0] if inputs else 1, 1)
-        per_row = task.run_seconds_per_row
-        if per_row is not None and per_row * rows < self._inline_below_s:
-            outputs, took = _timed_run(model, inputs)
-        else:
-            loop = asyncio.get_running_loop()
-            outputs, took = await loop.run_in_executor(self._executor, _timed_run, model, inputs)
-        took /= rows
-        task.run_seconds_per_row = took if per_row is None else 0.9 * per_row + 0.1 * took
-        return outputs
+        timer = task.run_timer
+        if timer.model is not model:  # swapped while this request began: run it untimed
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, functools.partial(model.run, inputs, validated=True))
+        rows = next(iter(inputs.values())).shape[0] if inputs else 1
+        if timer.expects_below(rows, self._inline_below_s):
+            return timer.run(inputs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, timer.run,
+                                                                inputs)
 
     async def _escalate(
         self,
@@ -951,14 +951,6 @@ class EdgeService:
         if self._cloud is not None:
             await self._cloud.aclose()
         self._executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _timed_run(model: OnnxModel, inputs: dict[str, np.ndarray]
-               ) -> tuple[dict[str, np.ndarray], float]:
-    """Run the model on checked inputs; returns the outputs and the seconds the run took."""
-    started = time.perf_counter()
-    outputs = model.run(inputs, validated=True)
-    return outputs, time.perf_counter() - started
 
 
 def _map_cloud_outputs(model: OnnxModel, reply: InferResponse, rows: int,

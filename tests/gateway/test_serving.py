@@ -7,8 +7,8 @@ import random
 import numpy as np
 
 from edgecloud.cloud_gateway.batching import BatchingConfig
-from edgecloud.cloud_gateway.serving import GatewayService, RunTimer
-from edgecloud.core.model import OnnxModel
+from edgecloud.cloud_gateway.serving import GatewayService
+from edgecloud.core.model import OnnxModel, RunTimer
 from edgecloud.core.tensors import InferRequest
 
 
