@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from stock_client import run_client_script
 
 CLIENT_SCRIPT = r"""
 import json, sys
@@ -59,16 +59,6 @@ print(json.dumps({
 """
 
 
-async def _run_client(address: str, x_path: Path) -> dict:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CLIENT_SCRIPT, address, "digits", str(x_path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 0, stderr.decode()
-    return json.loads(stdout)
-
-
 @pytest.mark.e2e
 async def test_tritonclient_against_gateway_and_agent(start_gateway, start_agent, tmp_path,
                                                       digits_test, onnx_reference):
@@ -82,7 +72,7 @@ async def test_tritonclient_against_gateway_and_agent(start_gateway, start_agent
     x_path = tmp_path / "x.npy"
     np.save(x_path, rows)
 
-    from_gateway = await _run_client(gateway.address, x_path)
+    from_gateway = await run_client_script(CLIENT_SCRIPT, gateway.address, x_path)
     assert from_gateway["live"] and from_gateway["ready"] and from_gateway["model_ready"]
     assert from_gateway["metadata"]["inputs"][0] == {
         "name": "pixels", "datatype": "FP32", "shape": ["-1", "64"]
@@ -90,7 +80,7 @@ async def test_tritonclient_against_gateway_and_agent(start_gateway, start_agent
     np.testing.assert_allclose(np.array(from_gateway["outputs"]),
                                onnx_reference("cloud", rows), rtol=1e-5, atol=1e-6)
 
-    from_agent = await _run_client(agent.address, x_path)
+    from_agent = await run_client_script(CLIENT_SCRIPT, agent.address, x_path)
     assert from_agent["live"] and from_agent["ready"] and from_agent["model_ready"]
     assert from_agent["server"]["name"] == "edgecloud-agent"
     routes = from_agent["parameters"]["route"]["string_param"].split(",")

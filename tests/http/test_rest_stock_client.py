@@ -8,13 +8,9 @@ onnxruntime run directly.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from stock_client import run_client_script
 
 CLIENT_SCRIPT = r"""
 import json, sys
@@ -63,16 +59,6 @@ print(json.dumps({
 """
 
 
-async def _run_client(address: str, x_path: Path) -> dict:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CLIENT_SCRIPT, address, "digits", str(x_path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 0, stderr.decode()
-    return json.loads(stdout)
-
-
 @pytest.mark.e2e
 async def test_tritonclient_http_against_the_agent(start_gateway, start_agent, tmp_path,
                                                    digits_test, onnx_reference):
@@ -87,7 +73,7 @@ async def test_tritonclient_http_against_the_agent(start_gateway, start_agent, t
     x_path = tmp_path / "x.npy"
     np.save(x_path, rows)
 
-    got = await _run_client(agent.http_address, x_path)
+    got = await run_client_script(CLIENT_SCRIPT, agent.http_address, x_path)
     assert got["live"] and got["ready"] and got["model_ready"]
     assert got["server"]["name"] == "edgecloud-agent"
     assert got["metadata"]["inputs"] == [{"name": "pixels", "datatype": "FP32",
