@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from browser import WAIT_S, requires_browser
+from browser import ConsolePage, requires_browser
 from fleet_helpers import (
     digits_like_model,
     publish_model,
@@ -22,10 +22,7 @@ from fleet_helpers import (
     running_version,
     wait_until,
 )
-from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
 
 from edgecloud.cloud_gateway.hard_examples import HardExampleStore
 from edgecloud.cloud_gateway.registry import Registry
@@ -46,19 +43,9 @@ pytestmark = [
 ]
 
 
-class Console:
-    """The console page in the browser; every method blocks (run it in a thread)."""
-
-    def __init__(self, driver: WebDriver, url: str, screenshots: Path) -> None:
-        self.driver = driver
-        self.url = url
-        self.screenshots = screenshots
-
-    def wait(self, condition, what: str):
-        """Wait until ``condition(driver)`` is truthy (pages are redrawn as they poll)."""
-        return WebDriverWait(self.driver, WAIT_S, poll_frequency=0.1,
-                             ignored_exceptions=(StaleElementReferenceException,)).until(
-            condition, f"timed out waiting for {what}")
+class Console(ConsolePage):
+    """The console's fleet pages in the browser; every method blocks (run it in a
+    thread)."""
 
     def text(self, css: str) -> str:
         return " ".join(e.text for e in self.driver.find_elements(By.CSS_SELECTOR, css))
@@ -73,22 +60,12 @@ class Console:
                   or d.find_element(By.ID, "page").is_displayed(), "the console to start")
 
     def log_in(self, token: str) -> None:
-        field = self.wait(lambda d: d.find_element(By.ID, "token"), "the login form")
-        field.clear()
-        field.send_keys(token)
-        self.driver.find_element(By.ID, "login-button").click()
-
-    def log_out(self) -> None:
-        self.driver.find_element(By.ID, "logout").click()
-        self.wait(lambda d: d.find_element(By.ID, "login").is_displayed(), "the login form")
+        self.submit_token(token)
 
     def go(self, page: str) -> None:
         self.driver.find_element(By.CSS_SELECTOR, f'#nav a[data-page="{page}"]').click()
         self.wait(lambda d: d.find_element(By.ID, "page").get_attribute("data-page") == page,
                   f"the {page} page")
-
-    def shot(self, name: str) -> None:
-        assert self.driver.save_screenshot(str(self.screenshots / f"{name}.png"))
 
     def rollout_state(self) -> str:
         card = self.driver.find_element(By.CSS_SELECTOR,

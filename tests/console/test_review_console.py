@@ -9,15 +9,12 @@ to ``screenshots/`` in the test's temporary folder (the path is printed).
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import grpc
 import pytest
-from browser import WAIT_S, requires_browser
+from browser import ConsolePage, requires_browser
 from review_helpers import REVIEWER, VIEWER, answer_of, ask_better, queue_of, review_setup
-from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 from edgecloud.protos.answers.v1 import answers_pb2 as apb
 from edgecloud.protos.fleet.v1 import fleet_pb2_grpc as fpb_grpc
@@ -28,31 +25,14 @@ pytestmark = [
 ]
 
 
-class ReviewPage:
+class ReviewPage(ConsolePage):
     """The console's review page in the browser; every method blocks (run it in a thread)."""
-
-    def __init__(self, driver, url: str, screenshots: Path) -> None:
-        self.driver = driver
-        self.url = url
-        self.screenshots = screenshots
-
-    def wait(self, condition, what: str):
-        return WebDriverWait(self.driver, WAIT_S, poll_frequency=0.1,
-                             ignored_exceptions=(StaleElementReferenceException,)).until(
-            condition, f"timed out waiting for {what}")
 
     def log_in(self, token: str) -> None:
         self.driver.get(self.url + "#review")
-        field = self.wait(lambda d: d.find_element(By.ID, "token"), "the login form")
-        field.clear()
-        field.send_keys(token)
-        self.driver.find_element(By.ID, "login-button").click()
+        self.submit_token(token)
         self.wait(lambda d: d.find_element(By.ID, "page").get_attribute("data-page") == "review",
                   "the review page")
-
-    def log_out(self) -> None:
-        self.driver.find_element(By.ID, "logout").click()
-        self.wait(lambda d: d.find_element(By.ID, "login").is_displayed(), "the login form")
 
     def rows(self) -> list[str]:
         return [card.get_attribute("data-review")
@@ -73,9 +53,6 @@ class ReviewPage:
 
     def press(self, key: str) -> None:
         self.driver.find_element(By.TAG_NAME, "body").send_keys(key)
-
-    def shot(self, name: str) -> None:
-        assert self.driver.save_screenshot(str(self.screenshots / f"{name}.png"))
 
 
 async def test_a_reviewer_labels_three_rows_and_the_app_gets_them(

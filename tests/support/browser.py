@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"),
                              "/usr/bin/chromium") if p and Path(p).exists()), None)
@@ -52,3 +55,34 @@ def screenshots_folder(tmp_path: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"screenshots: {folder}")
     return folder
+
+
+class ConsolePage:
+    """The console in the browser: what every page test does with it. Every method
+    blocks (run it in a thread)."""
+
+    def __init__(self, driver: WebDriver, url: str, screenshots: Path) -> None:
+        self.driver = driver
+        self.url = url
+        self.screenshots = screenshots
+
+    def wait(self, condition, what: str):
+        """Wait until ``condition(driver)`` is truthy (pages are redrawn as they poll)."""
+        return WebDriverWait(self.driver, WAIT_S, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(
+            condition, f"timed out waiting for {what}")
+
+    def submit_token(self, token: str) -> None:
+        """Type ``token`` into the login form and send it."""
+        field = self.wait(lambda d: d.find_element(By.ID, "token"), "the login form")
+        field.clear()
+        field.send_keys(token)
+        self.driver.find_element(By.ID, "login-button").click()
+
+    def log_out(self) -> None:
+        self.driver.find_element(By.ID, "logout").click()
+        self.wait(lambda d: d.find_element(By.ID, "login").is_displayed(), "the login form")
+
+    def shot(self, name: str) -> None:
+        """A screenshot of the page, ``NAME.png`` in the screenshots folder."""
+        assert self.driver.save_screenshot(str(self.screenshots / f"{name}.png"))
