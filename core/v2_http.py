@@ -46,9 +46,6 @@ from edgecloud.core.v2_grpc import SERVICE_NAME, DataPlane
 
 log = structlog.get_logger("edgecloud.v2")
 
-KIND_TO_STATUS: dict[ErrorKind, int] = {
-    kind: status.status_code for kind, status in STATUS.items()}
-
 RolesFor = Callable[[str], "frozenset[str] | None"]
 """gRPC method path (``/inference.GRPCInferenceService/ModelInfer``) -> the roles that
 may call it, None when open; the same function the gRPC auth interceptor uses."""
@@ -107,7 +104,7 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
 
 
 def _refusal(exc: EdgecloudError, method: str, request_id: str) -> web.Response:
-    status = KIND_TO_STATUS[exc.kind]
+    status = STATUS[exc.kind].status_code
     if exc.kind is ErrorKind.INTERNAL:
         log.error("http_failed", method=method, kind=exc.kind.value, error=exc.message)
         return error_response(status, f"internal error (request id {request_id})")
